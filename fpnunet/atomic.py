@@ -1,0 +1,78 @@
+"""Atomic file writes: write to a temporary name in the same folder, then ``os.replace``.
+
+A crash or Ctrl-C never leaves a half-written output under the final name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    ``suffix`` defaults to the full file ending of ``path`` (e.g. ``.nii.gz``) so writers that
+    pick the format from the extension (SimpleITK, numpy) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_atomic(path: str | os.PathLike, writer: Callable[[Path], Any], suffix: str | None = None) -> None:
+    with atomic_path(path, suffix) as tmp:
+        writer(tmp)
+
+
+def save_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> None:
+    def _w(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=indent, default=_json_default)
+            f.write("\n")
+
+    write_atomic(path, _w, suffix=".json")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
+    def _w(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array))
+
+    write_atomic(path, _w, suffix=".npy")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

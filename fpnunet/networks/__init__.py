@@ -1,0 +1,18 @@
+"""Segmentation networks by name: ``build_network("fpn", in_channels, num_classes, **kwargs)``.
+
+One small module per family (``fpn.py``, ``resensnet.py``, ``lachinov.py``, ``ipn.py``);
+importing this package registers them all.
+"""
+from fpnunet.networks.registry import (
+    SegNetwork,
+    available_networks,
+    build_network,
+    check_input_shape,
+    network_class,
+    register,
+)
+
+# model modules register themselves on import
+from fpnunet.networks import fpn  # noqa: E402,F401  isort: skip
+
+__all__ = ["SegNetwork", "available_networks", "build_network", "check_input_shape", "network_class", "register"]

@@ -1,0 +1,100 @@
+"""Registry of segmentation networks, built by name from the plan's kwargs (timm-style).
+
+Every registered network maps a volume ``(N, C, B, D, A)`` to en-face logits ``(N, K, B, A)``
+and is a :class:`SegNetwork`, which adds two class methods the planner uses:
+
+* ``plan_kwargs(patch_size, depth, spacing)``: topology kwargs for an en-face patch
+  ``(B, A)``, a depth and the en-face spacing ``(sB, sA)`` (e.g. fewer pooling steps on a
+  short B axis);
+* ``input_divisors(**kwargs)``: ``((dB, dD, dA), min_depth)`` the input must satisfy.
+
+Usage::
+
+    net = build_network("fpn", in_channels=1, num_classes=1, **plan.configuration().network.kwargs)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from fpnunet.errors import FPNError, ShapeError
+
+_REGISTRY: dict[str, type[SegNetwork]] = {}
+
+
+class SegNetwork(nn.Module):
+    """Base class of registered networks: ``forward(x: (N, C, B, D, A)) -> (N, K, B, A)``."""
+
+    @classmethod
+    def plan_kwargs(
+        cls, patch_size: tuple[int, int], depth: int, spacing: tuple[float, float] = (1.0, 1.0)
+    ) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def input_divisors(cls, **kwargs: Any) -> tuple[tuple[int, int, int], int]:
+        return (1, 1, 1), 1
+
+    def check_input(self, shape: tuple[int, ...] | torch.Size) -> None:
+        """Raise :class:`ShapeError` when ``(N, C, B, D, A)`` does not fit this network."""
+        check_input_shape(type(self).__name__, tuple(shape), *self.input_divisors(**getattr(self, "config", {})))
+
+
+def check_input_shape(
+    name: str, shape: tuple[int, ...], divisors: tuple[int, int, int], min_depth: int
+) -> None:
+    if len(shape) != 5:
+        raise ShapeError(f"{name} expects input (N, C, B, D, A), got a tensor of shape {tuple(shape)}")
+    _, _, b, d, a = shape
+    problems = []
+    for axis, size, div in (("B", b, divisors[0]), ("D", d, divisors[1]), ("A", a, divisors[2])):
+        if size % div:
+            problems.append(f"{axis}={size} is not divisible by {div}")
+    if d < min_depth:
+        problems.append(f"depth D={d} is below the minimum {min_depth}")
+    if problems:
+        raise ShapeError(
+            f"{name} cannot take input (N, C, B, D, A) = {tuple(shape)}: " + "; ".join(problems)
+        )
+
+
+def register(name: str) -> Callable[[type[SegNetwork]], type[SegNetwork]]:
+    """Class decorator: ``@register("fpn")``."""
+
+    def deco(cls: type[SegNetwork]) -> type[SegNetwork]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"network {name!r} registered twice")
+        _REGISTRY[name] = cls
+        cls.registry_name = name  # type: ignore[attr-defined]
+        return cls
+
+    return deco
+
+
+def network_class(name: str) -> type[SegNetwork]:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise FPNError(f"unknown network {name!r}; registered: {available_networks()}")
+    return _REGISTRY[name]
+
+
+def available_networks() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def build_network(name: str, in_channels: int, num_classes: int, **kwargs: Any) -> SegNetwork:
+    """Instantiate a registered network; ``kwargs`` are the plan's topology kwargs."""
+    cls = network_class(name)
+    try:
+        return cls(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise FPNError(f"network {name!r} rejected its kwargs {kwargs}: {exc}") from None
+
+
+def _ensure_loaded() -> None:
+    # importing the package registers every model module
+    import fpnunet.networks  # noqa: F401

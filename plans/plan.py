@@ -1,0 +1,163 @@
+"""The plan: the single source of truth every stage after planning reads (``plans.json``).
+
+A :class:`Plan` holds dataset-level decisions (projection axis, normalisation, depth crop,
+label map) and one :class:`Configuration` per network name (patch, batch, depth, topology,
+the memory estimate behind the choice, training defaults). Replanning one configuration keeps
+the others, user edits included. Everything round-trips through JSON::
+
+    plan = Plan.load(path); plan.save(path)  # atomic
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fpnunet.atomic import load_json, save_json
+from fpnunet.errors import FPNError
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class NetworkSpec:
+    """A registered network name and its topology kwargs (``in_channels``/``num_classes`` are
+    added at build time from the plan)."""
+
+    name: str = "fpn"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MemoryEstimate:
+    """Peak training memory of one step, in bytes, and how it was obtained."""
+
+    activation_bytes: int = 0
+    parameter_bytes: int = 0
+    gradient_bytes: int = 0
+    optimizer_bytes: int = 0
+    workspace_bytes: int = 0
+    total_bytes: int = 0
+    precision: str = "fp32"
+    calibrated_peak_bytes: int | None = None
+    calibrated_device: str | None = None
+
+    @property
+    def total_gb(self) -> float:
+        return self.total_bytes / 2**30
+
+
+@dataclass
+class TrainingDefaults:
+    """Optimiser and schedule defaults; every one is overridable from the ``fpn_train`` CLI."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = True
+    lr_schedule: str = "poly"
+    epochs: int = 40
+    iterations_per_epoch: int = 100
+    foreground_oversample: float = 0.33
+    val_every: int = 5
+    grad_clip: float = 12.0
+    pretrain_epochs: int = 40
+    pretrain_lr: float = 0.01
+
+
+@dataclass
+class Configuration:
+    """One trainable configuration (keyed by name in :attr:`Plan.configurations`).
+
+    ``patch_size`` is the en-face patch ``(B, A)``; the network sees ``(N, C, B, depth, A)``.
+    """
+
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    patch_size: tuple[int, int] = (32, 256)
+    batch_size: int = 2
+    depth: int = 128
+    data_identifier: str = "depth128"
+    precision: str = "bf16"
+    gpu_memory_gb: float = 8.0
+    memory: MemoryEstimate | None = None
+    training: TrainingDefaults = field(default_factory=TrainingDefaults)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Configuration:
+        d = dict(d)
+        d["network"] = NetworkSpec(**d.get("network", {}))
+        d["patch_size"] = tuple(int(v) for v in d.get("patch_size", (32, 256)))
+        d["memory"] = MemoryEstimate(**d["memory"]) if d.get("memory") else None
+        d["training"] = TrainingDefaults(**_known(TrainingDefaults, d.get("training", {})))
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class Plan:
+    """Dataset-level decisions plus named configurations."""
+
+    dataset_name: str
+    projection_axis: int = 1
+    num_input_channels: int = 1
+    labels: dict[str, int] = field(default_factory=lambda: {"background": 0, "lesion": 1})
+    enface_modalities: list[str] = field(default_factory=list)
+    file_ending: str = ".nii.gz"
+    normalization: str = "zscore_retina"
+    depth_crop: int = 0
+    """Height in raw rows of the depth window kept around each case's retina band (0: all)."""
+    enface_spacing: tuple[float, float] = (1.0, 1.0)
+    median_shape: tuple[int, int, int] = (0, 0, 0)
+    """Median raw volume shape ``(B, D, A)``."""
+    configurations: dict[str, Configuration] = field(default_factory=dict)
+    default_configuration: str = "fpn"
+    version: int = PLAN_VERSION
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: 1 (sigmoid) for one foreground class, else one per label."""
+        fg = [v for v in self.labels.values() if v != 0]
+        return 1 if len(fg) == 1 else len(self.labels)
+
+    def configuration(self, name: str | None = None) -> Configuration:
+        name = name or self.default_configuration
+        if name not in self.configurations:
+            raise FPNError(
+                f"plans.json of {self.dataset_name} has no configuration {name!r}; "
+                f"available: {sorted(self.configurations)} (re-run fpn_plan_and_preprocess --network {name})"
+            )
+        return self.configurations[name]
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        d = dict(d)
+        d["configurations"] = {k: Configuration.from_dict(v) for k, v in d.get("configurations", {}).items()}
+        d["enface_spacing"] = tuple(float(v) for v in d.get("enface_spacing", (1.0, 1.0)))
+        d["median_shape"] = tuple(int(v) for v in d.get("median_shape", (0, 0, 0)))
+        d["labels"] = {str(k): int(v) for k, v in d.get("labels", {}).items()}
+        return cls(**_known(cls, d))
+
+    def save(self, path: str | Path) -> None:
+        save_json(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        if not path.is_file():
+            raise FPNError(f"{path}: no plan found; run fpn_plan_and_preprocess first")
+        try:
+            return cls.from_dict(load_json(path))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise FPNError(f"{path}: not a valid fpnunet plan ({exc})") from None
+
+
+def _known(klass: type, d: dict[str, Any]) -> dict[str, Any]:
+    """Keep only the keys that are fields of the dataclass (forward compatibility)."""
+    names = {f.name for f in dataclasses.fields(klass)}
+    return {k: v for k, v in d.items() if k in names}

@@ -1,0 +1,45 @@
+"""fpnunet: self-configuring 3D-to-2D (OCT volume -> en-face mask) segmentation."""
+from setuptools import setup
+
+setup(
+    name="fpnunet",
+    version="0.1.0",
+    description="Self-configuring label-efficient 3D-to-2D segmentation with Feature Projection Networks",
+    python_requires=">=3.10",
+    packages=[
+        "fpnunet",
+        "fpnunet.networks",
+        "fpnunet.training",
+        "fpnunet.evaluation",
+        "fpnunet.plans",
+        "fpnunet.preprocessing",
+        "fpnunet.inference",
+    ],
+    package_dir={
+        "fpnunet": "fpnunet",
+        "fpnunet.plans": "plans",
+        "fpnunet.preprocessing": "preprocessing",
+        "fpnunet.inference": "inference",
+    },
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "SimpleITK>=2.2",
+        "batchgenerators>=0.25",
+        "scipy>=1.10",
+        "pandas>=2.0",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={"dev": ["pytest>=7", "ruff>=0.4"]},
+    entry_points={
+        "console_scripts": [
+            "fpn_make_synthetic=fpnunet.synthetic:main",
+            "fpn_plan_and_preprocess=fpnunet.preprocessing.cli:main",
+            "fpn_pretrain=fpnunet.training.pretrain_cli:main",
+            "fpn_train=fpnunet.training.train_cli:main",
+            "fpn_predict=fpnunet.inference.cli:main",
+            "fpn_evaluate=fpnunet.evaluation.cli:main",
+        ]
+    },
+)
