@@ -1,0 +1,116 @@
+"""``fpn_evaluate``: evaluate en-face predictions against references.
+
+::
+
+    fpn_evaluate -r REF_DIR -p PRED_DIR [-d DATASET] [-o summary.json] [-np N]
+    fpn_evaluate --crossval -d DATASET [--model MODEL_NAME] [--folds 0 1 2 3 4] [-np N]
+
+The first form writes ``PRED_DIR/summary.json`` (or ``-o``) and ``summary_per_case.csv`` beside
+it; ``-d`` takes the labels (and reference file ending) from the raw dataset's ``dataset.json``,
+otherwise the labels are the values present. The second gathers the folds' validation
+predictions of a model folder into ``<model>/crossval_results/`` and evaluates them against the
+raw ``labelsTr``. Both print a table of the per-class means.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fpnunet.cli_utils import run_cli
+from fpnunet.errors import FPNError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fpn_evaluate",
+        description="Dice, IoU, HD95 (mm) and lesion area (mm^2) of en-face predictions; writes an "
+        "nnU-Net-style summary.json and a per-case CSV.",
+    )
+    p.add_argument("-r", "--ref", help="folder of reference label maps")
+    p.add_argument("-p", "--pred", help="folder of predicted label maps (paired with -r by case name)")
+    p.add_argument("-d", "--dataset", help="dataset id or folder name: labels come from its raw dataset.json")
+    p.add_argument("-o", "--output", help="summary json path (default PRED/summary.json, or "
+                   "<model>/crossval_results/summary.json with --crossval)")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--crossval", action="store_true",
+                   help="evaluate the folds' validation predictions of a model folder against raw labelsTr")
+    p.add_argument("--model", help="model folder name under $FPN_RESULTS/DatasetXXX (e.g. fpn__lf1.0__scratch); "
+                   "default: the only one")
+    p.add_argument("--folds", type=int, nargs="+", default=None, help="folds to gather (default 0 1 2 3 4)")
+    return p
+
+
+def summary_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """Per-class means (and the foreground mean when there are several classes) as a table."""
+    names = {str(v): n for n, v in summary["labels"].items()}
+    rows = {}
+    for k, m in summary["mean"].items():
+        name = names.get(k, k)
+        rows[k if name == k else f"{name} ({k})"] = {
+            "Dice": m["Dice"], "IoU": m["IoU"], "HD95 mm": m["HD95"],
+            "HD95 NaN": summary["nan_count"][k].get("HD95", 0),
+            "area err mm2": m["area_abs_error_mm2"], "ref area mm2": m["ref_area_mm2"],
+        }
+    if len(rows) > 1:
+        f = summary["foreground_mean"]
+        rows["foreground mean"] = {
+            "Dice": f["Dice"], "IoU": f["IoU"], "HD95 mm": f["HD95"], "HD95 NaN": "",
+            "area err mm2": f["area_abs_error_mm2"], "ref area mm2": f["ref_area_mm2"],
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _print_summary(summary: Mapping[str, Any]) -> None:
+    table = summary_table(summary)
+    title = f"{summary['num_cases']} case(s)"
+    if "crossval" in summary:
+        cv = summary["crossval"]
+        title += f", cross-validation of {cv['model']} folds {cv['folds']}"
+    print(title)
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"summary: {summary['summary_file']}\nper case: {summary['per_case_csv']}")
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.num_processes < 1:
+        raise FPNError(f"-np must be at least 1, got {args.num_processes}")
+    from fpnunet.evaluation.evaluate import evaluate_crossval, evaluate_folders
+
+    if args.crossval:
+        if args.dataset is None:
+            raise FPNError("--crossval needs the dataset: -d DATASET")
+        if args.ref or args.pred:
+            raise FPNError("--crossval takes its references and predictions from the dataset; drop -r/-p")
+        folds = args.folds if args.folds is not None else [0, 1, 2, 3, 4]
+        summary = evaluate_crossval(args.dataset, args.model, folds, args.num_processes, args.output)
+    else:
+        if args.model is not None or args.folds is not None:
+            raise FPNError("--model and --folds only apply with --crossval")
+        if not args.ref or not args.pred:
+            raise FPNError("give the reference and prediction folders: -r REF_DIR -p PRED_DIR (or --crossval -d D)")
+        labels = ending = None
+        if args.dataset is not None:
+            from fpnunet.io import load_dataset_json
+            from fpnunet.paths import raw_dir
+
+            info = load_dataset_json(raw_dir(args.dataset))
+            labels = info.labels
+            # the dataset's ending only when the folder holds such files (-r may point elsewhere)
+            ref = Path(args.ref)
+            if ref.is_dir() and any(p.name.lower().endswith(info.file_ending.lower()) for p in ref.iterdir()):
+                ending = info.file_ending
+        summary = evaluate_folders(args.ref, args.pred, labels, ending, args.num_processes, args.output)
+    _print_summary(summary)
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,438 @@
+"""Evaluate folders of en-face predictions against references; cross-validation summaries.
+
+:func:`evaluate_folders` pairs files by case name (the file name without its ending, so a
+``CASE.png`` prediction pairs with a ``CASE.nii.gz`` reference), computes
+:func:`fpnunet.evaluation.metrics.case_metrics` per case and writes
+
+* ``summary.json`` shaped like nnU-Net's: ``metric_per_case`` (``reference_file``,
+  ``prediction_file``, ``metrics`` keyed by label value as a string), ``mean`` per class and
+  ``foreground_mean`` (the mean over classes of the class means), plus our extras: ``labels``,
+  ``num_cases``, ``nan_count``, ``ignored_predictions``, the folders. NaN is written as ``null``.
+* ``summary_per_case.csv`` beside it (``<stem>_per_case.csv`` for another output name): one row
+  per case and foreground class.
+
+The spacing (mm, numpy order ``(sB, sA)``) always comes from the reference file.
+
+:func:`evaluate_crossval` gathers the folds' validation predictions of a model folder into
+``<model>/crossval_results/`` and evaluates them against the raw dataset's ``labelsTr``.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fpnunet.atomic import save_json, write_atomic
+from fpnunet.errors import FPNError
+from fpnunet.evaluation.metrics import METRIC_KEYS, case_metrics
+from fpnunet.io import SUPPORTED_ENDINGS, load_dataset_json, read_image, squeeze_2d, strip_ending
+from fpnunet.io import file_ending as ending_of
+
+CSV_COLUMNS = (
+    "case", "class", "label", "dice", "iou", "hd95_mm", "ref_area_mm2", "pred_area_mm2", "area_abs_error_mm2",
+    "tp", "fp", "fn", "tn",
+)
+_CSV_FROM_METRIC = {
+    "dice": "Dice", "iou": "IoU", "hd95_mm": "HD95", "ref_area_mm2": "ref_area_mm2",
+    "pred_area_mm2": "pred_area_mm2", "area_abs_error_mm2": "area_abs_error_mm2",
+    "tp": "TP", "fp": "FP", "fn": "FN", "tn": "TN",
+}
+_FOLD_RE = re.compile(r"^fold_(\d+)$")
+
+
+# ----------------------------------------------------------------------------- files
+def list_label_files(folder: str | os.PathLike, file_ending: str | None = None) -> dict[str, list[Path]]:
+    """Image files of ``folder`` grouped by case name (hidden files and non-images skipped).
+
+    With ``file_ending`` only files with that ending count. A case may map to several files
+    (``CASE.png`` and ``CASE.nii.gz``); callers decide.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FPNError(f"{folder}: folder not found")
+    out: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        end = ending_of(p)
+        if file_ending is not None:
+            if not p.name.lower().endswith(file_ending.lower()):
+                continue
+        elif end not in SUPPORTED_ENDINGS:
+            continue
+        out.setdefault(strip_ending(p.name), []).append(p)
+    return out
+
+
+def _pick(files: list[Path], preferred: Sequence[str], what: str) -> Path:
+    if len(files) == 1:
+        return files[0]
+    for end in preferred:
+        hits = [f for f in files if f.name.lower().endswith(end.lower())]
+        if len(hits) == 1:
+            return hits[0]
+    raise FPNError(f"{what}: several files for one case, cannot choose: {', '.join(str(f) for f in files)}")
+
+
+def pair_files(
+    ref_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    file_ending: str | None = None,
+    cases: Iterable[str] | None = None,
+) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
+    """Pair reference and prediction files by case name.
+
+    Returns ``([(case, ref_file, pred_file), ...], ignored_prediction_files)``. ``file_ending``
+    restricts the reference files; predictions may have any supported ending (the reference's
+    ending wins when a case has several). ``cases`` restricts the references evaluated.
+
+    Raises :class:`FPNError` when the reference folder holds no labels or when predictions are
+    missing for reference cases (naming them).
+    """
+    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    refs = list_label_files(ref_dir, file_ending)
+    preds = list_label_files(pred_dir)
+    if cases is not None:
+        wanted = set(cases)
+        unknown = sorted(wanted - set(refs))
+        if unknown:
+            raise FPNError(f"{ref_dir}: no reference for case(s) {', '.join(unknown)}")
+        refs = {c: f for c, f in refs.items() if c in wanted}
+    if not refs:
+        ending = f" ending in {file_ending}" if file_ending else ""
+        raise FPNError(f"{ref_dir}: no reference label files{ending} found")
+    missing = sorted(c for c in refs if c not in preds)
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" ... ({len(missing)} in all)" if len(missing) > 20 else "")
+        raise FPNError(f"{pred_dir}: no prediction for reference case(s) {shown}")
+    pairs = []
+    for case in sorted(refs):
+        ref = _pick(refs[case], [file_ending or ""], f"{ref_dir} case {case}")
+        pred = _pick(preds[case], [ending_of(ref)] + ([file_ending] if file_ending else []),
+                     f"{pred_dir} case {case}")
+        pairs.append((case, ref, pred))
+    ignored = [f for c in sorted(preds) if c not in refs for f in preds[c]]
+    return pairs, ignored
+
+
+def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Read an en-face label map: ``(int64 array (B, A), spacing (sB, sA))``.
+
+    Singleton axes (``(1, B, A)`` exports) are dropped along with their spacing. Raises
+    :class:`FPNError` naming the file when it is not 2D or holds non-integer values.
+    """
+    img = read_image(path)
+    arr, spacing = img.array, tuple(img.spacing)
+    if arr.ndim > 2:
+        squeezed = squeeze_2d(arr)
+        if squeezed.ndim == 2:
+            spacing = tuple(s for s, n in zip(spacing, arr.shape) if n != 1)
+            if len(spacing) != 2:  # (1, 1, A) and the like: keep the last two
+                spacing = tuple(img.spacing[-2:])
+            arr = squeezed
+    if arr.ndim != 2:
+        raise FPNError(f"{path}: expected a 2D en-face label map, got an array of shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise FPNError(f"{path}: a label map must hold integer class values, found non-integer values")
+    elif arr.dtype.kind not in "iub":
+        raise FPNError(f"{path}: a label map must hold integer class values, got dtype {arr.dtype}")
+    return arr.astype(np.int64), spacing
+
+
+# ----------------------------------------------------------------------------- workers
+def _values_present(path: Path) -> set[int]:
+    arr, _ = read_label_map(path)
+    return {int(v) for v in np.unique(arr)}
+
+
+def _evaluate_case(args: tuple[str, Path, Path, dict[str, int]]) -> dict[str, Any]:
+    case, ref_path, pred_path, labels = args
+    ref, spacing = read_label_map(ref_path)
+    pred, _ = read_label_map(pred_path)
+    if ref.shape != pred.shape:
+        raise FPNError(
+            f"shape mismatch for case {case}: reference {ref_path} is {ref.shape} (B, A) but "
+            f"prediction {pred_path} is {pred.shape}"
+        )
+    return {
+        "case": case,
+        "reference_file": str(Path(ref_path).absolute()),
+        "prediction_file": str(Path(pred_path).absolute()),
+        "spacing": list(spacing),
+        "metrics": case_metrics(ref, pred, spacing, labels),
+    }
+
+
+def _map(func, items: list, num_processes: int) -> list:
+    if num_processes <= 1 or len(items) <= 1:
+        return [func(it) for it in items]
+    ctx = multiprocessing.get_context("spawn")  # safe beside torch/ITK threads in the parent
+    with ProcessPoolExecutor(max_workers=min(num_processes, len(items)), mp_context=ctx) as ex:
+        return list(ex.map(func, items, chunksize=max(1, len(items) // (4 * num_processes))))
+
+
+# ----------------------------------------------------------------------------- summary
+def _nanmean(values: list[float]) -> float:
+    arr = np.asarray(values, dtype=float)
+    finite = arr[~np.isnan(arr)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def summarize(entries: list[dict[str, Any]], labels: Mapping[str, int]) -> dict[str, Any]:
+    """nnU-Net-style summary of per-case entries (each with ``metrics`` keyed by label value).
+
+    ``mean[k][m]`` ignores NaN; ``nan_count[k]`` says how many NaN each mean skipped (HD95 is
+    always listed). ``foreground_mean[m]`` is the NaN-ignoring mean over classes of ``mean[k][m]``.
+    """
+    classes = [str(v) for v in sorted({int(v) for v in labels.values() if int(v) != 0})]
+    mean: dict[str, dict[str, float]] = {}
+    nan_count: dict[str, dict[str, int]] = {}
+    for k in classes:
+        mean[k], nan_count[k] = {}, {}
+        for m in METRIC_KEYS:
+            vals = [float(e["metrics"][k][m]) for e in entries]
+            mean[k][m] = _nanmean(vals)
+            n_nan = int(sum(math.isnan(v) for v in vals))
+            if n_nan or m == "HD95":
+                nan_count[k][m] = n_nan
+    foreground_mean = {m: _nanmean([mean[k][m] for k in classes]) for m in METRIC_KEYS}
+    return {
+        "metric_per_case": entries,
+        "mean": mean,
+        "foreground_mean": foreground_mean,
+        "labels": {str(n): int(v) for n, v in labels.items()},
+        "num_cases": len(entries),
+        "nan_count": nan_count,
+    }
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def per_case_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per case and foreground class with the :data:`CSV_COLUMNS`."""
+    names = {str(v): n for n, v in summary["labels"].items()}
+    rows = []
+    for e in summary["metric_per_case"]:
+        case = e.get("case") or strip_ending(Path(e["reference_file"]).name)
+        for k, met in e["metrics"].items():
+            row: dict[str, Any] = {"case": case, "class": names.get(k, k), "label": int(k)}
+            row.update({col: met[key] for col, key in _CSV_FROM_METRIC.items()})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+
+
+def csv_path_for(output_file: str | os.PathLike) -> Path:
+    """``summary.json`` -> ``summary_per_case.csv`` (``X.json`` -> ``X_per_case.csv``)."""
+    out = Path(output_file)
+    return out.with_name(f"{out.stem}_per_case.csv")
+
+
+def write_summary(summary: Mapping[str, Any], output_file: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``summary.json`` (NaN as null) and the per-case CSV beside it, both atomically."""
+    out = Path(output_file)
+    save_json(_nan_to_none(dict(summary)), out)
+    csv = csv_path_for(out)
+    table = per_case_table(summary)
+    write_atomic(csv, lambda tmp: table.to_csv(tmp, index=False), suffix=".csv")
+    return out, csv
+
+
+# ----------------------------------------------------------------------------- folders
+def evaluate_folders(
+    ref_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    labels: Mapping[str, int] | None = None,
+    file_ending: str | None = None,
+    num_processes: int = 1,
+    output_file: str | os.PathLike | None = None,
+    cases: Iterable[str] | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every reference case of ``ref_dir`` against its prediction in ``pred_dir``.
+
+    Args:
+        ref_dir, pred_dir: folders of 2D label maps ``(B, A)``, any SimpleITK format each.
+        labels: ``{"background": 0, "GA": 1}``; ``None`` infers the union of the values present
+            in references and predictions (named by their value).
+        file_ending: only reference files with this ending (e.g. the dataset's ``.nii.gz``).
+        num_processes: worker processes (1 evaluates in this process).
+        output_file: where ``summary.json`` goes (default ``pred_dir/summary.json``); the
+            per-case CSV goes beside it.
+        cases: evaluate only these reference cases.
+        write: write ``summary.json`` and the CSV (``False``: only return the summary).
+
+    Returns:
+        The summary dict (NaN kept as float NaN here; written as null).
+
+    Raises:
+        FPNError: a prediction missing for a reference case (naming it), a shape mismatch
+            (naming both files), unreadable or non-label files.
+    """
+    pairs, ignored = pair_files(ref_dir, pred_dir, file_ending, cases)
+    if ignored:
+        warnings.warn(
+            f"{pred_dir}: {len(ignored)} prediction(s) without a reference ignored: "
+            + ", ".join(p.name for p in ignored[:10]) + (" ..." if len(ignored) > 10 else ""),
+            UserWarning,
+            stacklevel=2,
+        )
+    if labels is None:
+        files = [r for _, r, _ in pairs] + [p for _, _, p in pairs]
+        present = set().union(*_map(_values_present, files, num_processes))
+        values = sorted(v for v in present if v > 0)
+        labels = {"background": 0} | {str(v): v for v in values}
+    labels = {str(k): int(v) for k, v in labels.items()}
+    entries = _map(_evaluate_case, [(c, r, p, labels) for c, r, p in pairs], num_processes)
+    summary = summarize(entries, labels)
+    summary["reference_folder"] = str(Path(ref_dir).absolute())
+    summary["prediction_folder"] = str(Path(pred_dir).absolute())
+    summary["ignored_predictions"] = [str(p) for p in ignored]
+    out = Path(output_file) if output_file is not None else Path(pred_dir) / "summary.json"
+    summary["summary_file"] = str(out.absolute())
+    summary["per_case_csv"] = str(csv_path_for(out).absolute())
+    if write:
+        write_summary(summary, out)
+    return summary
+
+
+# ----------------------------------------------------------------------------- cross-validation
+def model_folders(results_dataset_dir: str | os.PathLike) -> list[Path]:
+    """Model folders of a results dataset folder: sub-folders holding at least one ``fold_<k>``."""
+    root = Path(results_dataset_dir)
+    if not root.is_dir():
+        return []
+    return [
+        p for p in sorted(root.iterdir())
+        if p.is_dir() and any(q.is_dir() and _FOLD_RE.match(q.name) for q in p.iterdir())
+    ]
+
+
+def find_model_folder(results_dataset_dir: str | os.PathLike, model: str | None = None) -> Path:
+    """The model folder named ``model``, or the only one when ``model`` is ``None``."""
+    root = Path(results_dataset_dir)
+    if model is not None:
+        folder = root / model
+        if not folder.is_dir():
+            found = [p.name for p in model_folders(root)]
+            raise FPNError(f"{folder}: model folder not found (model folders here: {found or 'none'})")
+        return folder
+    found = model_folders(root)
+    if not found:
+        raise FPNError(f"{root}: no model folder with fold_<k> sub-folders found (train a fold first)")
+    if len(found) > 1:
+        raise FPNError(
+            f"{root}: several model folders, name one with --model: {', '.join(p.name for p in found)}"
+        )
+    return found[0]
+
+
+def gather_crossval_predictions(model_dir: str | os.PathLike, folds: Sequence[int]) -> tuple[Path, dict[str, int]]:
+    """Copy the folds' ``fold_k/validation/`` predictions into ``model_dir/crossval_results/``.
+
+    The folder is rebuilt from scratch (old contents replaced). Returns ``(folder, {case: fold})``.
+    Raises :class:`FPNError` naming missing validation folders, empty ones, or a case predicted by
+    two folds.
+    """
+    model_dir = Path(model_dir)
+    folds = list(dict.fromkeys(int(f) for f in folds))
+    if not folds:
+        raise FPNError("no folds given")
+    missing = [str(model_dir / f"fold_{k}" / "validation") for k in folds
+               if not (model_dir / f"fold_{k}" / "validation").is_dir()]
+    if missing:
+        raise FPNError("validation folder(s) missing (train and validate these folds first): " + ", ".join(missing))
+    files: dict[str, tuple[int, Path]] = {}
+    for k in folds:
+        vdir = model_dir / f"fold_{k}" / "validation"
+        found = list_label_files(vdir)
+        if not found:
+            raise FPNError(f"{vdir}: no validation predictions found")
+        for case, paths in found.items():
+            if case in files:
+                raise FPNError(
+                    f"case {case} was predicted by fold_{files[case][0]} and fold_{k}: "
+                    "validation sets of folds must not overlap"
+                )
+            files[case] = (k, _pick(paths, [], f"{vdir} case {case}"))
+    final = model_dir / "crossval_results"
+    tmp = Path(tempfile.mkdtemp(prefix=".crossval_results.", dir=model_dir))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give it an ordinary folder's mode
+        for _case, (_k, src) in sorted(files.items()):
+            shutil.copy2(src, tmp / src.name)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, {c: k for c, (k, _) in files.items()}
+
+
+def evaluate_crossval(
+    dataset: str | int,
+    model: str | None = None,
+    folds: Sequence[int] = (0, 1, 2, 3, 4),
+    num_processes: int = 1,
+    output_file: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Cross-validation summary of a model folder in ``$FPN_RESULTS/DatasetXXX/``.
+
+    Gathers ``<model>/fold_k/validation/`` into ``<model>/crossval_results/`` and evaluates it
+    against the raw ``labelsTr`` with the raw ``dataset.json`` labels. Writes
+    ``crossval_results/summary.json`` (or ``output_file``) and its per-case CSV.
+    """
+    from fpnunet.paths import raw_dir, results_dir
+
+    raw = raw_dir(dataset)
+    info = load_dataset_json(raw)
+    labels_dir = raw / "labelsTr"
+    if not labels_dir.is_dir():
+        raise FPNError(f"{labels_dir}: folder not found (the raw dataset's references)")
+    model_dir = find_model_folder(results_dir(dataset), model)
+    pred_dir, case_fold = gather_crossval_predictions(model_dir, folds)
+    refs = list_label_files(labels_dir, info.file_ending)
+    unknown = sorted(set(case_fold) - set(refs))
+    if unknown:
+        raise FPNError(f"{labels_dir}: no reference for cross-validation case(s) {', '.join(unknown)}")
+    not_predicted = sorted(set(refs) - set(case_fold))
+    if not_predicted:
+        warnings.warn(
+            f"{len(not_predicted)} labelled case(s) of {labels_dir} have no validation prediction in folds "
+            f"{list(folds)}: {', '.join(not_predicted[:10])}{' ...' if len(not_predicted) > 10 else ''}",
+            UserWarning,
+            stacklevel=2,
+        )
+    out = Path(output_file) if output_file is not None else pred_dir / "summary.json"
+    summary = evaluate_folders(labels_dir, pred_dir, info.labels, info.file_ending, num_processes,
+                               output_file=out, cases=sorted(case_fold), write=False)
+    summary["crossval"] = {
+        "model": model_dir.name,
+        "folds": sorted({int(f) for f in folds}),
+        "case_fold": dict(sorted(case_fold.items())),
+        "cases_without_prediction": not_predicted,
+    }
+    write_summary(summary, out)
+    return summary
