@@ -1,0 +1,97 @@
+"""``fpn_plan_and_preprocess``: verify + fingerprint a raw dataset, plan it, preprocess it.
+
+::
+
+    fpn_plan_and_preprocess -d 900 [-np 4] [--verify-only] [--clean] [--gpu-memory-gb 11]
+                            [--network fpn ...] [--calibrate] [--no-preprocess] [--no-progress]
+
+A broken dataset stops with one line per problem and a non-zero exit status; nothing is written
+to the preprocessed folder then. Otherwise it writes ``dataset.json`` (a copy),
+``dataset_fingerprint.json``, ``plans.json`` and one folder per ``data_identifier`` into
+``$FPN_PREPROCESSED/DatasetXXX_Name/`` (see docs/layout.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+
+from fpnunet import paths
+from fpnunet.atomic import save_json, write_atomic
+from fpnunet.cli_utils import run_cli
+from fpnunet.errors import FPNError
+from fpnunet.io import load_dataset_json
+from fpnunet.plans.fingerprint import fingerprint_summary, verify_and_fingerprint
+from fpnunet.plans.plan import Plan
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fpn_plan_and_preprocess",
+        description="Verify and fingerprint a raw dataset, write plans.json and the preprocessed data.",
+    )
+    p.add_argument("-d", "--dataset", required=True, help="dataset id (900) or folder name (Dataset900_SynthGA)")
+    p.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
+                   help="worker processes for verification and preprocessing (default: min(4, CPUs))")
+    p.add_argument("--verify-only", action="store_true", help="verify the dataset, print a summary, write nothing")
+    p.add_argument("--clean", action="store_true", help="redo every preprocessed case (default: skip finished ones)")
+    p.add_argument("--gpu-memory-gb", type=float, default=None, help="GPU memory the plan may use (GB)")
+    p.add_argument("--network", nargs="+", default=["fpn"], metavar="NAME",
+                   help="configurations to plan, one per registered network name (default: fpn)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="let the planner measure one real training step per configuration (needs CUDA)")
+    p.add_argument("--no-preprocess", action="store_true", help="stop after writing plans.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.num_processes < 1:
+        raise FPNError(f"-np must be at least 1, got {args.num_processes}")
+    name = paths.resolve_dataset(args.dataset)
+    raw = paths.raw_root() / name
+    if not raw.is_dir():
+        raise FPNError(f"{raw}: raw dataset folder not found (FPN_RAW={paths.raw_root()})")
+    show = not args.no_progress
+    t0 = time.perf_counter()
+    fp = verify_and_fingerprint(raw, num_processes=args.num_processes, show_progress=show)
+    print(f"verified {raw} in {time.perf_counter() - t0:.1f} s")
+    print(fingerprint_summary(fp))
+    if args.verify_only:
+        return 0
+
+    info = load_dataset_json(raw)
+    out = paths.preprocessed_root() / name
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "dataset.json", lambda tmp: shutil.copyfile(raw / "dataset.json", tmp), suffix=".json")
+    save_json(fp, out / "dataset_fingerprint.json")
+
+    from fpnunet.plans.planner import plan_dataset
+
+    plans_path = out / "plans.json"
+    existing = Plan.load(plans_path) if plans_path.is_file() else None
+    extra = {"calibrate": True} if args.calibrate else {}
+    plan = plan_dataset(fp, info, gpu_memory_gb=args.gpu_memory_gb, networks=list(args.network), existing=existing,
+                        **extra)
+    plan.save(plans_path)
+    idents = ", ".join(f"{n} -> {c.data_identifier}/ (depth {c.depth})" for n, c in plan.configurations.items())
+    print(f"wrote {plans_path}: depth crop {plan.depth_crop} raw rows; {idents}")
+    if args.no_preprocess:
+        return 0
+
+    from fpnunet.preprocessing.preprocess import preprocess_dataset
+
+    summary = preprocess_dataset(name, plan, num_processes=args.num_processes, clean=args.clean,
+                                 show_progress=show, fingerprint=fp)
+    for ident, s in summary.items():
+        print(f"preprocessed {ident}: {s['written']} case(s) written, {s['skipped']} up to date "
+              f"({s['seconds']:.1f} s) -> {s['folder']}")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
