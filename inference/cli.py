@@ -1,0 +1,331 @@
+"""``fpn_predict``: segment every volume of a folder with a trained model folder.
+
+::
+
+    fpn_predict -i IN_DIR -o OUT_DIR -d 900 [-f 0 1 2 3 4] [--network fpn] [--model NAME]
+                [-m MODEL_DIR] [--checkpoint final|best|latest] [--disable-tta]
+                [--save-probabilities] [--device auto|cpu|cuda] [--file-ending .nii.gz]
+
+Inputs are ``IN_DIR/CASE_0000<ending>`` (+ ``_0001`` ... for more channels) in any format
+SimpleITK reads. Outputs, per case: ``OUT_DIR/CASE<ending>`` (the label map on the volume's
+en-face grid with its spacing and origin; ending of the dataset by default), optionally
+``OUT_DIR/CASE.npz`` (probabilities ``(K, B, A)``), and for all cases ``OUT_DIR/lesion_areas.csv``
+(``case, class, area_mm2``).
+
+Reading (and preprocessing) the next case, predicting and writing overlap: a reader thread
+prefetches, a writer pool writes. A bad case (unreadable or not 3D, depth too small, a missing
+channel, a file name without the ``_0000`` channel suffix) is reported on stderr naming the file;
+the other cases are still predicted and the exit status is 1, with the number of failures.
+
+Depth rule: a volume is rejected when its depth (along the plan's projection axis) within the
+plan's depth crop, ``min(D, depth_crop)``, is below a quarter of the configuration's depth (it
+would be stretched more than 4x; typically a 2D image or a wrongly oriented volume).
+"""
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from fpnunet.atomic import write_atomic
+from fpnunet.cli_utils import run_cli
+from fpnunet.errors import FPNError
+from fpnunet.io import (
+    SUPPORTED_ENDINGS,
+    EnfaceGeometry,
+    enface_geometry,
+    file_ending,
+    read_image,
+    to_bda,
+)
+from fpnunet.paths import results_dir, results_root
+
+from .export import lesion_areas, probabilities_to_segmentation, write_probabilities, write_segmentation
+from .predictor import CHECKPOINTS, Predictor
+
+__all__ = ["main", "build_parser", "find_model_folder", "collect_inputs", "min_raw_depth", "InputCase"]
+
+_CHANNEL_SUFFIX_LEN = 5  # "_0000"
+
+
+@dataclass
+class InputCase:
+    """One case of the input folder: its channel files, or why it cannot be predicted."""
+
+    case: str
+    files: dict[int, list[Path]] = field(default_factory=dict)
+
+
+@dataclass
+class _Loaded:
+    case: str
+    volume: np.ndarray | None = None
+    geometry: EnfaceGeometry | None = None
+    error: str | None = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fpn_predict",
+        description="Predict en-face segmentations for every OCT volume (CASE_0000<ending>) in a folder.",
+    )
+    p.add_argument("-i", "--input", required=True, help="folder with CASE_0000<ending> volumes (+ _0001 ...)")
+    p.add_argument("-o", "--output", required=True, help="output folder (created)")
+    p.add_argument("-d", "--dataset", help="dataset id or folder name (model under $FPN_RESULTS/DatasetXXX)")
+    p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every fold_* present); 'all' ok")
+    p.add_argument("--network", default="fpn", help="network name; picks the model folder <network>__* (default fpn)")
+    p.add_argument("--model", help="model folder name under $FPN_RESULTS/DatasetXXX (e.g. fpn__lf1.0__scratch)")
+    p.add_argument("-m", "--model-dir", help="path of a trained model folder (wins over -d/--model)")
+    p.add_argument("--checkpoint", default="final", choices=CHECKPOINTS, help="checkpoint to load (default final)")
+    p.add_argument("--disable-tta", action="store_true", help="no flip test-time augmentation (4x faster)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write OUT/CASE.npz probabilities")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--file-ending", help="output file ending (default: the dataset's, e.g. .nii.gz)")
+    p.add_argument("--whole-plane", action="store_true", help="feed the whole en-face plane at once (more memory)")
+    p.add_argument("--step", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for one-class models")
+    return p
+
+
+def find_model_folder(dataset: str | None, model: str | None, network: str) -> Path:
+    """``$FPN_RESULTS/<dataset>/<model>``, or the unique ``<network>__*`` model folder there."""
+    if dataset is None:
+        raise FPNError("name the model: -m MODEL_DIR, or -d DATASET (with --model NAME when several exist)")
+    root = results_dir(dataset)
+    if not root.is_dir():
+        raise FPNError(f"{root}: no trained models for dataset {dataset} (FPN_RESULTS={results_root()})")
+    if model is not None:
+        path = root / model
+        if not path.is_dir():
+            present = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise FPNError(f"{path}: model folder not found; present: {present or 'none'}")
+        return path
+    hits = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(f"{network}__"))
+    if not hits:
+        present = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise FPNError(f"{root}: no model folder for network {network!r} (expected {network}__*); "
+                       f"present: {present or 'none'}")
+    if len(hits) > 1:
+        raise FPNError(f"{root}: several model folders for network {network!r}: {[p.name for p in hits]}; "
+                       "choose one with --model NAME or -m MODEL_DIR")
+    return hits[0]
+
+
+def collect_inputs(folder: Path) -> tuple[list[InputCase], list[str], list[str]]:
+    """Group ``CASE_XXXX<ending>`` files by case (any ending SimpleITK reads).
+
+    Returns the cases, error messages for image files whose name lacks the channel suffix, and
+    warnings for files that are not images by their ending (ignored).
+    """
+    cases: dict[str, InputCase] = {}
+    errors: list[str] = []
+    warnings: list[str] = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        end = file_ending(p)
+        if end not in SUPPORTED_ENDINGS:
+            warnings.append(f"{p}: not an image file by its ending (expected one of {', '.join(SUPPORTED_ENDINGS)}); "
+                            "ignored")
+            continue
+        stem = p.name[: -len(end)]
+        suffix = stem[-_CHANNEL_SUFFIX_LEN:]
+        if len(stem) <= _CHANNEL_SUFFIX_LEN or suffix[0] != "_" or not suffix[1:].isdigit():
+            errors.append(f"{p}: file name lacks the channel suffix _0000 (expected CASE_0000{end}, "
+                          f"CASE_0001{end} ... one file per channel)")
+            continue
+        case = stem[:-_CHANNEL_SUFFIX_LEN]
+        cases.setdefault(case, InputCase(case)).files.setdefault(int(suffix[1:]), []).append(p)
+    return [cases[c] for c in sorted(cases)], errors, warnings
+
+
+def min_raw_depth(predictor: Predictor) -> int:
+    """Smallest usable raw depth within the crop: a quarter of the configuration's depth."""
+    return max(1, -(-predictor.config.depth // 4))
+
+
+def _load_case(item: InputCase, predictor: Predictor, folder: Path) -> _Loaded:
+    """Read, check and preprocess one case (runs in the reader thread)."""
+    plan = predictor.plan
+    n = plan.num_input_channels
+    dup = [files for files in item.files.values() if len(files) > 1]
+    if dup:
+        return _Loaded(item.case, error=f"{dup[0][0]}: several files for the same channel: "
+                                        f"{', '.join(p.name for p in dup[0])}")
+    extra = sorted(k for k in item.files if k >= n)
+    if extra:
+        f = item.files[extra[0]][0]
+        return _Loaded(item.case, error=f"{f}: channel {extra[0]} given but the model takes {n} channel(s) "
+                                        f"(_0000 to _{n - 1:04d})")
+    missing = [k for k in range(n) if k not in item.files]
+    if missing:
+        first = next(iter(item.files.values()))[0]
+        expected = folder / f"{item.case}_{missing[0]:04d}{file_ending(first)}"
+        return _Loaded(item.case, error=f"{expected}: channel {missing[0]} of case {item.case!r} is missing "
+                                        f"(the model takes {n} channel(s))")
+    axis = plan.projection_axis
+    channels = []
+    geometry = None
+    shape = None
+    for k in range(n):
+        path = item.files[k][0]
+        try:
+            img = read_image(path)
+        except FPNError as exc:
+            return _Loaded(item.case, error=str(exc))
+        if img.ndim != 3:
+            return _Loaded(item.case, error=f"{path}: expected a 3D OCT volume, got a {img.ndim}D image "
+                                            f"of shape {img.array.shape}")
+        if shape is not None and img.array.shape != shape:
+            return _Loaded(item.case, error=f"{path}: shape {img.array.shape} differs from channel 0's {shape}")
+        shape = img.array.shape
+        bda = to_bda(img.array, axis)
+        if k == 0:
+            geometry = enface_geometry(img, axis)
+            depth = bda.shape[1]
+            kept = min(depth, plan.depth_crop) if plan.depth_crop > 0 else depth
+            need = min_raw_depth(predictor)
+            if kept < need:
+                return _Loaded(item.case, error=(
+                    f"{path}: depth {depth} along projection axis {axis} (shape {shape}) is too small: "
+                    f"at least {need} rows are needed (a quarter of the model's depth {predictor.config.depth}); "
+                    "is this a 3D OCT volume in the orientation the model was trained on?"))
+        channels.append(bda)
+    from fpnunet.preprocessing.preprocess import preprocess_volume
+
+    try:
+        volume, _ = preprocess_volume(channels, plan, predictor.config)
+    except FPNError as exc:
+        return _Loaded(item.case, error=f"{item.files[0][0]}: {exc}")
+    return _Loaded(item.case, volume=volume, geometry=geometry)
+
+
+def _reader(
+    items: list[InputCase], predictor: Predictor, folder: Path, out: queue.Queue, stop: threading.Event
+) -> None:
+    for item in items:
+        try:
+            loaded = _load_case(item, predictor, folder)
+        except Exception as exc:  # noqa: BLE001  a bug must not hang the main thread: report it there
+            loaded = _Loaded(item.case, error=f"{folder / item.case}: unexpected {type(exc).__name__}: {exc}")
+        while not stop.is_set():
+            try:
+                out.put(loaded, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        if stop.is_set():
+            return
+
+
+def _write_case(
+    case: str, probs: np.ndarray, geometry: EnfaceGeometry, out_dir: Path, ending: str, save_probs: bool,
+    labels: dict[str, int], threshold: float,
+) -> list[dict[str, Any]]:
+    seg = probabilities_to_segmentation(probs, threshold=threshold, labels=labels)
+    write_segmentation(seg, geometry, out_dir / f"{case}{ending}")
+    if save_probs:
+        write_probabilities(probs, out_dir / f"{case}.npz", labels=labels)
+    return [{"case": case, "class": name, "area_mm2": area}
+            for name, area in lesion_areas(seg, geometry.spacing, labels).items()]
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    in_dir = Path(args.input)
+    out_dir = Path(args.output)
+    if not in_dir.is_dir():
+        raise FPNError(f"{in_dir}: input folder not found")
+    model_dir = Path(args.model_dir) if args.model_dir else find_model_folder(args.dataset, args.model, args.network)
+    folds = None
+    if args.folds:
+        for f in args.folds:
+            if not (f.isdigit() or f == "all"):
+                raise FPNError(f"-f {f}: folds are numbers (0 1 2 3 4) or 'all'")
+        folds = list(args.folds)
+    if not 0 < args.step <= 1:
+        raise FPNError(f"--step {args.step}: must be in (0, 1]")
+    predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=args.checkpoint, device=args.device,
+                                            tta=not args.disable_tta, whole_plane=args.whole_plane,
+                                            step_fraction=args.step)
+    plan = predictor.plan
+    ending = args.file_ending or (predictor.dataset_info.file_ending if predictor.dataset_info else plan.file_ending)
+    if not ending.startswith("."):
+        raise FPNError(f"--file-ending {ending!r}: must start with a dot, e.g. .nii.gz")
+    labels = predictor.dataset_info.labels if predictor.dataset_info else plan.labels
+
+    items, errors, warnings = collect_inputs(in_dir)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    if not items and not errors:
+        raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
+          f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}", file=sys.stderr)
+
+    failures = len(errors)
+    rows: list[dict[str, Any]] = []
+    loaded_q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    reader = threading.Thread(target=_reader, args=(items, predictor, in_dir, loaded_q, stop), daemon=True,
+                              name="fpn_predict-reader")
+    reader.start()
+    pending: list[tuple[str, Future]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fpn_predict-writer") as writer:
+            for _ in tqdm(range(len(items)), desc="predict", unit="case", file=sys.stderr,
+                          disable=len(items) < 2):
+                loaded: _Loaded = loaded_q.get()
+                if loaded.error is not None:
+                    tqdm.write(f"error: {loaded.error}", file=sys.stderr)
+                    failures += 1
+                    continue
+                try:
+                    probs = predictor.predict_preprocessed(loaded.volume)
+                except FPNError as exc:
+                    tqdm.write(f"error: {in_dir / loaded.case}_0000: {exc}", file=sys.stderr)
+                    failures += 1
+                    continue
+                pending.append((loaded.case, writer.submit(
+                    _write_case, loaded.case, probs, loaded.geometry, out_dir, ending, args.save_probabilities,
+                    labels, args.threshold)))
+            for case, fut in pending:
+                try:
+                    rows.extend(fut.result())
+                except (FPNError, OSError, RuntimeError) as exc:
+                    print(f"error: {out_dir / case}{ending}: writing failed ({exc})", file=sys.stderr)
+                    failures += 1
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+
+    _write_areas(rows, out_dir / "lesion_areas.csv")
+    total = len(items) + len(errors)
+    done = total - failures
+    print(f"fpn_predict: wrote {done} of {total} case(s) to {out_dir}", file=sys.stderr)
+    if failures:
+        print(f"error: {failures} of {total} input(s) failed (see messages above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_areas(rows: list[dict[str, Any]], path: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=["case", "class", "area_mm2"])
+    write_atomic(path, lambda tmp: df.to_csv(tmp, index=False), suffix=".csv")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,89 @@
+"""From probabilities to files: label maps on the volume's en-face grid, probabilities, lesion areas.
+
+Channel ``k`` of the network output stands for the ``k``-th label of the plan in increasing
+label value (``{"background": 0, "GA": 1, "drusen": 3}``: channels 0, 1, 2 -> values 0, 1, 3).
+With one foreground class the network has one sigmoid channel: foreground where its probability
+exceeds the threshold.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fpnunet.atomic import write_atomic
+from fpnunet.errors import ShapeError
+from fpnunet.io import EnfaceGeometry, write_image
+
+__all__ = ["label_values", "probabilities_to_segmentation", "write_segmentation", "write_probabilities",
+           "lesion_areas"]
+
+
+def label_values(labels: dict[str, int] | None, num_outputs: int) -> list[int]:
+    """The label value of each output channel; for ``K == 1`` ``[0, foreground value]``."""
+    if labels is None:
+        return [0, 1] if num_outputs == 1 else list(range(num_outputs))
+    values = sorted(set(int(v) for v in labels.values()))
+    if num_outputs == 1:
+        fg = [v for v in values if v != 0]
+        if len(fg) != 1:
+            raise ValueError(f"one output channel needs exactly one foreground label, got labels {labels}")
+        return [0, fg[0]]
+    if len(values) != num_outputs:
+        raise ValueError(f"{num_outputs} output channels but {len(values)} labels: {labels}")
+    return values
+
+
+def probabilities_to_segmentation(
+    probs: np.ndarray, threshold: float = 0.5, labels: dict[str, int] | None = None
+) -> np.ndarray:
+    """Label map ``(B, A)`` uint8 from probabilities ``(K, B, A)``.
+
+    ``K == 1``: the foreground label where ``probs[0] > threshold``; ``K > 1``: the label of the
+    arg-max channel. ``labels`` is the plan's label map (values as written; default 0..K-1).
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise ShapeError(f"expected probabilities (K, B, A), got shape {probs.shape}")
+    k = probs.shape[0]
+    values = label_values(labels, k)
+    dtype = np.uint8 if max(values) <= 255 else np.uint16
+    if k == 1:
+        return np.where(probs[0] > threshold, values[1], 0).astype(dtype)
+    lut = np.asarray(values, dtype=dtype)
+    return lut[np.argmax(probs, axis=0)]
+
+
+def write_segmentation(seg: np.ndarray, geometry: EnfaceGeometry, path: str | os.PathLike) -> None:
+    """Write a label map ``(B, A)`` on ``geometry`` (spacing, origin, direction), atomically.
+
+    The format follows ``path``'s ending (PNG keeps spacing but not the origin).
+    """
+    seg = np.asarray(seg)
+    if tuple(seg.shape) != tuple(geometry.shape):
+        raise ShapeError(f"{path}: segmentation shape {seg.shape} does not match the en-face grid {geometry.shape}")
+    write_image(path, seg, geometry.spacing, geometry.origin, geometry.direction)
+
+
+def write_probabilities(probs: np.ndarray, path: str | os.PathLike, labels: dict[str, int] | None = None) -> None:
+    """Write probabilities ``(K, B, A)`` float32 to a compressed ``.npz`` (key ``probabilities``),
+    atomically; ``labels`` (the plan's label map) is stored beside them as ``label_values``."""
+    probs = np.asarray(probs, dtype=np.float32)
+    extra = {}
+    if labels is not None:
+        extra["label_values"] = np.asarray(label_values(labels, probs.shape[0]), dtype=np.int64)
+
+    def _w(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, probabilities=probs, **extra)
+
+    write_atomic(path, _w, suffix=".npz")
+
+
+def lesion_areas(seg: np.ndarray, spacing: tuple[float, float], labels: dict[str, int]) -> dict[str, float]:
+    """Area in mm^2 of each foreground class of a label map ``(B, A)`` with en-face ``spacing``
+    ``(sB, sA)`` in mm: ``{"GA": 3.2}`` (0.0 for an absent class)."""
+    pixel = float(spacing[0]) * float(spacing[1])
+    seg = np.asarray(seg)
+    return {name: float(np.count_nonzero(seg == value)) * pixel for name, value in labels.items() if value != 0}

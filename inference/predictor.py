@@ -1,0 +1,249 @@
+"""The predictor: a model folder's networks (one per fold) kept in memory, applied to volumes.
+
+Usage::
+
+    predictor = Predictor.from_model_folder("fpn_data/results/Dataset900_SynthGA/fpn__lf1.0__scratch")
+    probs, props = predictor.predict_raw([oct_bda])          # raw channels (B, D, A) -> (K, B, A)
+    probs = predictor.predict_preprocessed(np.load("CASE.npy"))  # (C, B, depth, A) -> (K, B, A)
+
+A model folder (``docs/layout.md``) holds ``plans.json``, ``dataset.json`` and
+``fold_k/checkpoint_{final,best,latest}.pth``; nothing else is needed. On CUDA the networks run
+under bf16 autocast (unless the configuration's precision is ``fp32``) in ``channels_last_3d``;
+on the CPU in fp32.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fpnunet.cli_utils import resolve_device
+from fpnunet.errors import FPNError, ShapeError
+from fpnunet.io import DatasetInfo, load_dataset_json
+from fpnunet.plans.plan import Configuration, Plan
+
+from .sliding_window import predict_sliding_window
+
+__all__ = ["Predictor", "CHECKPOINTS", "list_folds", "load_checkpoint"]
+
+CHECKPOINTS = ("final", "best", "latest")
+_FOLD_RE = re.compile(r"^fold_(\d+|all)$")
+
+
+def list_folds(model_dir: str | os.PathLike) -> list[str]:
+    """Names of the fold folders in a model folder (``["0", "1", ..., "all"]``), numeric first."""
+    model_dir = Path(model_dir)
+    found = [m.group(1) for p in model_dir.iterdir() if p.is_dir() and (m := _FOLD_RE.match(p.name))]
+    return sorted(found, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict on the CPU; :class:`FPNError` naming ``path`` when it is unusable.
+
+    Tries ``weights_only=True`` first; training checkpoints that also pickle RNG states are then
+    loaded in full (a model folder is trusted input, like any pickle you chose to run).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FPNError(f"{path}: checkpoint not found")
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as exc:
+        raise FPNError(f"{path}: cannot load this checkpoint ({exc})") from None
+    if not isinstance(ckpt, dict):
+        raise FPNError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+    missing = [k for k in ("network", "in_channels", "num_outputs", "state_dict") if k not in ckpt]
+    if missing:
+        raise FPNError(f"{path}: not an fpnunet checkpoint (missing {', '.join(missing)}; see docs/layout.md)")
+    return ckpt
+
+
+class Predictor:
+    """Networks of one configuration (usually the folds of one model folder) and their plan.
+
+    Args:
+        networks: networks mapping ``(N, C, pB, depth, pA)`` to logits ``(N, K, pB, pA)``; their
+            probabilities are averaged (fold ensemble). They are moved to ``device`` and put in
+            eval mode once, and stay in memory across cases.
+        plan: the plan they were trained with.
+        config_name: the plan configuration (patch size, depth) they belong to.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        tta: average over the four en-face flips (batched in one forward per window).
+        num_outputs: K (default: the plan's ``num_outputs``).
+        step_fraction: sliding-window step as a fraction of the patch.
+        batch_windows: windows per forward (default 1 on the CPU, 2 on CUDA).
+        whole_plane: feed the whole en-face plane at once instead of sliding (more memory).
+        use_gaussian: Gaussian weighting of the windows.
+        amp: bf16 autocast (default: on CUDA unless the configuration's precision is ``fp32``).
+        dataset_info: the model folder's ``dataset.json`` (file ending, labels), if known.
+    """
+
+    def __init__(
+        self,
+        networks: list[nn.Module],
+        plan: Plan,
+        config_name: str,
+        device: str = "cpu",
+        tta: bool = True,
+        *,
+        num_outputs: int | None = None,
+        step_fraction: float = 0.5,
+        batch_windows: int | None = None,
+        whole_plane: bool = False,
+        use_gaussian: bool = True,
+        amp: bool | None = None,
+        dataset_info: DatasetInfo | None = None,
+    ) -> None:
+        if not networks:
+            raise FPNError("a Predictor needs at least one network")
+        self.plan = plan
+        self.config_name = config_name
+        self.config: Configuration = plan.configuration(config_name)
+        self.device = torch.device(resolve_device(device))
+        self.tta = tta
+        self.num_outputs = int(num_outputs if num_outputs is not None else plan.num_outputs)
+        self.step_fraction = step_fraction
+        self.batch_windows = batch_windows or (2 if self.device.type == "cuda" else 1)
+        self.whole_plane = whole_plane
+        self.use_gaussian = use_gaussian
+        cuda = self.device.type == "cuda"
+        self.amp = (cuda and self.config.precision != "fp32") if amp is None else amp
+        self.channels_last = cuda
+        self.dataset_info = dataset_info
+        self.model_dir: Path | None = None
+        self.folds: list[str] = []
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        self.networks = []
+        for net in networks:
+            net = net.to(self.device).eval()
+            if self.channels_last:
+                net = net.to(memory_format=torch.channels_last_3d)
+            self.networks.append(net)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_model_folder(
+        cls,
+        model_dir: str | os.PathLike,
+        folds: list[int | str] | None = None,
+        checkpoint: str = "final",
+        device: str = "auto",
+        tta: bool = True,
+        **kwargs: Any,
+    ) -> Predictor:
+        """Load ``model_dir/plans.json`` and the ``checkpoint`` of each fold.
+
+        ``folds``: fold numbers (or ``"all"``); ``None`` takes every ``fold_*`` present.
+        ``checkpoint``: ``final``, ``best`` or ``latest``. Extra ``kwargs`` go to :class:`Predictor`.
+        """
+        from fpnunet.networks import build_network
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FPNError(f"{model_dir}: model folder not found")
+        if checkpoint not in CHECKPOINTS:
+            raise FPNError(f"unknown checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINTS)}")
+        plan = Plan.load(model_dir / "plans.json")
+        info = load_dataset_json(model_dir) if (model_dir / "dataset.json").is_file() else None
+        if folds is None:
+            fold_names = list_folds(model_dir)
+            if not fold_names:
+                raise FPNError(f"{model_dir}: no fold_* folders in this model folder (train a fold first)")
+        else:
+            fold_names = [str(f) for f in folds]
+        device = resolve_device(device)
+
+        networks: list[nn.Module] = []
+        config_names: set[str] = set()
+        outputs: set[int] = set()
+        for fold in fold_names:
+            fold_dir = model_dir / f"fold_{fold}"
+            if not fold_dir.is_dir():
+                raise FPNError(f"{fold_dir}: fold {fold} was asked for but this folder does not exist")
+            path = fold_dir / f"checkpoint_{checkpoint}.pth"
+            if not path.is_file():
+                present = sorted(p.name for p in fold_dir.glob("checkpoint_*.pth"))
+                raise FPNError(f"{path}: checkpoint not found (present: {present or 'none'})")
+            ckpt = load_checkpoint(path)
+            spec = ckpt["network"]
+            net = build_network(spec["name"], int(ckpt["in_channels"]), int(ckpt["num_outputs"]),
+                                **dict(spec.get("kwargs", {})))
+            # weights saved from a torch.compile'd model carry an "_orig_mod." prefix
+            state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()}
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as exc:
+                raise FPNError(f"{path}: weights do not fit network {spec['name']!r} ({exc})") from None
+            networks.append(net.eval())
+            config_names.add(str(ckpt.get("configuration") or spec["name"]))
+            outputs.add(int(ckpt["num_outputs"]))
+        if len(config_names) > 1 or len(outputs) > 1:
+            raise FPNError(f"{model_dir}: folds {fold_names} disagree on configuration {sorted(config_names)} "
+                           f"or number of outputs {sorted(outputs)}")
+        config_name = config_names.pop()
+        if config_name not in plan.configurations:
+            config_name = plan.default_configuration
+        predictor = cls(networks, plan, config_name, device=device, tta=tta, num_outputs=outputs.pop(),
+                        dataset_info=info, **kwargs)
+        predictor.model_dir = model_dir
+        predictor.folds = fold_names
+        return predictor
+
+    # ------------------------------------------------------------------ prediction
+    def predict_tensor(self, volume: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(K, B, A)`` float32 (on the device) of a preprocessed ``(C, B, depth, A)`` tensor."""
+        return predict_sliding_window(
+            self.networks, volume.to(self.device, torch.float32), self.config.patch_size,
+            num_outputs=self.num_outputs, tta=self.tta, step_fraction=self.step_fraction,
+            batch_windows=self.batch_windows, use_gaussian=self.use_gaussian, amp=self.amp,
+            whole_plane=self.whole_plane, channels_last=self.channels_last,
+        )
+
+    def predict_preprocessed(self, volume: np.ndarray) -> np.ndarray:
+        """Probabilities ``(K, B, A)`` float32 of a preprocessed volume ``(C, B, depth, A)``
+        (as written by preprocessing: normalised, depth-reduced)."""
+        volume = np.asarray(volume)
+        c = self.plan.num_input_channels
+        if volume.ndim != 4 or volume.shape[0] != c or volume.shape[2] != self.config.depth:
+            raise ShapeError(
+                f"expected a preprocessed volume (C, B, depth, A) with C={c} and depth={self.config.depth}, "
+                f"got shape {volume.shape}"
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+        return self.predict_tensor(tensor).cpu().numpy()
+
+    def predict_raw(
+        self, channels: list[np.ndarray], retina_band: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Preprocess raw channels (each ``(B, D, A)``) with the plan, then predict.
+
+        Returns the probabilities ``(K, B, A)`` on the volume's en-face grid and the
+        preprocessing properties (``retina_band``, ``crop``).
+        """
+        from fpnunet.preprocessing.preprocess import preprocess_volume
+
+        if len(channels) != self.plan.num_input_channels:
+            raise ShapeError(f"the model takes {self.plan.num_input_channels} channel(s), got {len(channels)}")
+        shapes = {tuple(np.shape(ch)) for ch in channels}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+            raise ShapeError(f"expected channels of one shape (B, D, A), got shapes {sorted(shapes)}")
+        b, _, a = next(iter(shapes))
+        volume, props = preprocess_volume(list(channels), self.plan, self.config, retina_band=retina_band)
+        probs = self.predict_preprocessed(volume)
+        if probs.shape[1:] != (b, a):
+            raise ShapeError(f"preprocessing changed the en-face plane from {(b, a)} to {probs.shape[1:]}")
+        return probs, props
+
+    def __repr__(self) -> str:
+        return (f"Predictor({len(self.networks)} network(s), config={self.config_name!r}, device={self.device}, "
+                f"tta={self.tta}, amp={self.amp})")

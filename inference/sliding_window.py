@@ -1,0 +1,201 @@
+"""Sliding-window prediction over the en-face plane at full depth, with batched flip TTA.
+
+A preprocessed volume ``(C, B, D, A)`` is cut into en-face windows ``(C, pB, D, pA)`` (the
+depth is never tiled: the network collapses it). Each window goes through every network once,
+its four flips on the en-face axes (none, B, A, both) concatenated along N into a single
+forward ``(4 * n, C, pB, D, pA)``. Every forward's logits ``(N, K, pB, pA)`` become
+probabilities (sigmoid for ``K == 1``, softmax over K otherwise), are flipped back, averaged
+over the flips and over the networks (folds), and accumulated into the plane with Gaussian
+weights (the centre of a window is trusted more than its border)::
+
+    probs = predict_sliding_window([net], volume, (32, 256), num_outputs=1)  # (K, B, A)
+
+A plane smaller than the patch is zero-padded to the patch (the preprocessed volume is
+z-scored, so zero is its mean intensity) and the result cropped back; ``whole_plane=True``
+feeds the whole plane in one window, padded only up to the network's input divisors.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from fpnunet.errors import FPNError, ShapeError
+
+__all__ = ["gaussian_weights", "window_starts", "network_divisors", "predict_sliding_window"]
+
+_MIN_WEIGHT = 1e-4
+
+
+def gaussian_weights(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> torch.Tensor:
+    """Importance map of an en-face window: a separable Gaussian ``(pB, pA)``, maximum 1.
+
+    ``sigma = patch * sigma_scale`` per axis, centred on the window's middle (symmetric under
+    flips). Values are clamped to at least ``1e-4`` so that border pixels covered by one window
+    only still get a finite, well-conditioned weight.
+    """
+    axes = []
+    for p in patch_size:
+        p = int(p)
+        if p < 1:
+            raise ValueError(f"patch size must be positive, got {tuple(patch_size)}")
+        sigma = max(p * sigma_scale, 1e-6)
+        i = torch.arange(p, dtype=torch.float64) - (p - 1) / 2.0
+        axes.append(torch.exp(-(i**2) / (2.0 * sigma**2)))
+    w = axes[0][:, None] * axes[1][None, :]
+    w = w / w.max()
+    return w.clamp_min(_MIN_WEIGHT).to(torch.float32)
+
+
+def window_starts(size: int, patch: int, step_fraction: float = 0.5) -> list[int]:
+    """Start offsets of windows of length ``patch`` covering ``[0, size)`` with overlap.
+
+    The step is at most ``patch * step_fraction``; windows are spread evenly so that the first
+    starts at 0 and the last ends at ``size`` (nnU-Net's rule). ``size <= patch`` gives ``[0]``
+    (the caller pads the volume up to the patch).
+    """
+    if not 0 < step_fraction <= 1:
+        raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction}")
+    if size <= patch:
+        return [0]
+    target_step = max(patch * step_fraction, 1.0)
+    num = math.ceil((size - patch) / target_step) + 1
+    actual = (size - patch) / (num - 1)
+    return [int(round(actual * i)) for i in range(num)]
+
+
+def network_divisors(network: nn.Module) -> tuple[int, int]:
+    """``(dB, dA)`` the en-face input of ``network`` must be divisible by (``(1, 1)`` if unknown).
+
+    Uses :meth:`fpnunet.networks.SegNetwork.input_divisors` with the network's ``config``.
+    """
+    fn = getattr(type(network), "input_divisors", None)
+    if fn is None:
+        return 1, 1
+    (db, _, da), _ = fn(**getattr(network, "config", {}))
+    return int(db), int(da)
+
+
+def _pad_to(volume: torch.Tensor, target: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad ``(C, B, D, A)`` to en-face size ``target``, evenly on both sides.
+
+    Returns the padded volume and the ``(b0, a0)`` offset of the original plane in it.
+    """
+    _, b, _, a = volume.shape
+    pb, pa = max(target[0] - b, 0), max(target[1] - a, 0)
+    if pb == 0 and pa == 0:
+        return volume, (0, 0)
+    b0, a0 = pb // 2, pa // 2
+    # F.pad pads the last dims first: (A_before, A_after, D_before, D_after, B_before, B_after)
+    padded = torch.nn.functional.pad(volume, (a0, pa - a0, 0, 0, b0, pb - b0))
+    return padded, (b0, a0)
+
+
+def _flip_variants(x: torch.Tensor) -> torch.Tensor:
+    """``(n, C, B, D, A)`` -> ``(4n, C, B, D, A)``: identity, flip B, flip A, flip both."""
+    return torch.cat([x, x.flip(2), x.flip(4), x.flip(2, 4)], dim=0)
+
+
+def _unflip_mean(p: torch.Tensor) -> torch.Tensor:
+    """``(4n, K, B, A)`` predictions of :func:`_flip_variants` -> ``(n, K, B, A)`` mean, flipped back."""
+    p0, pb, pa, pba = p.chunk(4, dim=0)
+    return (p0 + pb.flip(2) + pa.flip(3) + pba.flip(2, 3)) / 4.0
+
+
+def _to_probabilities(logits: torch.Tensor, num_outputs: int) -> torch.Tensor:
+    logits = logits.float()
+    return torch.sigmoid(logits) if num_outputs == 1 else torch.softmax(logits, dim=1)
+
+
+@torch.inference_mode()
+def predict_sliding_window(
+    networks: Sequence[nn.Module],
+    volume: torch.Tensor,
+    patch_size: Sequence[int],
+    *,
+    num_outputs: int,
+    tta: bool = True,
+    step_fraction: float = 0.5,
+    batch_windows: int = 1,
+    use_gaussian: bool = True,
+    amp: bool = False,
+    whole_plane: bool = False,
+    channels_last: bool = False,
+    divisors: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Probabilities ``(K, B, A)`` float32 of a preprocessed volume ``(C, B, D, A)``.
+
+    Args:
+        networks: one or more networks (folds) mapping ``(N, C, pB, D, pA)`` to logits
+            ``(N, K, pB, pA)``; in eval mode, on ``volume.device``. Their probabilities are averaged.
+        volume: the preprocessed volume ``(C, B, D, A)`` (float, on the networks' device).
+        patch_size: the en-face window ``(pB, pA)`` (the plan's ``patch_size``).
+        num_outputs: K; 1 means sigmoid, more means softmax over K.
+        tta: average over the four en-face flips (none, B, A, both), batched in one forward.
+        step_fraction: window step as a fraction of the patch (0.5: half-overlapping windows).
+        batch_windows: windows per forward (each carries its 4 flips with ``tta``).
+        use_gaussian: weight each window by :func:`gaussian_weights` (else uniformly).
+        amp: run the networks under bf16 autocast on ``volume.device``'s type.
+        whole_plane: one window over the whole plane, zero-padded up to ``divisors``
+            (default: the first network's :func:`network_divisors`) instead of sliding.
+        channels_last: feed inputs as ``channels_last_3d`` (CUDA).
+        divisors: ``(dB, dA)`` for ``whole_plane``.
+
+    Returns:
+        ``(K, B, A)`` float32 probabilities on ``volume.device``.
+    """
+    if not networks:
+        raise FPNError("predict_sliding_window needs at least one network")
+    if volume.ndim != 4:
+        raise ShapeError(f"expected a preprocessed volume (C, B, D, A), got shape {tuple(volume.shape)}")
+    if batch_windows < 1:
+        raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
+    _, b, _, a = volume.shape
+    volume = volume.float()
+    if whole_plane:
+        db, da = divisors or network_divisors(networks[0])
+        patch = (math.ceil(b / db) * db, math.ceil(a / da) * da)
+    else:
+        patch = (int(patch_size[0]), int(patch_size[1]))
+    padded, (b0, a0) = _pad_to(volume, (max(b, patch[0]), max(a, patch[1])))
+    _, bp, _, ap = padded.shape
+    device = padded.device
+
+    weight = gaussian_weights(patch).to(device) if use_gaussian else torch.ones(patch, device=device)
+    acc = torch.zeros((num_outputs, bp, ap), dtype=torch.float32, device=device)
+    norm = torch.zeros((bp, ap), dtype=torch.float32, device=device)
+    windows = [(sb, sa) for sb in window_starts(bp, patch[0], step_fraction)
+               for sa in window_starts(ap, patch[1], step_fraction)]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+
+    for i in range(0, len(windows), batch_windows):
+        chunk = windows[i : i + batch_windows]
+        x = torch.stack([padded[:, sb : sb + patch[0], :, sa : sa + patch[1]] for sb, sa in chunk])
+        if tta:
+            x = _flip_variants(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        probs = None
+        for net in networks:
+            with autocast:
+                logits = net(x)
+            expected = (x.shape[0], num_outputs, patch[0], patch[1])
+            if tuple(logits.shape) != expected:
+                raise ShapeError(
+                    f"{type(net).__name__} returned logits of shape {tuple(logits.shape)} for input "
+                    f"{tuple(x.shape)}; expected (N, K, pB, pA) = {expected}"
+                )
+            p = _to_probabilities(logits, num_outputs)
+            if tta:
+                p = _unflip_mean(p)
+            probs = p if probs is None else probs + p
+        probs = probs / len(networks)
+        for (sb, sa), p in zip(chunk, probs):
+            acc[:, sb : sb + patch[0], sa : sa + patch[1]] += p * weight
+            norm[sb : sb + patch[0], sa : sa + patch[1]] += weight
+
+    out = acc / norm
+    return out[:, b0 : b0 + b, a0 : a0 + a].contiguous()

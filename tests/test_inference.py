@@ -1,0 +1,433 @@
+"""Inference: sliding window, flip TTA, fold ensemble, export, model folders and fpn_predict."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from fpnunet.atomic import save_json
+from fpnunet.errors import FPNError
+from fpnunet.inference import (
+    Predictor,
+    gaussian_weights,
+    lesion_areas,
+    predict_sliding_window,
+    probabilities_to_segmentation,
+    window_starts,
+    write_probabilities,
+)
+from fpnunet.inference.cli import main as predict_main
+from fpnunet.io import read_image, write_image
+from fpnunet.networks import SegNetwork, build_network, register
+from fpnunet.plans.plan import Configuration, NetworkSpec, Plan
+
+torch.set_num_threads(1)
+
+DEPTH = 16
+
+
+@register("_inference_test_column")
+class ColumnNet(SegNetwork):
+    """1x1x1 convs, ReLU, mean over depth: each en-face pixel sees only its own A-scan
+    (translation- and flip-equivariant on the en-face plane)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 1, hidden: int = 4):
+        super().__init__()
+        self.config = {"hidden": hidden}
+        self.conv1 = nn.Conv3d(in_channels, hidden, 1)
+        self.conv2 = nn.Conv3d(hidden, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, B, D, A) -> (N, K, B, A)
+        return self.conv2(torch.relu(self.conv1(x))).mean(dim=3)
+
+
+class SkewNet(nn.Module):
+    """An asymmetric (3, 1, 3) conv then the depth mean: NOT flip-equivariant."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 1):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, num_classes, (3, 1, 3), padding=(1, 0, 1))
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.linspace(-1.0, 2.0, self.conv.weight.numel()).view_as(self.conv.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean(dim=3)
+
+
+class ConstNet(nn.Module):
+    """Logits ``(N, K, B, A)`` equal to ``values`` everywhere, whatever the input."""
+
+    def __init__(self, values: list[float]):
+        super().__init__()
+        self.register_buffer("values", torch.tensor(values, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, b, _, a = x.shape
+        return self.values.view(1, -1, 1, 1).expand(n, -1, b, a).clone()
+
+
+class DivisorCheckNet(ColumnNet):
+    """A column net that insists on en-face sizes divisible by (4, 16)."""
+
+    @classmethod
+    def input_divisors(cls, **kwargs):
+        return (4, 1, 16), 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[2] % 4 == 0 and x.shape[4] % 16 == 0, x.shape
+        return super().forward(x)
+
+
+def _seeded(cls, seed: int = 0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    return cls(**kwargs).eval()
+
+
+def _column_truth(net: ColumnNet, volume: torch.Tensor, num_outputs: int) -> torch.Tensor:
+    with torch.no_grad():
+        logits = ColumnNet.forward(net, volume[None])[0]
+    return torch.sigmoid(logits) if num_outputs == 1 else torch.softmax(logits, dim=0)
+
+
+# ----------------------------------------------------------------------------- sliding window
+def test_window_starts_cover_and_overlap():
+    assert window_starts(8, 8) == [0]
+    assert window_starts(5, 8) == [0]
+    assert window_starts(512, 256) == [0, 128, 256]
+    for size, patch in [(49, 32), (70, 32), (100, 7), (33, 32)]:
+        starts = window_starts(size, patch, 0.5)
+        assert starts[0] == 0 and starts[-1] + patch == size
+        assert all(0 < b - a <= patch // 2 + 1 for a, b in zip(starts, starts[1:]))
+
+
+def test_gaussian_weights_shape_peak_and_symmetry():
+    w = gaussian_weights((8, 32))
+    assert w.shape == (8, 32) and w.dtype == torch.float32
+    assert math.isclose(float(w.max()), 1.0, rel_tol=1e-6) and float(w.min()) > 0
+    assert torch.equal(w, w.flip(0)) and torch.equal(w, w.flip(1))
+    assert float(w[4, 16]) > float(w[0, 16]) and float(w[4, 16]) > float(w[4, 0])
+
+
+@pytest.mark.parametrize("use_gaussian", [True, False])
+@pytest.mark.parametrize("num_outputs", [1, 3])
+def test_sliding_window_equals_one_pass(use_gaussian, num_outputs):
+    net = _seeded(ColumnNet, in_channels=2, num_classes=num_outputs)
+    torch.manual_seed(1)
+    volume = torch.randn(2, 21, DEPTH, 70)
+    kw = dict(num_outputs=num_outputs, tta=False, use_gaussian=use_gaussian)
+    sliding = predict_sliding_window([net], volume, (8, 32), **kw)
+    one_pass = predict_sliding_window([net], volume, (21, 70), **kw)
+    whole = predict_sliding_window([net], volume, (8, 32), whole_plane=True, **kw)
+    batched = predict_sliding_window([net], volume, (8, 32), batch_windows=5, **kw)
+    truth = _column_truth(net, volume, num_outputs)
+    assert sliding.shape == (num_outputs, 21, 70) and sliding.dtype == torch.float32
+    for out in (sliding, whole, batched):
+        torch.testing.assert_close(out, one_pass, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one_pass, truth, rtol=1e-5, atol=1e-6)
+    if num_outputs > 1:
+        torch.testing.assert_close(sliding.sum(0), torch.ones(21, 70))
+
+
+def test_plane_smaller_than_patch_is_padded_and_cropped():
+    net = _seeded(ColumnNet, in_channels=1, num_classes=1)
+    volume = torch.randn(1, 5, DEPTH, 20)
+    out = predict_sliding_window([net], volume, (8, 32), num_outputs=1, tta=True)
+    assert out.shape == (1, 5, 20)
+    torch.testing.assert_close(out, _column_truth(net, volume, 1), rtol=1e-5, atol=1e-6)
+    # one axis smaller than the patch, the other larger
+    volume = torch.randn(1, 5, DEPTH, 75)
+    out = predict_sliding_window([net], volume, (8, 32), num_outputs=1, tta=False)
+    torch.testing.assert_close(out, _column_truth(net, volume, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_whole_plane_pads_to_network_divisors():
+    net = _seeded(DivisorCheckNet, in_channels=1, num_classes=1)
+    volume = torch.randn(1, 10, DEPTH, 37)
+    out = predict_sliding_window([net], volume, (4, 16), num_outputs=1, tta=True, whole_plane=True)
+    assert out.shape == (1, 10, 37)
+    torch.testing.assert_close(out, _column_truth(net, volume, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_accumulation_of_overlapping_windows():
+    net = SkewNet().eval()
+    torch.manual_seed(2)
+    volume = torch.randn(1, 8, 6, 48)  # windows start at A = 0 and A = 16
+    out = predict_sliding_window([net], volume, (8, 32), num_outputs=1, tta=False)
+    w = gaussian_weights((8, 32))
+    with torch.no_grad():
+        p0 = torch.sigmoid(net(volume[None, ..., 0:32]))[0]
+        p1 = torch.sigmoid(net(volume[None, ..., 16:48]))[0]
+    acc = torch.zeros(1, 8, 48)
+    norm = torch.zeros(8, 48)
+    acc[..., 0:32] += p0 * w
+    acc[..., 16:48] += p1 * w
+    norm[:, 0:32] += w
+    norm[:, 16:48] += w
+    torch.testing.assert_close(out, acc / norm, rtol=1e-5, atol=1e-6)
+
+
+def test_tta_averages_the_four_flips():
+    net = SkewNet(in_channels=1, num_classes=1).eval()
+    torch.manual_seed(3)
+    volume = torch.randn(1, 8, 6, 32)  # exactly one window
+
+    def p(x):
+        with torch.no_grad():
+            return torch.sigmoid(net(x[None]))[0]
+
+    manual = (p(volume) + p(volume.flip(1)).flip(1) + p(volume.flip(3)).flip(2)
+              + p(volume.flip(1, 3)).flip(1, 2)) / 4
+    out = predict_sliding_window([net], volume, (8, 32), num_outputs=1, tta=True)
+    no_tta = predict_sliding_window([net], volume, (8, 32), num_outputs=1, tta=False)
+    torch.testing.assert_close(out, manual, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(no_tta, p(volume), rtol=1e-5, atol=1e-6)
+    assert float((out - no_tta).abs().max()) > 1e-3  # the net is not flip-invariant
+
+    calls = []
+    net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    predict_sliding_window([net], torch.randn(1, 8, 6, 48), (8, 32), num_outputs=1, tta=True)
+    assert calls == [4, 4]  # one batched forward (4 flips) per window
+
+
+def test_ensemble_averages_fold_probabilities():
+    a, b = ConstNet([2.0]), ConstNet([-1.0])
+    volume = torch.randn(1, 9, 4, 40)
+    out = predict_sliding_window([a, b], volume, (8, 32), num_outputs=1)
+    expected = (torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(-1.0))) / 2
+    torch.testing.assert_close(out, torch.full((1, 9, 40), float(expected)))
+    a3, b3 = ConstNet([0.0, 1.0, 3.0]), ConstNet([2.0, 0.0, -1.0])
+    out = predict_sliding_window([a3, b3], volume, (8, 32), num_outputs=3)
+    expected = (torch.softmax(a3.values, 0) + torch.softmax(b3.values, 0)) / 2
+    torch.testing.assert_close(out, expected.view(3, 1, 1).expand(3, 9, 40))
+
+
+# ----------------------------------------------------------------------------- export
+def test_segmentation_labels_and_areas(tmp_path):
+    probs = np.array([[[0.2, 0.7], [0.51, 0.5]]], dtype=np.float32)
+    seg = probabilities_to_segmentation(probs, labels={"background": 0, "GA": 2})
+    assert seg.dtype == np.uint8 and seg.tolist() == [[0, 2], [2, 0]]
+    probs3 = np.stack([np.full((2, 2), 0.5), np.eye(2) * 0.9, np.fliplr(np.eye(2)) * 0.8]).astype(np.float32)
+    seg3 = probabilities_to_segmentation(probs3, labels={"bg": 0, "GA": 1, "drusen": 3})
+    assert seg3.tolist() == [[1, 3], [3, 1]]
+    areas = lesion_areas(seg3, (0.12, 0.0113), {"bg": 0, "GA": 1, "drusen": 3, "cyst": 4})
+    assert areas == pytest.approx({"GA": 2 * 0.12 * 0.0113, "drusen": 2 * 0.12 * 0.0113, "cyst": 0.0})
+    write_probabilities(probs3, tmp_path / "c.npz", labels={"bg": 0, "GA": 1, "drusen": 3})
+    with np.load(tmp_path / "c.npz") as z:
+        np.testing.assert_array_equal(z["probabilities"], probs3)
+        assert z["label_values"].tolist() == [0, 1, 3]
+
+
+# ----------------------------------------------------------------------------- model folders
+def _make_model_folder(
+    root: Path, *, channels: int = 1, labels: dict[str, int] | None = None, folds: int = 2,
+    projection_axis: int = 1, network: str = "_inference_test_column", kwargs: dict | None = None,
+    patch: tuple[int, int] = (8, 32), depth: int = DEPTH, name: str = "colnet__lf1.0__scratch",
+) -> Path:
+    labels = labels or {"background": 0, "GA": 1}
+    kwargs = {"hidden": 4} if kwargs is None else kwargs
+    model_dir = root / name
+    config = Configuration(network=NetworkSpec(network, kwargs), patch_size=patch, batch_size=2, depth=depth,
+                           data_identifier=f"depth{depth}", precision="fp32")
+    plan = Plan(dataset_name="Dataset999_Test", projection_axis=projection_axis, num_input_channels=channels,
+                labels=labels, file_ending=".nii.gz", depth_crop=0,
+                configurations={"colnet": config}, default_configuration="colnet")
+    model_dir.mkdir(parents=True)
+    plan.save(model_dir / "plans.json")
+    save_json({"name": "Test", "channel_names": {str(i): f"ch{i}" for i in range(channels)}, "labels": labels,
+               "file_ending": ".nii.gz"}, model_dir / "dataset.json")
+    k = plan.num_outputs
+    for fold in range(folds):
+        torch.manual_seed(100 + fold)
+        net = build_network(network, channels, k, **kwargs)
+        for ckpt_name, scale in (("final", 1.0), ("best", -1.0)):
+            state = {n: t * scale for n, t in net.state_dict().items()}
+            (model_dir / f"fold_{fold}").mkdir(exist_ok=True)
+            torch.save({"network": {"name": network, "kwargs": kwargs}, "in_channels": channels, "num_outputs": k,
+                        "configuration": "colnet", "state_dict": state, "epoch": 1},
+                       model_dir / f"fold_{fold}" / f"checkpoint_{ckpt_name}.pth")
+    return model_dir
+
+
+def _volume_file(path: Path, shape=(10, 24, 40), spacing=(0.12, 0.0039, 0.0113), origin=(1.5, -2.0, 3.25),
+                 seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(size=shape).astype(np.float32)
+    arr[:, shape[1] // 3 : 2 * shape[1] // 3] += 3.0  # a bright "retina" band (if depth is axis 1)
+    write_image(path, arr, spacing, origin)
+
+
+def test_from_model_folder_loads_folds_and_checkpoints(tmp_path):
+    model_dir = _make_model_folder(tmp_path, folds=2)
+    pred = Predictor.from_model_folder(model_dir, device="cpu")
+    assert len(pred.networks) == 2 and pred.folds == ["0", "1"] and not pred.amp
+    volume = np.random.default_rng(0).normal(size=(1, 12, DEPTH, 40)).astype(np.float32)
+    probs = pred.predict_preprocessed(volume)
+    assert probs.shape == (1, 12, 40) and probs.dtype == np.float32
+
+    singles = [Predictor.from_model_folder(model_dir, folds=[f], device="cpu").predict_preprocessed(volume)
+               for f in (0, 1)]
+    np.testing.assert_allclose(probs, (singles[0] + singles[1]) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(singles[0], singles[1])
+    best = Predictor.from_model_folder(model_dir, folds=[0], checkpoint="best", device="cpu")
+    assert not np.allclose(best.predict_preprocessed(volume), singles[0])
+
+    with pytest.raises(FPNError, match="fold_3"):
+        Predictor.from_model_folder(model_dir, folds=[3])
+    (model_dir / "fold_1" / "checkpoint_best.pth").unlink()
+    with pytest.raises(FPNError, match=r"fold_1.checkpoint_best\.pth"):
+        Predictor.from_model_folder(model_dir, checkpoint="best")
+    with pytest.raises(FPNError, match="depth=16"):
+        pred.predict_preprocessed(volume[:, :, :8])
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return predict_main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".mha", ".png"])
+def test_predictions_keep_enface_geometry(tmp_path, ending):
+    model_dir = _make_model_folder(tmp_path / "results", folds=1)
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    _volume_file(in_dir / "caseA_0000.nii.gz", seed=1)
+    _volume_file(in_dir / "caseB_0000.mha", shape=(7, 30, 50), spacing=(0.2, 0.004, 0.01), origin=(0, 1, 2), seed=2)
+    assert _run(["-i", str(in_dir), "-o", str(out_dir), "-m", str(model_dir), "--file-ending", ending,
+                 "--device", "cpu", "--save-probabilities"]) == 0
+    for case, shape, spacing, origin in (("caseA", (10, 40), (0.12, 0.0113), (1.5, 3.25)),
+                                         ("caseB", (7, 50), (0.2, 0.01), (0.0, 2.0))):
+        img = read_image(out_dir / f"{case}{ending}")
+        assert img.array.shape == shape
+        assert set(np.unique(img.array)) <= {0, 1}
+        np.testing.assert_allclose(img.spacing, spacing, rtol=1e-5)
+        if ending != ".png":  # PNG keeps no origin
+            np.testing.assert_allclose(img.origin, origin, rtol=1e-5, atol=1e-6)
+        with np.load(out_dir / f"{case}.npz") as z:
+            probs = z["probabilities"]
+        assert probs.shape == (1, *shape)
+        np.testing.assert_array_equal(img.array, (probs[0] > 0.5).astype(np.uint8))
+    areas = pd.read_csv(out_dir / "lesion_areas.csv")
+    assert list(areas.columns) == ["case", "class", "area_mm2"]
+    assert sorted(areas["case"]) == ["caseA", "caseB"] and set(areas["class"]) == {"GA"}
+    a = read_image(out_dir / f"caseA{ending}").array
+    assert float(areas.set_index("case").loc["caseA", "area_mm2"]) == pytest.approx(a.sum() * 0.12 * 0.0113)
+
+
+def test_projection_axis_other_than_one(tmp_path):
+    """A plan whose volumes store depth last, (B, A, D): the output is on the (B, A) grid."""
+    model_dir = _make_model_folder(tmp_path / "results", folds=1, projection_axis=2)
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    arr = np.random.default_rng(0).normal(size=(9, 33, 24)).astype(np.float32)
+    write_image(in_dir / "c_0000.nii.gz", arr, (0.1, 0.02, 0.004), (5.0, 6.0, 7.0))
+    assert _run(["-i", str(in_dir), "-o", str(out_dir), "-m", str(model_dir), "--device", "cpu"]) == 0
+    img = read_image(out_dir / "c.nii.gz")
+    assert img.array.shape == (9, 33)
+    np.testing.assert_allclose(img.spacing, (0.1, 0.02), rtol=1e-6)
+    # numpy axis 2 (depth) is SimpleITK axis 0: the en-face origin keeps SimpleITK axes 1, 2
+    np.testing.assert_allclose(img.origin, (6.0, 7.0))
+
+
+def test_predict_raw_matches_cli_output(tmp_path):
+    model_dir = _make_model_folder(tmp_path / "results", folds=2)
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    _volume_file(in_dir / "c_0000.nii.gz", seed=4)
+    assert _run(["-i", str(in_dir), "-o", str(out_dir), "-m", str(model_dir), "--device", "cpu",
+                 "--save-probabilities", "--disable-tta"]) == 0
+    pred = Predictor.from_model_folder(model_dir, device="cpu", tta=False)
+    raw = read_image(in_dir / "c_0000.nii.gz").array
+    probs, props = pred.predict_raw([raw])
+    assert probs.shape == (1, 10, 40) and "crop" in props and "retina_band" in props
+    with np.load(out_dir / "c.npz") as z:
+        np.testing.assert_allclose(z["probabilities"], probs, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_inputs_are_reported_and_others_still_written(tmp_path, capsys):
+    model_dir = _make_model_folder(tmp_path / "results", channels=2, folds=1)
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    for case in ("good1", "good2"):
+        for ch in (0, 1):
+            _volume_file(in_dir / f"{case}_{ch:04d}.nii.gz", seed=ch)
+    (in_dir / "garbage_0000.nii.gz").write_bytes(b"this is not an image")
+    _volume_file(in_dir / "garbage_0001.nii.gz")
+    write_image(in_dir / "flat_0000.nii.gz", np.zeros((10, 40), np.float32), (0.1, 0.01))
+    _volume_file(in_dir / "flat_0001.nii.gz")
+    _volume_file(in_dir / "thin_0000.nii.gz", shape=(10, 2, 40))
+    _volume_file(in_dir / "thin_0001.nii.gz", shape=(10, 2, 40))
+    _volume_file(in_dir / "nosuffix.nii.gz")
+    _volume_file(in_dir / "half_0000.nii.gz")
+    (in_dir / "notes.txt").write_text("not an image")
+
+    rc = _run(["-i", str(in_dir), "-o", str(out_dir), "-m", str(model_dir), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "garbage_0000.nii.gz" in err and "cannot read" in err
+    assert "flat_0000.nii.gz" in err and "3D" in err
+    assert "thin_0000.nii.gz" in err and "depth 2" in err
+    assert "nosuffix.nii.gz" in err and "_0000" in err
+    assert "half_0001.nii.gz" in err and "missing" in err
+    assert "notes.txt" in err and "ignored" in err
+    assert "5 of 7 input(s) failed" in err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["good1.nii.gz", "good2.nii.gz", "lesion_areas.csv"]
+    assert sorted(pd.read_csv(out_dir / "lesion_areas.csv")["case"]) == ["good1", "good2"]
+
+
+def test_model_folder_from_results_by_dataset(tmp_path, monkeypatch):
+    results = tmp_path / "results" / "Dataset999_Test"
+    _make_model_folder(results, folds=1, name="fpn__lf1.0__scratch")
+    monkeypatch.setenv("FPN_RESULTS", str(tmp_path / "results"))
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    _volume_file(in_dir / "c_0000.nii.gz")
+    assert _run(["-i", str(in_dir), "-o", str(tmp_path / "o1"), "-d", "999", "--device", "cpu"]) == 0
+    assert (tmp_path / "o1" / "c.nii.gz").is_file()
+
+    _make_model_folder(results, folds=1, name="fpn__lf0.05__ssl-FAF")
+    with pytest.raises(FPNError, match="several model folders"):
+        from fpnunet.inference.cli import find_model_folder
+
+        find_model_folder("999", None, "fpn")
+    assert _run(["-i", str(in_dir), "-o", str(tmp_path / "o2"), "-d", "Dataset999_Test",
+                 "--model", "fpn__lf0.05__ssl-FAF", "--device", "cpu", "-f", "0"]) == 0
+    assert (tmp_path / "o2" / "c.nii.gz").is_file()
+    assert _run(["-i", str(in_dir), "-o", str(tmp_path / "o3"), "-d", "999"]) == 1
+
+
+def test_real_fpn_model_folder(tmp_path):
+    """The registry's FPN, planned for patch (8, 32) at depth 64, end to end through fpn_predict."""
+    from fpnunet.networks import network_class
+
+    kwargs = network_class("fpn").plan_kwargs((8, 32), 64)
+    model_dir = _make_model_folder(tmp_path / "results", folds=1, network="fpn", kwargs=kwargs, depth=64,
+                                   labels={"background": 0, "GA": 1, "drusen": 2})
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    _volume_file(in_dir / "c_0000.nii.gz", shape=(6, 40, 40))
+    assert _run(["-i", str(in_dir), "-o", str(out_dir), "-m", str(model_dir), "--device", "cpu",
+                 "--save-probabilities"]) == 0
+    seg = read_image(out_dir / "c.nii.gz").array
+    assert seg.shape == (6, 40) and set(np.unique(seg)) <= {0, 1, 2}
+    with np.load(out_dir / "c.npz") as z:
+        probs = z["probabilities"]
+    assert probs.shape == (3, 6, 40)
+    np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-5)
+    assert sitk.ReadImage(str(out_dir / "c.nii.gz")).GetSize() == (40, 6)
+
+
+def test_inference_never_imports_training():
+    import subprocess
+    import sys
+
+    code = ("import sys, fpnunet.inference, fpnunet.inference.cli; "
+            "bad = [m for m in sys.modules if m.startswith('fpnunet.training')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
