@@ -1,0 +1,38 @@
+"""Shared pytest fixtures.
+
+``tiny_raw_dataset``: a tiny synthetic raw dataset (session-scoped, treat it as read-only; copy
+it with ``shutil.copytree`` before changing anything).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+try:  # the test machine is small and shared: one intra-op thread keeps torch tests predictable
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a hard dependency, but conftest must not need it
+    pass
+
+from fpnunet.synthetic import make_synthetic_dataset
+
+TINY_SHAPE: tuple[int, int, int] = (8, 96, 32)
+"""``(B, D, A)`` of the tiny dataset's volumes: B-scans, depth, A-scans."""
+TINY_TRAIN, TINY_LABELLED, TINY_TEST = 8, 6, 2
+
+
+@pytest.fixture(scope="session")
+def tiny_raw_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A raw dataset folder ``.../Dataset900_SynthGA`` in the layout of ``docs/layout.md``.
+
+    8 training cases ``SynthGA_000`` ... ``SynthGA_007`` (the first 6 labelled, the last 2
+    unlabelled), each with ``imagesTr/CASE_0000.nii.gz`` (float32, numpy ``(8, 96, 32)`` =
+    ``(B, D, A)``), ``enfaceTr/CASE_FAF.nii.gz`` and ``CASE_SLO.nii.gz`` (float32 ``(8, 32)``),
+    ``labelsTr/CASE.nii.gz`` (uint8 ``(8, 32)``); 2 test cases ``SynthGA_T000``, ``SynthGA_T001``
+    in ``imagesTs/`` with references in ``labelsTs/``. Seed 0.
+    """
+    out = tmp_path_factory.mktemp("raw") / "Dataset900_SynthGA"
+    return make_synthetic_dataset(out, n=TINY_TRAIN, labelled_fraction=TINY_LABELLED / TINY_TRAIN, seed=0,
+                                  shape=TINY_SHAPE, num_test=TINY_TEST, show_progress=False)
