@@ -4,6 +4,7 @@
 ``(C, B, depth, A)`` (also used by inference); ``preprocess_dataset`` writes a dataset's
 training cases into ``$FPN_PREPROCESSED/DatasetXXX/<data_identifier>/`` (see docs/layout.md).
 """
-from fpnunet.preprocessing.preprocess import load_case_raw, preprocess_case, preprocess_dataset, preprocess_volume
+from fpnunet.preprocessing.preprocess import load_case_raw, preprocess_volume
+from fpnunet.preprocessing.storage import preprocess_case, preprocess_dataset
 
 __all__ = ["load_case_raw", "preprocess_case", "preprocess_dataset", "preprocess_volume"]

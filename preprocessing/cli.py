@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_preprocess:
         return 0
 
-    from fpnunet.preprocessing.preprocess import preprocess_dataset
+    from fpnunet.preprocessing.storage import preprocess_dataset
 
     summary = preprocess_dataset(name, plan, num_processes=args.num_processes, clean=args.clean,
                                  show_progress=show, fingerprint=fp)

@@ -226,7 +226,7 @@ def test_rerun_skips_clean_redoes_and_changes_redo(env):
 
 
 def test_atomic_writes_and_interrupted_run(env, monkeypatch):
-    import fpnunet.preprocessing.preprocess as pp
+    import fpnunet.preprocessing.storage as pp
 
     raw, pre = env
     make_raw_dataset(raw, n=2, labelled=(0, 1))

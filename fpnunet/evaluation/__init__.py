@@ -1,14 +1,13 @@
 """Evaluation: Dice, IoU, HD95 (mm), lesion area (mm^2) per case and mean; ``fpn_evaluate``.
 
 :mod:`fpnunet.evaluation.metrics` holds the per-mask metrics, :mod:`fpnunet.evaluation.evaluate`
-pairs folders, writes nnU-Net-style ``summary.json`` plus a per-case CSV, and builds
-cross-validation summaries; :mod:`fpnunet.evaluation.cli` is the ``fpn_evaluate`` command.
+pairs folders and writes nnU-Net-style ``summary.json`` plus a per-case CSV,
+:mod:`fpnunet.evaluation.crossval` builds cross-validation summaries and
+:mod:`fpnunet.evaluation.cli` is the ``fpn_evaluate`` command.
 """
+from fpnunet.evaluation.crossval import evaluate_crossval, find_model_folder, gather_crossval_predictions
 from fpnunet.evaluation.evaluate import (
-    evaluate_crossval,
     evaluate_folders,
-    find_model_folder,
-    gather_crossval_predictions,
     pair_files,
     per_case_table,
     read_label_map,

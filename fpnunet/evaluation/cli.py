@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_processes < 1:
         raise FPNError(f"-np must be at least 1, got {args.num_processes}")
-    from fpnunet.evaluation.evaluate import evaluate_crossval, evaluate_folders
+    from fpnunet.evaluation.crossval import evaluate_crossval
+    from fpnunet.evaluation.evaluate import evaluate_folders
 
     if args.crossval:
         if args.dataset is None:

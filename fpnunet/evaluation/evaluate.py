@@ -1,4 +1,4 @@
-"""Evaluate folders of en-face predictions against references; cross-validation summaries.
+"""Evaluate folders of en-face predictions against references: ``summary.json`` and a per-case CSV.
 
 :func:`evaluate_folders` pairs files by case name (the file name without its ending, so a
 ``CASE.png`` prediction pairs with a ``CASE.nii.gz`` reference), computes
@@ -13,17 +13,13 @@
 
 The spacing (mm, numpy order ``(sB, sA)``) always comes from the reference file.
 
-:func:`evaluate_crossval` gathers the folds' validation predictions of a model folder into
-``<model>/crossval_results/`` and evaluates them against the raw dataset's ``labelsTr``.
+Cross-validation summaries (:func:`evaluate_crossval`) are :mod:`fpnunet.evaluation.crossval`.
 """
 from __future__ import annotations
 
 import math
 import multiprocessing
 import os
-import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -36,7 +32,7 @@ import pandas as pd
 from fpnunet.atomic import save_json, write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.evaluation.metrics import METRIC_KEYS, case_metrics
-from fpnunet.io import SUPPORTED_ENDINGS, load_dataset_json, read_image, squeeze_2d, strip_ending
+from fpnunet.io import SUPPORTED_ENDINGS, read_image, squeeze_2d, strip_ending
 from fpnunet.io import file_ending as ending_of
 
 CSV_COLUMNS = (
@@ -48,7 +44,16 @@ _CSV_FROM_METRIC = {
     "pred_area_mm2": "pred_area_mm2", "area_abs_error_mm2": "area_abs_error_mm2",
     "tp": "TP", "fp": "FP", "fn": "FN", "tn": "TN",
 }
-_FOLD_RE = re.compile(r"^fold_(\d+)$")
+_MOVED_TO_CROSSVAL = ("evaluate_crossval", "find_model_folder", "gather_crossval_predictions", "model_folders")
+
+
+def __getattr__(name: str) -> Any:
+    """Names that moved to :mod:`fpnunet.evaluation.crossval`, still importable from here."""
+    if name in _MOVED_TO_CROSSVAL:
+        from fpnunet.evaluation import crossval
+
+        return getattr(crossval, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- files
@@ -75,7 +80,9 @@ def list_label_files(folder: str | os.PathLike, file_ending: str | None = None) 
     return out
 
 
-def _pick(files: list[Path], preferred: Sequence[str], what: str) -> Path:
+def pick_file(files: list[Path], preferred: Sequence[str], what: str) -> Path:
+    """The one file of a case, else the only one with the first ``preferred`` ending that picks one;
+    :class:`FPNError` naming ``what`` when none does."""
     if len(files) == 1:
         return files[0]
     for end in preferred:
@@ -118,8 +125,8 @@ def pair_files(
         raise FPNError(f"{pred_dir}: no prediction for reference case(s) {shown}")
     pairs = []
     for case in sorted(refs):
-        ref = _pick(refs[case], [file_ending or ""], f"{ref_dir} case {case}")
-        pred = _pick(preds[case], [ending_of(ref)] + ([file_ending] if file_ending else []),
+        ref = pick_file(refs[case], [file_ending or ""], f"{ref_dir} case {case}")
+        pred = pick_file(preds[case], [ending_of(ref)] + ([file_ending] if file_ending else []),
                      f"{pred_dir} case {case}")
         pairs.append((case, ref, pred))
     ignored = [f for c in sorted(preds) if c not in refs for f in preds[c]]
@@ -312,127 +319,4 @@ def evaluate_folders(
     summary["per_case_csv"] = str(csv_path_for(out).absolute())
     if write:
         write_summary(summary, out)
-    return summary
-
-
-# ----------------------------------------------------------------------------- cross-validation
-def model_folders(results_dataset_dir: str | os.PathLike) -> list[Path]:
-    """Model folders of a results dataset folder: sub-folders holding at least one ``fold_<k>``."""
-    root = Path(results_dataset_dir)
-    if not root.is_dir():
-        return []
-    return [
-        p for p in sorted(root.iterdir())
-        if p.is_dir() and any(q.is_dir() and _FOLD_RE.match(q.name) for q in p.iterdir())
-    ]
-
-
-def find_model_folder(results_dataset_dir: str | os.PathLike, model: str | None = None) -> Path:
-    """The model folder named ``model``, or the only one when ``model`` is ``None``."""
-    root = Path(results_dataset_dir)
-    if model is not None:
-        folder = root / model
-        if not folder.is_dir():
-            found = [p.name for p in model_folders(root)]
-            raise FPNError(f"{folder}: model folder not found (model folders here: {found or 'none'})")
-        return folder
-    found = model_folders(root)
-    if not found:
-        raise FPNError(f"{root}: no model folder with fold_<k> sub-folders found (train a fold first)")
-    if len(found) > 1:
-        raise FPNError(
-            f"{root}: several model folders, name one with --model: {', '.join(p.name for p in found)}"
-        )
-    return found[0]
-
-
-def gather_crossval_predictions(model_dir: str | os.PathLike, folds: Sequence[int]) -> tuple[Path, dict[str, int]]:
-    """Copy the folds' ``fold_k/validation/`` predictions into ``model_dir/crossval_results/``.
-
-    The folder is rebuilt from scratch (old contents replaced). Returns ``(folder, {case: fold})``.
-    Raises :class:`FPNError` naming missing validation folders, empty ones, or a case predicted by
-    two folds.
-    """
-    model_dir = Path(model_dir)
-    folds = list(dict.fromkeys(int(f) for f in folds))
-    if not folds:
-        raise FPNError("no folds given")
-    missing = [str(model_dir / f"fold_{k}" / "validation") for k in folds
-               if not (model_dir / f"fold_{k}" / "validation").is_dir()]
-    if missing:
-        raise FPNError("validation folder(s) missing (train and validate these folds first): " + ", ".join(missing))
-    files: dict[str, tuple[int, Path]] = {}
-    for k in folds:
-        vdir = model_dir / f"fold_{k}" / "validation"
-        found = list_label_files(vdir)
-        if not found:
-            raise FPNError(f"{vdir}: no validation predictions found")
-        for case, paths in found.items():
-            if case in files:
-                raise FPNError(
-                    f"case {case} was predicted by fold_{files[case][0]} and fold_{k}: "
-                    "validation sets of folds must not overlap"
-                )
-            files[case] = (k, _pick(paths, [], f"{vdir} case {case}"))
-    final = model_dir / "crossval_results"
-    tmp = Path(tempfile.mkdtemp(prefix=".crossval_results.", dir=model_dir))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give it an ordinary folder's mode
-        for _case, (_k, src) in sorted(files.items()):
-            shutil.copy2(src, tmp / src.name)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final, {c: k for c, (k, _) in files.items()}
-
-
-def evaluate_crossval(
-    dataset: str | int,
-    model: str | None = None,
-    folds: Sequence[int] = (0, 1, 2, 3, 4),
-    num_processes: int = 1,
-    output_file: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Cross-validation summary of a model folder in ``$FPN_RESULTS/DatasetXXX/``.
-
-    Gathers ``<model>/fold_k/validation/`` into ``<model>/crossval_results/`` and evaluates it
-    against the raw ``labelsTr`` with the raw ``dataset.json`` labels. Writes
-    ``crossval_results/summary.json`` (or ``output_file``) and its per-case CSV.
-    """
-    from fpnunet.paths import raw_dir, results_dir
-
-    raw = raw_dir(dataset)
-    info = load_dataset_json(raw)
-    labels_dir = raw / "labelsTr"
-    if not labels_dir.is_dir():
-        raise FPNError(f"{labels_dir}: folder not found (the raw dataset's references)")
-    model_dir = find_model_folder(results_dir(dataset), model)
-    pred_dir, case_fold = gather_crossval_predictions(model_dir, folds)
-    refs = list_label_files(labels_dir, info.file_ending)
-    unknown = sorted(set(case_fold) - set(refs))
-    if unknown:
-        raise FPNError(f"{labels_dir}: no reference for cross-validation case(s) {', '.join(unknown)}")
-    not_predicted = sorted(set(refs) - set(case_fold))
-    if not_predicted:
-        warnings.warn(
-            f"{len(not_predicted)} labelled case(s) of {labels_dir} have no validation prediction in folds "
-            f"{list(folds)}: {', '.join(not_predicted[:10])}{' ...' if len(not_predicted) > 10 else ''}",
-            UserWarning,
-            stacklevel=2,
-        )
-    out = Path(output_file) if output_file is not None else pred_dir / "summary.json"
-    summary = evaluate_folders(labels_dir, pred_dir, info.labels, info.file_ending, num_processes,
-                               output_file=out, cases=sorted(case_fold), write=False)
-    summary["crossval"] = {
-        "model": model_dir.name,
-        "folds": sorted({int(f) for f in folds}),
-        "case_fold": dict(sorted(case_fold.items())),
-        "cases_without_prediction": not_predicted,
-    }
-    write_summary(summary, out)
     return summary

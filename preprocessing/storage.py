@@ -1,0 +1,236 @@
+"""Preprocessed cases on disk: ``$FPN_PREPROCESSED/DatasetXXX/<data_identifier>/``.
+
+Per case and configuration (``docs/layout.md``)::
+
+    CASE.npy        float32 (C, B, depth, A)  normalised, depth-reduced volume
+    CASE_seg.npy    uint8   (B, A)            label map (labelled cases only)
+    CASE_<MOD>.npy  float32 (B, A)            en-face image scaled to [0, 1] (per modality present)
+    CASE.json       properties; written last, so its presence marks a finished case
+
+:func:`preprocess_case` turns a raw case into these files with the transforms of
+:mod:`fpnunet.preprocessing.preprocess`; :func:`preprocess_dataset` does every training case in
+a process pool. Re-running skips finished cases whose properties carry the same ``signature``
+(a hash of the settings that shape the output and of the raw files' sizes and modification
+times), so a case whose files or plan settings changed is redone; ``clean=True`` redoes
+everything. Files are written atomically; leftovers of an interrupted run are removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fpnunet import paths
+from fpnunet.atomic import load_json, save_json, save_npy
+from fpnunet.errors import FPNError
+from fpnunet.io import CaseFiles, DatasetInfo, list_cases, load_dataset_json
+from fpnunet.parallel import parallel_map
+from fpnunet.plans.plan import Configuration, Plan
+from fpnunet.preprocessing.depth import resample_depth
+from fpnunet.preprocessing.preprocess import class_locations, normalised_crop, read_case
+
+PREPROCESS_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- one case
+def _case_paths(folder: Path, case: str, modalities: list[str]) -> list[Path]:
+    return [folder / f"{case}.npy", folder / f"{case}_seg.npy"] + [folder / f"{case}_{m}.npy" for m in modalities]
+
+
+def preprocess_case(
+    case_files: CaseFiles,
+    info: DatasetInfo,
+    plan: Plan,
+    targets: dict[str, tuple[Configuration, Path]],
+    retina_band: tuple[int, int] | None = None,
+    signatures: dict[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Preprocess one case into every ``targets[data_identifier] = (configuration, folder)``.
+
+    The raw files are read and normalised once; only the depth resampling is per target. Files
+    are written atomically, the properties json last. Returns the properties per identifier.
+    """
+    raw = read_case(case_files, info, plan)
+    case = raw.case
+    cropped, band, window = normalised_crop(raw.channels, plan, retina_band)
+    fg = sorted(v for v in plan.labels.values() if v != 0)
+    locations = class_locations(raw.label, fg, case) if raw.label is not None else {}
+    out: dict[str, dict[str, Any]] = {}
+    for ident, (config, folder) in targets.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        props_path = folder / f"{case}.json"
+        props_path.unlink(missing_ok=True)  # unfinished until the new properties land
+        data = np.stack([resample_depth(c, int(config.depth)) for c in cropped]).astype(np.float32, copy=False)
+        try:
+            save_npy(data, folder / f"{case}.npy")
+            if raw.label is not None:
+                save_npy(raw.label, folder / f"{case}_seg.npy")
+            else:
+                (folder / f"{case}_seg.npy").unlink(missing_ok=True)
+            for mod in plan.enface_modalities:
+                if mod in raw.enface:
+                    save_npy(raw.enface[mod], folder / f"{case}_{mod}.npy")
+                else:
+                    (folder / f"{case}_{mod}.npy").unlink(missing_ok=True)
+            props = {
+                "case": case,
+                "labelled": raw.label is not None,
+                "enface": sorted(raw.enface),
+                "raw_shape": list(raw.raw_shape),
+                "shape_bda": [int(s) for s in raw.channels[0].shape],
+                "spacing_bda": list(raw.spacing_bda),
+                "geometry": raw.geometry.to_dict(),
+                "retina_band": [int(band[0]), int(band[1])],
+                "crop": [int(window[0]), int(window[1])],
+                "class_locations": locations,
+                "signature": (signatures or {}).get(ident, ""),
+            }
+            save_json(props, props_path)
+        except OSError as exc:
+            raise FPNError(f"case {case}: cannot write to {folder} ({exc})") from None
+        out[ident] = props
+    return out
+
+
+@dataclass
+class _Task:
+    files: CaseFiles
+    info: DatasetInfo
+    plan: Plan
+    targets: dict[str, tuple[Configuration, Path]]
+    band: tuple[int, int] | None
+    signatures: dict[str, str]
+
+
+def _run_task(task: _Task) -> tuple[str, list[str]]:
+    preprocess_case(task.files, task.info, task.plan, task.targets, task.band, task.signatures)
+    return task.files.case, sorted(task.targets)
+
+
+# ----------------------------------------------------------------------------- dataset
+def case_signature(case_files: CaseFiles, plan: Plan, config: Configuration) -> str:
+    """Hash of what shapes a case's output: plan settings, target depth and the raw files' stats."""
+    files = [p for p in case_files.images if p is not None] + sorted(case_files.enface.values())
+    if case_files.label is not None:
+        files.append(case_files.label)
+    stat = {}
+    for p in files:
+        st = Path(p).stat()
+        stat[Path(p).name] = [st.st_size, st.st_mtime_ns]
+    key = {
+        "version": PREPROCESS_VERSION,
+        "projection_axis": int(plan.projection_axis),
+        "normalization": plan.normalization,
+        "depth_crop": int(plan.depth_crop),
+        "depth": int(config.depth),
+        "enface_modalities": list(plan.enface_modalities),
+        "files": stat,
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tidy_folder(folder: Path, cases: set[str], modalities: list[str]) -> None:
+    """Remove temporary files of an interrupted run and the outputs of cases no longer in the dataset."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.name.startswith(".") and p.is_file() and p.suffix in (".npy", ".json"):
+            p.unlink(missing_ok=True)
+        elif p.suffix == ".json" and p.is_file() and p.stem not in cases:
+            p.unlink(missing_ok=True)
+            for q in _case_paths(folder, p.stem, modalities):
+                q.unlink(missing_ok=True)
+
+
+def _is_done(props_path: Path, signature: str) -> bool:
+    if not props_path.is_file():
+        return False
+    try:
+        return load_json(props_path).get("signature") == signature
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def preprocess_dataset(
+    dataset: str | int,
+    plan: Plan,
+    config_names: list[str] | None = None,
+    num_processes: int | None = None,
+    clean: bool = False,
+    show_progress: bool = True,
+    fingerprint: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Preprocess every ``imagesTr`` case of ``dataset`` for the configurations ``config_names``
+    (default: all of the plan), once per distinct ``data_identifier``.
+
+    Writes into ``$FPN_PREPROCESSED/DatasetXXX/<data_identifier>/``. Finished cases with an
+    unchanged signature are skipped unless ``clean`` (which empties the identifier folders
+    first). ``fingerprint`` (optional) supplies the retina bands found during verification.
+    Returns ``{data_identifier: {"folder", "written", "skipped", "seconds"}}``.
+    """
+    name = paths.resolve_dataset(dataset)
+    raw = paths.raw_root() / name
+    out_root = paths.preprocessed_root() / name
+    info = load_dataset_json(raw)
+    if num_processes is None:
+        num_processes = min(4, os.cpu_count() or 1)
+    names = list(config_names) if config_names else list(plan.configurations)
+    if not names:
+        raise FPNError(f"the plan of {plan.dataset_name} has no configurations to preprocess")
+    by_ident: dict[str, Configuration] = {}
+    for cname in names:
+        config = plan.configuration(cname)
+        ident = str(config.data_identifier)
+        if not ident or ident in (".", "..") or "/" in ident or "\\" in ident or ident.startswith("."):
+            raise FPNError(
+                f"plans.json: configuration {cname!r} has data_identifier {ident!r}; it must be a plain folder "
+                f"name such as 'depth128'"
+            )
+        prev = by_ident.get(config.data_identifier)
+        if prev is not None and int(prev.depth) != int(config.depth):
+            raise FPNError(
+                f"plans.json: configurations share data_identifier {config.data_identifier!r} but ask for "
+                f"depth {prev.depth} and {config.depth}; give them different data_identifiers"
+            )
+        by_ident.setdefault(config.data_identifier, config)
+
+    cases = [cf for cf in list_cases(raw, info, "Tr") if cf.images and all(p is not None for p in cf.images)]
+    case_names = {cf.case for cf in cases}
+    for ident in by_ident:
+        folder = out_root / ident
+        if clean and folder.exists():
+            shutil.rmtree(folder)
+        _tidy_folder(folder, case_names, list(plan.enface_modalities))
+
+    summary = {ident: {"folder": str(out_root / ident), "written": 0, "skipped": 0, "seconds": 0.0}
+               for ident in by_ident}
+    bands = {c: tuple(v["retina_band"]) for c, v in (fingerprint or {}).get("cases", {}).items() if v}
+    tasks: list[_Task] = []
+    for cf in cases:
+        targets: dict[str, tuple[Configuration, Path]] = {}
+        sigs: dict[str, str] = {}
+        for ident, config in by_ident.items():
+            sig = case_signature(cf, plan, config)
+            folder = out_root / ident
+            if _is_done(folder / f"{cf.case}.json", sig):
+                summary[ident]["skipped"] += 1
+                continue
+            targets[ident] = (config, folder)
+            sigs[ident] = sig
+        if targets:
+            tasks.append(_Task(cf, info, plan, targets, bands.get(cf.case), sigs))  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    for _, idents in parallel_map(_run_task, tasks, num_processes, show_progress, desc="preprocess"):
+        for ident in idents:
+            summary[ident]["written"] += 1
+    seconds = time.perf_counter() - t0
+    for ident in summary:
+        summary[ident]["seconds"] = seconds
+    return summary
