@@ -1,0 +1,16 @@
+"""Training: ``fpn_train`` and the pieces self-supervised pretraining reuses.
+
+One idea per module (import them directly; this package imports nothing so that
+``fpnunet.training.splits`` stays light):
+
+* :mod:`.loop`: the generic epoch loop (:class:`~.loop.EpochLoop`) and the
+  :class:`~.loop.TrainingTask` protocol a task implements; optimizer and schedule factories.
+* :mod:`.segmentation`: the segmentation task, whole-volume validation, final validation export.
+* :mod:`.losses`: (soft Dice + BCE) / 2 or Dice + CE, masked.
+* :mod:`.checkpoint`: checkpoint contents, atomic save, load, RNG states.
+* :mod:`.logger`: ``training_log.csv`` and ``progress.png``.
+* :mod:`.pretrained`: loading pretrained weights by name and shape; finding the pretraining run.
+* :mod:`.run_folder`: the results folder's name, resume / overwrite policy, ``command.txt``.
+* :mod:`.splits`, :mod:`.loader`: folds, label fractions and the batch loader.
+* :mod:`.train_cli`: the ``fpn_train`` command.
+"""

@@ -1,0 +1,335 @@
+"""The generic epoch loop, shared by segmentation training and self-supervised pretraining.
+
+The loop knows nothing about labels or targets: a :class:`TrainingTask` supplies the batches of an
+epoch, the loss of a forward pass and the validation. Segmentation (:mod:`.segmentation`) and
+en-face reconstruction pretraining differ only in their task object.
+
+Per epoch ``e`` (0-based; the log and checkpoints count completed epochs, ``e + 1``):
+
+1. ``task.train_batches(e)``: a fresh, deterministic loader for ``(seed, e)``; the loop takes
+   ``iterations_per_epoch`` batches from it (a tqdm bar shows the running loss and it/s) and
+   closes it. Each numpy array of a batch becomes a tensor on the device; ``batch["data"]``
+   ``(N, C, B, D, A)`` goes through the model; ``task.loss(output, batch)`` is minimised (SGD
+   step, gradient-norm clipping). On CUDA the forward runs under bf16 autocast in
+   ``channels_last_3d`` with ``cudnn.benchmark``.
+2. the scheduler steps once (per-epoch schedules, as nnU-Net).
+3. every ``val_every`` epochs and at the last: ``task.validate(model, e)`` returns the task's
+   metric columns (e.g. ``{"val_loss", "val_dice"}`` from whole-volume prediction).
+4. the record is logged (``training_log.csv``, ``progress.png``), ``checkpoint_latest.pth`` is
+   written atomically with the model, optimizer, scheduler, scaler and RNG states and the log;
+   ``checkpoint_best.pth`` when ``task.score_column`` improved; ``checkpoint_final.pth`` after the
+   last epoch. Then the ``callbacks`` run (``callback(epoch_done, record)``).
+
+A run resumed from ``checkpoint_latest.pth`` (:meth:`EpochLoop.resume`) continues at the next
+epoch with the same RNG states, and the loaders are deterministic per epoch, so it ends with
+exactly the weights of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fpnunet.errors import FPNError
+from fpnunet.plans.plan import TrainingDefaults
+from fpnunet.training.checkpoint import BEST, FINAL, LATEST, restore_training_state, save_checkpoint, training_state
+from fpnunet.training.logger import TrainingLogger
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+"""``callback(epochs_done, record)``, called after the epoch's checkpoints are on disk."""
+
+
+# ----------------------------------------------------------------------------- the task interface
+@runtime_checkable
+class BatchSource(Protocol):
+    """An epoch's batches: iterable of dicts of numpy arrays (``data`` ``(N, C, B, D, A)`` ...)."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TrainingTask(Protocol):
+    """What the loop needs from a task (segmentation, en-face reconstruction, ...).
+
+    Attributes:
+        metric_columns: the validation columns :meth:`validate` returns, in log order,
+            e.g. ``("val_loss", "val_dice")``.
+        score_column: the column maximised for ``checkpoint_best.pth`` (``None``: no best).
+    """
+
+    metric_columns: tuple[str, ...]
+    score_column: str | None
+
+    def train_batches(self, epoch: int) -> BatchSource:
+        """A loader yielding at least ``iterations_per_epoch`` batches, deterministic per epoch."""
+        ...
+
+    def loss(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Scalar loss of ``output = model(batch["data"])``; ``batch`` holds device tensors."""
+        ...
+
+    def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """Validation metrics (keys from :attr:`metric_columns`; ``{}`` when nothing to validate).
+
+        Called with the model in training mode; it may switch to eval (the loop switches back).
+        """
+        ...
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass
+class LoopSettings:
+    """Loop hyperparameters (resolved from the plan's :class:`TrainingDefaults` and the CLI)."""
+
+    epochs: int
+    iterations_per_epoch: int
+    val_every: int = 5
+    grad_clip: float | None = 12.0
+    device: str = "cpu"
+    precision: str = "fp32"
+    """``bf16`` (autocast) or ``fp32``."""
+    progress: bool = True
+    """Show the per-iteration tqdm bar (the per-epoch summary line is always printed)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise FPNError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.iterations_per_epoch < 1:
+            raise FPNError(f"--iterations-per-epoch must be >= 1, got {self.iterations_per_epoch}")
+        if self.precision not in ("bf16", "fp32"):
+            raise FPNError(f"precision must be bf16 or fp32, got {self.precision!r}")
+
+    def validates_at(self, epoch: int) -> bool:
+        """Whether 0-based ``epoch`` ends with a validation (every ``val_every``, and the last)."""
+        done = epoch + 1
+        return done == self.epochs or (self.val_every > 0 and done % self.val_every == 0)
+
+
+# ----------------------------------------------------------------------------- optimiser, schedule
+def make_optimizer(model: nn.Module, defaults: TrainingDefaults, lr: float) -> torch.optim.Optimizer:
+    """SGD (``defaults.optimizer == "sgd"``) or AdamW with the plan's momentum / weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if defaults.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=defaults.momentum, weight_decay=defaults.weight_decay,
+                               nesterov=defaults.nesterov and defaults.momentum > 0)
+    if defaults.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=defaults.weight_decay)
+    raise FPNError(f"unknown optimizer {defaults.optimizer!r} in plans.json: expected sgd or adamw")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: ``poly`` (``(1 - e / epochs) ** 0.9``, nnU-Net), ``cosine`` or ``constant``."""
+    if schedule == "poly":
+        def factor(e: int) -> float:
+            return (1.0 - min(e, epochs - 1) / epochs) ** 0.9
+    elif schedule == "cosine":
+        def factor(e: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / epochs))
+    elif schedule == "constant":
+        def factor(e: int) -> float:
+            return 1.0
+    else:
+        raise FPNError(f"unknown lr_schedule {schedule!r} in plans.json: expected poly, cosine or constant")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------- device helpers
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """``channels_last_3d`` for 5D weights and ``channels_last`` for 4D ones (the FPN mixes 3D
+    encoder and 2D decoder convs, which ``model.to(memory_format=...)`` cannot handle)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.dim() == 5:
+            t.data = t.data.contiguous(memory_format=torch.channels_last_3d)
+        elif t.dim() == 4:
+            t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    """numpy arrays -> tensors on ``device``; other values (case keys) unchanged."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and key == "data" and value.dim() == 5:
+                value = value.contiguous(memory_format=torch.channels_last_3d)
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+class EpochLoop:
+    """Runs epochs of a :class:`TrainingTask` and writes the log and checkpoints to ``folder``.
+
+    Args:
+        task: the task.
+        model: the network, already on ``settings.device``.
+        optimizer, scheduler: built on ``model``'s parameters (:func:`make_optimizer`,
+            :func:`make_scheduler`).
+        settings: :class:`LoopSettings`.
+        folder: the fold folder (checkpoints, ``training_log.csv``, ``progress.png``).
+        spec: :func:`fpnunet.training.checkpoint.model_spec` of the model (stored in checkpoints).
+        args: the resolved training settings stored in checkpoints (``args``).
+        callbacks: ``callback(epochs_done, record)`` after each epoch's checkpoints.
+    """
+
+    def __init__(
+        self,
+        task: TrainingTask,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        settings: LoopSettings,
+        folder: str | Path,
+        spec: dict[str, Any],
+        args: dict[str, Any] | None = None,
+        callbacks: Sequence[EpochCallback] = (),
+        plot: bool = True,
+    ) -> None:
+        self.task = task
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler: Any = None  # bf16 needs no GradScaler; the checkpoint keeps the slot
+        self.settings = settings
+        self.folder = Path(folder)
+        self.spec = spec
+        self.args = dict(args or {}) | {"loop": asdict(settings)}
+        self.callbacks = list(callbacks)
+        self.device = torch.device(settings.device)
+        self.cuda = self.device.type == "cuda"
+        self.start_epoch = 0
+        self.best_score: float | None = None
+        self.logger = TrainingLogger(self.folder, task.metric_columns, plot=plot)
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+            to_channels_last(self.model)
+
+    # ------------------------------------------------------------------ resume
+    def resume(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a training checkpoint: weights, optimizer, scheduler, RNG, log, best score."""
+        restore_training_state(ckpt, self.model, self.optimizer, self.scheduler, self.scaler)
+        if self.cuda:
+            to_channels_last(self.model)
+        self.start_epoch = int(ckpt["epoch"])
+        self.logger.records = [dict(r) for r in ckpt.get("log", [])]
+        self.best_score = ckpt.get("best_score")
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> list[dict[str, Any]]:
+        """Train from :attr:`start_epoch` to ``settings.epochs``; returns the log records."""
+        s = self.settings
+        if self.start_epoch >= s.epochs:
+            self._say(f"nothing to train: {self.start_epoch} of {s.epochs} epochs are done")
+            if not (self.folder / FINAL).is_file():
+                save_checkpoint(self._state(self.start_epoch), self.folder / FINAL)
+            return self.logger.records
+        for epoch in range(self.start_epoch, s.epochs):
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss = self.train_epoch(epoch)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            metrics = self.task.validate(self.model, epoch) if s.validates_at(epoch) else {}
+            record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr,
+                      "epoch_time_s": time.perf_counter() - t0}
+            self.logger.log(record)
+            improved = self._improved(record)
+            state = self._state(epoch + 1)
+            save_checkpoint(state, self.folder / LATEST)
+            if improved:
+                save_checkpoint(state, self.folder / BEST)
+            if epoch + 1 == s.epochs:
+                save_checkpoint(state, self.folder / FINAL)
+            self._summary(record, improved)
+            for callback in self.callbacks:
+                callback(epoch + 1, record)
+        return self.logger.records
+
+    def train_epoch(self, epoch: int) -> float:
+        """One epoch of ``iterations_per_epoch`` steps; returns the mean training loss."""
+        s = self.settings
+        self.model.train()
+        source = self.task.train_batches(epoch)
+        losses: list[float] = []
+        skipped = 0
+        try:
+            batches: Iterable[dict[str, Any]] = iter(source)
+            bar = tqdm(range(s.iterations_per_epoch), desc=f"epoch {epoch + 1}/{s.epochs}", unit="it",
+                       disable=not s.progress, leave=False, dynamic_ncols=True)
+            for _ in bar:
+                try:
+                    batch = next(batches)  # type: ignore[call-overload]
+                except StopIteration:
+                    raise FPNError(f"the training loader ended after {len(losses) + skipped} batches; "
+                                   f"{s.iterations_per_epoch} were asked for per epoch") from None
+                loss = self.step(batch_to_device(batch, self.device, self.cuda))
+                if math.isfinite(loss):
+                    losses.append(loss)
+                    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+                else:
+                    skipped += 1
+            bar.close()
+        finally:
+            source.close()
+        if skipped:
+            self._say(f"warning: {skipped} step(s) of epoch {epoch + 1} had a non-finite loss and were skipped")
+        return float(np.mean(losses)) if losses else math.nan
+
+    def step(self, batch: dict[str, Any]) -> float:
+        """Forward, loss, backward, clip, optimizer step; returns the loss (NaN: step skipped)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
+            output = self.model(batch["data"])
+        loss = self.task.loss(output, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return math.nan
+        loss.backward()
+        if self.settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        return value
+
+    # ------------------------------------------------------------------ helpers
+    def _improved(self, record: dict[str, Any]) -> bool:
+        col = self.task.score_column
+        score = record.get(col) if col else None
+        if score is None or not math.isfinite(float(score)):
+            return False
+        if self.best_score is None or float(score) > self.best_score:
+            self.best_score = float(score)
+            return True
+        return False
+
+    def _state(self, epochs_done: int) -> dict[str, Any]:
+        return training_state(self.spec, self.model, self.optimizer, self.scheduler, self.scaler, epochs_done,
+                              self.logger.records, self.args, self.best_score)
+
+    def _summary(self, record: dict[str, Any], improved: bool) -> None:
+        parts = [f"epoch {record['epoch']}/{self.settings.epochs}", f"train_loss {record['train_loss']:.4f}"]
+        for col in self.task.metric_columns:
+            value = record.get(col)
+            if value is not None and math.isfinite(float(value)):
+                parts.append(f"{col} {float(value):.4f}" + (" (best)" if improved and col == self.task.score_column
+                                                              else ""))
+        parts += [f"lr {record['lr']:.2e}", f"{record['epoch_time_s']:.1f} s"]
+        self._say("  ".join(parts))
+
+    @staticmethod
+    def _say(message: str) -> None:
+        tqdm.write(message)

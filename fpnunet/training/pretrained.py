@@ -1,0 +1,130 @@
+"""Starting a training run from pretrained weights (``fpn_train --pretrained auto|none|PATH``).
+
+* :func:`load_pretrained` copies every tensor of a checkpoint whose name and shape match the
+  model's (the head too when its shape matches: a one-channel reconstruction head fits a
+  one-foreground-class segmentation head), reports what it loaded, skipped and missed, and
+  returns the :class:`LoadReport`.
+* :func:`resolve_pretrained` turns the ``--pretrained`` choice into a folder tag and a path:
+  ``none`` -> ``scratch``; ``PATH`` -> ``pretrained``; ``auto`` -> the dataset's pretraining run
+  ``$FPN_RESULTS/DatasetXXX/pretrain__{config}__{FAF|SLO}/fold_all/checkpoint_final.pth`` (FAF
+  first, then SLO) -> ``ssl-FAF`` / ``ssl-SLO``, or ``scratch`` when there is none.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fpnunet.errors import FPNError
+
+PRETRAIN_TARGETS = ("FAF", "SLO")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did. ``total`` counts the model's state-dict tensors."""
+
+    path: str
+    total: int
+    loaded: list[str] = field(default_factory=list)
+    shape_mismatch: list[tuple[str, list[int], list[int]]] = field(default_factory=list)
+    """``(name, model shape, checkpoint shape)``."""
+    missing: list[str] = field(default_factory=list)
+    """In the model, not in the checkpoint (kept at their initial values)."""
+    unexpected: list[str] = field(default_factory=list)
+    """In the checkpoint, not in the model (ignored)."""
+
+    @property
+    def num_loaded(self) -> int:
+        return len(self.loaded)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"num_loaded": self.num_loaded}
+
+    def describe(self, limit: int = 20) -> str:
+        lines = [f"pretrained weights {self.path}: loaded {self.num_loaded} of {self.total} tensors"]
+        for title, items in (
+            ("shape mismatch (kept initial values)", [f"{n}: model {m} vs checkpoint {c}"
+                                                      for n, m, c in self.shape_mismatch]),
+            ("missing from the checkpoint (kept initial values)", self.missing),
+            ("in the checkpoint only (ignored)", self.unexpected),
+        ):
+            if items:
+                lines.append(f"  {title}: {len(items)}")
+                lines += [f"    {item}" for item in items[:limit]]
+                if len(items) > limit:
+                    lines.append(f"    ... and {len(items) - limit} more")
+        return "\n".join(lines)
+
+
+def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FPNError(f"{path}: neither an fpnunet checkpoint nor a state dict of tensors")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+
+
+def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True) -> LoadReport:
+    """Load the tensors of checkpoint ``path`` whose name and shape match ``model``'s.
+
+    ``path`` is an fpnunet checkpoint (``state_dict`` key) or a plain state dict. Prints the
+    report (unless ``verbose`` is false) and returns it. Raises :class:`FPNError` when the file
+    cannot be read or not a single tensor fits (certainly the wrong file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FPNError(f"--pretrained {path}: file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any unpickling failure means a bad file for the user
+        raise FPNError(f"--pretrained {path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    source = _state_dict_of(obj, path)
+    own = model.state_dict()
+    report = LoadReport(path=str(path), total=len(own))
+    matched: dict[str, torch.Tensor] = {}
+    for name, tensor in own.items():
+        if name not in source:
+            report.missing.append(name)
+        elif tuple(source[name].shape) != tuple(tensor.shape):
+            report.shape_mismatch.append((name, list(tensor.shape), list(source[name].shape)))
+        else:
+            matched[name] = source[name]
+            report.loaded.append(name)
+    report.unexpected = [n for n in source if n not in own]
+    if not matched:
+        raise FPNError(f"--pretrained {path}: no tensor matches the model by name and shape "
+                       f"({len(source)} in the file, {len(own)} in the model): is it a checkpoint of this network?")
+    with torch.no_grad():
+        for name, tensor in matched.items():
+            own[name].copy_(tensor.to(own[name].dtype))
+    if verbose:
+        print(report.describe())
+    return report
+
+
+def pretraining_checkpoint(results_dataset_dir: str | Path, config: str, target: str) -> Path:
+    """Where the dataset's pretraining run for ``target`` keeps its final checkpoint."""
+    return Path(results_dataset_dir) / f"pretrain__{config}__{target}" / "fold_all" / "checkpoint_final.pth"
+
+
+def resolve_pretrained(choice: str, results_dataset_dir: str | Path, config: str) -> tuple[str, Path | None, str]:
+    """``(tag, checkpoint path or None, message)`` for ``--pretrained`` ``auto``, ``none`` or a PATH."""
+    if choice == "none":
+        return "scratch", None, "training from scratch (--pretrained none)"
+    if choice == "auto":
+        for target in PRETRAIN_TARGETS:
+            path = pretraining_checkpoint(results_dataset_dir, config, target)
+            if path.is_file():
+                return f"ssl-{target}", path, f"fine-tuning from the {target} pretraining run {path}"
+        tried = ", ".join(str(pretraining_checkpoint(results_dataset_dir, config, t)) for t in PRETRAIN_TARGETS)
+        return "scratch", None, f"training from scratch: no pretraining run found (looked for {tried})"
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise FPNError(f"--pretrained {choice}: no such file (expected auto, none or a checkpoint path)")
+    return "pretrained", path.absolute(), f"fine-tuning from {path.absolute()}"

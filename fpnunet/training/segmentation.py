@@ -1,0 +1,220 @@
+"""The segmentation task of the epoch loop, its whole-volume validation and the final export.
+
+* :class:`SegmentationTask` implements :class:`fpnunet.training.loop.TrainingTask`: batches from
+  :func:`fpnunet.training.loader.make_train_loader` (``mode="seg"``), the
+  :class:`~fpnunet.training.losses.SegmentationLoss` restricted to the batch ``mask``, and a
+  validation that predicts every validation case *whole* with the
+  :class:`~fpnunet.inference.predictor.Predictor` (sliding window, no TTA) and reports
+  ``val_loss`` (the training loss of the whole-volume probabilities) and ``val_dice`` (mean over
+  cases of the mean foreground-class Dice), never a patch "pseudo Dice".
+* :func:`export_validation` predicts the validation cases with TTA, writes their masks on each
+  case's raw en-face geometry into ``validation/`` in the dataset's file ending, and evaluates
+  them into ``validation/summary.json`` (:mod:`fpnunet.evaluation`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fpnunet.atomic import load_json
+from fpnunet.errors import FPNError
+from fpnunet.evaluation import case_metrics, dice, evaluate_folders, summarize, write_summary
+from fpnunet.inference.export import label_values, probabilities_to_segmentation, write_segmentation
+from fpnunet.inference.predictor import Predictor
+from fpnunet.io import EnfaceGeometry, resample_to_shape
+from fpnunet.plans.plan import Plan
+from fpnunet.training.losses import SegmentationLoss, logits_from_probabilities
+
+
+# ----------------------------------------------------------------------------- preprocessed cases
+def labelled_cases(data_dir: str | Path) -> list[str]:
+    """Cases of a preprocessed ``data_identifier`` folder with a volume and a label map."""
+    data_dir = Path(data_dir)
+    return sorted(p.name[: -len("_seg.npy")] for p in data_dir.glob("*_seg.npy")
+                  if (data_dir / f"{p.name[: -len('_seg.npy')]}.npy").is_file())
+
+
+def load_volume(data_dir: Path, case: str) -> np.ndarray:
+    """The preprocessed volume ``(C, B, depth, A)`` float32."""
+    path = data_dir / f"{case}.npy"
+    if not path.is_file():
+        raise FPNError(f"{path}: preprocessed volume missing (re-run fpn_plan_and_preprocess)")
+    return np.load(path)
+
+
+def load_label(data_dir: Path, case: str) -> np.ndarray:
+    """The preprocessed label map ``(B, A)``."""
+    path = data_dir / f"{case}_seg.npy"
+    if not path.is_file():
+        raise FPNError(f"{path}: label map missing: case {case} is not labelled")
+    return np.load(path)
+
+
+def channel_lut(labels: dict[str, int], num_outputs: int) -> torch.Tensor:
+    """Tensor mapping a label value to its output channel index (``K == 1``: foreground -> 1)."""
+    values = label_values(labels, num_outputs)
+    lut = torch.zeros(max(values) + 1, dtype=torch.long)
+    for index, value in enumerate(values):
+        lut[value] = index
+    return lut
+
+
+# ----------------------------------------------------------------------------- whole-volume metrics
+def mean_foreground_dice(ref: np.ndarray, pred: np.ndarray, labels: dict[str, int]) -> float:
+    """Mean over foreground classes of Dice (both empty: 1) of two label maps ``(B, A)``."""
+    values = sorted({int(v) for v in labels.values() if int(v) != 0})
+    return float(np.mean([dice(ref == v, pred == v) for v in values]))
+
+
+def validate_volumes(
+    model: nn.Module,
+    plan: Plan,
+    config_name: str,
+    data_dir: Path,
+    cases: Sequence[str],
+    device: str = "cpu",
+    tta: bool = False,
+    loss_fn: SegmentationLoss | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """``{"val_loss", "val_dice"}``: means over ``cases`` of the whole-volume loss and Dice.
+
+    Each preprocessed volume is predicted whole (sliding window) and compared with its
+    preprocessed label map; ``{}`` when ``cases`` is empty.
+    """
+    if not cases:
+        return {}
+    loss_fn = loss_fn or SegmentationLoss(plan.num_outputs)
+    lut = channel_lut(plan.labels, plan.num_outputs)
+    predictor = Predictor([model], plan, config_name, device=device, tta=tta)
+    losses, dices = [], []
+    for case in tqdm(cases, desc="validation", unit="case", leave=False, disable=not progress):
+        probs = predictor.predict_preprocessed(load_volume(data_dir, case))
+        ref = load_label(data_dir, case)
+        target = lut[torch.from_numpy(ref.astype(np.int64))][None, None]
+        with torch.no_grad():
+            logits = logits_from_probabilities(torch.from_numpy(probs)[None])
+            losses.append(float(loss_fn(logits, target)))
+        dices.append(mean_foreground_dice(ref, probabilities_to_segmentation(probs, labels=plan.labels), plan.labels))
+    return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices))}
+
+
+# ----------------------------------------------------------------------------- the task
+@dataclass
+class SegmentationTask:
+    """Supervised en-face segmentation (a :class:`~fpnunet.training.loop.TrainingTask`).
+
+    Args:
+        plan, config_name: the plan and its configuration (patch, batch, depth).
+        data_dir: the preprocessed ``data_identifier`` folder.
+        train_cases, val_cases: the fold's (label-fraction-reduced) training and validation cases.
+        seed: loader seed (batches are deterministic per ``(seed, epoch)``).
+        device: where validation runs.
+        batch_size, num_workers, oversample: loader overrides (``None``: plan / loader defaults).
+    """
+
+    plan: Plan
+    config_name: str
+    data_dir: Path
+    train_cases: list[str]
+    val_cases: list[str]
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int | None = None
+    num_workers: int | None = None
+    oversample: float | None = None
+    metric_columns: tuple[str, ...] = ("val_loss", "val_dice")
+    score_column: str | None = "val_dice"
+    loss_fn: SegmentationLoss = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        self.loss_fn = SegmentationLoss(self.plan.num_outputs)
+        self._lut = channel_lut(self.plan.labels, self.plan.num_outputs)
+        self._identity = bool(torch.equal(self._lut, torch.arange(len(self._lut))))
+
+    def train_batches(self, epoch: int) -> Any:
+        from fpnunet.training.loader import make_train_loader
+
+        return make_train_loader(
+            self.data_dir, self.train_cases, self.plan.configuration(self.config_name), mode="seg",
+            batch_size=self.batch_size, seed=self.seed, epoch=epoch, num_workers=self.num_workers,
+            oversample=self.oversample, pin_memory=str(self.device).startswith("cuda"),
+        )
+
+    def loss(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        target = batch["target"]
+        if not self._identity:
+            lut = self._lut.to(target.device)
+            target = lut[target.long().clamp(0, len(lut) - 1)]
+        return self.loss_fn(output, target, batch.get("mask"))
+
+    def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        return validate_volumes(model, self.plan, self.config_name, self.data_dir, self.val_cases,
+                                device=self.device, tta=False, loss_fn=self.loss_fn)
+
+
+# ----------------------------------------------------------------------------- final validation
+def export_validation(
+    model: nn.Module,
+    plan: Plan,
+    config_name: str,
+    data_dir: Path,
+    cases: Sequence[str],
+    out_dir: Path,
+    raw_dir: Path | None = None,
+    device: str = "cpu",
+    tta: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Predict ``cases`` whole (with flip TTA), write ``out_dir/CASE<file_ending>`` on each case's
+    raw en-face geometry, and write ``out_dir/summary.json`` (+ per-case CSV); returns the summary.
+
+    References are the raw ``labelsTr`` files when all are present (so the figures are those
+    ``fpn_evaluate`` gives), else the preprocessed label maps on the same geometry.
+    ``extra`` entries (checkpoint name, epoch, TTA) are added to the summary.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ending = plan.file_ending
+    keep = {f"{c}{ending}" for c in cases}
+    for stale in out_dir.glob(f"*{ending}"):
+        if stale.name not in keep:
+            stale.unlink()
+    predictor = Predictor([model], plan, config_name, device=device, tta=tta)
+    geometries: dict[str, EnfaceGeometry] = {}
+    predictions: dict[str, np.ndarray] = {}
+    for case in tqdm(cases, desc="final validation", unit="case"):
+        probs = predictor.predict_preprocessed(load_volume(data_dir, case))
+        seg = predictions[case] = probabilities_to_segmentation(probs, labels=plan.labels)
+        props_path = data_dir / f"{case}.json"
+        if not props_path.is_file():
+            raise FPNError(f"{props_path}: properties missing (re-run fpn_plan_and_preprocess)")
+        geometry = EnfaceGeometry.from_dict(load_json(props_path)["geometry"])
+        if tuple(seg.shape) != tuple(geometry.shape):
+            seg = resample_to_shape(seg, tuple(geometry.shape), is_label=True)
+        write_segmentation(seg, geometry, out_dir / f"{case}{ending}")
+        geometries[case] = geometry
+    summary_file = out_dir / "summary.json"
+    labels_dir = Path(raw_dir) / "labelsTr" if raw_dir is not None else None
+    if labels_dir is not None and all((labels_dir / f"{c}{ending}").is_file() for c in cases):
+        summary = evaluate_folders(labels_dir, out_dir, labels=plan.labels, file_ending=ending,
+                                   output_file=summary_file, cases=cases, write=False)
+    else:
+        entries = []
+        for case in cases:
+            metrics = case_metrics(load_label(data_dir, case), predictions[case], geometries[case].spacing,
+                                   plan.labels)
+            entries.append({"case": case, "reference_file": str(data_dir / f"{case}_seg.npy"),
+                            "prediction_file": str(out_dir / f"{case}{ending}"), "metrics": metrics})
+        summary = summarize(entries, plan.labels)
+    summary.update(extra or {})
+    write_summary(summary, summary_file)
+    return summary
