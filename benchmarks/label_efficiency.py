@@ -212,12 +212,12 @@ class Sweep:
         return self.work / f"seed{run.seed}" / run.method.key
 
     def fold_dir(self, run: Run) -> Path:
-        """The run's fold folder. Its model folder's tag is fpn_train's business (``scratch`` for
-        ``--pretrained none``, ``pretrained`` for a PATH today), and each results root holds one
-        method only, so any tag is accepted."""
+        """The run's fold folder: ``scratch`` for ``--pretrained none``, ``ssl-FAF``/``ssl-SLO`` for a
+        pretraining run's checkpoint (each results root holds one method only, so any tag found is
+        accepted)."""
         from fpnunet.training.run_folder import fold_folder_name, model_folder_name
 
-        tag = "scratch" if run.method.pretrain is None else "pretrained"
+        tag = "scratch" if run.method.pretrain is None else f"ssl-{run.method.pretrain}"
         dataset_dir = self.results_of(run) / self.name
         fold = fold_folder_name(run.fold)
         expected = dataset_dir / model_folder_name(run.method.network, run.fraction, tag) / fold

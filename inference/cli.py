@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", help="dataset id or folder name (model under $FPN_RESULTS/DatasetXXX)")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every fold_* present); 'all' ok")
     p.add_argument("--network", default="fpn", help="network name; picks the model folder <network>__* (default fpn)")
-    p.add_argument("--model", help="model folder name under $FPN_RESULTS/DatasetXXX (e.g. fpn__lf1.0__scratch)")
+    p.add_argument("--model", help="model folder name under $FPN_RESULTS/DatasetXXX (e.g. fpn__lf1__scratch)")
     p.add_argument("-m", "--model-dir", help="path of a trained model folder (wins over -d/--model)")
     p.add_argument("--checkpoint", default="final", choices=CHECKPOINTS, help="checkpoint to load (default final)")
     p.add_argument("--disable-tta", action="store_true", help="no flip test-time augmentation (4x faster)")

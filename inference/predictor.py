@@ -2,7 +2,7 @@
 
 Usage::
 
-    predictor = Predictor.from_model_folder("fpn_data/results/Dataset900_SynthGA/fpn__lf1.0__scratch")
+    predictor = Predictor.from_model_folder("fpn_data/results/Dataset900_SynthGA/fpn__lf1__scratch")
     probs, props = predictor.predict_raw([oct_bda])          # raw channels (B, D, A) -> (K, B, A)
     probs = predictor.predict_preprocessed(np.load("CASE.npy"))  # (C, B, depth, A) -> (K, B, A)
 
@@ -26,6 +26,7 @@ from torch import nn
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.io import DatasetInfo, load_dataset_json
+from fpnunet.networks.blocks import to_channels_last
 from fpnunet.plans.plan import Configuration, Plan
 
 from .sliding_window import predict_sliding_window
@@ -127,7 +128,7 @@ class Predictor:
         for net in networks:
             net = net.to(self.device).eval()
             if self.channels_last:
-                net = net.to(memory_format=torch.channels_last_3d)
+                net = to_channels_last(net)
             self.networks.append(net)
 
     # ------------------------------------------------------------------ construction

@@ -318,3 +318,16 @@ def test_end_to_end_through_synthetic_and_preprocessing(tmp_path, monkeypatch):
         assert pred.array.shape == ref.array.shape
         assert np.allclose(pred.spacing, ref.spacing, rtol=1e-5) and np.allclose(pred.origin, ref.origin)
     assert len(pd.read_csv(fold / "training_log.csv")) == 1
+
+
+def test_pretrained_path_of_a_pretraining_run_keeps_its_ssl_tag(tmp_path):
+    from fpnunet.training.pretrained import resolve_pretrained
+
+    ckpt = tmp_path / "pretrain__fpn__SLO" / "fold_all" / "checkpoint_final.pth"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    tag, path, _ = resolve_pretrained(str(ckpt), tmp_path, "fpn")
+    assert tag == "ssl-SLO" and path == ckpt
+    other = tmp_path / "weights.pth"
+    other.write_bytes(b"x")
+    assert resolve_pretrained(str(other), tmp_path, "fpn")[0] == "pretrained"

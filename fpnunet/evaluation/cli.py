@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--crossval", action="store_true",
                    help="evaluate the folds' validation predictions of a model folder against raw labelsTr")
-    p.add_argument("--model", help="model folder name under $FPN_RESULTS/DatasetXXX (e.g. fpn__lf1.0__scratch); "
+    p.add_argument("--model", help="model folder name under $FPN_RESULTS/DatasetXXX (e.g. fpn__lf1__scratch); "
                    "default: the only one")
     p.add_argument("--folds", type=int, nargs="+", default=None, help="folds to gather (default 0 1 2 3 4)")
     return p

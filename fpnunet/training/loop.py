@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fpnunet.errors import FPNError
+from fpnunet.networks.blocks import to_channels_last
 from fpnunet.plans.plan import TrainingDefaults
 from fpnunet.training.checkpoint import BEST, FINAL, LATEST, restore_training_state, save_checkpoint, training_state
 from fpnunet.training.logger import TrainingLogger
@@ -146,17 +147,6 @@ def make_scheduler(
 
 
 # ----------------------------------------------------------------------------- device helpers
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """``channels_last_3d`` for 5D weights and ``channels_last`` for 4D ones (the FPN mixes 3D
-    encoder and 2D decoder convs, which ``model.to(memory_format=...)`` cannot handle)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.dim() == 5:
-            t.data = t.data.contiguous(memory_format=torch.channels_last_3d)
-        elif t.dim() == 4:
-            t.data = t.data.contiguous(memory_format=torch.channels_last)
-    return model
-
-
 def batch_to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
     """numpy arrays -> tensors on ``device``; other values (case keys) unchanged."""
     out: dict[str, Any] = {}

@@ -127,4 +127,11 @@ def resolve_pretrained(choice: str, results_dataset_dir: str | Path, config: str
     path = Path(choice).expanduser()
     if not path.is_file():
         raise FPNError(f"--pretrained {choice}: no such file (expected auto, none or a checkpoint path)")
-    return "pretrained", path.absolute(), f"fine-tuning from {path.absolute()}"
+    path = path.absolute()
+    # a checkpoint of a pretraining run (pretrain__CONFIG__TARGET/fold_all/...) keeps its ssl tag so
+    # FAF- and SLO-initialised runs of a sweep get different model folders
+    run = path.parent.parent.name if path.parent.name.startswith("fold_") else path.parent.name
+    for target in PRETRAIN_TARGETS:
+        if run.startswith("pretrain__") and run.endswith(f"__{target}"):
+            return f"ssl-{target}", path, f"fine-tuning from the {target} pretraining run {path}"
+    return "pretrained", path, f"fine-tuning from {path}"

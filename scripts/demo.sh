@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole fpnunet pipeline on a small synthetic GA dataset, on CPU.
+# Make it longer for a real result, e.g.:
+#   DEMO_N=60 DEMO_EPOCHS=30 DEMO_ITERS=50 DEMO_PRETRAIN_EPOCHS=20 make demo
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV_BIN="${VENV_BIN:-.venv/bin}"
+export PATH="$PWD/$VENV_BIN:$PATH"
+export FPN_RAW="${FPN_RAW:-$PWD/fpn_data/raw}"
+export FPN_PREPROCESSED="${FPN_PREPROCESSED:-$PWD/fpn_data/preprocessed}"
+export FPN_RESULTS="${FPN_RESULTS:-$PWD/fpn_data/results}"
+
+ID="${DEMO_ID:-901}"
+NAME="Dataset${ID}_DemoGA"
+N="${DEMO_N:-30}"
+SHAPE="${DEMO_SHAPE:-32 160 128}"
+EPOCHS="${DEMO_EPOCHS:-6}"
+ITERS="${DEMO_ITERS:-12}"
+PRE_EPOCHS="${DEMO_PRETRAIN_EPOCHS:-4}"
+FOLDS="${DEMO_FOLDS:-0 1 2 3 4}"
+DEVICE="${DEMO_DEVICE:-auto}"
+start=$(date +%s)
+step() { printf '\n=== [%4ds] %s\n' "$(( $(date +%s) - start ))" "$*"; }
+
+step "1/6 synthetic dataset: $N cases of shape $SHAPE -> $FPN_RAW/$NAME"
+if [ ! -f "$FPN_RAW/$NAME/dataset.json" ]; then
+  # shellcheck disable=SC2086
+  fpn_make_synthetic -o "$FPN_RAW/$NAME" -n "$N" --labelled-fraction 0.5 --seed 0 --shape $SHAPE
+fi
+
+step "2/6 fingerprint, plan, preprocess"
+fpn_plan_and_preprocess -d "$ID" -np 2
+
+step "3/6 self-supervised pretraining (FAF reconstruction)"
+fpn_pretrain "$ID" --target FAF --epochs "$PRE_EPOCHS" --iterations-per-epoch "$ITERS" --device "$DEVICE" --continue
+
+step "4/6 fine-tuning, folds: $FOLDS"
+for f in $FOLDS; do
+  fpn_train "$ID" "$f" --pretrained auto --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" \
+    --device "$DEVICE" --continue
+done
+
+step "5/6 ensemble prediction of the test volumes"
+# shellcheck disable=SC2086
+fpn_predict -i "$FPN_RAW/$NAME/imagesTs" -o "$FPN_RESULTS/$NAME/demo_test_predictions" -d "$ID" \
+  -f $FOLDS --device "$DEVICE"
+
+step "6/6 evaluation against the test labels"
+fpn_evaluate -r "$FPN_RAW/$NAME/labelsTs" -p "$FPN_RESULTS/$NAME/demo_test_predictions" -d "$ID"
+step "done"
