@@ -8,6 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "fpnunet",
+        "fpnunet.synthetic",
         "fpnunet.networks",
         "fpnunet.training",
         "fpnunet.evaluation",
