@@ -1,7 +1,8 @@
 """Planner: from the dataset fingerprint to a :class:`~fpnunet.plans.plan.Plan` that fits the GPU.
 
 ``plan_dataset(fingerprint, info, ...) -> Plan`` is what ``fpn_plan_and_preprocess`` calls.
-The rules (docs/planner.md has the reasoning):
+The rules (their constants and small functions: :mod:`fpnunet.plans.planning_rules`; docs/planner.md
+has the reasoning):
 
 * **depth crop** (raw rows kept around each case's retina band): the fingerprint's p95 band
   height plus :data:`DEPTH_CROP_MARGIN` (15 %), capped at the median depth;
@@ -39,70 +40,21 @@ from fpnunet.io import DatasetInfo
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.memory import calibrate_cuda, estimate_training_memory
 from fpnunet.plans.plan import Configuration, MemoryEstimate, NetworkSpec, Plan, TrainingDefaults
-
-DEFAULT_GPU_MEMORY_GB = 8.0
-"""Target when no GPU memory is given and no CUDA device can be asked."""
-CUDA_CONTEXT_RESERVE_BYTES = 512 * 2**20
-"""Kept off every budget for the CUDA context and cuDNN/cuBLAS handles (300-600 MB), which
-``max_memory_allocated`` (what the estimate models) does not see."""
-DEFAULT_PRECISION = "bf16"
-DEPTH_CROP_MARGIN = 0.15
-"""The depth crop is the p95 retina band height plus this share (thicker pathology, tilt)."""
-DEPTH_FLOOR = 64
-DEPTH_CAP = 128
-MIN_BATCH_SIZE = 2
-MAX_BATCH_SIZE = 16
-BATCH_DATASET_FRACTION = 0.05
-"""A batch covers at most this share of the training cases' total en-face area (nnU-Net's 5 %):
-larger batches on a small dataset mostly repeat the same pixels within one step."""
-
-
-# ----------------------------------------------------------------------------- small rules
-def memory_budget_bytes(gpu_memory_gb: float) -> int:
-    """Bytes a training step may allocate on a GPU of ``gpu_memory_gb`` GiB (context reserve off)."""
-    return int(gpu_memory_gb * 2**30) - CUDA_CONTEXT_RESERVE_BYTES
-
-
-def detect_gpu_memory_gb() -> tuple[float, str]:
-    """``(GiB, where it came from)``: free memory of the current CUDA device, else the default."""
-    if torch.cuda.is_available():
-        free, _total = torch.cuda.mem_get_info()
-        return free / 2**30, f"free on {torch.cuda.get_device_name()}"
-    return DEFAULT_GPU_MEMORY_GB, "default target (no CUDA device found)"
-
-
-def depth_crop_rows(fingerprint: dict[str, Any]) -> int:
-    """Raw depth rows kept around the retina band: p95 band height + 15 %, capped at the median depth."""
-    median_depth = int(fingerprint["median_shape"][1])
-    band = fingerprint.get("retina_band_height_p95") or fingerprint.get("retina_band_height_max") or median_depth
-    return max(1, min(median_depth, math.ceil(float(band) * (1.0 + DEPTH_CROP_MARGIN))))
-
-
-def choose_depth(crop: int, min_depth: int = 1) -> int:
-    """Depth target: the smallest power of two >= ``crop / 2`` (a shrink factor in (1, 2]),
-    clamped to ``[max(64, min_depth), max(128, min_depth)]``."""
-    target = 2 ** max(0, math.ceil(math.log2(max(1.0, crop / 2))))
-    return int(min(max(DEPTH_CAP, min_depth), max(DEPTH_FLOOR, min_depth, target)))
-
-
-def _round_to(size: float, div: int) -> int:
-    """Nearest multiple of ``div`` (ties up), at least ``div``."""
-    return max(div, div * int(math.floor(size / div + 0.5)))
-
-
-def _floor_to(size: int, div: int) -> int:
-    return max(div, div * (size // div))
-
-
-def training_enface_area(fingerprint: dict[str, Any]) -> int:
-    """Total en-face pixels ``B x A`` of the labelled cases (all cases when none is labelled)."""
-    cases = fingerprint.get("cases") or {}
-    shapes = [c["shape"] for c in cases.values() if c.get("labelled")] or [c["shape"] for c in cases.values()]
-    if shapes:
-        return int(sum(int(s[0]) * int(s[2]) for s in shapes))
-    b, _, a = fingerprint["median_shape"]
-    n = int(fingerprint.get("num_labelled") or fingerprint.get("num_cases") or 1)
-    return n * int(b) * int(a)
+from fpnunet.plans.planning_rules import (  # the rules; tests and callers also import them from here
+    BATCH_DATASET_FRACTION,
+    CUDA_CONTEXT_RESERVE_BYTES,
+    DEFAULT_PRECISION,
+    MAX_BATCH_SIZE,
+    MIN_BATCH_SIZE,
+    choose_depth,
+    depth_crop_rows,
+    detect_gpu_memory_gb,
+    floor_to,
+    memory_budget_bytes,
+    round_to,
+    shrunk_patch,
+    training_enface_area,
+)
 
 
 # ----------------------------------------------------------------------------- one network
@@ -135,7 +87,7 @@ class _NetworkPlanner:
 
     def _depth(self) -> int:
         depth = choose_depth(self.ctx.crop, self.ref_min_depth)
-        patch = (_round_to(self.ctx.plane[0], self.step_b), _round_to(self.ctx.plane[1], self.step_a))
+        patch = (round_to(self.ctx.plane[0], self.step_b), round_to(self.ctx.plane[1], self.step_a))
         (_, div_d, _), min_d = self.cls.input_divisors(**self.cls.plan_kwargs(patch, depth, self.ctx.spacing))
         if depth % div_d or depth < min_d:
             depth = max(min_d, div_d * math.ceil(depth / div_d))
@@ -146,7 +98,7 @@ class _NetworkPlanner:
         for _ in range(4):
             kwargs = self.cls.plan_kwargs(patch, self.depth, self.ctx.spacing)
             (div_b, div_d, div_a), min_d = self.cls.input_divisors(**kwargs)
-            fitted = (_floor_to(patch[0], div_b), _floor_to(patch[1], div_a))
+            fitted = (floor_to(patch[0], div_b), floor_to(patch[1], div_a))
             if fitted == patch:
                 if self.depth % div_d or self.depth < min_d:
                     raise FPNError(
@@ -180,22 +132,8 @@ class _NetworkPlanner:
             )
         return self._cache[key]
 
-    def _shrink_axis(self, patch: tuple[int, int]) -> int | None:
-        """The axis to cut next: most millimetres; on a tie the smaller spacing. None: both at minimum."""
-        steps = (self.step_b, self.step_a)
-        movable = [i for i in (0, 1) if patch[i] - steps[i] >= steps[i]]
-        if not movable:
-            return None
-        sp = self.ctx.spacing
-        return max(movable, key=lambda i: (round(patch[i] * sp[i], 9), -sp[i]))
-
     def _shrunk(self, patch: tuple[int, int]) -> tuple[int, int] | None:
-        axis = self._shrink_axis(patch)
-        if axis is None:
-            return None
-        out = list(patch)
-        out[axis] -= (self.step_b, self.step_a)[axis]
-        return out[0], out[1]
+        return shrunk_patch(patch, (self.step_b, self.step_a), self.ctx.spacing)
 
     def search_patch(self) -> tuple[int, int]:
         """Largest patch (whole median plane down) whose estimate at batch 2 fits the budget.
@@ -204,7 +142,7 @@ class _NetworkPlanner:
         over budget are made without estimating; each prediction that fits is then checked.
         """
         budget = self.ctx.budget
-        patch = (_round_to(self.ctx.plane[0], self.step_b), _round_to(self.ctx.plane[1], self.step_a))
+        patch = (round_to(self.ctx.plane[0], self.step_b), round_to(self.ctx.plane[1], self.step_a))
         patch, _ = self.topology(patch)
         while True:
             est = self.estimate(patch, MIN_BATCH_SIZE)

@@ -33,6 +33,7 @@ from fpnunet.atomic import atomic_path
 from fpnunet.errors import FPNError
 from fpnunet.inference.predictor import Predictor
 from fpnunet.plans.plan import Plan
+from fpnunet.training.segmentation import load_volume
 from fpnunet.training.ssim import SSIMLoss, ssim
 
 PICTURE_DIR = "reconstructions"
@@ -198,13 +199,7 @@ class ReconstructionTask:
     def reconstruct(self, model: nn.Module, cases: Sequence[str]) -> dict[str, np.ndarray]:
         """Whole-plane reconstructions ``{case: (B, A) float32 in [0, 1]}`` (sliding window, no TTA)."""
         predictor = Predictor([model], self.plan, self.config_name, device=self.device, tta=False, num_outputs=1)
-        out = {}
-        for case in cases:
-            path = self.data_dir / f"{case}.npy"
-            if not path.is_file():
-                raise FPNError(f"{path}: preprocessed volume missing (re-run fpn_plan_and_preprocess)")
-            out[case] = predictor.predict_preprocessed(np.load(path))[0]
-        return out
+        return {case: predictor.predict_preprocessed(load_volume(self.data_dir, case))[0] for case in cases}
 
     def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         """``{"val_loss", "val_ssim"}`` over the held-out cases (``{}`` without any); draws the picture."""

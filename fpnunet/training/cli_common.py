@@ -1,0 +1,212 @@
+"""What ``fpn_train`` and ``fpn_pretrain`` share: how a run is set up, whatever its task.
+
+* flags both commands take (:func:`add_dataset_argument`, :func:`add_config_argument`,
+  :func:`add_schedule_arguments`, :func:`add_resume_arguments`, :func:`add_runtime_arguments`;
+  the help texts that differ are the caller's);
+* the planned, preprocessed data of a dataset and configuration (:func:`find_preprocessed`);
+* loop settings: the plan's defaults, the command line's overrides, the precision for the device
+  (:func:`loop_settings`);
+* opening the fold folder (:func:`open_run`): resume / overwrite policy, checkpoint to resume,
+  device, settings, learning rate, ``plans.json``/``dataset.json`` copies, ``command.txt``, the
+  resolved arguments and the warning when a resumed run's settings changed;
+* the model and the epoch loop (:func:`new_model`, :func:`make_loop`), and the header lines.
+
+The commands keep what is theirs: their own flags, cases, task and messages.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+from fpnunet.cli_utils import resolve_device
+from fpnunet.errors import FPNError
+from fpnunet.paths import preprocessed_root, resolve_dataset
+from fpnunet.plans.plan import Configuration, Plan, TrainingDefaults
+from fpnunet.training.checkpoint import LATEST, build_model, load_checkpoint, model_spec, seed_everything
+from fpnunet.training.loop import EpochCallback, EpochLoop, LoopSettings, TrainingTask, make_optimizer, make_scheduler
+from fpnunet.training.run_folder import check_start, copy_model_files, write_command
+
+
+# ----------------------------------------------------------------------------- flags
+def add_dataset_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="dataset id (900) or folder name (Dataset900_SynthGA)")
+
+
+def add_config_argument(p: argparse.ArgumentParser, verb: str) -> None:
+    """``--network``/``--config``: the plan configuration to ``verb`` (train, pretrain)."""
+    p.add_argument("--network", "--config", dest="config", default=None,
+                   help=f"plan configuration to {verb} (default: the plan's default, usually fpn)")
+
+
+def add_schedule_arguments(p: argparse.ArgumentParser, epochs_help: str, lr_help: str, val_every_help: str) -> None:
+    """``--epochs``, ``--iterations-per-epoch``, ``--lr``, ``--batch-size``, ``--val-every``."""
+    p.add_argument("--epochs", type=int, help=epochs_help)
+    p.add_argument("--iterations-per-epoch", type=int, help="training steps per epoch (default: plan)")
+    p.add_argument("--lr", type=float, help=lr_help)
+    p.add_argument("--batch-size", type=int, help="patches per step (default: plan)")
+    p.add_argument("--val-every", type=int, help=val_every_help)
+
+
+def add_resume_arguments(p: argparse.ArgumentParser, overwrite_help: str) -> None:
+    """``--continue`` and ``--overwrite`` (:func:`fpnunet.training.run_folder.check_start`)."""
+    p.add_argument("--continue", dest="resume", action="store_true", help="resume from checkpoint_latest.pth")
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """``--device``, ``--precision``, ``--seed``, ``--num-workers``, ``--no-progress``."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: the plan's precision (bf16) on CUDA, fp32 on the CPU")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--num-workers", type=int,
+                   help="data augmentation processes (default: FPN_N_PROC_DA or the loader's default)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-iteration progress bar")
+
+
+# ----------------------------------------------------------------------------- resolution
+@dataclass
+class PreprocessedData:
+    """A planned, preprocessed dataset and the configuration to run."""
+
+    dataset: str
+    preprocessed_dir: Path
+    plan: Plan
+    config_name: str
+    config: Configuration
+    data_dir: Path
+    hint: str
+    """What to run when something is missing (``run fpn_plan_and_preprocess -d X first``)."""
+
+
+def find_preprocessed(dataset: str, config: str | None) -> PreprocessedData:
+    """The dataset's plan and the preprocessed data of ``config`` (``None``: the plan's default)."""
+    name = resolve_dataset(dataset)
+    pre_dir = preprocessed_root() / name
+    hint = f"run fpn_plan_and_preprocess -d {dataset} first"
+    if not (pre_dir / "plans.json").is_file():
+        raise FPNError(f"dataset {name} is not planned and preprocessed ({pre_dir / 'plans.json'} is missing): {hint}")
+    plan = Plan.load(pre_dir / "plans.json")
+    config_name = config or plan.default_configuration
+    configuration = plan.configuration(config_name)
+    data_dir = pre_dir / configuration.data_identifier
+    if not data_dir.is_dir() or not any(data_dir.glob("*.npy")):
+        raise FPNError(f"{data_dir}: no preprocessed data for configuration {config_name!r}: {hint}")
+    return PreprocessedData(name, pre_dir, plan, config_name, configuration, data_dir, hint)
+
+
+def loop_settings(args: Any, config: Configuration, device: str, default_epochs: int | None = None) -> LoopSettings:
+    """The loop's settings: the command line's ``epochs``, ``iterations_per_epoch``, ``val_every``,
+    ``precision``, ``progress`` over the plan's defaults (``default_epochs`` before the plan's
+    ``epochs``); precision ``auto``: the plan's (bf16) on CUDA, fp32 elsewhere."""
+    d = config.training
+    precision = args.precision
+    if precision == "auto":
+        precision = (config.precision if config.precision in ("bf16", "fp32") else "bf16") \
+            if device.startswith("cuda") else "fp32"
+    return LoopSettings(
+        epochs=args.epochs or default_epochs or d.epochs,
+        iterations_per_epoch=args.iterations_per_epoch or d.iterations_per_epoch,
+        val_every=d.val_every if args.val_every is None else args.val_every,
+        grad_clip=d.grad_clip or None, device=device, precision=precision, progress=args.progress,
+    )
+
+
+# ----------------------------------------------------------------------------- the run folder
+class ResolvedContext(Protocol):
+    """What :func:`open_run` needs from a command's resolved context."""
+
+    dataset: str
+    preprocessed_dir: Path
+    config_name: str
+    config: Configuration
+    train_cases: list[str]
+    val_cases: list[str]
+    model_dir: Path
+    fold_dir: Path
+
+
+@dataclass
+class OpenedRun:
+    """A run started (or resumed) in its fold folder."""
+
+    resume: bool
+    checkpoint: dict[str, Any] | None
+    device: str
+    settings: LoopSettings
+    lr: float
+    resolved: dict[str, Any]
+    """The arguments with every default resolved (saved in the checkpoints)."""
+
+
+def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str, *, lr: float, extra: dict[str, Any],
+             watched: Sequence[str], default_epochs: int | None = None, stale_dirs: Sequence[str] = ()) -> OpenedRun:
+    """Start or resume the run in ``ctx.fold_dir`` as ``args`` (``resume``, ``overwrite``, ``device``,
+    ``batch_size``, loop flags) say; ``lr`` is the resolved learning rate.
+
+    On a fresh start the folders ``stale_dirs`` of an earlier run are deleted. Copies the model
+    files, records ``program argv`` in ``command.txt``; ``extra`` joins the resolved arguments, and a
+    resumed run whose ``watched`` arguments changed gets a warning.
+    """
+    resume = check_start(ctx.fold_dir, args.resume, args.overwrite)
+    if not resume:
+        for name in stale_dirs:
+            if (ctx.fold_dir / name).is_dir():
+                shutil.rmtree(ctx.fold_dir / name)  # written by an earlier, discarded run
+    checkpoint = load_checkpoint(ctx.fold_dir / LATEST) if resume else None
+    device = resolve_device(args.device)
+    settings = loop_settings(args, ctx.config, device, default_epochs)
+    copy_model_files(ctx.preprocessed_dir, ctx.model_dir)
+    write_command(ctx.fold_dir, list(argv), program, append=resume)
+    resolved = asdict(args) | {"dataset": ctx.dataset, "config": ctx.config_name, "lr": lr,
+                               "batch_size": args.batch_size or ctx.config.batch_size} | extra \
+        | {"train_cases": ctx.train_cases, "val_cases": ctx.val_cases}
+    if checkpoint is not None:
+        warn_changed(checkpoint.get("args", {}), resolved, watched)
+    return OpenedRun(resume, checkpoint, device, settings, lr, resolved)
+
+
+def warn_changed(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str]) -> None:
+    """Warn when ``--continue`` resumes a run whose ``keys`` arguments were different."""
+    changed = [k for k in keys if k in old and old[k] != new.get(k)]
+    if changed:
+        print(f"warning: --continue with settings that differ from the interrupted run: {', '.join(changed)}; "
+              f"the result will not equal an uninterrupted run")
+
+
+def print_settings(config: Configuration, run: OpenedRun, fold_dir: Path, loss: str = "") -> None:
+    """The header's settings line (``loss``: e.g. ``"loss 1 - SSIM, "``) and where the run writes."""
+    s, resolved = run.settings, run.resolved
+    print(f"  {s.epochs} epochs x {s.iterations_per_epoch} iterations, batch {resolved['batch_size']}, "
+          f"patch {tuple(config.patch_size)} x depth {config.depth}, lr {resolved['lr']:g} "
+          f"({config.training.optimizer}, {config.training.lr_schedule}), {loss}validation every {s.val_every}, "
+          f"device {s.device} ({s.precision}), seed {resolved['seed']}")
+    print(f"  {'resuming in' if run.resume else 'writing to'} {fold_dir}")
+
+
+# ----------------------------------------------------------------------------- model and loop
+def new_model(seed: int, config_name: str, config: Configuration, in_channels: int,
+              num_outputs: int) -> tuple[dict[str, Any], nn.Module]:
+    """``(spec, model)``: the configuration's network, initialised after seeding everything with ``seed``."""
+    seed_everything(seed)
+    spec = model_spec(config.network.name, config.network.kwargs, in_channels, num_outputs, config_name)
+    return spec, build_model(spec)
+
+
+def make_loop(task: TrainingTask, model: nn.Module, spec: dict[str, Any], run: OpenedRun, defaults: TrainingDefaults,
+              fold_dir: Path, callbacks: tuple[EpochCallback, ...] = ()) -> EpochLoop:
+    """The epoch loop of ``task`` for ``model`` (already on the device): optimizer and schedule from
+    ``defaults`` at ``run.lr``; resumed from ``run.checkpoint`` when there is one."""
+    optimizer = make_optimizer(model, defaults, run.lr)
+    scheduler = make_scheduler(optimizer, defaults.lr_schedule, run.settings.epochs)
+    loop = EpochLoop(task, model, optimizer, scheduler, run.settings, fold_dir, spec, run.resolved, callbacks)
+    if run.checkpoint is not None:
+        loop.resume(run.checkpoint)
+        print(f"resumed from {fold_dir / LATEST} after epoch {loop.start_epoch}")
+    return loop
