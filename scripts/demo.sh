@@ -13,31 +13,31 @@ export FPN_RESULTS="${FPN_RESULTS:-$PWD/fpn_data/results}"
 ID="${DEMO_ID:-901}"
 NAME="Dataset${ID}_DemoGA"
 N="${DEMO_N:-30}"
-SHAPE="${DEMO_SHAPE:-32 160 128}"
-EPOCHS="${DEMO_EPOCHS:-6}"
+SHAPE="${DEMO_SHAPE:-16 128 64}"
+EPOCHS="${DEMO_EPOCHS:-8}"
 ITERS="${DEMO_ITERS:-12}"
-PRE_EPOCHS="${DEMO_PRETRAIN_EPOCHS:-4}"
+PRE_EPOCHS="${DEMO_PRETRAIN_EPOCHS:-6}"
 FOLDS="${DEMO_FOLDS:-0 1 2 3 4}"
 DEVICE="${DEMO_DEVICE:-auto}"
 start=$(date +%s)
 step() { printf '\n=== [%4ds] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
 step "1/6 synthetic dataset: $N cases of shape $SHAPE -> $FPN_RAW/$NAME"
-if [ ! -f "$FPN_RAW/$NAME/dataset.json" ]; then
-  # shellcheck disable=SC2086
-  fpn_make_synthetic -o "$FPN_RAW/$NAME" -n "$N" --labelled-fraction 0.5 --seed 0 --shape $SHAPE
-fi
+# the demo owns its dataset id: start from a clean slate every time
+rm -rf "$FPN_RAW/$NAME" "$FPN_PREPROCESSED/$NAME" "$FPN_RESULTS/$NAME"
+# shellcheck disable=SC2086
+fpn_make_synthetic -o "$FPN_RAW/$NAME" -n "$N" --labelled-fraction 0.5 --seed 0 --shape $SHAPE --no-progress
 
 step "2/6 fingerprint, plan, preprocess"
 fpn_plan_and_preprocess -d "$ID" -np 2
 
 step "3/6 self-supervised pretraining (FAF reconstruction)"
-fpn_pretrain "$ID" --target FAF --epochs "$PRE_EPOCHS" --iterations-per-epoch "$ITERS" --device "$DEVICE" --continue
+fpn_pretrain "$ID" --target FAF --epochs "$PRE_EPOCHS" --iterations-per-epoch "$ITERS" --device "$DEVICE" --no-progress
 
 step "4/6 fine-tuning, folds: $FOLDS"
 for f in $FOLDS; do
   fpn_train "$ID" "$f" --pretrained auto --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" \
-    --device "$DEVICE" --continue
+    --device "$DEVICE" --no-progress
 done
 
 step "5/6 ensemble prediction of the test volumes"

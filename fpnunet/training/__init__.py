@@ -12,5 +12,8 @@ One idea per module (import them directly; this package imports nothing so that
 * :mod:`.pretrained`: loading pretrained weights by name and shape; finding the pretraining run.
 * :mod:`.run_folder`: the results folder's name, resume / overwrite policy, ``command.txt``.
 * :mod:`.splits`, :mod:`.loader`: folds, label fractions and the batch loader.
-* :mod:`.train_cli`: the ``fpn_train`` command.
+* :mod:`.augment`, :mod:`.data`: in-plane augmentation (volume and label together) and batch sampling.
+* :mod:`.ssim`, :mod:`.reconstruction`: the 1 - SSIM loss and the self-supervised reconstruction task.
+* :mod:`.cli_common`: what ``fpn_train`` and ``fpn_pretrain`` share (flags, run folder, loop).
+* :mod:`.train_cli`, :mod:`.pretrain_cli`: the ``fpn_train`` and ``fpn_pretrain`` commands.
 """
