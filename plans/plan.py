@@ -66,6 +66,10 @@ class TrainingDefaults:
     foreground_oversample: float = 0.33
     val_every: int = 5
     grad_clip: float = 12.0
+    bn_recalibration: int = 25
+    """Training batches over which BatchNorm statistics are recomputed before each validation and
+    the final checkpoint (fpnunet.training.batchnorm): short runs with small batches otherwise
+    validate with lagging running averages (one FPN fold: 0.37 -> 0.75 Dice)."""
     pretrain_epochs: int = 40
     pretrain_lr: float = 0.01
 

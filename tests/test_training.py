@@ -295,6 +295,41 @@ def test_poly_schedule_and_lr_column(dataset):
     assert LoopSettings(epochs=10, iterations_per_epoch=1, val_every=0).validates_at(9)
 
 
+def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeypatch):
+    """--bn-recalibration N: the final checkpoint's BN statistics are the average over N batches of
+    the last epoch's loader with the final weights; the weights are those of a run without it."""
+    main(["901", "0", "--val-every", "0", "--bn-recalibration", "3", "--seed", "2"])
+    ckpt = load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
+    monkeypatch.setenv("FPN_RESULTS", str(dataset["tmp"] / "results_b"))
+    main(["901", "0", "--val-every", "0", "--bn-recalibration", "0", "--seed", "2"])
+    plain = load_checkpoint(fold_dir(dataset["tmp"] / "results_b" / NAME) / "checkpoint_final.pth")
+    stats = [k for k in ckpt["state_dict"] if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for k, v in ckpt["state_dict"].items():
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        assert torch.equal(v, plain["state_dict"][k]), k  # recalibration touches no weight, no RNG
+    assert any(not torch.allclose(ckpt["state_dict"][k], plain["state_dict"][k]) for k in stats)
+
+    from fpnunet.training.batchnorm import recalibrate_batchnorm
+    from fpnunet.training.checkpoint import model_from_checkpoint
+    from fpnunet.training.segmentation import SegmentationTask
+    from fpnunet.training.splits import apply_label_fraction
+
+    plan = Plan.load(dataset["pre"] / "plans.json")
+    train_cases = apply_label_fraction(json.loads((dataset["pre"] / "splits_final.json").read_text())[0]["train"], 1)
+    task = SegmentationTask(plan, "fpn", dataset["data"], train_cases, [], seed=2,
+                            oversample=plan.configurations["fpn"].training.foreground_oversample)
+    model, _ = model_from_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
+    source = task.train_batches(1)
+    try:
+        assert recalibrate_batchnorm(model, source, 3) == 3
+    finally:
+        source.close()
+    for k in stats:
+        assert torch.allclose(model.state_dict()[k], ckpt["state_dict"][k], atol=1e-5), k
+
+
 # ----------------------------------------------------------------------------- end to end
 def test_end_to_end_through_synthetic_and_preprocessing(tmp_path, monkeypatch):
     """fpn_make_synthetic -> fpn_plan_and_preprocess -> fpn_train on a tiny shape (planner's own plan)."""

@@ -45,12 +45,16 @@ def add_config_argument(p: argparse.ArgumentParser, verb: str) -> None:
 
 
 def add_schedule_arguments(p: argparse.ArgumentParser, epochs_help: str, lr_help: str, val_every_help: str) -> None:
-    """``--epochs``, ``--iterations-per-epoch``, ``--lr``, ``--batch-size``, ``--val-every``."""
+    """``--epochs``, ``--iterations-per-epoch``, ``--lr``, ``--batch-size``, ``--val-every``,
+    ``--bn-recalibration``."""
     p.add_argument("--epochs", type=int, help=epochs_help)
     p.add_argument("--iterations-per-epoch", type=int, help="training steps per epoch (default: plan)")
     p.add_argument("--lr", type=float, help=lr_help)
     p.add_argument("--batch-size", type=int, help="patches per step (default: plan)")
     p.add_argument("--val-every", type=int, help=val_every_help)
+    p.add_argument("--bn-recalibration", type=int, metavar="N",
+                   help="recompute BatchNorm statistics over N training batches before each validation "
+                        "and the final checkpoint; 0: keep the running averages (default: plan)")
 
 
 def add_resume_arguments(p: argparse.ArgumentParser, overwrite_help: str) -> None:
@@ -115,6 +119,7 @@ def loop_settings(args: Any, config: Configuration, device: str, default_epochs:
         iterations_per_epoch=args.iterations_per_epoch or d.iterations_per_epoch,
         val_every=d.val_every if args.val_every is None else args.val_every,
         grad_clip=d.grad_clip or None, device=device, precision=precision, progress=args.progress,
+        bn_recalibration=d.bn_recalibration if args.bn_recalibration is None else args.bn_recalibration,
     )
 
 

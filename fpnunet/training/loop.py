@@ -13,8 +13,10 @@ Per epoch ``e`` (0-based; the log and checkpoints count completed epochs, ``e + 
    step, gradient-norm clipping). On CUDA the forward runs under bf16 autocast in
    ``channels_last_3d`` with ``cudnn.benchmark``.
 2. the scheduler steps once (per-epoch schedules, as nnU-Net).
-3. every ``val_every`` epochs and at the last: ``task.validate(model, e)`` returns the task's
-   metric columns (e.g. ``{"val_loss", "val_dice"}`` from whole-volume prediction).
+3. every ``val_every`` epochs and at the last: the BatchNorm running statistics are recomputed
+   over ``bn_recalibration`` batches of ``task.train_batches(e)`` (:mod:`.batchnorm`; networks
+   with BatchNorm only), then ``task.validate(model, e)`` returns the task's metric columns
+   (e.g. ``{"val_loss", "val_dice"}`` from whole-volume prediction).
 4. the record is logged (``training_log.csv``, ``progress.png``), ``checkpoint_latest.pth`` is
    written atomically with the model, optimizer, scheduler, scaler and RNG states and the log;
    ``checkpoint_best.pth`` when ``task.score_column`` improved; ``checkpoint_final.pth`` after the
@@ -41,6 +43,7 @@ from tqdm.auto import tqdm
 from fpnunet.errors import FPNError
 from fpnunet.networks.blocks import to_channels_last
 from fpnunet.plans.plan import TrainingDefaults
+from fpnunet.training.batchnorm import recalibrate_batchnorm
 from fpnunet.training.checkpoint import BEST, FINAL, LATEST, restore_training_state, save_checkpoint, training_state
 from fpnunet.training.logger import TrainingLogger
 
@@ -101,12 +104,17 @@ class LoopSettings:
     """``bf16`` (autocast) or ``fp32``."""
     progress: bool = True
     """Show the per-iteration tqdm bar (the per-epoch summary line is always printed)."""
+    bn_recalibration: int = 0
+    """Training batches over which BatchNorm statistics are recomputed before each validation and
+    the final checkpoint (0: keep the running averages)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise FPNError(f"--epochs must be >= 1, got {self.epochs}")
         if self.iterations_per_epoch < 1:
             raise FPNError(f"--iterations-per-epoch must be >= 1, got {self.iterations_per_epoch}")
+        if self.bn_recalibration < 0:
+            raise FPNError(f"--bn-recalibration must be >= 0, got {self.bn_recalibration}")
         if self.precision not in ("bf16", "fp32"):
             raise FPNError(f"precision must be bf16 or fp32, got {self.precision!r}")
 
@@ -234,7 +242,10 @@ class EpochLoop:
             train_loss = self.train_epoch(epoch)
             if self.scheduler is not None:
                 self.scheduler.step()
-            metrics = self.task.validate(self.model, epoch) if s.validates_at(epoch) else {}
+            metrics: dict[str, float] = {}
+            if s.validates_at(epoch):
+                self.recalibrate(epoch)
+                metrics = self.task.validate(self.model, epoch)
             record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr,
                       "epoch_time_s": time.perf_counter() - t0}
             self.logger.log(record)
@@ -279,6 +290,18 @@ class EpochLoop:
         if skipped:
             self._say(f"warning: {skipped} step(s) of epoch {epoch + 1} had a non-finite loss and were skipped")
         return float(np.mean(losses)) if losses else math.nan
+
+    def recalibrate(self, epoch: int) -> int:
+        """Recompute BatchNorm statistics over ``bn_recalibration`` batches of epoch ``epoch``'s loader."""
+        if self.settings.bn_recalibration < 1:
+            return 0
+        source = self.task.train_batches(epoch)
+        try:
+            return recalibrate_batchnorm(self.model, source, self.settings.bn_recalibration,
+                                         prepare=lambda b: batch_to_device(b, self.device, self.cuda),
+                                         precision=self.settings.precision)
+        finally:
+            source.close()
 
     def step(self, batch: dict[str, Any]) -> float:
         """Forward, loss, backward, clip, optimizer step; returns the loss (NaN: step skipped)."""

@@ -75,6 +75,7 @@ class PretrainArgs:
     lr: float | None = None
     batch_size: int | None = None
     val_every: int | None = None
+    bn_recalibration: int | None = None
     val_fraction: float = DEFAULT_VAL_FRACTION
     n_pictures: int = 4
     invert: bool | None = None

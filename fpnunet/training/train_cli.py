@@ -71,6 +71,7 @@ class TrainArgs:
     lr: float | None = None
     batch_size: int | None = None
     val_every: int | None = None
+    bn_recalibration: int | None = None
     resume: bool = False
     overwrite: bool = False
     val_only: bool = False
