@@ -47,6 +47,7 @@ from fpnunet.io import (
     to_bda,
 )
 from fpnunet.paths import results_dir, results_root
+from fpnunet.plans.verify_content import check_nifti
 
 from .export import lesion_areas, probabilities_to_segmentation, write_probabilities, write_segmentation
 from .predictor import CHECKPOINTS, Predictor
@@ -177,6 +178,11 @@ def _load_case(item: InputCase, predictor: Predictor, folder: Path) -> _Loaded:
     shape = None
     for k in range(n):
         path = item.files[k][0]
+        why, nonfinite = check_nifti(path)  # SimpleITK zero-fills truncated files and NaN/Inf voxels
+        if why:
+            return _Loaded(item.case, error=f"{path}: {why}")
+        if nonfinite:
+            return _Loaded(item.case, error=f"{path}: the volume has {nonfinite} NaN/Inf value(s)")
         try:
             img = read_image(path)
         except FPNError as exc:

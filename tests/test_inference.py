@@ -1,6 +1,7 @@
 """Inference: sliding window, flip TTA, fold ensemble, export, model folders and fpn_predict."""
 from __future__ import annotations
 
+import gzip
 import math
 from pathlib import Path
 
@@ -367,17 +368,27 @@ def test_bad_inputs_are_reported_and_others_still_written(tmp_path, capsys):
     _volume_file(in_dir / "nosuffix.nii.gz")
     _volume_file(in_dir / "half_0000.nii.gz")
     (in_dir / "notes.txt").write_text("not an image")
+    _volume_file(in_dir / "cut_0000.nii.gz")  # an interrupted copy: SimpleITK would zero-fill it
+    _volume_file(in_dir / "cut_0001.nii.gz")
+    whole = gzip.decompress((in_dir / "cut_0000.nii.gz").read_bytes())
+    (in_dir / "cut_0000.nii.gz").write_bytes(gzip.compress(whole[: len(whole) - 400]))
+    nan = np.random.default_rng(0).normal(size=(10, 24, 40)).astype(np.float32)
+    nan[3, 4, 5] = np.nan  # SimpleITK would read it as 0
+    write_image(in_dir / "nan_0000.nii.gz", nan, (0.12, 0.0039, 0.0113))
+    _volume_file(in_dir / "nan_0001.nii.gz")
 
     rc = _run(["-i", str(in_dir), "-o", str(out_dir), "-m", str(model_dir), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "garbage_0000.nii.gz" in err and "cannot read" in err
+    assert "garbage_0000.nii.gz" in err and "corrupt" in err
+    assert "cut_0000.nii.gz: file is truncated" in err
+    assert "nan_0000.nii.gz: the volume has 1 NaN/Inf value(s)" in err
     assert "flat_0000.nii.gz" in err and "3D" in err
     assert "thin_0000.nii.gz" in err and "depth 2" in err
     assert "nosuffix.nii.gz" in err and "_0000" in err
     assert "half_0001.nii.gz" in err and "missing" in err
     assert "notes.txt" in err and "ignored" in err
-    assert "5 of 7 input(s) failed" in err
+    assert "7 of 9 input(s) failed" in err
     assert sorted(p.name for p in out_dir.iterdir()) == ["good1.nii.gz", "good2.nii.gz", "lesion_areas.csv"]
     assert sorted(pd.read_csv(out_dir / "lesion_areas.csv")["case"]) == ["good1", "good2"]
 
