@@ -10,6 +10,8 @@ the mean foreground Dice of its fold's whole-volume validation (flip TTA), read 
     label_efficiency.md    the table (rows method, columns fraction, mean +- std Dice % over
                            folds x seeds) plus the settings and the command that made it
     label_efficiency.csv   the same table, long form (method, fraction, mean, std, n)
+    paired_differences.csv each method minus FPN from scratch on the same fold and seed
+                           (method, reference, fraction, mean, std, n, wins)
     runs.csv               one row per run (method, network, pretraining, fraction, fold, seed, Dice)
     label_efficiency.png   Dice against label fraction, one line per method
 
@@ -33,7 +35,6 @@ A reduced sweep for a CPU::
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shlex
 import subprocess
@@ -43,24 +44,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from fpnunet.atomic import atomic_path, load_json, save_json, write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, raw_root, results_root
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report module next to this script
+from label_efficiency_report import (  # noqa: E402
+    paired_differences,
+    plot,
+    read_dice,
+    render_markdown,
+    summarise,
+)
+
 FRACTIONS = (0.05, 0.1, 0.2, 1.0)
 TARGETS = ("FAF", "SLO")
 DISPLAY = {"fpn": "FPN", "ipn": "IPN", "ipnv2": "IPNv2", "lachinov": "Lachinov et al.", "resensnet": "ReSensNet"}
 CONSOLE_SCRIPTS = {"fpnunet.synthetic": "fpn_make_synthetic", "fpnunet.preprocessing.cli": "fpn_plan_and_preprocess",
                    "fpnunet.training.pretrain_cli": "fpn_pretrain", "fpnunet.training.train_cli": "fpn_train"}
-PAPER = {  # Morano et al. 2023, GA-S, Dice % at label ratio 0.05 / 0.1 / 0.2 / 1.0 (DESIGN.md section 4)
-    "IPN": (71.45, 82.44, 86.03, 90.26), "IPNv2": (74.22, 84.90, 87.63, 91.57),
-    "Lachinov et al.": (73.46, 86.89, 90.20, 92.89), "ReSensNet": (78.47, 83.81, 89.94, 92.70),
-    "FPN": (79.90, 84.51, 90.90, 93.15), "FPN + SLO SSL": (88.36, 91.40, 91.48, 92.93),
-    "FPN + FAF SSL": (90.47, 91.61, 92.21, 93.15),
-}
 
 
 # ----------------------------------------------------------------------------- runs
@@ -276,19 +279,22 @@ class Sweep:
         runs = self.collect()
         order = [m.label for m in self.methods]
         table = summarise(runs, order, list(self.args.fractions))
+        paired = paired_differences(runs, order, list(self.args.fractions))
         self.out.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.out / "runs.csv", suffix=".csv") as tmp:
             runs.drop(columns=["folder"]).to_csv(tmp, index=False)
         with atomic_path(self.out / "label_efficiency.csv", suffix=".csv") as tmp:
             table.to_csv(tmp, index=False)
+        with atomic_path(self.out / "paired_differences.csv", suffix=".csv") as tmp:
+            paired.to_csv(tmp, index=False)
         markdown = render_markdown(table, order, list(self.args.fractions), self.settings(argv),
-                                   missing=len(self.runs) - len(runs))
+                                   missing=len(self.runs) - len(runs), paired=paired)
         write_atomic(self.out / "label_efficiency.md", lambda tmp: tmp.write_text(markdown), suffix=".md")
         if len(runs):
             plot(table, order, self.out / "label_efficiency.png")
         save_json(self.settings(argv), self.out / "settings.json")
         print(markdown)
-        print(f"wrote {self.out}/label_efficiency.md, label_efficiency.csv, runs.csv"
+        print(f"wrote {self.out}/label_efficiency.md, label_efficiency.csv, paired_differences.csv, runs.csv"
               f"{', label_efficiency.png' if len(runs) else ''}")
         return table
 
@@ -304,79 +310,6 @@ class Sweep:
                 "epochs": a.epochs, "iterations_per_epoch": a.iterations_per_epoch, "lr": a.lr,
                 "pretrain_epochs": a.pretrain_epochs, "pretrain_lr": a.pretrain_lr, "device": a.device,
                 "work": str(self.work)}
-
-
-# ----------------------------------------------------------------------------- table, plot
-def read_dice(fold: Path) -> float:
-    """Mean foreground Dice of a fold's final validation (``validation/summary.json``)."""
-    summary = load_json(fold / "validation" / "summary.json")
-    return float(summary["foreground_mean"]["Dice"])
-
-
-def summarise(runs: pd.DataFrame, order: list[str], fractions: list[float]) -> pd.DataFrame:
-    """Long table: one row per (method, fraction) with mean and sample std of Dice (%), and n."""
-    rows = []
-    for method in order:
-        for f in fractions:
-            d = runs.loc[(runs["method"] == method) & np.isclose(runs["fraction"].astype(float), f), "dice"]
-            d = 100.0 * d.astype(float)
-            rows.append({"method": method, "fraction": f, "mean": d.mean() if len(d) else math.nan,
-                         "std": d.std(ddof=1) if len(d) > 1 else (0.0 if len(d) else math.nan), "n": len(d)})
-    return pd.DataFrame(rows, columns=["method", "fraction", "mean", "std", "n"])
-
-
-def render_markdown(table: pd.DataFrame, order: list[str], fractions: list[float], settings: dict[str, Any],
-                    missing: int = 0) -> str:
-    """The table in the paper's form (Dice %, mean +- std over folds x seeds), best per column in bold."""
-    best = {f: table.loc[np.isclose(table["fraction"], f), "mean"].max() for f in fractions}
-    lines = ["# Label efficiency on synthetic GA", "",
-             f"Dice (%) of whole-volume validation (flip TTA), mean +- std over folds x seeds "
-             f"(folds {settings['folds']}, seeds {settings['seeds']}), by share of labelled training cases.", "",
-             "| method | " + " | ".join(f"{f:g}" for f in fractions) + " |",
-             "|---|" + "---|" * len(fractions)]
-    for method in order:
-        cells = []
-        for f in fractions:
-            r = table[(table["method"] == method) & np.isclose(table["fraction"], f)].iloc[0]
-            if r["n"] == 0:
-                cells.append("-")
-                continue
-            cell = f"{r['mean']:.2f} +- {r['std']:.2f}" + (f" (n={r['n']})" if r["n"] == 1 else "")
-            cells.append(f"**{cell}**" if np.isclose(r["mean"], best[f]) else cell)
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    if missing:
-        lines += ["", f"{missing} run(s) of the sweep are not finished yet and are not counted."]
-    lines += ["", "Reference, Morano et al. 2023 (GA-S, Dice % at 0.05 / 0.1 / 0.2 / 1.0): "
-              + "; ".join(f"{k} {' / '.join(f'{v:.2f}' for v in vals)}" for k, vals in PAPER.items()
-                          if k in order), "",
-              "## Settings", "", "```", settings["command"], "```", ""]
-    lines += [f"- {k}: {v}" for k, v in settings.items() if k != "command"]
-    return "\n".join(lines) + "\n"
-
-
-def plot(table: pd.DataFrame, order: list[str], path: Path) -> None:
-    """Dice (%) against label fraction (log axis), one line with error bars per method."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5), dpi=100)
-    ax = fig.subplots()
-    for method in order:
-        t = table[(table["method"] == method) & (table["n"] > 0)].sort_values("fraction")
-        if len(t):
-            ax.errorbar(t["fraction"], t["mean"], yerr=t["std"].fillna(0.0), marker="o", capsize=3, label=method)
-    fractions = sorted(table["fraction"].unique())
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks(fractions)
-    ax.set_xticklabels([f"{f:g}" for f in fractions])
-    ax.set_xlabel("share of labelled training cases")
-    ax.set_ylabel("Dice (%)")
-    ax.set_title("Label efficiency (synthetic GA)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -286,6 +286,19 @@ def test_label_efficiency_table_markdown_and_plot(tmp_path):
     text = le.render_markdown(table, order, [0.05, 1.0], {"command": "python x", "folds": [0, 1], "seeds": [0]})
     assert "| FPN | 75.00 +- 7.07 | - |" in text
     assert "| FPN + FAF SSL | **90.00 +- 0.00 (n=1)** | - |" in text
+    paired = le.paired_differences(pd.DataFrame([
+        {"method": m, "fraction": 0.05, "fold": k, "seed": 0, "dice": d}
+        for m, k, d in (("FPN", 0, 0.70), ("FPN", 1, 0.80), ("FPN", 2, 0.60), ("FPN + FAF SSL", 0, 0.90),
+                        ("FPN + FAF SSL", 1, 0.75), ("Lachinov et al.", 1, 0.85))]), order, [0.05])
+    faf = paired[paired["method"] == "FPN + FAF SSL"].iloc[0]  # pairs on folds 0 and 1 only: +20, -5
+    assert (faf["n"], faf["wins"], faf["reference"]) == (2, 1, "FPN")
+    assert faf["mean"] == pytest.approx(7.5) and faf["std"] == pytest.approx(np.std([20, -5], ddof=1))
+    lach = paired[paired["method"] == "Lachinov et al."].iloc[0]
+    assert (lach["n"], lach["wins"]) == (1, 1) and lach["mean"] == pytest.approx(5.0)
+    assert paired[paired["method"] == "FPN + SLO SSL"].iloc[0]["n"] == 0
+    text = le.render_markdown(table, order, [0.05], {"command": "python x", "folds": [0, 1], "seeds": [0]},
+                              paired=paired)
+    assert "| FPN + FAF SSL | +7.50 +- 17.68 (1/2) |" in text and "| FPN + SLO SSL | - |" in text
     le.plot(table, order, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     fold = tmp_path / "fold_0"
