@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from fpnunet.errors import FPNError
 from fpnunet.networks.blocks import to_channels_last
 from fpnunet.plans.plan import TrainingDefaults
-from fpnunet.training.batchnorm import recalibrate_batchnorm
+from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from fpnunet.training.checkpoint import BEST, FINAL, LATEST, restore_training_state, save_checkpoint, training_state
 from fpnunet.training.logger import TrainingLogger
 
@@ -293,7 +293,7 @@ class EpochLoop:
 
     def recalibrate(self, epoch: int) -> int:
         """Recompute BatchNorm statistics over ``bn_recalibration`` batches of epoch ``epoch``'s loader."""
-        if self.settings.bn_recalibration < 1:
+        if self.settings.bn_recalibration < 1 or not batchnorm_layers(self.model):
             return 0
         source = self.task.train_batches(epoch)
         try:
