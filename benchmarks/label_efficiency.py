@@ -19,7 +19,13 @@ Everything runs through the console scripts' entry points (``main(argv)``, one f
 per run, its output in ``<work>/logs/``). The sweep is resumable: a run whose fold folder holds
 ``checkpoint_final.pth`` and ``validation/summary.json`` is skipped, one with only
 ``checkpoint_latest.pth`` is resumed with ``--continue``; a pretraining run is finished when it
-has ``checkpoint_final.pth``. Interrupt it at any time and start the same command again.
+has ``checkpoint_final.pth``. Interrupt it at any time and start the same command again. The
+report needs only each run's ``validation/summary.json`` (so results copied back from another
+machine without their checkpoints can be reported with ``--report-only``).
+
+``--jobs N`` runs N trainings at once (worth it on a GPU, where one of these small runs leaves
+most of the device idle; on a 2-core CPU it only thrashes): pretrainings and scratch runs start
+at once, each fine-tuning run waits for its pretraining.
 
 Layout (``--work``, default ``$FPN_RESULTS/label_efficiency_DatasetXXX``): pretraining runs in
 ``pretrain/``; fine-tuning runs in ``seed{S}/{method}/`` where each is an ``FPN_RESULTS`` root of
@@ -39,7 +45,9 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +109,16 @@ def methods_of(networks: list[str], pretrain_networks: list[str], targets: list[
     return out
 
 
+_SAY = threading.Lock()
+
+
+def say(text: str) -> None:
+    """Print a whole line at once (``--jobs`` runs print from several threads)."""
+    with _SAY:
+        sys.stdout.write(f"{text}\n")
+        sys.stdout.flush()
+
+
 # ----------------------------------------------------------------------------- the sweep
 class Sweep:
     """Everything the sweep does, given the parsed arguments."""
@@ -128,7 +146,7 @@ class Sweep:
                    *argv]
         shown = shlex.join([CONSOLE_SCRIPTS.get(module, module), *argv])
         log = self.logs / f"{log_name}.log"
-        print(f"  $ FPN_RESULTS={env['FPN_RESULTS']} {shown}  (log: {log})", flush=True)
+        say(f"  $ FPN_RESULTS={env['FPN_RESULTS']} {shown}  (log: {log})")
         if self.args.dry_run:
             return
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -153,19 +171,19 @@ class Sweep:
         raw = raw_root() / self.name
         if not (raw / "dataset.json").is_file() or not load_json(raw / "dataset.json").get("synthetic", {}).get(
                 "complete", False):
-            print(f"creating the synthetic dataset {raw}")
+            say(f"creating the synthetic dataset {raw}")
             self._call("fpnunet.synthetic", ["-o", str(raw), "-n", str(a.num_cases), "--seed", str(a.data_seed),
                                              "--shape", *map(str, a.shape), "--no-progress"], "make_synthetic")
         made = load_json(raw / "dataset.json").get("synthetic", {}) if not a.dry_run else {}
         wanted = {"n": a.num_cases, "shape_bda": list(a.shape), "seed": a.data_seed}
         differ = {k: made[k] for k, v in wanted.items() if k in made and made[k] != v}
         if differ:
-            print(f"note: using the existing {raw}, made with {differ} (not the --num-cases / --shape / --data-seed "
+            say(f"note: using the existing {raw}, made with {differ} (not the --num-cases / --shape / --data-seed "
                   f"given); delete it or pick another --dataset-id to make a new one")
         plans = preprocessed_root() / self.name / "plans.json"
         planned = set(load_json(plans).get("configurations", {})) if plans.is_file() else set()
         if not set(a.networks) <= planned or not self._preprocessed():
-            print(f"planning and preprocessing {self.name} for {', '.join(a.networks)}")
+            say(f"planning and preprocessing {self.name} for {', '.join(a.networks)}")
             argv = ["-d", self.name, "-np", str(a.num_processes), "--network", *a.networks, "--no-progress"]
             if a.gpu_memory_gb is not None:
                 argv += ["--gpu-memory-gb", str(a.gpu_memory_gb)]
@@ -190,14 +208,15 @@ class Sweep:
     def pretrain_dir(self, network: str, target: str) -> Path:
         return self.work / "pretrain" / self.name / f"pretrain__{network}__{target}" / "fold_all"
 
-    def pretrain(self) -> None:
+    def pretrain(self, only: Method | None = None) -> None:
+        """Every pretraining the methods need (``only``: that method's), skipping finished ones."""
         a = self.args
-        for m in self.methods:
+        for m in self.methods if only is None else [only]:
             if m.pretrain is None:
                 continue
             fold = self.pretrain_dir(m.network, m.pretrain)
             if (fold / "checkpoint_final.pth").is_file():
-                print(f"pretraining {m.network} on {m.pretrain}: done, skipped")
+                say(f"pretraining {m.network} on {m.pretrain}: done, skipped")
                 continue
             argv = [self.name, "--network", m.network, "--target", m.pretrain, *self._device_args(),
                     "--seed", str(a.pretrain_seed)]
@@ -205,7 +224,7 @@ class Sweep:
             argv += ["--iterations-per-epoch", str(a.iterations_per_epoch)] if a.iterations_per_epoch else []
             argv += ["--lr", str(a.pretrain_lr)] if a.pretrain_lr else []
             argv += ["--continue"] if (fold / "checkpoint_latest.pth").is_file() else []
-            print(f"pretraining {m.network} on {m.pretrain}")
+            say(f"pretraining {m.network} on {m.pretrain}")
             self._call("fpnunet.training.pretrain_cli", argv, f"pretrain__{m.network}__{m.pretrain}",
                        results=self.work / "pretrain")
 
@@ -240,7 +259,7 @@ class Sweep:
         what = (f"[{index}/{len(self.runs)}] {run.method.label}, fraction {run.fraction:g}, fold {run.fold}, "
                 f"seed {run.seed}")
         if self.finished(fold):
-            print(f"{what}: done, skipped")
+            say(f"{what}: done, skipped")
             return
         m = run.method
         pretrained = "none" if m.pretrain is None else str(self.pretrain_dir(m.network, m.pretrain)
@@ -255,20 +274,49 @@ class Sweep:
             argv += ["--val"]  # trained, only the final validation is missing
         elif (fold / "checkpoint_latest.pth").is_file():
             argv += ["--continue"]
-        print(what)
+        say(what)
         t0 = time.perf_counter()
         self._call("fpnunet.training.train_cli", argv,
                    f"seed{run.seed}__{m.key}__{m.network}__lf{run.fraction:g}__fold{run.fold}",
                    results=self.results_of(run))
         if not a.dry_run:
-            print(f"  Dice {read_dice(fold):.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            say(f"{what}: Dice {read_dice(fold):.4f} ({time.perf_counter() - t0:.0f} s)")
+
+    def run_parallel(self, jobs: int) -> None:
+        """Up to ``jobs`` runs at once (one GPU holds several of these small runs): every pretraining
+        and every scratch run is queued at once, each fine-tuning run waits for its pretraining.
+        Failures are collected and raised together at the end; finished runs are kept."""
+        pretrainings: dict[tuple[str, str], Future[None]] = {}
+        failures: list[str] = []
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for m in self.methods:
+                if m.pretrain is not None and (m.network, m.pretrain) not in pretrainings:
+                    pretrainings[(m.network, m.pretrain)] = pool.submit(self.pretrain, m)
+
+            def fine_tune(run: Run, index: int) -> None:
+                if run.method.pretrain is not None:
+                    pretrainings[(run.method.network, run.method.pretrain)].result()
+                self.train(run, index)
+
+            # scratch runs first so that no worker waits on a pretraining while others could run
+            order = sorted(enumerate(self.runs, 1), key=lambda ir: ir[1].method.pretrain is not None)
+            futures = {pool.submit(fine_tune, run, i): run for i, run in order}
+            for future in as_completed([*pretrainings.values(), *futures]):
+                exc = future.exception()
+                if exc is not None:
+                    run = futures.get(future)
+                    what = "pretraining" if run is None else f"{run.method.label} {run.fraction:g} fold {run.fold}"
+                    failures.append(f"{what}: {exc}")
+        if failures:
+            raise FPNError(f"{len(failures)} of the sweep's jobs failed:\n" + "\n".join(failures))
 
     # ------------------------------------------------------------------ report
     def collect(self) -> pd.DataFrame:
         rows = []
         for run in self.runs:
             fold = self.fold_dir(run)
-            if self.finished(fold):
+            # the score alone is enough: results copied back without their checkpoints still count
+            if (fold / "validation" / "summary.json").is_file():
                 rows.append({"method": run.method.label, "network": run.method.network,
                              "pretrain": run.method.pretrain or "none", "fraction": run.fraction, "fold": run.fold,
                              "seed": run.seed, "dice": read_dice(fold), "folder": str(fold)})
@@ -333,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--targets", nargs="*", default=list(TARGETS), help="pretraining targets (default FAF SLO)")
     s.add_argument("--folds", type=int, nargs="+", default=[0], help="folds (default 0)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="runs at once (default 1; a GPU takes several small runs, a CPU does not gain)")
     t = p.add_argument_group("training (default: the plan's)")
     t.add_argument("--epochs", type=int, help="fine-tuning / scratch epochs")
     t.add_argument("--iterations-per-epoch", type=int, help="steps per epoch (training and pretraining)")
@@ -354,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.jobs < 1:
+        print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
     bad = [f for f in args.fractions if not 0 < f <= 1]
     if bad:
         print(f"error: label fractions must lie in (0, 1], got {bad}", file=sys.stderr)
@@ -363,9 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.report_only:
             t0 = time.perf_counter()
             sweep.prepare_dataset()
-            sweep.pretrain()
-            for i, run in enumerate(sweep.runs, 1):
-                sweep.train(run, i)
+            if args.jobs > 1:
+                sweep.run_parallel(args.jobs)
+            else:
+                sweep.pretrain()
+                for i, run in enumerate(sweep.runs, 1):
+                    sweep.train(run, i)
             print(f"sweep done in {(time.perf_counter() - t0) / 60:.1f} min")
         if not args.dry_run:
             sweep.report(argv)

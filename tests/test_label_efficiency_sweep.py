@@ -1,0 +1,118 @@
+"""benchmarks/label_efficiency.py: parallel scheduling (--jobs) and reporting from scores alone.
+
+The trainings are replaced by a fake ``Sweep._call`` that records when each job ran and writes the
+files a real run leaves (pretraining checkpoint; fold checkpoint + validation summary)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_pretrain import _benchmark_module
+
+from fpnunet.errors import FPNError
+
+
+class FakeRunner:
+    """Stands in for ``Sweep._call``: pretraining takes ``pretrain_s``, a training ``train_s``."""
+
+    def __init__(self, sweep, pretrain_s: float = 0.4, train_s: float = 0.1, fail: str | None = None) -> None:
+        self.sweep, self.pretrain_s, self.train_s, self.fail = sweep, pretrain_s, train_s, fail
+        self.events: list[tuple[str, str, float, float]] = []  # (kind, log name, start, end)
+        self.lock = threading.Lock()
+        self.running = self.most_running = 0
+
+    def __call__(self, module, argv, log_name, results=None):
+        start = time.perf_counter()
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            if module.endswith("pretrain_cli"):
+                time.sleep(self.pretrain_s)
+                fold = self.sweep.pretrain_dir(argv[argv.index("--network") + 1], argv[argv.index("--target") + 1])
+                fold.mkdir(parents=True, exist_ok=True)
+                (fold / "checkpoint_final.pth").write_bytes(b"x")
+                kind = "pretrain"
+            else:
+                pretrained = argv[argv.index("--pretrained") + 1]
+                assert pretrained == "none" or Path(pretrained).is_file(), \
+                    f"{log_name} started before its pretraining checkpoint existed"
+                time.sleep(self.train_s)
+                if self.fail and self.fail in log_name:
+                    raise FPNError(f"{log_name} broke")
+                run = next(r for r in self.sweep.runs if log_name == log_name_of(r))
+                fold = self.sweep.fold_dir(run)
+                (fold / "validation").mkdir(parents=True, exist_ok=True)
+                (fold / "checkpoint_final.pth").write_bytes(b"x")
+                dice = 0.5 + 0.1 * run.fold + (0.2 if run.method.pretrain else 0.0)
+                (fold / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": dice}}))
+                kind = "train"
+        finally:
+            with self.lock:
+                self.running -= 1
+        self.events.append((kind, log_name, start, time.perf_counter()))
+
+
+def log_name_of(r) -> str:
+    return f"seed{r.seed}__{r.method.key}__{r.method.network}__lf{r.fraction:g}__fold{r.fold}"
+
+
+def make_sweep(tmp_path, *extra: str):
+    le = _benchmark_module()
+    args = le.build_parser().parse_args(["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                                         "--fractions", "0.05", "0.5", "--folds", "0", "1",
+                                         "--networks", "fpn", "lachinov", "--targets", "FAF", *extra])
+    return le, le.Sweep(args)
+
+
+def test_parallel_jobs_overlap_and_fine_tuning_waits_for_pretraining(tmp_path):
+    le, sweep = make_sweep(tmp_path, "--jobs", "3")
+    fake = FakeRunner(sweep)
+    sweep._call = fake
+    sweep.run_parallel(3)
+    kinds = [e[0] for e in fake.events]
+    assert kinds.count("pretrain") == 1 and kinds.count("train") == len(sweep.runs) == 12
+    assert fake.most_running == 3  # never more than --jobs, and the pool was used fully
+    pretrain_end = next(e[3] for e in fake.events if e[0] == "pretrain")
+    ssl = [e for e in fake.events if "ssl-FAF" in e[1]]
+    scratch = [e for e in fake.events if "scratch" in e[1]]
+    assert len(ssl) == 4 and all(e[2] >= pretrain_end for e in ssl)
+    assert any(e[2] < pretrain_end for e in scratch)  # scratch runs did not wait for the pretraining
+    table = sweep.report([])
+    faf = table[(table["method"] == "FPN + FAF SSL") & (table["fraction"] == 0.05)].iloc[0]
+    assert faf["n"] == 2 and faf["mean"] == pytest.approx(75.0)  # folds 0 and 1: 0.7, 0.8
+
+    # a second pass finds everything finished and runs nothing
+    again = FakeRunner(sweep)
+    sweep._call = again
+    sweep.run_parallel(3)
+    assert again.events == []
+
+
+def test_parallel_failures_are_collected_and_the_rest_still_runs(tmp_path):
+    le, sweep = make_sweep(tmp_path)
+    fake = FakeRunner(sweep, pretrain_s=0.05, train_s=0.02, fail="lachinov__lf0.5__fold1")
+    sweep._call = fake
+    with pytest.raises(FPNError, match=r"1 of the sweep's jobs failed:\nLachinov et al. 0.5 fold 1: .*broke"):
+        sweep.run_parallel(2)
+    assert sum(e[0] == "train" for e in fake.events) == 11
+
+
+def test_report_needs_only_the_scores(tmp_path):
+    """Results copied back without checkpoints (e.g. from a GPU machine) are still reported."""
+    le, sweep = make_sweep(tmp_path)
+    sweep._call = FakeRunner(sweep, pretrain_s=0, train_s=0)
+    sweep.run_parallel(4)
+    for ckpt in (tmp_path / "work").rglob("checkpoint_final.pth"):
+        ckpt.unlink()
+    runs = sweep.collect()
+    assert len(runs) == 12 and sorted(runs["dice"].round(3).unique()) == [0.5, 0.6, 0.7, 0.8]
+
+
+def test_jobs_must_be_positive(capsys):
+    le = _benchmark_module()
+    assert le.main(["--jobs", "0", "--dry-run"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
