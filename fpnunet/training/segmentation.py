@@ -173,13 +173,15 @@ def export_validation(
     device: str = "cpu",
     tta: bool = True,
     extra: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Predict ``cases`` whole (with flip TTA), write ``out_dir/CASE<file_ending>`` on each case's
     raw en-face geometry, and write ``out_dir/summary.json`` (+ per-case CSV); returns the summary.
 
     References are the raw ``labelsTr`` files when all are present (so the figures are those
     ``fpn_evaluate`` gives), else the preprocessed label maps on the same geometry.
-    ``extra`` entries (checkpoint name, epoch, TTA) are added to the summary.
+    ``extra`` entries (checkpoint name, epoch, TTA) are added to the summary; ``progress=False``
+    hides the per-case bar.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +193,7 @@ def export_validation(
     predictor = Predictor([model], plan, config_name, device=device, tta=tta)
     geometries: dict[str, EnfaceGeometry] = {}
     predictions: dict[str, np.ndarray] = {}
-    for case in tqdm(cases, desc="final validation", unit="case"):
+    for case in tqdm(cases, desc="final validation", unit="case", disable=not progress):
         probs = predictor.predict_preprocessed(load_volume(data_dir, case))
         seg = predictions[case] = probabilities_to_segmentation(probs, labels=plan.labels)
         props_path = data_dir / f"{case}.json"

@@ -180,7 +180,7 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
             again = shlex.join([PROGRAM, *argv, *([] if "--continue" in argv else ["--continue"])])
             print(f"\ninterrupted after the last saved epoch; resume with: {again}", file=sys.stderr)
         raise
-    _final_validation(model, ctx, run.device, FINAL, run.settings.epochs)
+    _final_validation(model, ctx, run.device, FINAL, run.settings.epochs, progress=args.progress)
     return ctx.fold_dir
 
 
@@ -197,17 +197,19 @@ def validate_only(args: TrainArgs, ctx: RunContext, argv: list[str]) -> Path:
     if plan_file.is_file():
         ctx.plan = Plan.load(plan_file)
     write_command(ctx.fold_dir, argv, PROGRAM, append=True)
-    _final_validation(model, ctx, device, path.name, int(ckpt.get("epoch", 0)))
+    _final_validation(model, ctx, device, path.name, int(ckpt.get("epoch", 0)), progress=args.progress)
     return ctx.fold_dir
 
 
-def _final_validation(model: Any, ctx: RunContext, device: str, checkpoint: str, epoch: int) -> None:
+def _final_validation(model: Any, ctx: RunContext, device: str, checkpoint: str, epoch: int,
+                      progress: bool = True) -> None:
     if not ctx.val_cases:
         print("no validation cases in this fold: final validation skipped")
         return
     out = ctx.fold_dir / VALIDATION_DIR
     summary = export_validation(model, ctx.plan, ctx.config_name, ctx.data_dir, ctx.val_cases, out, ctx.raw_dir,
-                                device=device, tta=True, extra={"checkpoint": checkpoint, "epoch": epoch, "tta": True})
+                                device=device, tta=True, extra={"checkpoint": checkpoint, "epoch": epoch, "tta": True},
+                                progress=progress)
     dice = summary["foreground_mean"]["Dice"]
     print(f"validation ({checkpoint}, {len(ctx.val_cases)} cases, flip TTA): mean Dice {dice:.4f} "
           f"-> {out / 'summary.json'}")
