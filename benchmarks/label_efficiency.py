@@ -269,6 +269,7 @@ class Sweep:
         argv += ["--epochs", str(a.epochs)] if a.epochs else []
         argv += ["--iterations-per-epoch", str(a.iterations_per_epoch)] if a.iterations_per_epoch else []
         argv += ["--lr", str(a.lr)] if a.lr else []
+        argv += ["--weight-decay", str(a.weight_decay)] if a.weight_decay is not None else []
         argv += ["--val-every", str(a.val_every)] if a.val_every is not None else []
         if (fold / "checkpoint_final.pth").is_file():
             argv += ["--val"]  # trained, only the final validation is missing
@@ -356,6 +357,7 @@ class Sweep:
                 "networks": a.networks, "pretrain_networks": a.pretrain_networks, "targets": a.targets,
                 "fractions": list(a.fractions), "folds": list(a.folds), "seeds": list(a.seeds),
                 "epochs": a.epochs, "iterations_per_epoch": a.iterations_per_epoch, "lr": a.lr,
+                "weight_decay": a.weight_decay,
                 "pretrain_epochs": a.pretrain_epochs, "pretrain_lr": a.pretrain_lr, "device": a.device,
                 "work": str(self.work)}
 
@@ -387,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="fine-tuning / scratch epochs")
     t.add_argument("--iterations-per-epoch", type=int, help="steps per epoch (training and pretraining)")
     t.add_argument("--lr", type=float, help="fine-tuning / scratch learning rate")
+    t.add_argument("--weight-decay", type=float, help="fine-tuning / scratch weight decay")
     t.add_argument("--val-every", type=int, help="validation every N epochs")
     t.add_argument("--pretrain-epochs", type=int, help="pretraining epochs")
     t.add_argument("--pretrain-lr", type=float, help="pretraining learning rate")

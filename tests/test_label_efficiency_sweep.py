@@ -21,10 +21,12 @@ class FakeRunner:
     def __init__(self, sweep, pretrain_s: float = 0.4, train_s: float = 0.1, fail: str | None = None) -> None:
         self.sweep, self.pretrain_s, self.train_s, self.fail = sweep, pretrain_s, train_s, fail
         self.events: list[tuple[str, str, float, float]] = []  # (kind, log name, start, end)
+        self.argvs: dict[str, list[str]] = {}
         self.lock = threading.Lock()
         self.running = self.most_running = 0
 
     def __call__(self, module, argv, log_name, results=None):
+        self.argvs[log_name] = list(argv)
         start = time.perf_counter()
         with self.lock:
             self.running += 1
@@ -116,3 +118,17 @@ def test_jobs_must_be_positive(capsys):
     le = _benchmark_module()
     assert le.main(["--jobs", "0", "--dry-run"]) == 2
     assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+def test_training_flags_are_passed_to_every_run(tmp_path):
+    le, sweep = make_sweep(tmp_path, "--weight-decay", "0.05", "--lr", "0.02")
+    fake = FakeRunner(sweep, pretrain_s=0, train_s=0)
+    sweep._call = fake
+    sweep.run_parallel(2)
+    trains = [argv for name, argv in fake.argvs.items() if not name.startswith("pretrain")]
+    assert len(trains) == 12
+    for argv in trains:
+        assert argv[argv.index("--weight-decay") + 1] == "0.05" and argv[argv.index("--lr") + 1] == "0.02"
+    pretrain = fake.argvs["pretrain__fpn__FAF"]
+    assert "--weight-decay" not in pretrain and "--lr" not in pretrain  # the sweep's fine-tuning flags only
+    assert sweep.settings([])["weight_decay"] == 0.05

@@ -16,9 +16,10 @@ The commands keep what is theirs: their own flags, cases, task and messages.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,11 +46,14 @@ def add_config_argument(p: argparse.ArgumentParser, verb: str) -> None:
 
 
 def add_schedule_arguments(p: argparse.ArgumentParser, epochs_help: str, lr_help: str, val_every_help: str) -> None:
-    """``--epochs``, ``--iterations-per-epoch``, ``--lr``, ``--batch-size``, ``--val-every``,
-    ``--bn-recalibration``."""
+    """``--epochs``, ``--iterations-per-epoch``, ``--lr``, ``--weight-decay``, ``--batch-size``,
+    ``--val-every``, ``--bn-recalibration``."""
     p.add_argument("--epochs", type=int, help=epochs_help)
     p.add_argument("--iterations-per-epoch", type=int, help="training steps per epoch (default: plan)")
     p.add_argument("--lr", type=float, help=lr_help)
+    p.add_argument("--weight-decay", type=float, metavar="WD",
+                   help="optimizer weight decay (default: plan, 1e-4); larger values regularise short runs "
+                        "with few labels (docs/label_efficiency)")
     p.add_argument("--batch-size", type=int, help="patches per step (default: plan)")
     p.add_argument("--val-every", type=int, help=val_every_help)
     p.add_argument("--bn-recalibration", type=int, metavar="N",
@@ -159,17 +163,22 @@ def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str,
     files, records ``program argv`` in ``command.txt``; ``extra`` joins the resolved arguments, and a
     resumed run whose ``watched`` arguments changed gets a warning.
     """
+    # bad flags fail before --overwrite deletes anything
+    if args.weight_decay is not None and not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
+        raise FPNError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
+    device = resolve_device(args.device)
     resume = check_start(ctx.fold_dir, args.resume, args.overwrite)
     if not resume:
         for name in stale_dirs:
             if (ctx.fold_dir / name).is_dir():
                 shutil.rmtree(ctx.fold_dir / name)  # written by an earlier, discarded run
     checkpoint = load_checkpoint(ctx.fold_dir / LATEST) if resume else None
-    device = resolve_device(args.device)
     settings = loop_settings(args, ctx.config, device, default_epochs)
     copy_model_files(ctx.preprocessed_dir, ctx.model_dir)
     write_command(ctx.fold_dir, list(argv), program, append=resume)
+    weight_decay = ctx.config.training.weight_decay if args.weight_decay is None else args.weight_decay
     resolved = asdict(args) | {"dataset": ctx.dataset, "config": ctx.config_name, "lr": lr,
+                               "weight_decay": weight_decay,
                                "batch_size": args.batch_size or ctx.config.batch_size} | extra \
         | {"train_cases": ctx.train_cases, "val_cases": ctx.val_cases}
     if checkpoint is not None:
@@ -190,7 +199,8 @@ def print_settings(config: Configuration, run: OpenedRun, fold_dir: Path, loss: 
     s, resolved = run.settings, run.resolved
     print(f"  {s.epochs} epochs x {s.iterations_per_epoch} iterations, batch {resolved['batch_size']}, "
           f"patch {tuple(config.patch_size)} x depth {config.depth}, lr {resolved['lr']:g} "
-          f"({config.training.optimizer}, {config.training.lr_schedule}), {loss}validation every {s.val_every}, "
+          f"({config.training.optimizer}, {config.training.lr_schedule}, weight decay {resolved['weight_decay']:g}), "
+          f"{loss}validation every {s.val_every}, "
           f"device {s.device} ({s.precision}), seed {resolved['seed']}")
     print(f"  {'resuming in' if run.resume else 'writing to'} {fold_dir}")
 
@@ -207,8 +217,8 @@ def new_model(seed: int, config_name: str, config: Configuration, in_channels: i
 def make_loop(task: TrainingTask, model: nn.Module, spec: dict[str, Any], run: OpenedRun, defaults: TrainingDefaults,
               fold_dir: Path, callbacks: tuple[EpochCallback, ...] = ()) -> EpochLoop:
     """The epoch loop of ``task`` for ``model`` (already on the device): optimizer and schedule from
-    ``defaults`` at ``run.lr``; resumed from ``run.checkpoint`` when there is one."""
-    optimizer = make_optimizer(model, defaults, run.lr)
+    ``defaults`` at ``run.lr`` and the resolved weight decay; resumed from ``run.checkpoint`` when there is one."""
+    optimizer = make_optimizer(model, replace(defaults, weight_decay=run.resolved["weight_decay"]), run.lr)
     scheduler = make_scheduler(optimizer, defaults.lr_schedule, run.settings.epochs)
     loop = EpochLoop(task, model, optimizer, scheduler, run.settings, fold_dir, spec, run.resolved, callbacks)
     if run.checkpoint is not None:

@@ -58,8 +58,8 @@ from fpnunet.training.run_folder import run_state
 PROGRAM = "fpn_pretrain"
 SPLIT_FILE = "pretrain_split.json"
 DEFAULT_VAL_FRACTION = 0.15
-WATCHED = ("lr", "batch_size", "iterations_per_epoch", "seed", "train_cases", "target", "invert", "augment",
-           "precision")
+WATCHED = ("lr", "weight_decay", "batch_size", "iterations_per_epoch", "seed", "train_cases", "target", "invert",
+           "augment", "precision")
 """Arguments whose change on ``--continue`` is warned about."""
 
 
@@ -73,6 +73,7 @@ class PretrainArgs:
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     lr: float | None = None
+    weight_decay: float | None = None
     batch_size: int | None = None
     val_every: int | None = None
     bn_recalibration: int | None = None

@@ -53,7 +53,8 @@ from fpnunet.training.segmentation import SegmentationTask, export_validation, l
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
 
 PROGRAM = "fpn_train"
-WATCHED = ("lr", "batch_size", "iterations_per_epoch", "seed", "train_cases", "label_fraction", "precision")
+WATCHED = ("lr", "weight_decay", "batch_size", "iterations_per_epoch", "seed", "train_cases", "label_fraction",
+           "precision")
 """Arguments whose change on ``--continue`` is warned about."""
 
 
@@ -69,6 +70,7 @@ class TrainArgs:
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     lr: float | None = None
+    weight_decay: float | None = None
     batch_size: int | None = None
     val_every: int | None = None
     bn_recalibration: int | None = None

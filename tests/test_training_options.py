@@ -1,0 +1,58 @@
+"""fpn_train options beyond the basics (weight decay) and the BatchNorm benchmark, on the tiny
+dataset of test_training.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import dataset, fold_dir  # noqa: F401  (dataset is a fixture)
+
+from fpnunet.training.checkpoint import load_checkpoint
+from fpnunet.training.train_cli import main
+
+
+def test_weight_decay_flag_reaches_the_optimizer_and_is_recorded(dataset, capsys):  # noqa: F811
+    main(["901", "0", "--val-every", "0", "--device", "cpu"])
+    plain = load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
+    assert plain["args"]["weight_decay"] == pytest.approx(1e-4)  # the plan's
+    assert plain["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(1e-4)
+    main(["901", "0", "--val-every", "0", "--device", "cpu", "--weight-decay", "0.05", "--overwrite"])
+    assert "weight decay 0.05" in capsys.readouterr().out
+    ckpt = load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
+    assert ckpt["args"]["weight_decay"] == pytest.approx(0.05)
+    assert ckpt["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(0.05)
+    weights = [k for k in ckpt["state_dict"] if k.endswith("weight")]
+    assert any(not torch.equal(ckpt["state_dict"][k], plain["state_dict"][k]) for k in weights)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["901", "0", "--device", "cpu", "--weight-decay", "-1", "--overwrite"])
+    assert "--weight-decay must be a finite number >= 0, got -1" in capsys.readouterr().err
+    assert (fold_dir(dataset["results"]) / "checkpoint_final.pth").is_file()  # --overwrite deleted nothing
+
+
+def test_bn_recalibration_benchmark_restores_corrupted_statistics(dataset, capsys):  # noqa: F811
+    """benchmarks/bn_recalibration.py recomputes exactly the statistics training saved (same loader,
+    same batches), so a checkpoint whose statistics were spoiled gets its own Dice back."""
+    import importlib.util
+
+    main(["901", "0", "--val-every", "0", "--bn-recalibration", "3", "--seed", "2", "--device", "cpu"])
+    path = fold_dir(dataset["results"]) / "checkpoint_final.pth"
+    spec = importlib.util.spec_from_file_location(
+        "bn_recalibration", Path(__file__).resolve().parents[1] / "benchmarks" / "bn_recalibration.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    before = bench.evaluate(path, 3, False, "cpu")
+    assert before["batches"] == 3 and before["train_cases"] == 4 and before["val_cases"] == 2
+    assert before["recalibrated"] == pytest.approx(before["saved"], abs=1e-6)
+    ckpt = torch.load(path, weights_only=False)
+    for k in ckpt["state_dict"]:
+        if k.endswith("running_var"):
+            ckpt["state_dict"][k].fill_(1e4)
+    torch.save(ckpt, path)
+    after = bench.evaluate(path, 3, False, "cpu")
+    assert after["saved"] != pytest.approx(before["saved"], abs=1e-3)
+    assert after["recalibrated"] == pytest.approx(before["saved"], abs=1e-6)
+    assert bench.main([str(dataset["results"]), "--batches", "3"]) == 0
+    assert "change in validation Dice over 1 checkpoints" in capsys.readouterr().out
+    assert bench.main([str(dataset["tmp"] / "nowhere")]) == 1
