@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from torch import nn
 
@@ -128,13 +128,17 @@ def loop_settings(args: Any, config: Configuration, device: str, default_epochs:
 
 
 # ----------------------------------------------------------------------------- the run folder
-class ResolvedContext(Protocol):
-    """What :func:`open_run` needs from a command's resolved context."""
+@dataclass
+class ResolvedContext:
+    """What fpn_train and fpn_pretrain resolve from their arguments before a run starts (each
+    command's context adds its own fields); :func:`open_run` needs these."""
 
     dataset: str
     preprocessed_dir: Path
+    plan: Plan
     config_name: str
     config: Configuration
+    data_dir: Path
     train_cases: list[str]
     val_cases: list[str]
     model_dir: Path
@@ -150,6 +154,7 @@ class OpenedRun:
     device: str
     settings: LoopSettings
     lr: float
+    weight_decay: float
     resolved: dict[str, Any]
     """The arguments with every default resolved (saved in the checkpoints)."""
 
@@ -183,7 +188,7 @@ def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str,
         | {"train_cases": ctx.train_cases, "val_cases": ctx.val_cases}
     if checkpoint is not None:
         warn_changed(checkpoint.get("args", {}), resolved, watched)
-    return OpenedRun(resume, checkpoint, device, settings, lr, resolved)
+    return OpenedRun(resume, checkpoint, device, settings, lr, weight_decay, resolved)
 
 
 def warn_changed(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str]) -> None:
@@ -199,7 +204,7 @@ def print_settings(config: Configuration, run: OpenedRun, fold_dir: Path, loss: 
     s, resolved = run.settings, run.resolved
     print(f"  {s.epochs} epochs x {s.iterations_per_epoch} iterations, batch {resolved['batch_size']}, "
           f"patch {tuple(config.patch_size)} x depth {config.depth}, lr {resolved['lr']:g} "
-          f"({config.training.optimizer}, {config.training.lr_schedule}, weight decay {resolved['weight_decay']:g}), "
+          f"({config.training.optimizer}, {config.training.lr_schedule}, weight decay {run.weight_decay:g}), "
           f"{loss}validation every {s.val_every}, "
           f"device {s.device} ({s.precision}), seed {resolved['seed']}")
     print(f"  {'resuming in' if run.resume else 'writing to'} {fold_dir}")
@@ -218,7 +223,7 @@ def make_loop(task: TrainingTask, model: nn.Module, spec: dict[str, Any], run: O
               fold_dir: Path, callbacks: tuple[EpochCallback, ...] = ()) -> EpochLoop:
     """The epoch loop of ``task`` for ``model`` (already on the device): optimizer and schedule from
     ``defaults`` at ``run.lr`` and the resolved weight decay; resumed from ``run.checkpoint`` when there is one."""
-    optimizer = make_optimizer(model, replace(defaults, weight_decay=run.resolved["weight_decay"]), run.lr)
+    optimizer = make_optimizer(model, replace(defaults, weight_decay=run.weight_decay), run.lr)
     scheduler = make_scheduler(optimizer, defaults.lr_schedule, run.settings.epochs)
     loop = EpochLoop(task, model, optimizer, scheduler, run.settings, fold_dir, spec, run.resolved, callbacks)
     if run.checkpoint is not None:

@@ -30,9 +30,9 @@ from fpnunet.atomic import save_json
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
 from fpnunet.paths import results_root
-from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.training.cli_common import (
     OpenedRun,
+    ResolvedContext,
     add_config_argument,
     add_dataset_argument,
     add_resume_arguments,
@@ -91,20 +91,10 @@ class PretrainArgs:
 
 
 @dataclass
-class PretrainContext:
+class PretrainContext(ResolvedContext):
     """Everything resolved from the arguments before pretraining starts."""
 
-    dataset: str
-    preprocessed_dir: Path
-    plan: Plan
-    config_name: str
-    config: Configuration
-    data_dir: Path
     target: str
-    train_cases: list[str]
-    val_cases: list[str]
-    model_dir: Path
-    fold_dir: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,8 +145,9 @@ def resolve_pretrain(args: PretrainArgs) -> PretrainContext:
         raise FPNError(f"{data_dir}: no preprocessed case has a {target} image (CASE_{target}.npy): {found.hint}")
     train, val = split_holdout(cases, args.val_fraction, args.seed)
     fold_dir = pretraining_checkpoint(results_root() / name, found.config_name, target).parent
-    return PretrainContext(name, found.preprocessed_dir, plan, found.config_name, found.config, data_dir, target,
-                           train, val, fold_dir.parent, fold_dir)
+    return PretrainContext(dataset=name, preprocessed_dir=found.preprocessed_dir, plan=plan,
+                           config_name=found.config_name, config=found.config, data_dir=data_dir, train_cases=train,
+                           val_cases=val, model_dir=fold_dir.parent, fold_dir=fold_dir, target=target)
 
 
 # ----------------------------------------------------------------------------- action

@@ -25,10 +25,11 @@ from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.io import load_dataset_json
 from fpnunet.paths import raw_root, results_root
-from fpnunet.plans.plan import Configuration, Plan
+from fpnunet.plans.plan import Plan
 from fpnunet.training.checkpoint import FINAL, LATEST, model_from_checkpoint
 from fpnunet.training.cli_common import (
     OpenedRun,
+    ResolvedContext,
     add_config_argument,
     add_dataset_argument,
     add_resume_arguments,
@@ -86,23 +87,13 @@ class TrainArgs:
 
 
 @dataclass
-class RunContext:
+class RunContext(ResolvedContext):
     """Everything resolved from the arguments before training starts."""
 
-    dataset: str
-    preprocessed_dir: Path
     raw_dir: Path | None
-    plan: Plan
-    config_name: str
-    config: Configuration
-    data_dir: Path
-    train_cases: list[str]
-    val_cases: list[str]
     tag: str
     pretrained_path: Path | None
     pretrained_message: str
-    model_dir: Path
-    fold_dir: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,8 +139,10 @@ def resolve_run(args: TrainArgs) -> RunContext:
     results = results_root() / found.dataset
     tag, path, message = resolve_pretrained(args.pretrained, results, found.config_name)
     model_dir = results / model_folder_name(found.config_name, args.label_fraction, tag)
-    return RunContext(found.dataset, pre_dir, raw_dir, found.plan, found.config_name, found.config, found.data_dir,
-                      train, val, tag, path, message, model_dir, model_dir / fold_folder_name(args.fold))
+    return RunContext(dataset=found.dataset, preprocessed_dir=pre_dir, plan=found.plan, config_name=found.config_name,
+                      config=found.config, data_dir=found.data_dir, train_cases=train, val_cases=val,
+                      model_dir=model_dir, fold_dir=model_dir / fold_folder_name(args.fold), raw_dir=raw_dir, tag=tag,
+                      pretrained_path=path, pretrained_message=message)
 
 
 # ----------------------------------------------------------------------------- actions
