@@ -11,7 +11,8 @@ compare runs from several sweeps or plain ``fpn_train`` runs (e.g. FAF fine-tuni
 
 ``LABEL=SOURCE``: SOURCE is a sweep's ``runs.csv`` (``@METHOD`` keeps that method's rows) or a model
 folder whose ``fold_N/validation/summary.json`` hold the final validation (seed from the fold's
-``command.txt``, label fraction from the folder name). The first label is the reference. Prints
+``command.txt``, label fraction from the folder name). A label may be given several times (e.g. one
+model folder per seed). The first label is the reference. Prints
 mean +- std Dice per label and fraction, and each label minus the reference on the pairs both
 have; ``--out`` also writes ``runs.csv``, ``comparison.csv`` and ``paired_differences.csv`` there.
 """
@@ -101,8 +102,11 @@ def compare(specs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
     """``(runs, summary, paired)`` of the labelled sources; the first label is the reference."""
     runs = pd.concat([read_source(s) for s in specs], ignore_index=True)
     order = list(dict.fromkeys(runs["method"]))
-    if len(order) != len(specs):
-        raise FPNError("two sources have the same label: give each its own")
+    twice = runs[runs.duplicated(["method", "fraction", "fold", "seed"], keep=False)]
+    if not twice.empty:
+        r = twice.iloc[0]
+        raise FPNError(f"label {r['method']!r} has two runs at fraction {r['fraction']:g}, fold {r['fold']}, seed "
+                       f"{r['seed']}: give the sources different labels")
     fractions = sorted(runs["fraction"].astype(float).unique())
     return runs, summarise(runs, order, fractions), paired_differences(runs, order, fractions)
 

@@ -67,6 +67,19 @@ def test_compare_seed_pairs_and_default_seed(tmp_path):
     assert paired["n"].sum() == 0
 
 
+def test_compare_one_label_from_several_folders(tmp_path):
+    m = _module()
+    s0, s1, ref = tmp_path / "s0" / "m__lf0.05__x", tmp_path / "s1" / "m__lf0.05__x", tmp_path / "r__lf0.05__y"
+    _fold(s0, 0, 0.6, 0)
+    _fold(s1, 0, 0.8, 1)
+    _fold(ref, 0, 0.5, 0)
+    _fold(ref, 1, 0.5, 1)  # fold 1 seed 1: no partner in B
+    runs, summary, paired = m.compare([f"A={ref}", f"B={s0}", f"B={s1}"])
+    assert list(summary["n"]) == [2, 2]
+    assert summary.set_index("method").loc["B", "mean"] == pytest.approx(70.0)
+    assert paired.iloc[0]["n"] == 1 and paired.iloc[0]["mean"] == pytest.approx(10.0)
+
+
 @pytest.mark.parametrize("args, message", [
     (["only=x"], "at least two"),
     (["a", "b=c"], "expected LABEL=SOURCE"),
@@ -74,7 +87,7 @@ def test_compare_seed_pairs_and_default_seed(tmp_path):
     (["a={tmp}/empty", "b={tmp}/empty"], "no finished run in this model folder"),
     (["a={tmp}/bad.csv", "b={tmp}/bad.csv"], "not a label-efficiency runs.csv"),
     (["a={tmp}/runs.csv@Nope", "b={tmp}/runs.csv"], "no run of method 'Nope'"),
-    (["a={tmp}/runs.csv", "a={tmp}/runs.csv"], "same label"),
+    (["a={tmp}/runs.csv", "a={tmp}/runs.csv"], "label 'a' has two runs at fraction 0.05, fold 0, seed 0"),
 ])
 def test_compare_errors(tmp_path, capsys, args, message):
     m = _module()
