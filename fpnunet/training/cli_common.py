@@ -203,7 +203,7 @@ def print_settings(config: Configuration, run: OpenedRun, fold_dir: Path, loss: 
     """The header's settings line (``loss``: e.g. ``"loss 1 - SSIM, "``) and where the run writes."""
     s, resolved = run.settings, run.resolved
     print(f"  {s.epochs} epochs x {s.iterations_per_epoch} iterations, batch {resolved['batch_size']}, "
-          f"patch {tuple(config.patch_size)} x depth {config.depth}, lr {resolved['lr']:g} "
+          f"patch {tuple(config.patch_size)} x depth {config.depth}, lr {run.lr:g} "
           f"({config.training.optimizer}, {config.training.lr_schedule}, weight decay {run.weight_decay:g}), "
           f"{loss}validation every {s.val_every}, "
           f"device {s.device} ({s.precision}), seed {resolved['seed']}")
