@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_fingerprint import SHAPE, SPACING, make_label, make_raw_dataset, make_volume
+from raw_dataset import SHAPE, SPACING, make_label, make_raw_dataset, make_volume
 
 from fpnunet.errors import FPNError
 from fpnunet.io import (

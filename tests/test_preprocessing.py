@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_fingerprint import BAND, SHAPE, SPACING, make_label, make_raw_dataset, make_volume
+from raw_dataset import BAND, SHAPE, SPACING, make_label, make_raw_dataset, make_volume
 
 from fpnunet.errors import FPNError
 from fpnunet.io import write_image
