@@ -1,5 +1,6 @@
 """Shared pytest fixtures.
 
+``data_roots``: empty ``FPN_RAW`` / ``FPN_PREPROCESSED`` / ``FPN_RESULTS`` under ``tmp_path``.
 ``tiny_raw_dataset``: a tiny synthetic raw dataset (session-scoped, treat it as read-only; copy
 it with ``shutil.copytree`` before changing anything).
 """
@@ -21,6 +22,18 @@ from fpnunet.synthetic import make_synthetic_dataset
 TINY_SHAPE: tuple[int, int, int] = (8, 96, 32)
 """``(B, D, A)`` of the tiny dataset's volumes: B-scans, depth, A-scans."""
 TINY_TRAIN, TINY_LABELLED, TINY_TEST = 8, 6, 2
+
+
+@pytest.fixture
+def data_roots(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]:
+    """``(raw, preprocessed)``: ``FPN_RAW`` (created) and ``FPN_PREPROCESSED`` (not yet) under
+    ``tmp_path``, ``FPN_RESULTS`` beside them."""
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    raw.mkdir()
+    monkeypatch.setenv("FPN_RAW", str(raw))
+    monkeypatch.setenv("FPN_PREPROCESSED", str(pre))
+    monkeypatch.setenv("FPN_RESULTS", str(tmp_path / "results"))
+    return raw, pre
 
 
 @pytest.fixture(scope="session")

@@ -29,13 +29,8 @@ def make_plan(depth: int = 16, depth_crop: int = 20, channels: int = 1, axis: in
 
 
 @pytest.fixture
-def env(monkeypatch, tmp_path: Path) -> tuple[Path, Path]:
-    raw, pre = tmp_path / "raw", tmp_path / "pre"
-    raw.mkdir()
-    monkeypatch.setenv("FPN_RAW", str(raw))
-    monkeypatch.setenv("FPN_PREPROCESSED", str(pre))
-    monkeypatch.setenv("FPN_RESULTS", str(tmp_path / "results"))
-    return raw, pre
+def env(data_roots: tuple[Path, Path]) -> tuple[Path, Path]:
+    return data_roots
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -303,20 +303,11 @@ def test_many_problems_reported_together(ds: Path):
 
 
 # ----------------------------------------------------------------------------- CLI
-def _env(monkeypatch, tmp_path: Path) -> tuple[Path, Path]:
-    raw, pre = tmp_path / "raw", tmp_path / "pre"
-    raw.mkdir()
-    monkeypatch.setenv("FPN_RAW", str(raw))
-    monkeypatch.setenv("FPN_PREPROCESSED", str(pre))
-    monkeypatch.setenv("FPN_RESULTS", str(tmp_path / "results"))
-    return raw, pre
-
-
 @pytest.mark.parametrize("breakage", ["nan", "label_value", "ghost"])
-def test_cli_broken_dataset_exits_nonzero_and_writes_nothing(monkeypatch, tmp_path, capsys, breakage):
+def test_cli_broken_dataset_exits_nonzero_and_writes_nothing(data_roots, capsys, breakage):
     from fpnunet.preprocessing.cli import main
 
-    raw, pre = _env(monkeypatch, tmp_path)
+    raw, pre = data_roots
     ds = make_raw_dataset(raw)
     if breakage == "nan":
         v = make_volume()
@@ -337,10 +328,10 @@ def test_cli_broken_dataset_exits_nonzero_and_writes_nothing(monkeypatch, tmp_pa
     assert not pre.exists() or not any(pre.rglob("*"))
 
 
-def test_cli_verify_only_writes_nothing(monkeypatch, tmp_path, capsys):
+def test_cli_verify_only_writes_nothing(data_roots, capsys):
     from fpnunet.preprocessing.cli import main
 
-    raw, pre = _env(monkeypatch, tmp_path)
+    raw, pre = data_roots
     make_raw_dataset(raw, n=3, labelled=(0, 1))
     assert main(["-d", "901", "--verify-only", "-np", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
