@@ -35,12 +35,13 @@ setup(
     extras_require={"dev": ["pytest>=7", "ruff>=0.4"]},
     entry_points={
         "console_scripts": [
-            "fpn_make_synthetic=fpnunet.synthetic:main",
+            "fpn_make_synthetic=fpnunet.synthetic.cli:main",
             "fpn_plan_and_preprocess=fpnunet.preprocessing.cli:main",
             "fpn_pretrain=fpnunet.training.pretrain_cli:main",
             "fpn_train=fpnunet.training.train_cli:main",
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
+            "fpn_paths=fpnunet.paths_cli:main",
         ]
     },
 )

@@ -10,9 +10,10 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -63,6 +64,8 @@ def load_json(path: str | os.PathLike) -> Any:
 
 
 def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
+    import numpy as np  # lazily: the command-line parsers import this module and must stay light
+
     def _w(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array))
@@ -71,6 +74,8 @@ def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def _json_default(o: Any) -> Any:
+    import numpy as np
+
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

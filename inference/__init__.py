@@ -8,16 +8,31 @@
     probs, props = predictor.predict_raw([oct_bda])           # raw (B, D, A) channels -> (K, B, A)
 
 Inference never imports :mod:`fpnunet.training`: a model folder is all it needs.
+
+Names are imported lazily (:data:`_LAZY`): importing the package costs nothing heavy.
 """
-from .export import (
-    label_values,
-    lesion_areas,
-    probabilities_to_segmentation,
-    write_probabilities,
-    write_segmentation,
-)
-from .predictor import CHECKPOINTS, Predictor, list_folds, load_checkpoint
-from .sliding_window import gaussian_weights, network_divisors, predict_sliding_window, window_starts
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "label_values": "fpnunet.inference.export",
+    "lesion_areas": "fpnunet.inference.export",
+    "probabilities_to_segmentation": "fpnunet.inference.export",
+    "write_probabilities": "fpnunet.inference.export",
+    "write_segmentation": "fpnunet.inference.export",
+    "CHECKPOINTS": "fpnunet.inference.predictor",
+    "Predictor": "fpnunet.inference.predictor",
+    "list_folds": "fpnunet.inference.predictor",
+    "load_checkpoint": "fpnunet.inference.predictor",
+    "gaussian_weights": "fpnunet.inference.sliding_window",
+    "network_divisors": "fpnunet.inference.sliding_window",
+    "predict_sliding_window": "fpnunet.inference.sliding_window",
+    "window_starts": "fpnunet.inference.sliding_window",
+}
+"""Public name -> module: imported on first use, so that the command-line parsers of this package
+stay light (``fpn_* --help`` never imports torch)."""
 
 __all__ = [
     "CHECKPOINTS",
@@ -34,3 +49,15 @@ __all__ = [
     "write_probabilities",
     "write_segmentation",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -2,9 +2,9 @@
 
 ::
 
-    fpn_predict -i IN_DIR -o OUT_DIR -d 900 [-f 0 1 2 3 4] [--network fpn] [--model NAME]
-                [-m MODEL_DIR] [--checkpoint final|best|latest] [--disable-tta]
-                [--save-probabilities] [--device auto|cpu|cuda] [--file-ending .nii.gz]
+    fpn_predict -i IN_DIR -o OUT_DIR -d 900 [-f 0 1 2 3 4] [-c fpn] [--model NAME]
+                [-m MODEL_DIR] [-chk final|best|latest] [--disable-tta]
+                [--npz] [-device auto|cpu|cuda] [--file-ending .nii.gz]
 
 Inputs are ``IN_DIR/CASE_0000<ending>`` (+ ``_0001`` ... for more channels) in any format
 SimpleITK reads. Outputs, per case: ``OUT_DIR/CASE<ending>`` (the label map on the volume's
@@ -30,27 +30,20 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from tqdm import tqdm
-
+from fpnunet import cli_args
 from fpnunet.atomic import write_atomic
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
-from fpnunet.io import (
-    SUPPORTED_ENDINGS,
-    EnfaceGeometry,
-    enface_geometry,
-    file_ending,
-    read_image,
-    to_bda,
-)
-from fpnunet.paths import results_dir, results_root
-from fpnunet.plans.verify_content import check_nifti
+from fpnunet.paths import preprocessed_root, resolve_dataset, results_dir, results_root
 
-from .export import lesion_areas, probabilities_to_segmentation, write_probabilities, write_segmentation
-from .predictor import CHECKPOINTS, Predictor
+if TYPE_CHECKING:  # torch, numpy and SimpleITK are imported after parsing (fast --help)
+    import numpy as np
+
+    from fpnunet.io import EnfaceGeometry
+
+    from .predictor import Predictor
 
 __all__ = ["main", "build_parser", "find_model_folder", "collect_inputs", "min_raw_depth", "InputCase"]
 
@@ -80,24 +73,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-i", "--input", required=True, help="folder with CASE_0000<ending> volumes (+ _0001 ...)")
     p.add_argument("-o", "--output", required=True, help="output folder (created)")
-    p.add_argument("-d", "--dataset", help="dataset id or folder name (model under $FPN_RESULTS/DatasetXXX)")
-    p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every fold_* present); 'all' ok")
-    p.add_argument("--network", default="fpn", help="network name; picks the model folder <network>__* (default fpn)")
-    p.add_argument("--model", help="model folder name under $FPN_RESULTS/DatasetXXX (e.g. fpn__lf1__scratch)")
-    p.add_argument("-m", "--model-dir", help="path of a trained model folder (wins over -d/--model)")
-    p.add_argument("--checkpoint", default="final", choices=CHECKPOINTS, help="checkpoint to load (default final)")
+    cli_args.add_dataset(p, required=False,
+                         help="dataset id or folder name (model under $FPN_RESULTS/DatasetXXX; default: none, "
+                              "then -m MODEL_DIR is needed)")
+    cli_args.add_folds(p, help="folds to ensemble, numbers or 'all' (default: every fold_* of the model folder)")
+    cli_args.add_config(p, help="plan configuration (= network name); picks the model folder CONFIG__* "
+                                "(default: the dataset plan's default_configuration, else fpn)")
+    p.add_argument("--model", help="model folder name under $FPN_RESULTS/DatasetXXX, e.g. fpn__lf1__scratch "
+                                   "(default: the only CONFIG__* folder)")
+    p.add_argument("-m", "--model-dir", help="path of a trained model folder (wins over -d/--model; default none)")
+    cli_args.add_checkpoint(p)
     p.add_argument("--disable-tta", action="store_true", help="no flip test-time augmentation (4x faster)")
-    p.add_argument("--save-probabilities", action="store_true", help="also write OUT/CASE.npz probabilities")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    cli_args.add_save_probabilities(p, help="also write OUT/CASE.npz probabilities (--npz: nnU-Net's spelling)")
+    cli_args.add_device(p)
     p.add_argument("--file-ending", help="output file ending (default: the dataset's, e.g. .nii.gz)")
     p.add_argument("--whole-plane", action="store_true", help="feed the whole en-face plane at once (more memory)")
-    p.add_argument("--step", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for one-class models")
+    p.add_argument("--step", type=float, default=0.5,
+                   help="sliding-window step as a fraction of the patch, in (0, 1] (default 0.5)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="probability threshold for one-class (sigmoid) models (default 0.5)")
     return p
 
 
-def find_model_folder(dataset: str | None, model: str | None, network: str) -> Path:
-    """``$FPN_RESULTS/<dataset>/<model>``, or the unique ``<network>__*`` model folder there."""
+def default_config(dataset: str | None) -> str:
+    """The configuration ``-c`` defaults to: the dataset plan's ``default_configuration``, else ``fpn``."""
+    import json
+
+    if dataset is not None:
+        try:
+            with open(preprocessed_root() / resolve_dataset(dataset) / "plans.json") as f:
+                return str(json.load(f).get("default_configuration") or "fpn")
+        except (FPNError, OSError, ValueError, AttributeError):
+            pass
+    return "fpn"
+
+
+def find_model_folder(dataset: str | None, model: str | None, network: str | None = None) -> Path:
+    """``$FPN_RESULTS/<dataset>/<model>``, or the unique ``<network>__*`` model folder there
+    (``network`` ``None``: :func:`default_config`)."""
+    network = network or default_config(dataset)
     if dataset is None:
         raise FPNError("name the model: -m MODEL_DIR, or -d DATASET (with --model NAME when several exist)")
     root = results_dir(dataset)
@@ -126,6 +140,8 @@ def collect_inputs(folder: Path) -> tuple[list[InputCase], list[str], list[str]]
     Returns the cases, error messages for image files whose name lacks the channel suffix, and
     warnings for files that are not images by their ending (ignored).
     """
+    from fpnunet.io import SUPPORTED_ENDINGS, file_ending
+
     cases: dict[str, InputCase] = {}
     errors: list[str] = []
     warnings: list[str] = []
@@ -155,6 +171,9 @@ def min_raw_depth(predictor: Predictor) -> int:
 
 def _load_case(item: InputCase, predictor: Predictor, folder: Path) -> _Loaded:
     """Read, check and preprocess one case (runs in the reader thread)."""
+    from fpnunet.io import enface_geometry, file_ending, read_image, to_bda
+    from fpnunet.plans.verify_content import check_nifti
+
     plan = predictor.plan
     n = plan.num_input_channels
     dup = [files for files in item.files.values() if len(files) > 1]
@@ -236,6 +255,8 @@ def _write_case(
     case: str, probs: np.ndarray, geometry: EnfaceGeometry, out_dir: Path, ending: str, save_probs: bool,
     labels: dict[str, int], threshold: float,
 ) -> list[dict[str, Any]]:
+    from .export import lesion_areas, probabilities_to_segmentation, write_probabilities, write_segmentation
+
     seg = probabilities_to_segmentation(probs, threshold=threshold, labels=labels)
     write_segmentation(seg, geometry, out_dir / f"{case}{ending}")
     if save_probs:
@@ -247,19 +268,19 @@ def _write_case(
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli_args.print_data_roots(sys.stderr)
     in_dir = Path(args.input)
     out_dir = Path(args.output)
     if not in_dir.is_dir():
         raise FPNError(f"{in_dir}: input folder not found")
-    model_dir = Path(args.model_dir) if args.model_dir else find_model_folder(args.dataset, args.model, args.network)
-    folds = None
-    if args.folds:
-        for f in args.folds:
-            if not (f.isdigit() or f == "all"):
-                raise FPNError(f"-f {f}: folds are numbers (0 1 2 3 4) or 'all'")
-        folds = list(args.folds)
+    model_dir = Path(args.model_dir) if args.model_dir else find_model_folder(args.dataset, args.model, args.config)
+    folds = list(args.folds) if args.folds else None
     if not 0 < args.step <= 1:
         raise FPNError(f"--step {args.step}: must be in (0, 1]")
+    from tqdm import tqdm
+
+    from .predictor import Predictor
+
     predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=args.checkpoint, device=args.device,
                                             tta=not args.disable_tta, whole_plane=args.whole_plane,
                                             step_fraction=args.step)

@@ -3,7 +3,7 @@
 ::
 
     fpn_plan_and_preprocess -d 900 [-np 4] [--verify-only] [--clean] [--gpu-memory-gb 11]
-                            [--network fpn ...] [--calibrate] [--no-preprocess] [--no-progress]
+                            [-c fpn ...] [--calibrate] [--no-preprocess] [--no-progress]
 
 A broken dataset stops with one line per problem and a non-zero exit status; nothing is written
 to the preprocessed folder then. Otherwise it writes ``dataset.json`` (a copy),
@@ -13,16 +13,13 @@ to the preprocessed folder then. Otherwise it writes ``dataset.json`` (a copy),
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import time
 
-from fpnunet import paths
+from fpnunet import cli_args, paths
 from fpnunet.atomic import save_json, write_atomic
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
-from fpnunet.io import load_dataset_json
-from fpnunet.plans.fingerprint import fingerprint_summary, verify_and_fingerprint
 from fpnunet.plans.plan import Plan
 
 
@@ -31,19 +28,35 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fpn_plan_and_preprocess",
         description="Verify and fingerprint a raw dataset, write plans.json and the preprocessed data.",
     )
-    p.add_argument("-d", "--dataset", required=True, help="dataset id (900) or folder name (Dataset900_SynthGA)")
-    p.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
-                   help="worker processes for verification and preprocessing (default: min(4, CPUs))")
+    cli_args.add_dataset(p)
+    cli_args.add_num_processes(p, cli_args.default_num_processes(),
+                               help="worker processes for verification and preprocessing "
+                                    f"(default min(4, CPUs) = {cli_args.default_num_processes()})")
     p.add_argument("--verify-only", action="store_true", help="verify the dataset, print a summary, write nothing")
     p.add_argument("--clean", action="store_true", help="redo every preprocessed case (default: skip finished ones)")
-    p.add_argument("--gpu-memory-gb", type=float, default=None, help="GPU memory the plan may use (GB)")
-    p.add_argument("--network", nargs="+", default=["fpn"], metavar="NAME",
+    p.add_argument("--gpu-memory-gb", type=float, default=None, metavar="GB",
+                   help="GPU memory the plan may use (default: the free memory of the CUDA device, else 8 GB)")
+    p.add_argument(*cli_args.VOCABULARY["config"].options, dest="config", nargs="+", default=["fpn"], metavar="CONFIG",
                    help="configurations to plan, one per registered network name (default: fpn)")
     p.add_argument("--calibrate", action="store_true",
                    help="let the planner measure one real training step per configuration (needs CUDA)")
     p.add_argument("--no-preprocess", action="store_true", help="stop after writing plans.json")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli_args.add_progress(p)
     return p
+
+
+def runtime_note(plan: Plan, device: str | None = None) -> str:
+    """What training on this machine will actually use: the device ``auto`` picks and its precision
+    (the plan's precision applies on CUDA only; the CPU trains in fp32)."""
+    from fpnunet.cli_utils import resolve_device
+
+    device = device or resolve_device("auto")
+    planned = sorted({c.precision for c in plan.configurations.values()})
+    if device.startswith("cuda"):
+        return f"training on this machine: device {device}, precision {'/'.join(planned)} (the plan's)"
+    return (f"training on this machine: device {device}, precision fp32 (no CUDA here: the plan's "
+            f"{'/'.join(planned)} and its batch and patch for the GPU memory above apply on a CUDA GPU; "
+            "fpn_train --device cpu trains this plan in fp32)")
 
 
 @run_cli
@@ -51,11 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_processes < 1:
         raise FPNError(f"-np must be at least 1, got {args.num_processes}")
+    cli_args.print_data_roots()
+    from fpnunet.io import load_dataset_json
+    from fpnunet.plans.fingerprint import fingerprint_summary, verify_and_fingerprint
+
     name = paths.resolve_dataset(args.dataset)
     raw = paths.raw_root() / name
     if not raw.is_dir():
         raise FPNError(f"{raw}: raw dataset folder not found (FPN_RAW={paths.raw_root()})")
-    show = not args.no_progress
+    show = args.progress
     t0 = time.perf_counter()
     fp = verify_and_fingerprint(raw, num_processes=args.num_processes, show_progress=show)
     print(f"verified {raw} in {time.perf_counter() - t0:.1f} s")
@@ -74,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     plans_path = out / "plans.json"
     existing = Plan.load(plans_path) if plans_path.is_file() else None
     extra = {"calibrate": True} if args.calibrate else {}
-    plan = plan_dataset(fp, info, gpu_memory_gb=args.gpu_memory_gb, networks=list(args.network), existing=existing,
+    plan = plan_dataset(fp, info, gpu_memory_gb=args.gpu_memory_gb, networks=list(args.config), existing=existing,
                         **extra)
     plan.save(plans_path)
     idents = ", ".join(f"{n} -> {c.data_identifier}/ (depth {c.depth})" for n, c in plan.configurations.items())
     print(f"wrote {plans_path}: depth crop {plan.depth_crop} raw rows; {idents}")
+    print(runtime_note(plan))
     if args.no_preprocess:
         return 0
 

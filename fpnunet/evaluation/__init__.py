@@ -4,17 +4,33 @@
 pairs folders and writes nnU-Net-style ``summary.json`` plus a per-case CSV,
 :mod:`fpnunet.evaluation.crossval` builds cross-validation summaries and
 :mod:`fpnunet.evaluation.cli` is the ``fpn_evaluate`` command.
+
+Names are imported lazily (:data:`_LAZY`): importing the package costs nothing heavy.
 """
-from fpnunet.evaluation.crossval import evaluate_crossval, find_model_folder, gather_crossval_predictions
-from fpnunet.evaluation.evaluate import (
-    evaluate_folders,
-    pair_files,
-    per_case_table,
-    read_label_map,
-    summarize,
-    write_summary,
-)
-from fpnunet.evaluation.metrics import METRIC_KEYS, area_mm2, case_metrics, dice, hd95, iou
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "evaluate_crossval": "fpnunet.evaluation.crossval",
+    "find_model_folder": "fpnunet.evaluation.crossval",
+    "gather_crossval_predictions": "fpnunet.evaluation.crossval",
+    "evaluate_folders": "fpnunet.evaluation.evaluate",
+    "pair_files": "fpnunet.evaluation.evaluate",
+    "per_case_table": "fpnunet.evaluation.evaluate",
+    "read_label_map": "fpnunet.evaluation.evaluate",
+    "summarize": "fpnunet.evaluation.evaluate",
+    "write_summary": "fpnunet.evaluation.evaluate",
+    "METRIC_KEYS": "fpnunet.evaluation.metrics",
+    "area_mm2": "fpnunet.evaluation.metrics",
+    "case_metrics": "fpnunet.evaluation.metrics",
+    "dice": "fpnunet.evaluation.metrics",
+    "hd95": "fpnunet.evaluation.metrics",
+    "iou": "fpnunet.evaluation.metrics",
+}
+"""Public name -> module: imported on first use, so that the command-line parsers of this package
+stay light (``fpn_* --help`` never imports torch)."""
 
 __all__ = [
     "METRIC_KEYS",
@@ -33,3 +49,15 @@ __all__ = [
     "summarize",
     "write_summary",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -3,7 +3,7 @@
 ::
 
     fpn_evaluate -r REF_DIR -p PRED_DIR [-d DATASET] [-o summary.json] [-np N]
-    fpn_evaluate --crossval -d DATASET [--model MODEL_NAME] [--folds 0 1 2 3 4] [-np N]
+    fpn_evaluate --crossval -d DATASET [--model MODEL_NAME] [-f 0 1 2 3 4] [-np N]
 
 The first form writes ``PRED_DIR/summary.json`` (or ``-o``) and ``summary_per_case.csv`` beside
 it; ``-d`` takes the labels (and reference file ending) from the raw dataset's ``dataset.json``,
@@ -17,12 +17,14 @@ import argparse
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from fpnunet import cli_args
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
+
+if TYPE_CHECKING:  # pandas, SimpleITK and the metrics are imported after parsing (fast --help)
+    import pandas as pd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,22 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dice, IoU, HD95 (mm) and lesion area (mm^2) of en-face predictions; writes an "
         "nnU-Net-style summary.json and a per-case CSV.",
     )
-    p.add_argument("-r", "--ref", help="folder of reference label maps")
-    p.add_argument("-p", "--pred", help="folder of predicted label maps (paired with -r by case name)")
-    p.add_argument("-d", "--dataset", help="dataset id or folder name: labels come from its raw dataset.json")
+    p.add_argument("-r", "--ref", help="folder of reference label maps (default none)")
+    p.add_argument("-p", "--pred", help="folder of predicted label maps, paired with -r by case name (default none)")
+    cli_args.add_dataset(p, required=False, help="dataset id or folder name: labels come from its raw dataset.json "
+                                                 "(default: the label values present)")
     p.add_argument("-o", "--output", help="summary json path (default PRED/summary.json, or "
                    "<model>/crossval_results/summary.json with --crossval)")
-    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
+    cli_args.add_num_processes(p, 1, help="worker processes (default 1)")
     p.add_argument("--crossval", action="store_true",
                    help="evaluate the folds' validation predictions of a model folder against raw labelsTr")
     p.add_argument("--model", help="model folder name under $FPN_RESULTS/DatasetXXX (e.g. fpn__lf1__scratch); "
                    "default: the only one")
-    p.add_argument("--folds", type=int, nargs="+", default=None, help="folds to gather (default 0 1 2 3 4)")
+    cli_args.add_folds(p, help="folds to gather with --crossval (default 0 1 2 3 4)")
     return p
 
 
 def summary_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     """Per-class means (and the foreground mean when there are several classes) as a table."""
+    import pandas as pd
+
     names = {str(v): n for n, v in summary["labels"].items()}
     rows = {}
     for k, m in summary["mean"].items():
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_processes < 1:
         raise FPNError(f"-np must be at least 1, got {args.num_processes}")
+    if args.folds is not None and "all" in args.folds:
+        raise FPNError("-f all: --crossval gathers the validation predictions of numbered folds (0 1 2 3 4)")
+    cli_args.print_data_roots()
     from fpnunet.evaluation.crossval import evaluate_crossval
     from fpnunet.evaluation.evaluate import evaluate_folders
 
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FPNError("--crossval needs the dataset: -d DATASET")
         if args.ref or args.pred:
             raise FPNError("--crossval takes its references and predictions from the dataset; drop -r/-p")
-        folds = args.folds if args.folds is not None else [0, 1, 2, 3, 4]
+        folds = [int(f) for f in args.folds] if args.folds is not None else [0, 1, 2, 3, 4]
         summary = evaluate_crossval(args.dataset, args.model, folds, args.num_processes, args.output)
     else:
         if args.model is not None or args.folds is not None:

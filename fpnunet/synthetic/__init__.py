@@ -40,16 +40,32 @@ Modules (one idea each; everything public is re-exported here):
 * :mod:`.difficulty`: :func:`oracle_threshold_dice`.
 * :mod:`.dataset`: :func:`make_synthetic_dataset`, the dataset folder writer.
 * :mod:`.cli`: :func:`main`, the ``fpn_make_synthetic`` command.
+
+Names are imported lazily (:data:`_LAZY`): importing the package costs nothing heavy.
 """
 from __future__ import annotations
 
-from fpnunet.synthetic.case import SyntheticCase, generate_case
-from fpnunet.synthetic.cli import main
-from fpnunet.synthetic.dataset import GENERATOR_VERSION, VOLUME_ENDINGS, make_synthetic_dataset
-from fpnunet.synthetic.difficulty import oracle_threshold_dice
-from fpnunet.synthetic.enface import ENFACE_MODALITIES
-from fpnunet.synthetic.geometry import DEFAULT_SHAPE, FIELD_OF_VIEW_MM, spacing_for_shape
-from fpnunet.synthetic.patients import PatientTraits, assign_patients, patient_traits
+import importlib
+from typing import Any
+
+_LAZY = {
+    "SyntheticCase": "fpnunet.synthetic.case",
+    "generate_case": "fpnunet.synthetic.case",
+    "main": "fpnunet.synthetic.cli",
+    "GENERATOR_VERSION": "fpnunet.synthetic.dataset",
+    "VOLUME_ENDINGS": "fpnunet.synthetic.dataset",
+    "make_synthetic_dataset": "fpnunet.synthetic.dataset",
+    "oracle_threshold_dice": "fpnunet.synthetic.difficulty",
+    "ENFACE_MODALITIES": "fpnunet.synthetic.enface",
+    "DEFAULT_SHAPE": "fpnunet.synthetic.geometry",
+    "FIELD_OF_VIEW_MM": "fpnunet.synthetic.geometry",
+    "spacing_for_shape": "fpnunet.synthetic.geometry",
+    "PatientTraits": "fpnunet.synthetic.patients",
+    "assign_patients": "fpnunet.synthetic.patients",
+    "patient_traits": "fpnunet.synthetic.patients",
+}
+"""Public name -> module: imported on first use, so that the command-line parsers of this package
+stay light (``fpn_* --help`` never imports torch)."""
 
 __all__ = [
     "DEFAULT_SHAPE",
@@ -67,3 +83,15 @@ __all__ = [
     "patient_traits",
     "spacing_for_shape",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from fpnunet import cli_args
 from fpnunet.atomic import load_json
 from fpnunet.cli_utils import run_cli
-from fpnunet.synthetic.dataset import VOLUME_ENDINGS, make_synthetic_dataset
-from fpnunet.synthetic.geometry import DEFAULT_SHAPE, spacing_for_shape
+from fpnunet.synthetic.geometry import DEFAULT_SHAPE, VOLUME_ENDINGS, spacing_for_shape
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fpn_make_synthetic",
         description="Write a synthetic OCT + en-face (FAF, SLO) geographic-atrophy dataset in the raw "
@@ -19,24 +19,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num-cases", type=int, default=60, help="training cases (default 60)")
     p.add_argument("--labelled-fraction", type=float, default=1.0,
                    help="share of training cases with a label, in (0, 1] (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same files")
+    cli_args.add_seed(p, help="random seed; same seed, same files")
     p.add_argument("--shape", type=int, nargs=3, metavar=("B", "D", "A"), default=list(DEFAULT_SHAPE),
                    help=f"volume shape: B-scans, depth, A-scans (default {' '.join(map(str, DEFAULT_SHAPE))}; "
                         "Spectralis-like: 49 496 512)")
     p.add_argument("--num-test", type=int, default=None, help="test cases (default max(2, n // 5))")
     p.add_argument("--file-ending", default=".nii.gz", help=f"one of {', '.join(VOLUME_ENDINGS)} (default .nii.gz)")
     p.add_argument("--name", default=None, help="dataset and case-name prefix (default: from the folder, or SynthGA)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli_args.add_progress(p, help="no progress bar")
     return p
 
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     """``fpn_make_synthetic -o DIR [-n N] [--labelled-fraction F] [--seed S] [--shape B D A] ...``."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    cli_args.print_data_roots()
+    from fpnunet.synthetic.dataset import make_synthetic_dataset
+
     out = make_synthetic_dataset(args.output, n=args.num_cases, labelled_fraction=args.labelled_fraction,
                                  seed=args.seed, shape=tuple(args.shape), num_test=args.num_test,
-                                 file_ending=args.file_ending, name=args.name, show_progress=not args.no_progress)
+                                 file_ending=args.file_ending, name=args.name, show_progress=args.progress)
     meta = load_json(out / "dataset.json")["synthetic"]
     b, d, a = meta["shape_bda"]
     sb, sd, sa = spacing_for_shape((b, d, a))

@@ -12,10 +12,9 @@ from fpnunet.errors import FPNError
 from fpnunet.io import write_image
 from fpnunet.synthetic.case import generate_case
 from fpnunet.synthetic.enface import ENFACE_MODALITIES
-from fpnunet.synthetic.geometry import DEFAULT_SHAPE, FIELD_OF_VIEW_MM
+from fpnunet.synthetic.geometry import DEFAULT_SHAPE, FIELD_OF_VIEW_MM, VOLUME_ENDINGS
 from fpnunet.synthetic.patients import _TEST, _TRAIN, _traits_for, assign_patients
 
-VOLUME_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".nrrd")
 GENERATOR_VERSION = 1
 
 

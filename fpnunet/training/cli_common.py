@@ -21,44 +21,58 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
+from fpnunet import cli_args
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, resolve_dataset
 from fpnunet.plans.plan import Configuration, Plan, TrainingDefaults
-from fpnunet.training.checkpoint import LATEST, build_model, load_checkpoint, model_spec, seed_everything
-from fpnunet.training.loop import EpochCallback, EpochLoop, LoopSettings, TrainingTask, make_optimizer, make_scheduler
-from fpnunet.training.run_folder import check_start, copy_model_files, write_command
+
+if TYPE_CHECKING:  # the parsers are built without torch (fast --help); the run functions import it
+    from torch import nn
+
+    from fpnunet.training.loop import EpochCallback, EpochLoop, LoopSettings, TrainingTask
+
+_EXAMPLE = TrainingDefaults()
 
 
 # ----------------------------------------------------------------------------- flags
 def add_dataset_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="dataset id (900) or folder name (Dataset900_SynthGA)")
+    """``DATASET`` (first positional) or ``-d DATASET``: :func:`fpnunet.cli_args.take_dataset` after parsing."""
+    cli_args.add_dataset_positional(p)
 
 
-def add_config_argument(p: argparse.ArgumentParser, verb: str) -> None:
-    """``--network``/``--config``: the plan configuration to ``verb`` (train, pretrain)."""
-    p.add_argument("--network", "--config", dest="config", default=None,
-                   help=f"plan configuration to {verb} (default: the plan's default, usually fpn)")
+def add_config_argument(p: argparse.ArgumentParser, verb: str, plan: cli_args.PlanValues | None = None) -> None:
+    """``-c/--config`` (alias ``--network``): the plan configuration to ``verb`` (train, pretrain)."""
+    default = f"{plan.config}, from {plan.path}" if plan else "the plan's default_configuration, e.g. fpn"
+    cli_args.add_config(p, help=f"plan configuration to {verb}, named after its network (default: {default})")
 
 
-def add_schedule_arguments(p: argparse.ArgumentParser, epochs_help: str, lr_help: str, val_every_help: str) -> None:
+def add_schedule_arguments(p: argparse.ArgumentParser, epochs_help: str, lr_help: str, val_every_help: str,
+                           plan: cli_args.PlanValues | None = None, pretrain: bool = False) -> None:
     """``--epochs``, ``--iterations-per-epoch``, ``--lr``, ``--weight-decay``, ``--batch-size``,
-    ``--val-every``, ``--bn-recalibration``."""
-    p.add_argument("--epochs", type=int, help=epochs_help)
-    p.add_argument("--iterations-per-epoch", type=int, help="training steps per epoch (default: plan)")
-    p.add_argument("--lr", type=float, help=lr_help)
+    ``--val-every``, ``--bn-recalibration``; each help ends with its default, from ``plan``
+    (``plans.json`` of the dataset named with ``--help``) when given."""
+    def d(key: str, what: str = "") -> str:
+        return cli_args.plan_default(plan, key, getattr(_EXAMPLE, key, None), what)
+
+    epochs_key, lr_key = ("pretrain_epochs", "pretrain_lr") if pretrain else ("epochs", "lr")
+    p.add_argument("--epochs", type=int, help=f"{epochs_help} ({d(epochs_key, 'epochs')})")
+    p.add_argument("--iterations-per-epoch", type=int,
+                   help=f"training steps per epoch ({d('iterations_per_epoch', 'iterations')})")
+    p.add_argument("--lr", type=float, help=f"{lr_help} ({d(lr_key)})")
     p.add_argument("--weight-decay", type=float, metavar="WD",
-                   help="optimizer weight decay (default: plan, 1e-4); larger values regularise short runs "
+                   help=f"optimizer weight decay ({d('weight_decay')}); larger values regularise short runs "
                         "with few labels (docs/label_efficiency)")
-    p.add_argument("--batch-size", type=int, help="patches per step (default: plan)")
-    p.add_argument("--val-every", type=int, help=val_every_help)
+    p.add_argument("--batch-size", type=int,
+                   help="patches per step (" + (cli_args.plan_default(plan, "batch_size", 2) if plan else
+                                                "default: from plans.json, planned for the GPU memory, e.g. 2")
+                   + ")")
+    p.add_argument("--val-every", type=int, help=f"{val_every_help} ({d('val_every')})")
     p.add_argument("--bn-recalibration", type=int, metavar="N",
                    help="recompute BatchNorm statistics over N training batches before each validation "
-                        "and the final checkpoint; 0: keep the running averages (default: plan)")
+                        f"and the final checkpoint; 0: keep the running averages ({d('bn_recalibration')})")
 
 
 def add_resume_arguments(p: argparse.ArgumentParser, overwrite_help: str) -> None:
@@ -67,15 +81,21 @@ def add_resume_arguments(p: argparse.ArgumentParser, overwrite_help: str) -> Non
     p.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
 
-def add_runtime_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
-    """``--device``, ``--precision``, ``--seed``, ``--num-workers``, ``--no-progress``."""
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+def add_runtime_arguments(p: argparse.ArgumentParser, seed_help: str, plan: cli_args.PlanValues | None = None) -> None:
+    """``-device/--device``, ``--precision``, ``--seed``, ``--num-workers``, ``--no-progress``, ``--heartbeat``."""
+    cli_args.add_device(p)
+    planned = f"{plan.precision}, from {plan.path}" if plan and plan.precision else "bf16"
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto: the plan's precision (bf16) on CUDA, fp32 on the CPU")
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+                   help=f"default auto: the plan's precision ({planned}) on CUDA, fp32 on the CPU")
+    cli_args.add_seed(p, seed_help)
     p.add_argument("--num-workers", type=int,
-                   help="data augmentation processes (default: FPN_N_PROC_DA or the loader's default)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-iteration progress bar")
+                   help="data augmentation processes (default: $FPN_N_PROC_DA, else the loader's choice "
+                        "from the CPU count)")
+    cli_args.add_progress(p, help="no per-iteration progress bar; a one-line heartbeat with the run's ETA "
+                                  "every --heartbeat seconds instead")
+    p.add_argument("--heartbeat", type=float, default=60.0, metavar="S",
+                   help="with --no-progress, print a progress line (epoch, iteration, loss, ETA) every S seconds; "
+                        "0: never (default 60)")
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -113,6 +133,8 @@ def loop_settings(args: Any, config: Configuration, device: str, default_epochs:
     """The loop's settings: the command line's ``epochs``, ``iterations_per_epoch``, ``val_every``,
     ``precision``, ``progress`` over the plan's defaults (``default_epochs`` before the plan's
     ``epochs``); precision ``auto``: the plan's (bf16) on CUDA, fp32 elsewhere."""
+    from fpnunet.training.loop import LoopSettings
+
     d = config.training
     precision = args.precision
     if precision == "auto":
@@ -123,6 +145,7 @@ def loop_settings(args: Any, config: Configuration, device: str, default_epochs:
         iterations_per_epoch=args.iterations_per_epoch or d.iterations_per_epoch,
         val_every=d.val_every if args.val_every is None else args.val_every,
         grad_clip=d.grad_clip or None, device=device, precision=precision, progress=args.progress,
+        heartbeat_s=getattr(args, "heartbeat", 60.0),
         bn_recalibration=d.bn_recalibration if args.bn_recalibration is None else args.bn_recalibration,
     )
 
@@ -168,6 +191,9 @@ def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str,
     files, records ``program argv`` in ``command.txt``; ``extra`` joins the resolved arguments, and a
     resumed run whose ``watched`` arguments changed gets a warning.
     """
+    from fpnunet.training.checkpoint import LATEST, load_checkpoint
+    from fpnunet.training.run_folder import check_start, copy_model_files, write_command
+
     # bad flags fail before --overwrite deletes anything
     if args.weight_decay is not None and not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
         raise FPNError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
@@ -214,6 +240,8 @@ def print_settings(config: Configuration, run: OpenedRun, fold_dir: Path, loss: 
 def new_model(seed: int, config_name: str, config: Configuration, in_channels: int,
               num_outputs: int) -> tuple[dict[str, Any], nn.Module]:
     """``(spec, model)``: the configuration's network, initialised after seeding everything with ``seed``."""
+    from fpnunet.training.checkpoint import build_model, model_spec, seed_everything
+
     seed_everything(seed)
     spec = model_spec(config.network.name, config.network.kwargs, in_channels, num_outputs, config_name)
     return spec, build_model(spec)
@@ -223,6 +251,9 @@ def make_loop(task: TrainingTask, model: nn.Module, spec: dict[str, Any], run: O
               fold_dir: Path, callbacks: tuple[EpochCallback, ...] = ()) -> EpochLoop:
     """The epoch loop of ``task`` for ``model`` (already on the device): optimizer and schedule from
     ``defaults`` at ``run.lr`` and the resolved weight decay; resumed from ``run.checkpoint`` when there is one."""
+    from fpnunet.training.checkpoint import LATEST
+    from fpnunet.training.loop import EpochLoop, make_optimizer, make_scheduler
+
     optimizer = make_optimizer(model, replace(defaults, weight_decay=run.weight_decay), run.lr)
     scheduler = make_scheduler(optimizer, defaults.lr_schedule, run.settings.epochs)
     loop = EpochLoop(task, model, optimizer, scheduler, run.settings, fold_dir, spec, run.resolved, callbacks)

@@ -46,6 +46,11 @@ from fpnunet.plans.plan import TrainingDefaults
 from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from fpnunet.training.checkpoint import BEST, FINAL, LATEST, restore_training_state, save_checkpoint, training_state
 from fpnunet.training.logger import TrainingLogger
+from fpnunet.training.progress import RunClock
+
+METRIC_LABELS = {"val_dice": "val Dice (no TTA)", "val_loss": "val_loss (no TTA)"}
+"""How the epoch line names the per-epoch validation columns: whole volumes, no flip TTA (the
+final validation after training uses flip TTA and says so)."""
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 """``callback(epochs_done, record)``, called after the epoch's checkpoints are on disk."""
@@ -104,6 +109,9 @@ class LoopSettings:
     """``bf16`` (autocast) or ``fp32``."""
     progress: bool = True
     """Show the per-iteration tqdm bar (the per-epoch summary line is always printed)."""
+    heartbeat_s: float = 60.0
+    """Without the bar: a one-line progress report (epoch, iteration, loss, run ETA) every this many
+    seconds (0: none)."""
     bn_recalibration: int = 0
     """Training batches over which BatchNorm statistics are recomputed before each validation and
     the final checkpoint (0: keep the running averages)."""
@@ -213,6 +221,8 @@ class EpochLoop:
         self.start_epoch = 0
         self.best_score: float | None = None
         self.logger = TrainingLogger(self.folder, task.metric_columns, plot=plot)
+        self.clock = RunClock(settings.epochs, settings.iterations_per_epoch, settings.validates_at,
+                              heartbeat_s=0.0 if settings.progress else settings.heartbeat_s)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
             to_channels_last(self.model)
@@ -244,8 +254,10 @@ class EpochLoop:
                 self.scheduler.step()
             metrics: dict[str, float] = {}
             if s.validates_at(epoch):
+                t_val = time.perf_counter()
                 self.recalibrate(epoch)
                 metrics = self.task.validate(self.model, epoch)
+                self.clock.add_validation(time.perf_counter() - t_val)
             record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr,
                       "epoch_time_s": time.perf_counter() - t0}
             self.logger.log(record)
@@ -256,7 +268,7 @@ class EpochLoop:
                 save_checkpoint(state, self.folder / BEST)
             if epoch + 1 == s.epochs:
                 save_checkpoint(state, self.folder / FINAL)
-            self._summary(record, improved)
+            self._summary(record, improved, self.clock.eta_text(epoch, s.iterations_per_epoch, validated=True))
             for callback in self.callbacks:
                 callback(epoch + 1, record)
         return self.logger.records
@@ -272,18 +284,25 @@ class EpochLoop:
             batches: Iterable[dict[str, Any]] = iter(source)
             bar = tqdm(range(s.iterations_per_epoch), desc=f"epoch {epoch + 1}/{s.epochs}", unit="it",
                        disable=not s.progress, leave=False, dynamic_ncols=True)
-            for _ in bar:
+            t_last = time.perf_counter()
+            for i in bar:
                 try:
                     batch = next(batches)  # type: ignore[call-overload]
                 except StopIteration:
                     raise FPNError(f"the training loader ended after {len(losses) + skipped} batches; "
                                    f"{s.iterations_per_epoch} were asked for per epoch") from None
                 loss = self.step(batch_to_device(batch, self.device, self.cuda))
+                now = time.perf_counter()
+                self.clock.add_iterations(now - t_last)  # loader waits included
+                t_last = now
                 if math.isfinite(loss):
                     losses.append(loss)
-                    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+                    bar.set_postfix_str(f"loss={np.mean(losses[-50:]):.4f} {self.clock.eta_text(epoch, i + 1)}",
+                                        refresh=False)
                 else:
                     skipped += 1
+                if self.clock.heartbeat_due():
+                    self._heartbeat(epoch, i + 1, losses)
             bar.close()
         finally:
             source.close()
@@ -333,16 +352,26 @@ class EpochLoop:
         return training_state(self.spec, self.model, self.optimizer, self.scheduler, self.scaler, epochs_done,
                               self.logger.records, self.args, self.best_score)
 
-    def _summary(self, record: dict[str, Any], improved: bool) -> None:
+    def _summary(self, record: dict[str, Any], improved: bool, eta: str = "") -> None:
         parts = [f"epoch {record['epoch']}/{self.settings.epochs}", f"train_loss {record['train_loss']:.4f}"]
         for col in self.task.metric_columns:
             value = record.get(col)
             if value is not None and math.isfinite(float(value)):
-                parts.append(f"{col} {float(value):.4f}" + (" (best)" if improved and col == self.task.score_column
-                                                              else ""))
+                parts.append(f"{METRIC_LABELS.get(col, col)} {float(value):.4f}"
+                             + (" (best)" if improved and col == self.task.score_column else ""))
         parts += [f"lr {record['lr']:.2e}", f"{record['epoch_time_s']:.1f} s"]
+        if eta and record["epoch"] < self.settings.epochs:
+            parts.append(eta)
         self._say("  ".join(parts))
 
-    @staticmethod
-    def _say(message: str) -> None:
+    def _heartbeat(self, epoch: int, done: int, losses: list[float]) -> None:
+        """The ``--no-progress`` line: where the run is, its recent loss and the run's ETA."""
+        s = self.settings
+        loss = f"loss {np.mean(losses[-50:]):.4f}, " if losses else ""
+        per_it = self.clock.seconds_per_iteration() or 0.0
+        self._say(f"epoch {epoch + 1}/{s.epochs} iteration {done}/{s.iterations_per_epoch}: {loss}"
+                  f"{per_it:.2f} s/it, {self.clock.eta_text(epoch, done)}")
+
+    def _say(self, message: str) -> None:
         tqdm.write(message)
+        self.clock.printed()

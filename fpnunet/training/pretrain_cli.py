@@ -25,7 +25,9 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from fpnunet import cli_args
 from fpnunet.atomic import save_json
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
@@ -44,16 +46,9 @@ from fpnunet.training.cli_common import (
     open_run,
     print_settings,
 )
-from fpnunet.training.loop import EpochCallback
-from fpnunet.training.pretrained import pretraining_checkpoint
-from fpnunet.training.reconstruction import (
-    PICTURE_DIR,
-    ReconstructionTask,
-    cases_with_modality,
-    inverts,
-    split_holdout,
-)
-from fpnunet.training.run_folder import run_state
+
+if TYPE_CHECKING:  # torch and the data stack are imported by the functions that run, after parsing
+    from fpnunet.training.loop import EpochCallback
 
 PROGRAM = "fpn_pretrain"
 SPLIT_FILE = "pretrain_split.json"
@@ -88,6 +83,7 @@ class PretrainArgs:
     seed: int = 0
     num_workers: int | None = None
     progress: bool = True
+    heartbeat: float = 60.0
 
 
 @dataclass
@@ -97,19 +93,22 @@ class PretrainContext(ResolvedContext):
     target: str
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentParser:
+    """The parser (light: no torch); ``plan``: the dataset's plan values shown as defaults in ``--help``."""
     p = argparse.ArgumentParser(
-        prog=PROGRAM,
+        prog=PROGRAM, usage=f"{PROGRAM} DATASET [options]  (or {PROGRAM} -d DATASET ...)",
+        epilog=cli_args.plan_epilog(plan, "fpn_pretrain 900 --help"),
         description="Self-supervised pretraining: learn to reconstruct an en-face image (inverted FAF or SLO) "
                     "from the OCT volume; fpn_train --pretrained auto then fine-tunes from it.",
     )
     add_dataset_argument(p)
     p.add_argument("--target", default="FAF",
                    help="en-face modality to reconstruct (default FAF, inverted as 1 - FAF; SLO as is)")
-    add_config_argument(p, "pretrain")
-    add_schedule_arguments(p, epochs_help="number of epochs (default: plan's pretrain_epochs)",
-                           lr_help="initial learning rate (default: plan's pretrain_lr)",
-                           val_every_help="validation (and pictures) every N epochs and at the last (default: plan)")
+    add_config_argument(p, "pretrain", plan)
+    add_schedule_arguments(p, epochs_help="number of epochs (the plan's pretrain_epochs)",
+                           lr_help="initial learning rate (the plan's pretrain_lr)",
+                           val_every_help="validation (and pictures) every N epochs and at the last",
+                           plan=plan, pretrain=True)
     p.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help=f"share of the cases held out for validation, seeded (default {DEFAULT_VAL_FRACTION}; "
                         "0: none)")
@@ -121,17 +120,22 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--no-invert", dest="invert", action="store_false", help="reconstruct the image as is")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="plain random crops, no augmentation")
     add_resume_arguments(p, overwrite_help="delete an earlier run and start over")
-    add_runtime_arguments(p, seed_help="seed of weights init, held-out split, batches, augmentation")
+    add_runtime_arguments(p, seed_help="seed of weights init, held-out split, batches, augmentation", plan=plan)
     return p
 
 
 def parse_args(argv: list[str]) -> PretrainArgs:
-    return PretrainArgs(**vars(build_parser().parse_args(argv)))
+    plan = cli_args.plan_values(argv, positional=True) if cli_args.wants_help(argv) else None
+    p = build_parser(plan)
+    return PretrainArgs(**vars(cli_args.take_dataset(p, p.parse_intermixed_args(argv))))
 
 
 # ----------------------------------------------------------------------------- resolution
 def resolve_pretrain(args: PretrainArgs) -> PretrainContext:
     """Find the dataset, plan, configuration, target modality, cases and the run folder."""
+    from fpnunet.training.pretrained import pretraining_checkpoint
+    from fpnunet.training.reconstruction import cases_with_modality, split_holdout
+
     found = find_preprocessed(args.dataset, args.config)
     name, plan, data_dir = found.dataset, found.plan, found.data_dir
     known = {m.upper(): m for m in plan.enface_modalities}
@@ -153,6 +157,9 @@ def resolve_pretrain(args: PretrainArgs) -> PretrainContext:
 # ----------------------------------------------------------------------------- action
 def pretrain(args: PretrainArgs, argv: list[str] | None = None, callbacks: tuple[EpochCallback, ...] = ()) -> Path:
     """Pretrain (or resume) as ``args`` says; returns the fold folder (``.../fold_all``)."""
+    from fpnunet.training.reconstruction import PICTURE_DIR, ReconstructionTask
+    from fpnunet.training.run_folder import run_state
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if args.n_pictures < 0:
         raise FPNError(f"--pictures must be >= 0, got {args.n_pictures}")
@@ -186,6 +193,8 @@ def pretrain(args: PretrainArgs, argv: list[str] | None = None, callbacks: tuple
 
 
 def _print_header(ctx: PretrainContext, run: OpenedRun) -> None:
+    from fpnunet.training.reconstruction import inverts
+
     target = ctx.target
     invert = inverts(target, run.resolved["invert"])
     print(f"{ctx.dataset} / {ctx.config_name} / pretraining on {'1 - ' if invert else ''}{target}: "
@@ -196,7 +205,9 @@ def _print_header(ctx: PretrainContext, run: OpenedRun) -> None:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    pretrain(parse_args(argv), argv)
+    args = parse_args(argv)
+    cli_args.print_data_roots()
+    pretrain(args, argv)
     return 0
 
 

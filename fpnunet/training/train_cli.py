@@ -18,15 +18,14 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fpnunet import cli_args
 from fpnunet.atomic import save_json
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
-from fpnunet.io import load_dataset_json
 from fpnunet.paths import raw_root, results_root
 from fpnunet.plans.plan import Plan
-from fpnunet.training.checkpoint import FINAL, LATEST, model_from_checkpoint
 from fpnunet.training.cli_common import (
     OpenedRun,
     ResolvedContext,
@@ -41,17 +40,9 @@ from fpnunet.training.cli_common import (
     open_run,
     print_settings,
 )
-from fpnunet.training.loop import EpochCallback
-from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
-from fpnunet.training.run_folder import (
-    PRETRAINED_FILE,
-    VALIDATION_DIR,
-    fold_folder_name,
-    model_folder_name,
-    write_command,
-)
-from fpnunet.training.segmentation import SegmentationTask, export_validation, labelled_cases
-from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
+
+if TYPE_CHECKING:  # torch and the data stack are imported by the functions that run, after parsing
+    from fpnunet.training.loop import EpochCallback
 
 PROGRAM = "fpn_train"
 WATCHED = ("lr", "weight_decay", "batch_size", "iterations_per_epoch", "seed", "train_cases", "label_fraction",
@@ -84,6 +75,7 @@ class TrainArgs:
     seed: int = 0
     num_workers: int | None = None
     progress: bool = True
+    heartbeat: float = 60.0
 
 
 @dataclass
@@ -96,34 +88,48 @@ class RunContext(ResolvedContext):
     pretrained_message: str
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROGRAM, description="Train one fold of a planned and preprocessed dataset.")
+def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentParser:
+    """The parser (light: no torch); ``plan``: the dataset's plan values shown as defaults in ``--help``."""
+    p = argparse.ArgumentParser(prog=PROGRAM, description="Train one fold of a planned and preprocessed dataset.",
+                                usage=f"{PROGRAM} DATASET FOLD [options]  (or {PROGRAM} -d DATASET FOLD ...)",
+                                epilog=cli_args.plan_epilog(plan, "fpn_train 900 0 --help"))
     add_dataset_argument(p)
-    p.add_argument("fold", help="fold 0..4 or 'all' (train on every labelled case)")
-    add_config_argument(p, "train")
+    p.add_argument("fold", nargs="?", type=cli_args.fold_name, metavar="FOLD",
+                   help="fold 0..4 or 'all' (train on every labelled case)")
+    add_config_argument(p, "train", plan)
     p.add_argument("--pretrained", default="auto",
-                   help="auto (the dataset's FAF, else SLO pretraining run, else scratch), none, or a checkpoint PATH")
+                   help="auto (the dataset's FAF, else SLO pretraining run, else scratch), none, or a checkpoint PATH "
+                        "(default auto)")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="keep this fraction of the fold's labelled training cases (default 1.0)")
-    add_schedule_arguments(p, epochs_help="number of epochs (default: plan)",
-                           lr_help="initial learning rate (default: plan)",
-                           val_every_help="whole-volume validation every N epochs and at the last (default: plan)")
+    add_schedule_arguments(p, epochs_help="number of epochs", lr_help="initial learning rate",
+                           val_every_help="whole-volume validation (no TTA) every N epochs and at the last",
+                           plan=plan)
     add_resume_arguments(p, overwrite_help="delete an earlier run in the fold folder and start over")
     p.add_argument("--val", dest="val_only", action="store_true",
                    help="only redo the final validation (validation/ and summary.json) from a checkpoint")
     p.add_argument("--val-checkpoint", choices=("final", "best", "latest"), default="final",
                    help="checkpoint --val uses (default final)")
-    add_runtime_arguments(p, seed_help="seed of weights init, batches and augmentation")
+    add_runtime_arguments(p, seed_help="seed of weights init, batches and augmentation", plan=plan)
     return p
 
 
 def parse_args(argv: list[str]) -> TrainArgs:
-    return TrainArgs(**vars(build_parser().parse_args(argv)))
+    plan = cli_args.plan_values(argv, positional=True) if cli_args.wants_help(argv) else None
+    p = build_parser(plan)
+    ns = cli_args.take_dataset(p, p.parse_intermixed_args(argv), shift="fold")
+    return TrainArgs(**vars(ns))
 
 
 # ----------------------------------------------------------------------------- resolution
 def resolve_run(args: TrainArgs) -> RunContext:
     """Find the dataset, plan, configuration, fold cases and the run folder; clear errors otherwise."""
+    from fpnunet.io import load_dataset_json
+    from fpnunet.training.pretrained import resolve_pretrained
+    from fpnunet.training.run_folder import fold_folder_name, model_folder_name
+    from fpnunet.training.segmentation import labelled_cases
+    from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
+
     found = find_preprocessed(args.dataset, args.config)
     labelled = labelled_cases(found.data_dir)
     if not labelled:
@@ -148,6 +154,11 @@ def resolve_run(args: TrainArgs) -> RunContext:
 # ----------------------------------------------------------------------------- actions
 def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[EpochCallback, ...] = ()) -> Path:
     """Train (or resume, or only validate) the fold ``args`` names; returns the fold folder."""
+    from fpnunet.training.checkpoint import FINAL, LATEST
+    from fpnunet.training.pretrained import load_pretrained
+    from fpnunet.training.run_folder import PRETRAINED_FILE
+    from fpnunet.training.segmentation import SegmentationTask
+
     argv = list(sys.argv[1:] if argv is None else argv)
     ctx = resolve_run(args)
     if args.val_only:
@@ -181,6 +192,9 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
 
 def validate_only(args: TrainArgs, ctx: RunContext, argv: list[str]) -> Path:
     """``--val``: predict the fold's validation cases with a saved checkpoint, write summary.json."""
+    from fpnunet.training.checkpoint import model_from_checkpoint
+    from fpnunet.training.run_folder import write_command
+
     path = ctx.fold_dir / f"checkpoint_{args.val_checkpoint}.pth"
     if not path.is_file():
         others = sorted(p.parent.name + "/" + p.name for p in ctx.model_dir.parent.glob(f"*/{ctx.fold_dir.name}/*.pth"))
@@ -198,6 +212,9 @@ def validate_only(args: TrainArgs, ctx: RunContext, argv: list[str]) -> Path:
 
 def _final_validation(model: Any, ctx: RunContext, device: str, checkpoint: str, epoch: int,
                       progress: bool = True) -> None:
+    from fpnunet.training.run_folder import VALIDATION_DIR
+    from fpnunet.training.segmentation import export_validation
+
     if not ctx.val_cases:
         print("no validation cases in this fold: final validation skipped")
         return
@@ -206,7 +223,7 @@ def _final_validation(model: Any, ctx: RunContext, device: str, checkpoint: str,
                                 device=device, tta=True, extra={"checkpoint": checkpoint, "epoch": epoch, "tta": True},
                                 progress=progress)
     dice = summary["foreground_mean"]["Dice"]
-    print(f"validation ({checkpoint}, {len(ctx.val_cases)} cases, flip TTA): mean Dice {dice:.4f} "
+    print(f"final validation ({checkpoint}, {len(ctx.val_cases)} cases): mean Dice {dice:.4f} (flip TTA) "
           f"-> {out / 'summary.json'}")
 
 
@@ -219,7 +236,9 @@ def _print_header(ctx: RunContext, run: OpenedRun) -> None:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    train(parse_args(argv), argv)
+    args = parse_args(argv)
+    cli_args.print_data_roots()
+    train(args, argv)
     return 0
 
 
