@@ -116,9 +116,10 @@ def add_dataset_positional(p: argparse.ArgumentParser) -> None:
                    help="the dataset as a flag (nnU-Net style), instead of the positional DATASET (default: none)")
 
 
-def take_dataset(p: argparse.ArgumentParser, ns: argparse.Namespace, shift: str | None = None) -> argparse.Namespace:
+def take_dataset(p: argparse.ArgumentParser, ns: argparse.Namespace, shift: str | None = None,
+                 shift_type: Callable[[str], Any] = str) -> argparse.Namespace:
     """Merge the positional ``DATASET`` into ``ns.dataset``. With ``-d`` given, a lone positional
-    is the next positional argument ``shift`` (``fpn_train -d 900 0``: fold 0)."""
+    is the next positional argument ``shift`` (``fpn_train -d 900 0``: fold 0), of ``shift_type``."""
     pos = vars(ns).pop("dataset_pos", None)
     if ns.dataset is None:
         if pos is None:
@@ -126,7 +127,10 @@ def take_dataset(p: argparse.ArgumentParser, ns: argparse.Namespace, shift: str 
         ns.dataset = pos
     elif pos is not None:
         if shift is not None and getattr(ns, shift) is None:
-            setattr(ns, shift, pos)
+            try:
+                setattr(ns, shift, shift_type(pos))
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                p.error(f"argument {shift.upper()}: {exc}")
         elif str(pos) != str(ns.dataset):
             p.error(f"two datasets given: {pos} (positional) and -d {ns.dataset}")
     if shift is not None and getattr(ns, shift) is None:

@@ -206,6 +206,7 @@ def test_train_and_pretrain_take_the_dataset_both_ways():
     ([], "the dataset is required"),
     (["900", "0", "-d", "901"], "two datasets given"),
     (["900", "x"], "invalid fold 'x'"),
+    (["-d", "900", "x"], "invalid fold 'x'"),
 ])
 def test_train_dataset_errors(argv, message, capsys):
     from fpnunet.training.train_cli import parse_args

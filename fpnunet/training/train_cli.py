@@ -117,7 +117,7 @@ def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentPa
 def parse_args(argv: list[str]) -> TrainArgs:
     plan = cli_args.plan_values(argv, positional=True) if cli_args.wants_help(argv) else None
     p = build_parser(plan)
-    ns = cli_args.take_dataset(p, p.parse_intermixed_args(argv), shift="fold")
+    ns = cli_args.take_dataset(p, p.parse_intermixed_args(argv), shift="fold", shift_type=cli_args.fold_name)
     return TrainArgs(**vars(ns))
 
 
