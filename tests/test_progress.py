@@ -99,7 +99,7 @@ def test_no_progress_prints_heartbeats_with_the_run_eta(tmp_path, capsys):
     assert "validation" not in beats[3]  # epoch 2: the first validation's time is in the estimate
     epochs = [line for line in lines if line.startswith("epoch ") and " iteration " not in line]
     assert len(epochs) == 2
-    assert "val Dice (no TTA) 0.7500 (best)" in epochs[0] and "val_loss (no TTA) 0.5000" in epochs[0]
+    assert "val Dice (no TTA) 0.7500 (best)" in epochs[0] and "val_loss 0.5000" in epochs[0]
     assert "run ETA" in epochs[0] and "run ETA" not in epochs[1]  # nothing left after the last
 
 

@@ -48,7 +48,7 @@ from fpnunet.training.checkpoint import BEST, FINAL, LATEST, restore_training_st
 from fpnunet.training.logger import TrainingLogger
 from fpnunet.training.progress import RunClock
 
-METRIC_LABELS = {"val_dice": "val Dice (no TTA)", "val_loss": "val_loss (no TTA)"}
+METRIC_LABELS = {"val_dice": "val Dice (no TTA)"}
 """How the epoch line names the per-epoch validation columns: whole volumes, no flip TTA (the
 final validation after training uses flip TTA and says so)."""
 
