@@ -55,8 +55,7 @@ def runtime_note(plan: Plan, device: str | None = None) -> str:
     if device.startswith("cuda"):
         return f"training on this machine: device {device}, precision {'/'.join(planned)} (the plan's)"
     return (f"training on this machine: device {device}, precision fp32 (no CUDA here: the plan's "
-            f"{'/'.join(planned)} and its batch and patch for the GPU memory above apply on a CUDA GPU; "
-            "fpn_train --device cpu trains this plan in fp32)")
+            f"{'/'.join(planned)} applies on a CUDA GPU, as do its batch and patch for the GPU memory above)")
 
 
 @run_cli
