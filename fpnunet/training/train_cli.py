@@ -68,6 +68,7 @@ class TrainArgs:
     config: str | None = None
     pretrained: str = "auto"
     label_fraction: float = 1.0
+    partial_load: bool = False
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     lr: float | None = None
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_argument(p, "train")
     p.add_argument("--pretrained", default="auto",
                    help="auto (the dataset's FAF, else SLO pretraining run, else scratch), none, or a checkpoint PATH")
+    p.add_argument("--partial-load", action="store_true",
+                   help="with --pretrained: load the matching tensors even from a checkpoint of another network")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="keep this fraction of the fold's labelled training cases (default 1.0)")
     add_schedule_arguments(p, epochs_help="number of epochs (default: plan)",
@@ -159,7 +162,8 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
     spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, ctx.plan.num_outputs)
     if run.checkpoint is None:
         print(ctx.pretrained_message)
-        report = load_pretrained(model, ctx.pretrained_path) if ctx.pretrained_path is not None else None
+        report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
+                                 partial=args.partial_load) if ctx.pretrained_path is not None else None
         save_json({"choice": args.pretrained, "tag": ctx.tag,
                    "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
                    "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
