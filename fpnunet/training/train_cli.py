@@ -50,7 +50,7 @@ from fpnunet.training.run_folder import (
     model_folder_name,
     write_command,
 )
-from fpnunet.training.segmentation import SegmentationTask, export_validation, labelled_cases
+from fpnunet.training.segmentation import SegmentationTask, export_validation
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
 
 PROGRAM = "fpn_train"
@@ -128,7 +128,7 @@ def parse_args(argv: list[str]) -> TrainArgs:
 def resolve_run(args: TrainArgs) -> RunContext:
     """Find the dataset, plan, configuration, fold cases and the run folder; clear errors otherwise."""
     found = find_preprocessed(args.dataset, args.config)
-    labelled = labelled_cases(found.data_dir)
+    labelled = found.cases.labelled
     if not labelled:
         raise FPNError(f"{found.data_dir}: no labelled case (no CASE_seg.npy): add label maps to labelsTr of the raw "
                        f"dataset and re-run fpn_plan_and_preprocess, or use fpn_pretrain, which needs no labels")
@@ -136,7 +136,7 @@ def resolve_run(args: TrainArgs) -> RunContext:
     raw_dir = raw_dir if raw_dir.is_dir() else None
     pre_dir = found.preprocessed_dir
     patients = load_dataset_json(pre_dir).patients if (pre_dir / "dataset.json").is_file() else {}
-    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients)
+    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients, all_cases=found.cases.case_names)
     train, val = fold_cases(splits, args.fold)
     train = apply_label_fraction(train, args.label_fraction)
     results = results_root() / found.dataset
