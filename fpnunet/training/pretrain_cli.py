@@ -134,7 +134,7 @@ def parse_args(argv: list[str]) -> PretrainArgs:
 def resolve_pretrain(args: PretrainArgs) -> PretrainContext:
     """Find the dataset, plan, configuration, target modality, cases and the run folder."""
     from fpnunet.training.pretrained import pretraining_checkpoint
-    from fpnunet.training.reconstruction import cases_with_modality, split_holdout
+    from fpnunet.training.reconstruction import split_holdout
 
     found = find_preprocessed(args.dataset, args.config)
     name, plan, data_dir = found.dataset, found.plan, found.data_dir
@@ -144,7 +144,7 @@ def resolve_pretrain(args: PretrainArgs) -> PretrainContext:
         raise FPNError(f"--target {args.target}: dataset {name} has no such en-face modality "
                        f"(its en-face images: {plan.enface_modalities or 'none'}; they come from enfaceTr/"
                        f"CASE_<MODALITY> files listed in dataset.json 'enface_modalities')")
-    cases = cases_with_modality(data_dir, target)
+    cases = found.cases.with_enface(target)
     if not cases:
         raise FPNError(f"{data_dir}: no preprocessed case has a {target} image (CASE_{target}.npy): {found.hint}")
     train, val = split_holdout(cases, args.val_fraction, args.seed)

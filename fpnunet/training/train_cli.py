@@ -59,6 +59,7 @@ class TrainArgs:
     config: str | None = None
     pretrained: str = "auto"
     label_fraction: float = 1.0
+    partial_load: bool = False
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     lr: float | None = None
@@ -100,6 +101,8 @@ def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentPa
     p.add_argument("--pretrained", default="auto",
                    help="auto (the dataset's FAF, else SLO pretraining run, else scratch), none, or a checkpoint PATH "
                         "(default auto)")
+    p.add_argument("--partial-load", action="store_true",
+                   help="with --pretrained: load the matching tensors even from a checkpoint of another network")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="keep this fraction of the fold's labelled training cases (default 1.0)")
     add_schedule_arguments(p, epochs_help="number of epochs", lr_help="initial learning rate",
@@ -127,11 +130,10 @@ def resolve_run(args: TrainArgs) -> RunContext:
     from fpnunet.io import load_dataset_json
     from fpnunet.training.pretrained import resolve_pretrained
     from fpnunet.training.run_folder import fold_folder_name, model_folder_name
-    from fpnunet.training.segmentation import labelled_cases
     from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
 
     found = find_preprocessed(args.dataset, args.config)
-    labelled = labelled_cases(found.data_dir)
+    labelled = found.cases.labelled
     if not labelled:
         raise FPNError(f"{found.data_dir}: no labelled case (no CASE_seg.npy): add label maps to labelsTr of the raw "
                        f"dataset and re-run fpn_plan_and_preprocess, or use fpn_pretrain, which needs no labels")
@@ -139,7 +141,7 @@ def resolve_run(args: TrainArgs) -> RunContext:
     raw_dir = raw_dir if raw_dir.is_dir() else None
     pre_dir = found.preprocessed_dir
     patients = load_dataset_json(pre_dir).patients if (pre_dir / "dataset.json").is_file() else {}
-    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients)
+    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients, all_cases=found.cases.case_names)
     train, val = fold_cases(splits, args.fold)
     train = apply_label_fraction(train, args.label_fraction)
     results = results_root() / found.dataset
@@ -170,7 +172,8 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
     spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, ctx.plan.num_outputs)
     if run.checkpoint is None:
         print(ctx.pretrained_message)
-        report = load_pretrained(model, ctx.pretrained_path) if ctx.pretrained_path is not None else None
+        report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
+                                 partial=args.partial_load) if ctx.pretrained_path is not None else None
         save_json({"choice": args.pretrained, "tag": ctx.tag,
                    "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
                    "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
