@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FPNError(f"--threshold {args.threshold}: must be a probability strictly between 0 and 1")
     if not 0 < args.step <= 1:
         raise FPNError(f"--step {args.step}: must be in (0, 1]")
-    cli_args.print_data_roots(sys.stderr)
+    cli_args.print_data_roots()
     in_dir = Path(args.input)
     out_dir = Path(args.output)
     if not in_dir.is_dir():
