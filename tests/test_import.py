@@ -1,0 +1,243 @@
+"""fpn_import on device exports written by the tests: HEYEX VOL, HEYEX XML + PNG, DICOM OPT + OP.
+
+Every export holds a known localizer (the synthetic SLO placed at known B-scan positions), so the
+registered SLO must equal the synthetic one; shapes, spacing, laterality, mirroring, privacy and
+the one-line errors are checked on the written files.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from device_exports import PATIENT, S_A, make_truth, write_dicom, write_vol, write_xml
+
+from fpnunet.errors import FPNError
+from fpnunet.importer.cli import import_exports as main
+from fpnunet.io import read_image
+
+
+def run(tmp: Path, inp: Path, *extra: str, name: str = "Dataset950_Imp") -> Path:
+    out = tmp / "raw" / name
+    assert main(["-i", str(inp), "-o", str(out), "--key", str(tmp / "secret" / "import.key"), "--no-progress",
+                 *extra]) == 0
+    return out
+
+
+def report(out: Path) -> list[dict[str, str]]:
+    with open(out / "import_report.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def only(folder: Path, suffix: str) -> Path:
+    hits = [p for p in folder.iterdir() if p.name.endswith(suffix)]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return make_truth(0)
+
+
+@pytest.mark.parametrize("fmt", ["vol", "xml", "dicom"])
+def test_geometry_and_registered_slo_match_the_truth(tmp_path, truth, fmt):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    if fmt == "vol":
+        write_vol(inp / "scan.vol", truth, laterality="OD")
+    elif fmt == "xml":
+        write_xml(inp / "x", truth, laterality="R")
+    else:
+        write_dicom(inp / "d", truth, laterality="R")
+    out = run(tmp_path, inp)
+    ds = json.loads((out / "dataset.json").read_text())
+    assert ds["channel_names"] == {"0": "OCT"} and ds["projection_axis"] == 1 and ds["enface_modalities"] == ["SLO"]
+    (case,) = ds["visits"]
+    assert ds["visits"][case] == {"patient": ds["patients"][case], "eye": "OD", "date": "2021-05-06",
+                                  "mirrored": False, "split": "Tr"}
+    vol = read_image(out / "imagesTr" / f"{case}_0000.nii.gz")
+    assert vol.array.shape == truth.volume_u8.shape  # (B, D, A)
+    np.testing.assert_array_equal(vol.array, truth.volume_u8)
+    np.testing.assert_allclose(vol.spacing, truth.spacing, rtol=1e-6)  # numpy order (sB, sD, sA) mm
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(out / "imagesTr" / f"{case}_0000.nii.gz"))
+    assert img.GetSize() == (32, 64, 8)  # SimpleITK (A, D, B)
+    np.testing.assert_allclose(img.GetSpacing(), (S_A, 0.0039, 2 * S_A), rtol=1e-6)
+    slo = read_image(out / "enfaceTr" / f"{case}_SLO.nii.gz")
+    assert slo.array.shape == (8, 32)
+    np.testing.assert_allclose(slo.array, truth.slo_u8, atol=1e-3)  # B-scan 0 at the bottom of the localizer
+    np.testing.assert_allclose(slo.spacing, (2 * S_A, S_A), rtol=1e-6)
+    (row,) = report(out)
+    assert row["case"] == case and row["slo"] == "written" and row["shape_bda"] == "8x64x32"
+    assert row["format"] == {"vol": "heyex-vol", "xml": "heyex-xml", "dicom": "dicom-opt"}[fmt]
+    assert row["reader"].startswith("pydicom 3" if fmt == "dicom" else "eyepy 0.21")
+    assert [float(v) for v in row["spacing_bda_mm"].split()] == pytest.approx(truth.spacing, rel=1e-5)
+
+
+def test_os_scans_are_mirrored_only_when_asked_and_it_is_recorded(tmp_path):
+    t = make_truth(1, right_eye=False)
+    inp = tmp_path / "in"
+    write_xml(inp / "x", t, laterality="L")
+    plain = run(tmp_path, inp, name="Dataset951_Plain")
+    mirrored = run(tmp_path, inp, "--mirror-os", name="Dataset952_Mirror")
+    for out, flip in ((plain, False), (mirrored, True)):
+        ds = json.loads((out / "dataset.json").read_text())
+        (case,) = ds["visits"]
+        assert "_OS_" in case and ds["visits"][case]["eye"] == "OS" and ds["visits"][case]["mirrored"] is flip
+        assert ds["import"]["mirror_os"] is flip and report(out)[0]["mirrored"] == str(flip).lower()
+        vol = read_image(out / "imagesTr" / f"{case}_0000.nii.gz").array
+        slo = read_image(out / "enfaceTr" / f"{case}_SLO.nii.gz").array
+        np.testing.assert_array_equal(vol, t.volume_u8[..., ::-1] if flip else t.volume_u8)
+        np.testing.assert_allclose(slo, t.slo_u8[:, ::-1] if flip else t.slo_u8, atol=1e-3)
+    with pytest.raises(FPNError, match="--mirror-os"):  # an append must make the same choice
+        main(["-i", str(inp), "-o", str(mirrored), "--append", "--key", str(tmp_path / "secret" / "import.key")])
+
+
+def _all_output_bytes(root: Path) -> list[tuple[Path, bytes]]:
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            out.append((p, gzip.decompress(data) if p.name.endswith(".gz") else data))
+    return out
+
+
+def test_nothing_identifying_survives_in_any_output_file_or_name(tmp_path, truth, capsys):
+    inp = tmp_path / "in"
+    write_vol(inp / f"{PATIENT['last']}_{PATIENT['first']}_{PATIENT['dob']}.vol", truth)
+    write_xml(inp / f"{PATIENT['last']}_xml", truth, laterality="L")
+    write_dicom(inp / "dicom", truth, stem=f"{PATIENT['id']}_{PATIENT['serial']}")
+    out = run(tmp_path, inp, "--split-test", "0.5")
+    printed = capsys.readouterr()
+    secrets = [PATIENT["last"], PATIENT["first"], PATIENT["id"], PATIENT["dob"], PATIENT["dob"].replace("-", ""),
+               PATIENT["serial"], "31337"]
+    files = _all_output_bytes(out)
+    assert len(files) >= 8
+    for path, data in files:
+        for s in secrets:
+            assert s.lower().encode() not in data.lower(), (path, s)
+            assert s.lower() not in str(path.relative_to(tmp_path)).lower(), (path, s)
+    for s in secrets:
+        assert s.lower() not in (printed.out + printed.err).lower(), s
+    ds = json.loads((out / "dataset.json").read_text())
+    assert len(set(ds["patients"].values())) == 1  # one patient, three scans: pseudonym from the patient id
+    # the same key gives the same pseudonym; the private source list stays beside the key
+    key = tmp_path / "secret" / "import.key"
+    assert key.is_file() and (key.stat().st_mode & 0o777) == 0o600
+    sources = (tmp_path / "secret" / "Dataset950_Imp.sources.csv").read_text()
+    assert PATIENT["last"] in sources and len(sources.splitlines()) == 4
+    # --keep-ids keeps the patient id, still no name, birth date or serial number
+    kept = run(tmp_path, inp, "--keep-ids", name="Dataset953_Kept")
+    assert set(json.loads((kept / "dataset.json").read_text())["patients"].values()) == {PATIENT["id"]}
+    for path, data in _all_output_bytes(kept):
+        for s in secrets[:2] + secrets[3:6]:
+            assert s.lower().encode() not in data.lower(), (path, s)
+
+
+def test_key_inside_the_dataset_is_refused(tmp_path, truth):
+    write_vol(tmp_path / "in" / "a.vol", truth)
+    out = tmp_path / "raw" / "Dataset950_Imp"
+    with pytest.raises(FPNError, match="outside the dataset"):
+        main(["-i", str(tmp_path / "in"), "-o", str(out), "--key", str(out / "k.key")])
+    assert not out.exists()
+
+
+def test_bad_files_stop_the_import_with_one_line_each_and_nothing_written(tmp_path, truth):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    good = write_vol(inp / "good.vol", truth).read_bytes()
+    (inp / "corrupt.vol").write_bytes(good[: len(good) // 3])
+    write_vol(inp / "radial.vol", truth, scan_pattern=5)
+    angles = np.linspace(0, np.pi, 8, endpoint=False)
+    star = np.stack([np.stack([0.2 - 0.15 * np.cos(angles), 0.2 - 0.15 * np.sin(angles)], 1),
+                     np.stack([0.2 + 0.15 * np.cos(angles), 0.2 + 0.15 * np.sin(angles)], 1)], 1)
+    write_xml(inp / "star", truth, positions=star)
+    out = tmp_path / "raw" / "Dataset950_Imp"
+    args = ["-i", str(inp), "-o", str(out), "--key", str(tmp_path / "k.key"), "--no-progress"]
+    with pytest.raises(FPNError) as err:
+        main(args)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 4 and "nothing was written" in lines[0]
+    assert any(ln.endswith(f"{inp / 'corrupt.vol'}: not a readable HEYEX VOL file (" + ln.split("(", 1)[1])
+               for ln in lines[1:])
+    assert any(f"{inp / 'radial.vol'}: a radial (star) scan" in ln for ln in lines)
+    assert any(f"{inp / 'star' / 'export.xml'}: B-scans are not parallel" in ln for ln in lines)
+    assert not out.exists() and not list((tmp_path / "raw").iterdir())
+    # --skip-bad imports the good one and lists the others in the report
+    assert main([*args, "--skip-bad"]) == 0
+    rows = report(out)
+    assert [r["format"] for r in rows if r["case"]] == ["heyex-vol"]
+    notes = [r["notes"] for r in rows if not r["case"]]
+    assert len(notes) == 3 and all(n.startswith("skipped: ") for n in notes)
+    assert all(str(inp) not in n for n in notes)
+
+
+def test_positions_outside_the_localizer_write_no_slo_and_say_why(tmp_path):
+    t = make_truth(2, offset=(30.0, 0.0))  # shifted 30 pixels right: past the 44-pixel localizer
+    write_vol(tmp_path / "in" / "a.vol", t)
+    out = run(tmp_path, tmp_path / "in")
+    (row,) = report(out)
+    assert row["slo"].startswith("not written: B-scan positions fall outside the localizer")
+    assert not (out / "enfaceTr").exists() or not list((out / "enfaceTr").iterdir())
+    assert len(list((out / "imagesTr").iterdir())) == 1
+
+
+def test_labels_on_the_localizer_or_the_enface_grid(tmp_path, truth):
+    inp, labels = tmp_path / "in", tmp_path / "labels"
+    inp.mkdir()
+    labels.mkdir()
+    write_vol(inp / "onloc.vol", truth)
+    write_vol(inp / "onenface.vol", make_truth(3))
+    import imageio.v3 as iio
+
+    big = np.zeros(truth.localizer.shape, np.uint8)  # the label drawn on the localizer, 0/255
+    for b in range(8):
+        big[5 + (7 - b) * 2, 4:36] = truth.label[b] * 255
+    iio.imwrite(labels / "onloc.png", big)
+    t3 = make_truth(3)
+    iio.imwrite(labels / "onenface.png", t3.label)
+    out = run(tmp_path, inp, "--labels", str(labels))
+    rows = {r["source"]: r for r in report(out)}
+    assert all(r["label"] == "written" for r in rows.values())
+    got = {p.name: read_image(p).array for p in (out / "labelsTr").iterdir()}
+    assert len(got) == 2
+    arrays = sorted(got.values(), key=lambda a: int(np.abs(a.astype(int) - truth.label).sum()))
+    np.testing.assert_array_equal(arrays[0], truth.label)
+    np.testing.assert_array_equal(arrays[1], t3.label)
+    # a transposed label is an error naming the file
+    iio.imwrite(labels / "onenface.png", t3.label.T.copy())
+    with pytest.raises(FPNError, match=r"onenface.png: label shape \(32, 8\) matches neither .*transposed"):
+        run(tmp_path, inp, "--labels", str(labels), name="Dataset951_T")
+
+
+def test_append_adds_new_scans_and_skips_those_already_imported(tmp_path, truth):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_vol(inp / "a.vol", truth)
+    out = run(tmp_path, inp)
+    other = dict(PATIENT, id="OTHER1")
+    write_vol(inp / "b.vol", make_truth(4), patient=other)
+    assert main(["-i", str(inp), "-o", str(out), "--append", "--key", str(tmp_path / "secret" / "import.key"),
+                 "--no-progress"]) == 0
+    ds = json.loads((out / "dataset.json").read_text())
+    assert len(ds["visits"]) == 2 and len(set(ds["patients"].values())) == 2 and ds["numTraining"] == 2
+    rows = report(out)
+    assert len(rows) == 3 and rows[-1]["notes"] == "already imported: skipped"
+    with pytest.raises(FPNError, match="not empty"):
+        run(tmp_path, inp)
+
+
+def test_missing_eyepy_is_one_line_telling_how_to_install(tmp_path, truth, monkeypatch):
+    import sys
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_vol(inp / "a.vol", truth)
+    monkeypatch.setitem(sys.modules, "eyepy", None)
+    with pytest.raises(FPNError, match=r'pip install "fpnunet\[import\]"'):
+        run(tmp_path, inp)
