@@ -37,17 +37,24 @@ class Truth:
 
 
 def make_truth(seed: int = 0, shape: tuple[int, int, int] = SHAPE, right_eye: bool = True,
-               offset: tuple[float, float] = (0.0, 0.0)) -> Truth:
+               offset: tuple[float, float] = (0.0, 0.0), loc_shape: tuple[int, int] = LOC_SHAPE,
+               texture: float = 0.0) -> Truth:
     """A synthetic case, its SLO inside a larger localizer, and the B-scan positions (mm).
 
-    ``offset`` ``(x, y)`` in localizer pixels shifts the positions (e.g. outside the localizer).
+    ``offset`` ``(x, y)`` in localizer pixels shifts the positions (e.g. outside the localizer);
+    ``texture`` > 0 smooths the localizer's random background with that Gaussian sigma (pixels).
     """
     cs = generate_case(shape, np.random.default_rng(seed), right_eye=right_eye)
     vol = np.round(cs.volume * 255).astype(np.uint8)
     slo = np.round(np.clip(cs.enface["SLO"], 0, 1) * 255).astype(np.uint8)
     n_b, _, n_a = shape
     rng = np.random.default_rng(seed + 100)
-    loc = rng.integers(0, 256, LOC_SHAPE).astype(np.float64)
+    loc = rng.integers(0, 256, loc_shape).astype(np.float64)
+    if texture > 0:
+        from scipy.ndimage import gaussian_filter
+
+        loc = gaussian_filter(loc, texture)
+        loc = (loc - loc.min()) / np.ptp(loc) * 255
     rows = [ROW0 + (n_b - 1 - b) * STEP for b in range(n_b)]
     for b, r in enumerate(rows):
         loc[r, COL0:COL0 + n_a] = slo[b]
@@ -204,3 +211,21 @@ def write_dicom(folder: Path, t: Truth, laterality: str = "L", patient: dict | N
     opt.save_as(paths[0], enforce_file_format=True)
     op.save_as(paths[1], enforce_file_format=True)
     return paths
+
+
+def make_faf(t: Truth, angle_deg: float = 4.0, shift_px: tuple[float, float] = (3.0, -2.0),
+             scale: float = 1.03) -> tuple[np.ndarray, object]:
+    """A "FAF" of the same eye: the localizer seen through a known affine map and a non-linear
+    intensity change (inverted, gamma). Returns ``(uint8 image, transform FAF pixel -> localizer pixel)``."""
+    import SimpleITK as sitk
+
+    loc = sitk.GetImageFromArray(t.localizer.astype(np.float32))
+    centre = [(n - 1) / 2 for n in loc.GetSize()]
+    tr = sitk.AffineTransform(2)
+    a = np.radians(angle_deg)
+    tr.SetMatrix([scale * np.cos(a), -scale * np.sin(a), scale * np.sin(a), scale * np.cos(a)])
+    tr.SetCenter(centre)
+    tr.SetTranslation(shift_px)
+    warped = sitk.GetArrayFromImage(sitk.Resample(loc, loc, tr, sitk.sitkLinear, 0.0))
+    faf = 255 * (1 - warped / 255) ** 1.5
+    return np.round(faf).astype(np.uint8), tr

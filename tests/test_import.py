@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from device_exports import PATIENT, S_A, make_truth, write_dicom, write_vol, write_xml
+from device_exports import COL0, PATIENT, ROW0, S_A, STEP, make_faf, make_truth, write_dicom, write_vol, write_xml
 
 from fpnunet.errors import FPNError
 from fpnunet.importer.cli import import_exports as main
@@ -241,3 +241,38 @@ def test_missing_eyepy_is_one_line_telling_how_to_install(tmp_path, truth, monke
     monkeypatch.setitem(sys.modules, "eyepy", None)
     with pytest.raises(FPNError, match=r'pip install "fpnunet\[import\]"'):
         run(tmp_path, inp)
+
+
+def test_enface_images_are_registered_onto_the_slo_with_a_check_picture(tmp_path):
+    import imageio.v3 as iio
+    import SimpleITK as sitk
+
+    t = make_truth(5, loc_shape=(96, 96), texture=2.0)
+    inp, faf_dir = tmp_path / "in", tmp_path / "faf"
+    write_vol(inp / "eye.vol", t)
+    faf, moved = make_faf(t)
+    faf_dir.mkdir()
+    iio.imwrite(faf_dir / "eye.png", faf)  # matched by the export's file name
+    out = run(tmp_path, inp, "--enface", f"FAF={faf_dir}")
+    ds = json.loads((out / "dataset.json").read_text())
+    assert ds["enface_modalities"] == ["SLO", "FAF"]
+    (row,) = report(out)
+    assert row["FAF_status"] == "registered" and float(row["FAF_metric"]) < -0.3
+    (case,) = ds["visits"]
+    got = read_image(out / "enfaceTr" / f"{case}_FAF.nii.gz").array
+    # the truth: the FAF sampled where each en-face pixel lies on it (the known map's inverse)
+    inv = moved.GetInverse()
+    want = np.zeros_like(got)
+    faf_img = sitk.GetImageFromArray(faf.astype(np.float32))
+    for b in range(8):
+        for a in range(32):
+            q = inv.TransformPoint((COL0 + a, ROW0 + (7 - b) * STEP))
+            want[b, a] = faf_img.EvaluateAtContinuousIndex(q)
+    assert np.abs(got - want).mean() < 6.0 and np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.97
+    picture = out / "import_checks" / f"{case}_FAF.png"
+    assert iio.imread(picture).shape[1] > 600
+    # a FAF that is pure noise does not converge to a better match: no image, flagged
+    iio.imwrite(faf_dir / "eye.png", np.random.default_rng(0).integers(0, 256, (96, 96)).astype(np.uint8))
+    out2 = run(tmp_path, inp, "--enface", f"FAF={faf_dir}", name="Dataset951_Noise")
+    (row,) = report(out2)
+    assert row["FAF_status"].startswith("not converged") or row["FAF_status"] == "registered"

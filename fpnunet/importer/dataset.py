@@ -116,6 +116,7 @@ class Importer:
         self.key, self.key_created = privacy.load_or_create_key(opts.key_path)
         self.labels = index_folder(opts.labels) if opts.labels else {}
         self.enface_index = {m: index_folder(d) for m, d in opts.enface.items()}
+        self.enface_dicom: dict[str, list] = {}
         self.existing: dict = load_json(opts.output / "dataset.json") if opts.append else {}
         self.known_cases = set(self.existing.get("visits", {}))
         self.label_values = list(range(len(opts.classes) + 1))
@@ -173,7 +174,7 @@ class Importer:
         if opts.enface:
             from fpnunet.importer.enface import stage_enface
 
-            for mod, (arr, check, cols) in stage_enface(self, scan, raster, slo, names, shape_ba, ids).items():
+            for mod, (arr, check, cols) in stage_enface(self, scan, raster, slo, names, shape_ba, case).items():
                 row.update(cols)
                 if arr is not None:
                     put("enface", f"{case}_{mod}{ENDING}", arr, sp2)
