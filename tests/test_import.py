@@ -276,3 +276,53 @@ def test_enface_images_are_registered_onto_the_slo_with_a_check_picture(tmp_path
     out2 = run(tmp_path, inp, "--enface", f"FAF={faf_dir}", name="Dataset951_Noise")
     (row,) = report(out2)
     assert row["FAF_status"].startswith("not converged") or row["FAF_status"] == "registered"
+
+
+def test_import_then_plan_pretrain_on_slo_train_and_predict(tmp_path, monkeypatch):
+    """End to end on 8 imported VOL scans (6 labelled, one mirrored OS eye): the import is a dataset
+    every later stage takes unchanged, and the SLO it wrote is the pretraining target."""
+    import imageio.v3 as iio
+    import torch
+
+    from fpnunet.inference.cli import main as predict_main
+    from fpnunet.networks import network_class
+    from fpnunet.plans.plan import Plan
+    from fpnunet.preprocessing.cli import main as preprocess_main
+    from fpnunet.training.pretrain_cli import main as pretrain_main
+    from fpnunet.training.train_cli import main as train_main
+
+    torch.set_num_threads(1)
+    for k, v in (("FPN_RAW", "raw"), ("FPN_PREPROCESSED", "pre"), ("FPN_RESULTS", "results")):
+        monkeypatch.setenv(k, str(tmp_path / v))
+    monkeypatch.setenv("FPN_N_PROC_DA", "0")
+    inp, labels = tmp_path / "in", tmp_path / "labels"
+    labels.mkdir()
+    for i in range(8):  # (16, 64, 48): B >= 11 for the SSIM window of the pretraining loss
+        t = make_truth(10 + i, shape=(16, 64, 48), loc_shape=(40, 56), right_eye=i != 3)
+        write_vol(inp / f"scan{i}.vol", t, laterality="OS" if i == 3 else "OD",
+                  patient=dict(PATIENT, id=f"PAT{i:03d}"))
+        if i < 6:
+            iio.imwrite(labels / f"scan{i}.png", t.label)
+    out = run(tmp_path, inp, "--labels", str(labels), "--mirror-os", name="Dataset954_E2E")
+    assert sum(r["slo"] == "written" for r in report(out)) == 8
+    assert preprocess_main(["-d", "954", "-np", "1", "--no-progress"]) == 0
+    plan_path = tmp_path / "pre" / "Dataset954_E2E" / "plans.json"
+    plan = Plan.load(plan_path)
+    config = plan.configuration("fpn")
+    kwargs = network_class("fpn").plan_kwargs(tuple(config.patch_size), config.depth, plan.enface_spacing)
+    kwargs["features"] = [4, 8, 16, 32, 64][: len(kwargs["features"])]
+    config.network.kwargs = kwargs
+    config.batch_size = 2
+    plan.save(plan_path)
+    common = ["--device", "cpu", "--num-workers", "0", "--no-progress", "--epochs", "1", "--iterations-per-epoch", "1",
+              "--val-every", "0", "--bn-recalibration", "0"]
+    assert pretrain_main(["954", "--target", "SLO", *common]) == 0
+    results = tmp_path / "results" / "Dataset954_E2E"
+    assert (results / "pretrain__fpn__SLO" / "fold_all" / "checkpoint_final.pth").is_file()
+    assert train_main(["954", "0", "--pretrained", "auto", *common]) == 0
+    (model,) = [p for p in results.iterdir() if p.name.startswith("fpn__")]
+    assert model.name.endswith("ssl-SLO")
+    assert predict_main(["-i", str(out / "imagesTr"), "-o", str(tmp_path / "pred"), "-d", "954", "-f", "0",
+                         "--disable-tta", "--device", "cpu"]) == 0
+    preds = sorted((tmp_path / "pred").glob("*.nii.gz"))
+    assert len(preds) == 8 and read_image(preds[0]).array.shape == (16, 48)
