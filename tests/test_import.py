@@ -326,3 +326,30 @@ def test_import_then_plan_pretrain_on_slo_train_and_predict(tmp_path, monkeypatc
                          "--disable-tta", "--device", "cpu"]) == 0
     preds = sorted((tmp_path / "pred").glob("*.nii.gz"))
     assert len(preds) == 8 and read_image(preds[0]).array.shape == (16, 48)
+    # the OS eye was imported mirrored: --mirror-back flips its prediction back, copies the others
+    visits = json.loads((out / "dataset.json").read_text())["visits"]
+    (os_case,) = [c for c, v in visits.items() if v["mirrored"]]
+    assert main(["--mirror-back", str(tmp_path / "pred"), "-d", "954", "-o", str(tmp_path / "back")]) == 0
+    for p in preds:
+        back = read_image(tmp_path / "back" / p.name).array
+        pred = read_image(p).array
+        np.testing.assert_array_equal(back, pred[:, ::-1] if p.name.startswith(os_case) else pred)
+
+
+def test_mirror_back_flips_only_the_mirrored_cases(tmp_path, monkeypatch):
+    from fpnunet.io import write_image
+
+    monkeypatch.setenv("FPN_RAW", str(tmp_path / "raw"))
+    raw = tmp_path / "raw" / "Dataset955_M"
+    raw.mkdir(parents=True)
+    visits = {"P1_OS_aaa": {"mirrored": True}, "P1_OD_bbb": {"mirrored": False}}
+    (raw / "dataset.json").write_text(json.dumps({"visits": visits}))
+    pred = np.zeros((4, 6), np.uint8)
+    pred[1, :2] = 1  # asymmetric along A
+    for case in visits:
+        write_image(tmp_path / "pred" / f"{case}.nii.gz", pred, (0.1, 0.01))
+    assert main(["--mirror-back", str(tmp_path / "pred"), "-d", "955", "-o", str(tmp_path / "back")]) == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "back" / "P1_OS_aaa.nii.gz").array, pred[:, ::-1])
+    np.testing.assert_array_equal(read_image(tmp_path / "back" / "P1_OD_bbb.nii.gz").array, pred)
+    with pytest.raises(FPNError, match="needs -d"):
+        main(["--mirror-back", str(tmp_path / "pred"), "-o", str(tmp_path / "back2")])

@@ -16,8 +16,9 @@ def _parser() -> argparse.ArgumentParser:
                     "OP localizer) into the raw dataset layout; the SLO localizer is resampled onto every "
                     "volume's en-face grid and written as the SLO en-face image. Patients are pseudonymised.",
     )
-    p.add_argument("-i", "--input", required=True, help="export file or folder (searched recursively; may mix formats)")
-    p.add_argument("-o", "--output", required=True, help="dataset folder to write, e.g. $FPN_RAW/Dataset901_Clinic")
+    p.add_argument("-i", "--input", help="export file or folder (searched recursively; may mix formats)")
+    p.add_argument("-o", "--output", required=True, help="dataset folder to write, e.g. $FPN_RAW/Dataset901_Clinic "
+                                                         "(with --mirror-back: the folder for the flipped predictions)")
     p.add_argument("--labels", default=None, help="folder of en-face masks (PNG/TIFF/NIfTI) named CASE or like the "
                                                   "export file, on the en-face or the localizer grid")
     p.add_argument("--enface", action="append", default=[], metavar="MOD=DIR",
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="import the readable scans and list the others in the report (default: stop, write nothing)")
     p.add_argument("--mm-per-degree", type=float, default=0.288,
                    help="retinal mm per degree where a device gives positions in degrees (E2E; default 0.288)")
+    p.add_argument("--mirror-back", metavar="PREDICTIONS", default=None,
+                   help="instead of importing: flip the predictions of cases imported with --mirror-os back to the "
+                        "device's orientation (needs -d and -o)")
+    p.add_argument("-d", "--dataset", default=None, help="with --mirror-back: the imported dataset (id or folder name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -110,6 +115,18 @@ def import_exports(argv: list[str] | None = None) -> int:
     """``fpn_import -i EXPORTS -o $FPN_RAW/DatasetNNN_Name [--labels DIR] [--enface MOD=DIR ...] ...``;
     raises :class:`FPNError` (``main`` prints it as one ``error:`` line, exit status 1)."""
     args = _parser().parse_args(argv)
+    if args.mirror_back:
+        from fpnunet.importer.mirror_back import mirror_back
+        from fpnunet.paths import raw_dir
+
+        if not args.dataset:
+            raise FPNError("--mirror-back needs -d DATASET (the dataset fpn_import wrote)")
+        flipped, copied = mirror_back(Path(args.mirror_back), raw_dir(args.dataset), Path(args.output))
+        print(f"wrote {flipped + copied} prediction(s) to {args.output}: {flipped} flipped back (imported "
+              f"mirrored), {copied} copied")
+        return 0
+    if not args.input:
+        raise FPNError("-i/--input is required (the export file or folder)")
     opts = options_from_args(args)
     from fpnunet.importer.dataset import Importer
 
