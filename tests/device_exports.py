@@ -150,8 +150,9 @@ def write_xml(folder: Path, t: Truth, laterality: str = "R", patient: dict | Non
 
 
 def write_dicom(folder: Path, t: Truth, laterality: str = "L", patient: dict | None = None,
-                stem: str = "scan") -> tuple[Path, Path]:
-    """DICOM Ophthalmic Tomography (``stem_opt.dcm``) + Ophthalmic Photography 8 bit (``stem_op.dcm``)."""
+                stem: str = "scan", opt_too: bool = True) -> tuple[Path, Path]:
+    """DICOM Ophthalmic Tomography (``stem_opt.dcm``) + Ophthalmic Photography 8 bit (``stem_op.dcm``);
+    ``opt_too=False``: only the OP image (``t.localizer``), e.g. a FAF of the same eye."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -187,6 +188,9 @@ def write_dicom(folder: Path, t: Truth, laterality: str = "L", patient: dict | N
 
     op = base(OP_SOP_CLASSES[0], t.localizer, "OP")
     op.PixelSpacing = [S_A, S_A]
+    if opt_too is False:
+        op.save_as(folder / f"{stem}_op.dcm", enforce_file_format=True)
+        return folder / f"{stem}_op.dcm", folder / f"{stem}_op.dcm"
     opt = base(OPT_SOP_CLASS, t.volume_u8, "OPT")
     n_b = t.volume_u8.shape[0]
     opt.NumberOfFrames = n_b

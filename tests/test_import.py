@@ -7,6 +7,7 @@ the one-line errors are checked on the written files.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import json
 from pathlib import Path
@@ -271,11 +272,17 @@ def test_enface_images_are_registered_onto_the_slo_with_a_check_picture(tmp_path
     assert np.abs(got - want).mean() < 6.0 and np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.97
     picture = out / "import_checks" / f"{case}_FAF.png"
     assert iio.imread(picture).shape[1] > 600
-    # a FAF that is pure noise does not converge to a better match: no image, flagged
-    iio.imwrite(faf_dir / "eye.png", np.random.default_rng(0).integers(0, 256, (96, 96)).astype(np.uint8))
-    out2 = run(tmp_path, inp, "--enface", f"FAF={faf_dir}", name="Dataset951_Noise")
+    # a DICOM FAF is matched by patient id, eye and visit date (its file name says nothing)
+    (faf_dir / "eye.png").unlink()
+    dcm = dataclasses.replace(t, localizer=faf)
+    write_dicom(faf_dir, dcm, laterality="R", stem="faf0001", opt_too=False)
+    write_dicom(faf_dir, dcm, laterality="L", stem="faf0002", opt_too=False)  # the other eye: no match
+    out2 = run(tmp_path, inp, "--enface", f"FAF={faf_dir}", name="Dataset951_Dicom")
     (row,) = report(out2)
-    assert row["FAF_status"].startswith("not converged") or row["FAF_status"] == "registered"
+    assert row["FAF_status"] == "registered"
+    (case2,) = json.loads((out2 / "dataset.json").read_text())["visits"]
+    got2 = read_image(out2 / "enfaceTr" / f"{case2}_FAF.nii.gz").array
+    assert np.corrcoef(got2.ravel(), want.ravel())[0, 1] > 0.97
 
 
 def test_import_then_plan_pretrain_on_slo_train_and_predict(tmp_path, monkeypatch):
@@ -353,3 +360,47 @@ def test_mirror_back_flips_only_the_mirrored_cases(tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_image(tmp_path / "back" / "P1_OD_bbb.nii.gz").array, pred)
     with pytest.raises(FPNError, match="needs -d"):
         main(["--mirror-back", str(tmp_path / "pred"), "-o", str(tmp_path / "back2")])
+
+
+def test_geometry_refuses_unequal_spacing_and_missing_positions_give_no_slo(truth):
+    from fpnunet.importer.geometry import raster_geometry
+    from fpnunet.importer.localizer import register_localizer
+    from fpnunet.importer.scan import Scan
+
+    def scan(pos):
+        return Scan(Path("x.vol"), "heyex-vol", "test", truth.volume_u8, (None, 0.0039, S_A), positions=pos,
+                    localizer=truth.localizer, localizer_spacing=(S_A, S_A))
+
+    uneven = truth.positions.copy()
+    uneven[4:, :, 1] -= 0.3 * STEP * S_A  # the last four B-scans 30 % closer
+    with pytest.raises(FPNError, match=r"^x.vol: B-scans are not equally spaced"):
+        raster_geometry(scan(uneven))
+    longer = truth.positions.copy()
+    longer[2, 1, 0] += 5 * S_A
+    with pytest.raises(FPNError, match=r"^x.vol: B-scans have different lengths"):
+        raster_geometry(scan(longer))
+    with pytest.raises(FPNError, match="B-scan distance is neither in the header nor derivable"):
+        raster_geometry(scan(None))
+    ok = raster_geometry(scan(truth.positions))
+    assert ok.spacing == pytest.approx(truth.spacing) and ok.notes == ["B-scan distance from the B-scan positions"]
+    assert register_localizer(scan(None), None, (8, 32)) == (None, "no B-scan positions in the header")
+
+
+def test_split_test_puts_whole_patients_into_imagesTs(tmp_path):
+    inp, labels = tmp_path / "in", tmp_path / "labels"
+    labels.mkdir()
+    for i in range(3):
+        t = make_truth(20 + i)
+        write_vol(inp / f"s{i}.vol", t, patient=dict(PATIENT, id=f"Q{i}"))
+        write_vol(inp / f"s{i}b.vol", make_truth(30 + i), laterality="OS", patient=dict(PATIENT, id=f"Q{i}"))
+        import imageio.v3 as iio
+
+        iio.imwrite(labels / f"s{i}.png", t.label)
+    out = run(tmp_path, inp, "--split-test", "0.34", "--labels", str(labels))
+    visits = json.loads((out / "dataset.json").read_text())["visits"]
+    test_patients = {v["patient"] for v in visits.values() if v["split"] == "Ts"}
+    assert len(test_patients) == 1
+    ts = sorted(p.name.split("_0000")[0] for p in (out / "imagesTs").iterdir())
+    assert ts == sorted(c for c, v in visits.items() if v["patient"] in test_patients) and len(ts) == 2
+    assert len(list((out / "imagesTr").iterdir())) == 4 and len(list((out / "enfaceTr").iterdir())) == 4
+    assert len(list((out / "labelsTs").iterdir())) == 1 and len(list((out / "labelsTr").iterdir())) == 2
