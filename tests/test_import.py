@@ -404,3 +404,27 @@ def test_split_test_puts_whole_patients_into_imagesTs(tmp_path):
     assert ts == sorted(c for c, v in visits.items() if v["patient"] in test_patients) and len(ts) == 2
     assert len(list((out / "imagesTr").iterdir())) == 4 and len(list((out / "enfaceTr").iterdir())) == 4
     assert len(list((out / "labelsTs").iterdir())) == 1 and len(list((out / "labelsTr").iterdir())) == 2
+
+
+def test_degree_positions_as_eyepy_gives_them_for_e2e_go_through_the_same_path(truth):
+    """No valid E2E file can be written here; this checks the shared EyeVolume path with E2E-like
+    metadata (pixel scale unit, positions and localizer scale in degrees, origin at the centre)."""
+    import eyepy as ep
+
+    from fpnunet.importer.geometry import raster_geometry
+    from fpnunet.importer.heyex import scan_from_eyevolume
+    from fpnunet.importer.localizer import register_localizer
+
+    deg = 30 / truth.localizer.shape[1]  # eyepy: 30 degrees over the localizer's width, per pixel both ways
+    pos_deg = truth.positions / S_A * deg - 15  # localizer pixels -> degrees from the centre
+    bm = [ep.EyeBscanMeta(start_pos=tuple(p[0]), end_pos=tuple(p[1]), pos_unit="°", scale_y=0.0039) for p in pos_deg]
+    meta = ep.EyeVolumeMeta(scale_z=1, scale_x=1, scale_y=1, scale_unit="px", bscan_meta=bm, laterality="OD")
+    loc = ep.EyeEnface(truth.localizer, ep.EyeEnfaceMeta(scale_x=deg, scale_y=deg, scale_unit="°"))
+    ev = ep.EyeVolume(truth.volume_u8, meta=meta, localizer=loc)
+    scan = scan_from_eyevolume(ev, Path("x.e2e"), "heyex-e2e", "eyepy", "PID", [], mm_per_degree=0.288)
+    raster = raster_geometry(scan)
+    step_deg, length_deg = STEP * deg, 31 * deg
+    assert raster.spacing == pytest.approx((step_deg * 0.288, 0.0039, length_deg * 0.288 / 31))
+    assert any("degree" in n or "°" in n for n in raster.notes)
+    slo, why = register_localizer(scan, raster.affine, (8, 32))
+    assert why == "" and np.abs(slo - truth.slo_u8).max() < 1e-3
