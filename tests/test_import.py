@@ -404,6 +404,8 @@ def test_split_test_puts_whole_patients_into_imagesTs(tmp_path):
     assert ts == sorted(c for c, v in visits.items() if v["patient"] in test_patients) and len(ts) == 2
     assert len(list((out / "imagesTr").iterdir())) == 4 and len(list((out / "enfaceTr").iterdir())) == 4
     assert len(list((out / "labelsTs").iterdir())) == 1 and len(list((out / "labelsTr").iterdir())) == 2
+    rows = report(out)
+    assert sorted(r["slo"] == "written" for r in rows) == [False, False, True, True, True, True]
 
 
 def test_degree_positions_as_eyepy_gives_them_for_e2e_go_through_the_same_path(truth):

@@ -135,7 +135,7 @@ class Importer:
         case = f"{patient}_{eye}_{privacy.keyed_hash(self.key, 'scan', f'{digest}|{scan.series}', 6)}"
         return patient, case
 
-    def stage_scan(self, scan: Scan, digest: str, rel_source: str, ids: list[str]) -> _Staged:
+    def stage_scan(self, scan: Scan, digest: str, rel_source: str) -> _Staged:
         opts = self.opts
         raster = raster_geometry(scan)
         patient, case = self._names(scan, digest)
@@ -157,8 +157,9 @@ class Importer:
         put("volume", f"{case}_0000{ENDING}", vol, sp)
         if slo is not None:
             put("enface", f"{case}_SLO{ENDING}", slo.astype(np.float32), sp2)
-        names = [case, scan.source.stem, f"{scan.source.stem}_{scan.series}" if scan.series else scan.source.stem,
-                 scan.source.parent.name]
+        names = [case, f"{scan.source.stem}_{scan.series}" if scan.series else scan.source.stem]
+        if scan.format == "heyex-xml":  # an XML export is a folder: its name names the scan
+            names.append(scan.source.parent.name)
         label_state = "none"
         lab_path = match(self.labels, names) if self.labels else None
         if lab_path is not None:
@@ -209,9 +210,8 @@ class Importer:
                     scans = read_all(path, fmt, localizers, opts)
                     digest = _file_digest(path)
                     for scan in scans:
-                        ids = privacy.identifier_variants(scan.identifiers)
-                        all_ids.update(ids)
-                        st = self.stage_scan(scan, digest, rel, ids)
+                        all_ids.update(privacy.identifier_variants(scan.identifiers))
+                        st = self.stage_scan(scan, digest, rel)
                         if st.case in seen or st.case in self.known_cases:
                             rows_skipped.append({**st.row, "notes": "already imported: skipped"})
                             continue
@@ -286,6 +286,8 @@ class Importer:
         for st in staged:
             split = "Ts" if st.patient in test else "Tr"
             st.row["split"] = split
+            if split == "Ts" and st.row["slo"] == "written":
+                st.row["slo"] = "not written: test case (the raw layout has no en-face folder for test cases)"
             ds["patients"][st.case] = st.patient
             ds["visits"][st.case] = {**st.visit, "split": split}
             for kind, path, name in st.files:

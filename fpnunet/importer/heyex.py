@@ -125,27 +125,32 @@ def read_xml(path: Path) -> list[Scan]:
 
 
 def read_e2e(path: Path, mm_per_degree: float = MM_PER_DEGREE) -> list[Scan]:
+    """Every series of two or more B-scans in an E2E file (untested here: no E2E file can be written)."""
     ep, version = _eyepy()
     from eyepy.io.he.e2e_reader import HeE2eReader
 
+    scans: list[Scan] = []
     try:
         with HeE2eReader(path) as reader:
             series = list(reader.series)
-            scans = []
-            patients = list(reader.patients)
-            pat = getattr(patients[0], "patient", None) if patients else None
-            pid = str(getattr(pat, "patient_id", "") or "").strip()
-            ids = [pid, str(getattr(pat, "firstname", "") or ""), str(getattr(pat, "surname", "") or ""),
-                   str(getattr(pat, "birthdate", "") or "")]
             for i, s in enumerate(series):
                 try:
                     ev = s.get_volume()
+                    heyex = s.get_heyex_metadata()
                 except Exception:
-                    continue  # localizer-only or unreadable series; counted below
+                    continue  # localizer-only or unreadable series
                 if ev.data.ndim != 3 or ev.data.shape[0] < 2:
                     continue
-                scans.append(scan_from_eyevolume(ev, path, "heyex-e2e", f"{version} HeE2eReader", pid,
-                                                 ids, patient_id=pid, series=str(i), mm_per_degree=mm_per_degree))
+                pat = heyex.get("Patient", {}) or {}
+                pid = str(pat.get("Patient ID") or "").strip()
+                name = f"{pat.get('First Name') or ''} {pat.get('Surname') or ''}".strip()
+                key = pid or (f"name:{name}" if name else "")
+                ids = [pid, str(pat.get("First Name") or ""), str(pat.get("Surname") or ""),
+                       str(pat.get("Date of Birth") or "")]
+                scan = scan_from_eyevolume(ev, path, "heyex-e2e", f"{version} HeE2eReader", key, ids,
+                                           patient_id=pid, series=str(i), mm_per_degree=mm_per_degree)
+                scan.visit_date = scan.visit_date or iso_date((heyex.get("Container") or {}).get("Series Date"))
+                scans.append(scan)
     except FPNError:
         raise
     except Exception as exc:
