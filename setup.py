@@ -47,6 +47,7 @@ setup(
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
             "fpn_import=fpnunet.importer.cli:main",
+            "fpn_convert_checkpoint=fpnunet.checkpoint_convert:main",
         ]
     },
 )
