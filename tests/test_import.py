@@ -158,12 +158,15 @@ def test_bad_files_stop_the_import_with_one_line_each_and_nothing_written(tmp_pa
     star = np.stack([np.stack([0.2 - 0.15 * np.cos(angles), 0.2 - 0.15 * np.sin(angles)], 1),
                      np.stack([0.2 + 0.15 * np.cos(angles), 0.2 + 0.15 * np.sin(angles)], 1)], 1)
     write_xml(inp / "star", truth, positions=star)
+    opt, _ = write_dicom(inp / "dicom", truth)
+    opt.write_bytes(opt.read_bytes()[:300])  # file meta intact, dataset cut short
     out = tmp_path / "raw" / "Dataset950_Imp"
     args = ["-i", str(inp), "-o", str(out), "--key", str(tmp_path / "k.key"), "--no-progress"]
     with pytest.raises(FPNError) as err:
         main(args)
     lines = str(err.value).splitlines()
-    assert len(lines) == 4 and "nothing was written" in lines[0]
+    assert len(lines) == 5 and "nothing was written" in lines[0]
+    assert any(f"{opt}: cannot decode the DICOM pixel data" in ln for ln in lines)
     assert any(ln.endswith(f"{inp / 'corrupt.vol'}: not a readable HEYEX VOL file (" + ln.split("(", 1)[1])
                for ln in lines[1:])
     assert any(f"{inp / 'radial.vol'}: a radial (star) scan" in ln for ln in lines)
@@ -174,7 +177,7 @@ def test_bad_files_stop_the_import_with_one_line_each_and_nothing_written(tmp_pa
     rows = report(out)
     assert [r["format"] for r in rows if r["case"]] == ["heyex-vol"]
     notes = [r["notes"] for r in rows if not r["case"]]
-    assert len(notes) == 3 and all(n.startswith("skipped: ") for n in notes)
+    assert len(notes) == 4 and all(n.startswith("skipped: ") for n in notes)
     assert all(str(inp) not in n for n in notes)
 
 

@@ -84,13 +84,15 @@ def read_all(path: Path, fmt: str, localizers: dict[str, Path], opts: ImportOpti
     raise FPNError(f"{path}: unknown export format {fmt!r}")
 
 
-def _sort_dicom(files: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], dict[str, Path], list[str]]:
-    """Keep OPT volumes, index OP localizers by SOPInstanceUID, list unreadable DICOM files."""
+def _sort_dicom(files: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], dict[str, Path],
+                                                       list[tuple[Path, str]]]:
+    """Keep OPT volumes, index OP localizers by SOPInstanceUID, list unreadable DICOM files
+    (``(path, message)``)."""
     from fpnunet.importer.dicom import kind_of, read_header
 
     keep: list[tuple[Path, str]] = []
     localizers: dict[str, Path] = {}
-    problems: list[str] = []
+    problems: list[tuple[Path, str]] = []
     for p, fmt in files:
         if fmt != "dicom":
             keep.append((p, fmt))
@@ -98,7 +100,7 @@ def _sort_dicom(files: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], 
         try:
             ds = read_header(p)
         except FPNError as exc:
-            problems.append(str(exc))
+            problems.append((p, str(exc)))
             continue
         kind = kind_of(ds)
         if kind == "opt":
@@ -194,12 +196,14 @@ class Importer:
         if not exports:
             raise FPNError(f"-i {opts.input}: no device export found (HEYEX .vol/.xml/.e2e, Topcon .fda, "
                            f"DICOM OPT); {ignored} other file(s) ignored")
-        exports, localizers, problems = _sort_dicom(exports)
+        exports, localizers, unreadable = _sort_dicom(exports)
+        problems = [msg for _, msg in unreadable]
         staged: list[_Staged] = []
         rows_skipped: list[dict[str, str]] = []
         seen: set[str] = set()
         all_ids: set[str] = set()
-        failed: list[tuple[str, str]] = []
+        failed = [(str(p.relative_to(opts.input)) if p != opts.input else p.name, m.removeprefix(f"{p}: "))
+                  for p, m in unreadable]
         if self.staging.exists():
             shutil.rmtree(self.staging)
         try:

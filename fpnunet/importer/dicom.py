@@ -38,7 +38,8 @@ def read_header(path: Path):
 
 def kind_of(ds) -> str:
     """``"opt"``, ``"op"`` or ``""`` (another SOP class: not imported)."""
-    uid = str(getattr(ds, "SOPClassUID", ""))
+    meta = getattr(ds, "file_meta", None)
+    uid = str(getattr(ds, "SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", ""))
     return "opt" if uid == OPT_SOP_CLASS else ("op" if uid in OP_SOP_CLASSES else "")
 
 
