@@ -12,6 +12,7 @@ setup(
         "fpnunet.networks",
         "fpnunet.training",
         "fpnunet.evaluation",
+        "fpnunet.report",
         "fpnunet.plans",
         "fpnunet.preprocessing",
         "fpnunet.inference",
@@ -41,6 +42,7 @@ setup(
             "fpn_train=fpnunet.training.train_cli:main",
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
+            "fpn_report=fpnunet.report.cli:main",
         ]
     },
 )
