@@ -7,8 +7,8 @@ For case ``CASE`` the folders searched are the ones given plus their siblings in
 1. ``enface*/CASE_SLO<ending>``: the scanner's SLO/NIR image, resampled onto the mask's grid when
    its pixel grid differs (same field of view, as the dataset format requires);
 2. ``images*/CASE_0000<ending>``: the mean over depth of the retina band (the rows with signal,
-   :func:`fpnunet.retina.detect_retina_band`) of channel 0, a picture of the fundus in which GA's
-   hypertransmission shows.
+   :func:`fpnunet.retina.detect_retina_band`) of channel 0, each B-scan's row evened out
+   (:func:`projection`): a picture of the fundus in which vessels and GA show.
 
 Nothing found (or unreadable) gives no picture: the outline is drawn on a dark background and the
 reason is returned, never raised, since a missing picture must not fail a prediction.
@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from fpnunet.errors import FPNError
 from fpnunet.io import SUPPORTED_ENDINGS, find_projection_axis, read_image, resample_to_shape, squeeze_2d, to_bda
@@ -65,10 +66,17 @@ def find_sources(case: str, folders: Iterable[Path]) -> tuple[Path | None, Path 
 
 
 def projection(volume: np.ndarray, axis: int) -> np.ndarray:
-    """Mean over the retina band along depth ``axis`` of a 3D volume: ``(B, A)`` float32."""
+    """Mean over the retina band along depth ``axis`` of a 3D volume: ``(B, A)`` float32.
+
+    Each B-scan's row is then centred on its median and scaled by its interquartile range (B-scans
+    differ in overall brightness, which would stripe the picture) and lightly smoothed along A
+    (Gaussian, sigma 1 pixel) against speckle."""
     bda = to_bda(np.asarray(volume, dtype=np.float32), axis)
     top, bottom = detect_retina_band(bda)
-    return bda[:, top:bottom].mean(axis=1, dtype=np.float64).astype(np.float32)
+    proj = bda[:, top:bottom].mean(axis=1, dtype=np.float64)
+    q1, med, q3 = np.percentile(proj, [25, 50, 75], axis=1, keepdims=True)
+    proj = (proj - med) / np.maximum(q3 - q1, 1e-6 * max(1.0, float(np.abs(proj).max())))
+    return gaussian_filter1d(proj, 1.0, axis=1, mode="nearest").astype(np.float32)
 
 
 def enface_background(case: str, shape: tuple[int, int], folders: Iterable[str | os.PathLike | None],
