@@ -276,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = predictor.dataset_info.labels if predictor.dataset_info else plan.labels
     dataset_json = _dataset_json(predictor, args.dataset)
     visits = _visit_columns(dataset_json)
+    if args.overlays or args.report:  # a bad colour in dataset.json stops here, before any output
+        from fpnunet.report.overlay import class_colours
+
+        class_colours(labels, dataset_json)
 
     items, errors, warnings = collect_inputs(in_dir)
     for w in warnings:

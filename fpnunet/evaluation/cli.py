@@ -89,7 +89,10 @@ def _overlays(summary: Mapping[str, Any], dataset: str | None) -> None:
 
         dataset_json, folders = load_dataset_json(raw_dir(dataset)).raw, [raw_dir(dataset)]
     out = Path(summary["summary_file"]).parent / OVERLAY_DIR
-    written, problems = write_evaluation_overlays(summary, out, dataset_json, folders)
+    try:
+        written, problems = write_evaluation_overlays(summary, out, dataset_json, folders)
+    except FPNError as exc:  # e.g. a bad colour in dataset.json: the evaluation itself stands
+        written, problems = [], [str(exc)]
     for msg in problems:
         print(f"warning: {msg}", file=sys.stderr)
     print(f"overlays: {out} ({len(written)} case(s))")

@@ -222,8 +222,11 @@ def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path |
     dataset_json = None
     if raw_dir is not None and (raw_dir / "dataset.json").is_file():
         dataset_json = load_json(raw_dir / "dataset.json")
-    written, problems = write_evaluation_overlays(summary, fold_dir / VALIDATION_DIR / OVERLAY_DIR, dataset_json,
-                                                  [raw_dir])
+    try:
+        _, problems = write_evaluation_overlays(summary, fold_dir / VALIDATION_DIR / OVERLAY_DIR, dataset_json,
+                                                [raw_dir])
+    except FPNError as exc:  # e.g. a bad colour in dataset.json: the trained fold stays valid
+        problems = [str(exc)]
     if problems:
         print(f"warning: no overlay for {len(problems)} validation case(s): {problems[0]}", file=sys.stderr)
 
