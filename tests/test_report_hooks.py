@@ -85,3 +85,17 @@ def test_progress_png_title_final_validation_and_no_stretching(tmp_path):
     legend = [t.get_text() for t in ax_metric.get_legend().get_texts()]
     assert any("final validation (flip TTA, 6 cases): Dice 0.9412" in t for t in legend)
     assert fig._suptitle.get_text().startswith("Dataset901_DemoGA | fpn__lf1__ssl-FAF | fold_0")
+
+
+def test_predict_checks_colours_before_writing(tmp_path, capsys):
+    model_dir = _make_model_folder(tmp_path / "results", folds=1)
+    ds = json.loads((model_dir / "dataset.json").read_text())
+    ds["colors"] = {"GA": "no-such-colour"}
+    (model_dir / "dataset.json").write_text(json.dumps(ds))
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    _volume_file(in_dir / "a_0000.nii.gz")
+    assert _run(predict_main, ["-i", str(in_dir), "-o", str(out_dir), "-m", str(model_dir), "--device", "cpu",
+                               "--overlays"]) == 1
+    assert "colors['GA']: 'no-such-colour' is not a colour" in capsys.readouterr().err
+    assert not out_dir.exists()
