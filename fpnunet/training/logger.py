@@ -147,7 +147,7 @@ def progress_figure(df: pd.DataFrame, metric_columns: Sequence[str], title: str 
     x = df["epoch"]
     for col in ["train_loss", *[c for c in metric_columns if c.endswith("loss")]]:
         y = df[col].astype(float)
-        ax_loss.plot(x[y.notna()], y[y.notna()], marker="." if col != "train_loss" else None, label=col)
+        ax_loss.plot(x[y.notna()], y[y.notna()], marker="." if col != "train_loss" or len(x) < 3 else None, label=col)
     ax_loss.set_ylabel("loss")
     losses = df[["train_loss", *[c for c in metric_columns if c.endswith("loss")]]].astype(float).to_numpy()
     positive = losses[np.isfinite(losses) & (losses > 0)]
@@ -184,6 +184,9 @@ def progress_figure(df: pd.DataFrame, metric_columns: Sequence[str], title: str 
     ax_lr.plot(x, df["lr"].astype(float), color="tab:gray")
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     for ax in (ax_loss, ax_metric, ax_lr):
         ax.grid(alpha=0.3)
         if ax.get_yscale() == "linear":
