@@ -43,6 +43,7 @@ setup(
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
             "fpn_report=fpnunet.report.cli:main",
+            "fpn_convert_checkpoint=fpnunet.checkpoint_convert:main",
         ]
     },
 )
