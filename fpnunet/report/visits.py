@@ -58,6 +58,12 @@ def _text(value: Any) -> str | None:
     return None if value is None or str(value).strip() == "" else str(value).strip()
 
 
+def _eye(value: Any) -> str | None:
+    """The eye as written (``OD``/``OS``); ``unknown`` (what an importer writes without laterality) -> ``None``."""
+    text = _text(value)
+    return None if text is None or text.lower() == "unknown" else text
+
+
 def visits_from_dataset(raw: Mapping[str, Any], source: str) -> dict[str, Visit]:
     """Visits of a parsed ``dataset.json`` (``raw``; ``source`` names the file in errors)."""
     out: dict[str, Visit] = {}
@@ -67,7 +73,7 @@ def visits_from_dataset(raw: Mapping[str, Any], source: str) -> dict[str, Visit]
     for case, v in visits.items():
         if not isinstance(v, dict):
             raise FPNError(f"{source}: visits[{case!r}] must be an object with patient, eye and date")
-        out[str(case)] = Visit(_text(v.get("patient")), _text(v.get("eye")),
+        out[str(case)] = Visit(_text(v.get("patient")), _eye(v.get("eye")),
                                parse_date(v.get("date"), f"{source}: visits[{case!r}]"))
     patients = raw.get("patients", {}) or {}
     if isinstance(patients, dict):
@@ -95,7 +101,7 @@ def read_visits_csv(path: str | os.PathLike) -> dict[str, Visit]:
                 case = _text(row.get("case"))
                 if case is None:
                     raise FPNError(f"{path}: line {line}: empty case name")
-                out[case] = Visit(_text(row.get("patient")), _text(row.get("eye")),
+                out[case] = Visit(_text(row.get("patient")), _eye(row.get("eye")),
                                   parse_date(row.get("date"), f"{path}: line {line}"))
             return out
     except OSError as exc:
