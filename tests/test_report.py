@@ -254,3 +254,19 @@ def test_colour_from_dataset_json_is_used_and_checked(tmp_path, monkeypatch):
     info["colors"] = {"GA": "not-a-colour"}
     save_json(info, raw / "dataset.json")
     assert _run(report_main, ["-p", str(pred), "-d", "950", "-o", str(tmp_path / "x.html")]) == 1
+
+
+def test_visits_as_fpn_import_writes_them():
+    from fpnunet.report.visits import visits_from_dataset
+
+    raw = {"visits": {"a": {"patient": "K1", "eye": "OS", "date": "2023-04-05", "mirrored": True, "split": "Ts"},
+                      "b": {"patient": "K1", "eye": "unknown", "date": "", "split": "Tr"}},
+           "patients": {"c": "K2"}}
+    v = visits_from_dataset(raw, "dataset.json")
+    assert (v["a"].patient, v["a"].eye, v["a"].date, v["a"].eye_key) == ("K1", "OS", dt.date(2023, 4, 5), ("K1", "OS"))
+    assert (v["b"].eye, v["b"].date, v["b"].eye_key) == (None, None, None)  # no laterality: no growth series
+    assert (v["c"].patient, v["c"].eye) == ("K2", None)
+    from fpnunet.errors import FPNError
+
+    with pytest.raises(FPNError, match=r"dataset.json: visits\['a'\]: date '05/04/2023' is not an ISO date"):
+        visits_from_dataset({"visits": {"a": {"date": "05/04/2023"}}}, "dataset.json")
