@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from fpnunet.cli_utils import resolve_device
+from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, resolve_dataset
 from fpnunet.plans.plan import Configuration, Plan, TrainingDefaults
@@ -76,6 +76,16 @@ def add_runtime_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
     p.add_argument("--num-workers", type=int,
                    help="data augmentation processes (default: FPN_N_PROC_DA or the loader's default)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-iteration progress bar")
+    add_distributed_arguments(p)
+
+
+def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
+    """``--gpus N`` (launch N processes with torchrun on this node) and ``--no-sync-bn``."""
+    p.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="train with DDP over N GPUs of this node (runs torchrun --standalone --nproc_per_node N; "
+                        "with --device cpu: N CPU processes). Default 1; docs/distributed.md")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="with several processes: keep BatchNorm statistics per process instead of SyncBatchNorm")
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -171,24 +181,44 @@ def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str,
     # bad flags fail before --overwrite deletes anything
     if args.weight_decay is not None and not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
         raise FPNError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
-    device = resolve_device(args.device)
-    resume = check_start(ctx.fold_dir, args.resume, args.overwrite)
-    if not resume:
-        for name in stale_dirs:
-            if (ctx.fold_dir / name).is_dir():
-                shutil.rmtree(ctx.fold_dir / name)  # written by an earlier, discarded run
+    device = fdist.rank_device(args.device)
+    if fdist.is_main():
+        resume = check_start(ctx.fold_dir, args.resume, args.overwrite)
+        if not resume:
+            for name in stale_dirs:
+                if (ctx.fold_dir / name).is_dir():
+                    shutil.rmtree(ctx.fold_dir / name)  # written by an earlier, discarded run
+    else:  # rank 0 opened the folder first (fdist.main_first): only read what it left
+        resume = bool(args.resume) and (ctx.fold_dir / LATEST).is_file()
     checkpoint = load_checkpoint(ctx.fold_dir / LATEST) if resume else None
+    if checkpoint is not None:
+        check_world_size(checkpoint, ctx.fold_dir / LATEST)
     settings = loop_settings(args, ctx.config, device, default_epochs)
-    copy_model_files(ctx.preprocessed_dir, ctx.model_dir)
-    write_command(ctx.fold_dir, list(argv), program, append=resume)
+    settings.sync_bn = bool(getattr(args, "sync_bn", True))
+    if fdist.is_main():
+        copy_model_files(ctx.preprocessed_dir, ctx.model_dir)
+        write_command(ctx.fold_dir, list(argv), program, append=resume)
     weight_decay = ctx.config.training.weight_decay if args.weight_decay is None else args.weight_decay
+    batch = args.batch_size or ctx.config.batch_size
     resolved = asdict(args) | {"dataset": ctx.dataset, "config": ctx.config_name, "lr": lr,
-                               "weight_decay": weight_decay,
-                               "batch_size": args.batch_size or ctx.config.batch_size} | extra \
+                               "weight_decay": weight_decay, "batch_size": batch,
+                               "world_size": fdist.world_size(), "global_batch": batch * fdist.world_size(),
+                               "lr_rule": fdist.LR_RULE} | extra \
         | {"train_cases": ctx.train_cases, "val_cases": ctx.val_cases}
     if checkpoint is not None:
         warn_changed(checkpoint.get("args", {}), resolved, watched)
     return OpenedRun(resume, checkpoint, device, settings, lr, weight_decay, resolved)
+
+
+def check_world_size(checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint written by another number of processes: its batches (drawn
+    per rank) and BatchNorm statistics would not continue the interrupted run."""
+    old = int(checkpoint.get("args", {}).get("world_size", 1))
+    now = fdist.world_size()
+    if old != now:
+        how = f"torchrun --nproc_per_node {old} ... or --gpus {old}" if old > 1 else "one process (no torchrun/--gpus)"
+        raise FPNError(f"{path}: written by a run over {old} process(es), but this run has {now}; --continue "
+                       f"needs the same world size ({how}), or pass --overwrite to start over")
 
 
 def warn_changed(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str]) -> None:
@@ -207,6 +237,11 @@ def print_settings(config: Configuration, run: OpenedRun, fold_dir: Path, loss: 
           f"({config.training.optimizer}, {config.training.lr_schedule}, weight decay {run.weight_decay:g}), "
           f"{loss}validation every {s.val_every}, "
           f"device {s.device} ({s.precision}), seed {resolved['seed']}")
+    if fdist.world_size() > 1:
+        print(f"  distributed: {fdist.describe()}, batch {resolved['batch_size']} per process -> global batch "
+              f"{resolved['global_batch']}; lr {run.lr:g} as planned for one process's batch (lr rule: "
+              f"{fdist.LR_RULE}, no scaling with the world size), "
+              f"{'SyncBatchNorm' if s.sync_bn else 'BatchNorm per process (--no-sync-bn)'}")
     print(f"  {'resuming in' if run.resume else 'writing to'} {fold_dir}")
 
 

@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fpnunet import distributed as fdist
 from fpnunet.atomic import save_json
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
@@ -88,6 +89,8 @@ class PretrainArgs:
     seed: int = 0
     num_workers: int | None = None
     progress: bool = True
+    gpus: int = 1
+    sync_bn: bool = True
 
 
 @dataclass
@@ -156,17 +159,35 @@ def pretrain(args: PretrainArgs, argv: list[str] | None = None, callbacks: tuple
     argv = list(sys.argv[1:] if argv is None else argv)
     if args.n_pictures < 0:
         raise FPNError(f"--pictures must be >= 0, got {args.n_pictures}")
+    fdist.setup(args.device)  # under torchrun: join the job (a no-op for one process)
+    try:
+        return _pretrain(args, argv, callbacks, fdist.is_main())
+    except fdist.MirroredError:
+        raise SystemExit(1) from None  # rank 0 prints the error
+    finally:
+        fdist.shutdown()
+
+
+def _open(args: PretrainArgs, argv: list[str]) -> tuple[PretrainContext, OpenedRun]:
     ctx = resolve_pretrain(args)
-    if run_state(ctx.fold_dir) == "finished" and not (args.resume or args.overwrite):
+    if fdist.is_main() and run_state(ctx.fold_dir) == "finished" and not (args.resume or args.overwrite):
         raise FPNError(f"{ctx.fold_dir} holds a finished pretraining run (checkpoint_final.pth). Pass --overwrite "
                        f"to pretrain again, or --continue with more --epochs to extend it")
     defaults = ctx.config.training
     run = open_run(ctx, args, argv, PROGRAM, lr=args.lr or defaults.pretrain_lr,
                    extra={"target": ctx.target, "task": "pretrain"}, watched=WATCHED,
                    default_epochs=defaults.pretrain_epochs, stale_dirs=(PICTURE_DIR,))
-    save_json({"target": ctx.target, "val_fraction": args.val_fraction, "seed": args.seed,
-               "train": ctx.train_cases, "val": ctx.val_cases}, ctx.fold_dir / SPLIT_FILE)
-    _print_header(ctx, run)
+    if fdist.is_main():
+        save_json({"target": ctx.target, "val_fraction": args.val_fraction, "seed": args.seed,
+                   "train": ctx.train_cases, "val": ctx.val_cases}, ctx.fold_dir / SPLIT_FILE)
+    return ctx, run
+
+
+def _pretrain(args: PretrainArgs, argv: list[str], callbacks: tuple[EpochCallback, ...], main_rank: bool) -> Path:
+    ctx, run = fdist.main_first(_open, args, argv)
+    defaults = ctx.config.training
+    if main_rank:
+        _print_header(ctx, run)
 
     spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, 1)
     model = model.to(run.device)
@@ -178,6 +199,8 @@ def pretrain(args: PretrainArgs, argv: list[str] | None = None, callbacks: tuple
     )
     loop = make_loop(task, model, spec, run, defaults, ctx.fold_dir, callbacks)
     loop.run()
+    if not main_rank:
+        return ctx.fold_dir
     best = f", best validation SSIM {loop.best_score:.4f}" if loop.best_score is not None else ""
     print(f"pretraining done{best}: {ctx.fold_dir / 'checkpoint_final.pth'}")
     print(f"fine-tune with: fpn_train {args.dataset} FOLD --pretrained auto "
@@ -196,7 +219,11 @@ def _print_header(ctx: PretrainContext, run: OpenedRun) -> None:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    pretrain(parse_args(argv), argv)
+    args = parse_args(argv)
+    if args.gpus != 1:
+        fdist.check_launch(args.gpus, args.device)
+        return fdist.launch("fpnunet.training.pretrain_cli", argv, args.gpus)
+    pretrain(args, argv)
     return 0
 
 

@@ -6,6 +6,7 @@
     fpn_train 900 all --pretrained none --epochs 100
     fpn_train 900 0 --label-fraction 0.05 --continue # resume an interrupted run exactly
     fpn_train 900 0 --val                            # redo only the final validation
+    fpn_train 900 0 --gpus 4                         # DDP over 4 GPUs (= torchrun --nproc_per_node 4 ...)
 
 Every hyperparameter defaults to the plan's ``TrainingDefaults`` (``plans.json``) and can be
 overridden here. Results go to
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fpnunet import distributed as fdist
 from fpnunet.atomic import save_json
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
@@ -84,6 +86,8 @@ class TrainArgs:
     seed: int = 0
     num_workers: int | None = None
     progress: bool = True
+    gpus: int = 1
+    sync_bn: bool = True
 
 
 @dataclass
@@ -149,20 +153,34 @@ def resolve_run(args: TrainArgs) -> RunContext:
 def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[EpochCallback, ...] = ()) -> Path:
     """Train (or resume, or only validate) the fold ``args`` names; returns the fold folder."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ctx = resolve_run(args)
+    fdist.setup(args.device)  # under torchrun: join the job (a no-op for one process)
+    main_rank = fdist.is_main()
+    try:
+        return _train(args, argv, callbacks, main_rank)
+    except fdist.MirroredError:
+        raise SystemExit(1) from None  # rank 0 prints the error
+    finally:
+        fdist.shutdown()
+
+
+def _train(args: TrainArgs, argv: list[str], callbacks: tuple[EpochCallback, ...], main_rank: bool) -> Path:
+    ctx = fdist.main_first(resolve_run, args)  # rank 0 may create the split file
     if args.val_only:
-        return validate_only(args, ctx, argv)
+        return validate_only(args, ctx, argv) if main_rank else ctx.fold_dir
     defaults = ctx.config.training
-    run = open_run(ctx, args, argv, PROGRAM, lr=args.lr or defaults.lr, extra={"tag": ctx.tag}, watched=WATCHED)
-    _print_header(ctx, run)
+    run = fdist.main_first(open_run, ctx, args, argv, PROGRAM, lr=args.lr or defaults.lr, extra={"tag": ctx.tag},
+                           watched=WATCHED)
+    if main_rank:
+        _print_header(ctx, run)
 
     spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, ctx.plan.num_outputs)
     if run.checkpoint is None:
-        print(ctx.pretrained_message)
+        fdist.say(ctx.pretrained_message)
         report = load_pretrained(model, ctx.pretrained_path) if ctx.pretrained_path is not None else None
-        save_json({"choice": args.pretrained, "tag": ctx.tag,
-                   "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
-                   "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
+        if main_rank:
+            save_json({"choice": args.pretrained, "tag": ctx.tag,
+                       "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
+                       "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
     model = model.to(run.device)
     task = SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=args.seed,
                             device=run.device, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -171,11 +189,14 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
     try:
         loop.run()
     except KeyboardInterrupt:
-        if (ctx.fold_dir / LATEST).is_file():
+        if main_rank and (ctx.fold_dir / LATEST).is_file():
             again = shlex.join([PROGRAM, *argv, *([] if "--continue" in argv else ["--continue"])])
             print(f"\ninterrupted after the last saved epoch; resume with: {again}", file=sys.stderr)
         raise
-    _final_validation(model, ctx, run.device, FINAL, run.settings.epochs, progress=args.progress)
+    fdist.barrier()
+    fdist.shutdown()  # the final validation (flip TTA, files, summary.json) runs on rank 0 alone
+    if main_rank:
+        _final_validation(model, ctx, run.device, FINAL, run.settings.epochs, progress=args.progress)
     return ctx.fold_dir
 
 
@@ -219,7 +240,11 @@ def _print_header(ctx: RunContext, run: OpenedRun) -> None:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    train(parse_args(argv), argv)
+    args = parse_args(argv)
+    if args.gpus != 1:
+        fdist.check_launch(args.gpus, args.device)
+        return fdist.launch("fpnunet.training.train_cli", argv, args.gpus)
+    train(args, argv)
     return 0
 
 
