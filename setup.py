@@ -42,6 +42,7 @@ setup(
             "fpn_train_folds=fpnunet.training.folds_cli:main",
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
+            "fpn_convert_checkpoint=fpnunet.checkpoint_convert:main",
         ]
     },
 )

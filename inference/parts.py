@@ -80,10 +80,10 @@ def merge_parts(out_dir: str | Path, keep: bool = False) -> Path:
         except (OSError, ValueError) as exc:
             raise FPNError(f"{found[i]}: not a readable lesion_areas table ({exc})") from None
     rows = [f for f in frames if len(f)]  # a part without cases has only the header
-    table = pd.concat(rows, ignore_index=True) if rows else frames[0]
-    table = table.sort_values("case", kind="mergesort", ignore_index=True)  # stable: class order kept
     target = out_dir / AREAS
-    write_atomic(target, lambda tmp: table.to_csv(tmp, index=False), suffix=".csv")
+    if rows:  # no lesion table at all when no case was predicted, as for one run
+        table = pd.concat(rows, ignore_index=True).sort_values("case", kind="mergesort", ignore_index=True)
+        write_atomic(target, lambda tmp: table.to_csv(tmp, index=False), suffix=".csv")  # stable: class order kept
     if not keep:
         for p in found.values():
             p.unlink()
