@@ -91,10 +91,6 @@ def world_size() -> int:
     return int(_dist().get_world_size()) if initialized() else 1
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if initialized() else 0
-
-
 def is_main() -> bool:
     return rank() == 0
 
@@ -298,22 +294,11 @@ def say(message: str) -> None:
         print(message, flush=True)
 
 
-def quiet_exit_code(exc: BaseException) -> int | None:
-    """Exit status for a non-main rank that should not print ``exc`` (mirrored rank 0 error)."""
-    if isinstance(exc, MirroredError):
-        return 1
-    return None
-
-
 def describe() -> str:
     """``"2 processes (gloo)"`` for the header."""
     if world_size() == 1:
         return "1 process"
     return f"{world_size()} processes ({backend()})"
-
-
-def stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- --gpus N
