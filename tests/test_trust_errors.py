@@ -146,3 +146,24 @@ def test_finite_weights_are_required_to_predict(dataset, tmp_path, capsys):  # n
     (tmp_path / "in").mkdir()
     fails(capsys, lambda: predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "-m", str(model),
                                         "--device", "cpu"]), str(path), "not finite")
+
+
+def test_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from fpnunet.cli_utils import run_cli
+    from fpnunet.errors import FPNError
+
+    @run_cli
+    def writer(argv=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out.nii.gz"))
+
+    fails(capsys, writer, str(tmp_path / "out.nii.gz"), "No space left on device")
+
+    def full(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(FPNError, match="cannot write the checkpoint"):
+        save_checkpoint({"state_dict": {}}, tmp_path / "c.pth")
+    assert not list(tmp_path.glob("*.pth")) and not list(tmp_path.glob(".*"))

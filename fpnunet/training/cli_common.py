@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,8 @@ class OpenedRun:
 
 def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str, *, extra: dict[str, Any],
              watched: Sequence[str], pretrain: bool = False, stale_dirs: Sequence[str] = (),
-             hp: Hyperparameters | None = None) -> OpenedRun:
+             hp: Hyperparameters | None = None, lr: float | None = None,
+             default_epochs: int | None = None) -> OpenedRun:
     """Start or resume the run in ``ctx.fold_dir`` as ``args`` (``resume``, ``overwrite``, ``device``,
     schedule flags) say.
 
@@ -183,10 +184,17 @@ def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str,
     earlier run (and the folders ``stale_dirs``). Copies the model files, records ``program argv``
     in ``command.txt``; ``extra`` joins the resolved arguments, and a resumed run whose ``watched``
     arguments changed gets a warning. The caller releases the lock (``run.release()``).
+
+    ``lr`` and ``default_epochs`` (older callers) only replace the plan's defaults when the flag
+    was not given; ``default_epochs`` implies ``pretrain``.
     """
     device = fdist.rank_device(args.device)
     if hp is None:
-        hp = resolve_hyperparameters(args, ctx.config, device, pretrain=pretrain)
+        hp = resolve_hyperparameters(args, ctx.config, device, pretrain=pretrain or default_epochs is not None)
+        if lr is not None and args.lr is None:
+            hp = replace(hp, lr=float(lr))
+        if default_epochs is not None and args.epochs is None:
+            hp = replace(hp, epochs=int(default_epochs))
     main_rank = fdist.is_main()  # under torchrun rank 0 opens the folder first (fdist.main_first)
     lock = FoldLock(ctx.fold_dir, program).acquire() if main_rank else None
     try:
