@@ -33,7 +33,7 @@ def test_three_folds_on_two_cpu_devices_one_failing(dataset, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["901", "--folds", "0", "x"], "--folds x: folds are numbers"),
+    (["901", "--folds", "0", "x"], "invalid fold 'x': folds are numbers"),  # the -f/--folds type
     (["901", "--devices", "cpu", "--device", "cuda"], "--device: not a flag of fpn_train_folds"),
     (["901", "--devices", "tpu"], "unknown --device 'tpu'"),
     (["901", "--devices", "cpu", "--epochs", "many"], "flags for fpn_train"),
