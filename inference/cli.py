@@ -282,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.step <= 1:
         raise FPNError(f"--step {args.step}: must be in (0, 1]")
     cli_args.print_data_roots()
-    in_dir = Path(args.input)
     out_dir = Path(args.output)
     if args.merge_parts:
         print(f"fpn_predict: merged into {merge_parts(out_dir)}", file=sys.stderr)
