@@ -32,7 +32,14 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],
-    extras_require={"dev": ["pytest>=7", "ruff>=0.4"]},
+    extras_require={
+        "dev": ["pytest>=7", "ruff>=0.4"],
+        # any timm CNN as the 2D encoder of omnia/dsnet/dxnet, and --encoder-weights imagenet
+        # (resnet18/resnet34 are built in); timm needs a torchvision built for your torch
+        "timm": ["timm>=1.0"],
+        # benchmarks/nnunet_projection.py only: the nnU-Net v2 baseline, never imported by fpnunet
+        "bench": ["nnunetv2>=2.5"],
+    },
     entry_points={
         "console_scripts": [
             "fpn_make_synthetic=fpnunet.synthetic:main",

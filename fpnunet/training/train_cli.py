@@ -24,6 +24,9 @@ from fpnunet.atomic import save_json
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.io import load_dataset_json
+from fpnunet.networks import network_class
+from fpnunet.networks.encoder_weights import CHOICES_HELP as ENCODER_CHOICES_HELP
+from fpnunet.networks.encoder_weights import load_encoder_weights, resolve_encoder_weights
 from fpnunet.paths import raw_root, results_root
 from fpnunet.plans.plan import Plan
 from fpnunet.training.checkpoint import FINAL, LATEST, model_from_checkpoint
@@ -67,6 +70,7 @@ class TrainArgs:
     fold: str
     config: str | None = None
     pretrained: str = "auto"
+    encoder_weights: str = "none"
     label_fraction: float = 1.0
     epochs: int | None = None
     iterations_per_epoch: int | None = None
@@ -94,6 +98,8 @@ class RunContext(ResolvedContext):
     tag: str
     pretrained_path: Path | None
     pretrained_message: str
+    encoder_state: dict | None = None
+    """2D encoder tensors from ``--encoder-weights`` (omnia/dsnet/dxnet), loaded before epoch 0."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_argument(p, "train")
     p.add_argument("--pretrained", default="auto",
                    help="auto (the dataset's FAF, else SLO pretraining run, else scratch), none, or a checkpoint PATH")
+    p.add_argument("--encoder-weights", default="none", metavar="imagenet|none|PATH",
+                   help="2D encoder init of omnia/dsnet/dxnet: " + ENCODER_CHOICES_HELP + " (default none)")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="keep this fraction of the fold's labelled training cases (default 1.0)")
     add_schedule_arguments(p, epochs_help="number of epochs (default: plan)",
@@ -138,11 +146,19 @@ def resolve_run(args: TrainArgs) -> RunContext:
     train = apply_label_fraction(train, args.label_fraction)
     results = results_root() / found.dataset
     tag, path, message = resolve_pretrained(args.pretrained, results, found.config_name)
+    enc_tag, enc_state, enc_message = resolve_encoder_weights(
+        args.encoder_weights, found.config.network.name, network_class(found.config.network.name),
+        found.config.network.kwargs, fetch=not (args.resume or args.val_only))
+    if enc_tag is not None:
+        if args.pretrained not in ("auto", "none"):
+            raise FPNError(f"--pretrained {args.pretrained} and --encoder-weights {args.encoder_weights} both "
+                           "initialise the network: give one of them")
+        tag, path, message = enc_tag, None, enc_message
     model_dir = results / model_folder_name(found.config_name, args.label_fraction, tag)
     return RunContext(dataset=found.dataset, preprocessed_dir=pre_dir, plan=found.plan, config_name=found.config_name,
                       config=found.config, data_dir=found.data_dir, train_cases=train, val_cases=val,
                       model_dir=model_dir, fold_dir=model_dir / fold_folder_name(args.fold), raw_dir=raw_dir, tag=tag,
-                      pretrained_path=path, pretrained_message=message)
+                      pretrained_path=path, pretrained_message=message, encoder_state=enc_state)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -160,9 +176,13 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
     if run.checkpoint is None:
         print(ctx.pretrained_message)
         report = load_pretrained(model, ctx.pretrained_path) if ctx.pretrained_path is not None else None
+        enc = (load_encoder_weights(model, ctx.encoder_state, args.encoder_weights)
+               if ctx.encoder_state is not None else None)
         save_json({"choice": args.pretrained, "tag": ctx.tag,
                    "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
-                   "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
+                   "report": report.to_dict() if report else None,
+                   "encoder_weights": args.encoder_weights, "encoder_report": enc.to_dict() if enc else None},
+                  ctx.fold_dir / PRETRAINED_FILE)
     model = model.to(run.device)
     task = SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=args.seed,
                             device=run.device, batch_size=args.batch_size, num_workers=args.num_workers,
