@@ -53,7 +53,7 @@ from fpnunet.training.run_folder import (
     model_folder_name,
     write_command,
 )
-from fpnunet.training.segmentation import SegmentationTask, export_validation, labelled_cases
+from fpnunet.training.segmentation import SegmentationTask, export_validation
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
 
 PROGRAM = "fpn_train"
@@ -72,6 +72,7 @@ class TrainArgs:
     pretrained: str = "auto"
     encoder_weights: str = "none"
     label_fraction: float = 1.0
+    partial_load: bool = False
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     lr: float | None = None
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (the dataset's FAF, else SLO pretraining run, else scratch), none, or a checkpoint PATH")
     p.add_argument("--encoder-weights", default="none", metavar="imagenet|none|PATH",
                    help="2D encoder init of omnia/dsnet/dxnet: " + ENCODER_CHOICES_HELP + " (default none)")
+    p.add_argument("--partial-load", action="store_true",
+                   help="with --pretrained: load the matching tensors even from a checkpoint of another network")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="keep this fraction of the fold's labelled training cases (default 1.0)")
     add_schedule_arguments(p, epochs_help="number of epochs (default: plan)",
@@ -133,7 +136,7 @@ def parse_args(argv: list[str]) -> TrainArgs:
 def resolve_run(args: TrainArgs) -> RunContext:
     """Find the dataset, plan, configuration, fold cases and the run folder; clear errors otherwise."""
     found = find_preprocessed(args.dataset, args.config)
-    labelled = labelled_cases(found.data_dir)
+    labelled = found.cases.labelled
     if not labelled:
         raise FPNError(f"{found.data_dir}: no labelled case (no CASE_seg.npy): add label maps to labelsTr of the raw "
                        f"dataset and re-run fpn_plan_and_preprocess, or use fpn_pretrain, which needs no labels")
@@ -141,7 +144,7 @@ def resolve_run(args: TrainArgs) -> RunContext:
     raw_dir = raw_dir if raw_dir.is_dir() else None
     pre_dir = found.preprocessed_dir
     patients = load_dataset_json(pre_dir).patients if (pre_dir / "dataset.json").is_file() else {}
-    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients)
+    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients, all_cases=found.cases.case_names)
     train, val = fold_cases(splits, args.fold)
     train = apply_label_fraction(train, args.label_fraction)
     results = results_root() / found.dataset
@@ -175,7 +178,8 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
     spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, ctx.plan.num_outputs)
     if run.checkpoint is None:
         print(ctx.pretrained_message)
-        report = load_pretrained(model, ctx.pretrained_path) if ctx.pretrained_path is not None else None
+        report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
+                                 partial=args.partial_load) if ctx.pretrained_path is not None else None
         enc = (load_encoder_weights(model, ctx.encoder_state, args.encoder_weights)
                if ctx.encoder_state is not None else None)
         save_json({"choice": args.pretrained, "tag": ctx.tag,
