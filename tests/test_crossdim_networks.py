@@ -208,4 +208,9 @@ def test_timm_encoders_or_a_clear_error():
         for a, b in zip(ours(x), theirs(x), strict=True):
             torch.testing.assert_close(a, b)
     net = build_network("omnia", 1, 1, encoder="efficientnet_b0", levels=3, slabs=4)
-    assert net(torch.randn(1, 1, 8, 8, 16)).shape == (1, 1, 8, 16)
+    y = net(torch.randn(2, 1, 32, 8, 32))
+    assert y.shape == (2, 1, 32, 32)
+    y.mean().backward()
+    assert net.encoder.conv_stem.weight.grad is not None and net.encoder.conv_stem.in_channels == 4
+    with pytest.raises(FPNError, match="cannot extrapolate layer"):
+        build_network("dxnet", 1, 1, encoder="efficientnet_b0", levels=3)

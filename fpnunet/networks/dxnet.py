@@ -18,8 +18,9 @@ The network::
       -> 2D maps (N, F_i, B / 2**(i+1), A / 2**(i+1)) -> UNetDecoder2d (full-size skip: the depth mean
       of the input) -> (N, K, B, A)
 
-Only plain CNN layers can be inflated (Conv2d, BatchNorm2d, MaxPool2d, activations, identity):
-the built-in ``resnet18``/``resnet34`` and timm's ResNets; another encoder is a one-line error.
+Only plain CNN layers can be inflated (exactly Conv2d, BatchNorm2d, MaxPool2d, activations,
+identity, in ResNet blocks): the built-in ``resnet18``/``resnet34`` and timm's ResNets; another
+encoder is a one-line error naming the first layer that cannot be inflated.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ from fpnunet.networks.omnia import DEFAULT_DECODER, DEFAULT_ENCODER, DEFAULT_LEV
 from fpnunet.networks.registry import SegNetwork, register
 
 _PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Identity, nn.Dropout)
+_CONTAINERS = {"Sequential", "ModuleList", "ModuleDict", "BasicBlock", "Bottleneck", "ResNetEncoder", "FeatureListNet"}
+"""Modules whose forward only chains children and adds residuals (ours and timm's ResNet blocks)."""
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -104,27 +107,23 @@ def inflate(module: nn.Module) -> nn.Module:
 def _inflate_children(module: nn.Module, path: str) -> None:
     for name, child in list(module.named_children()):
         where = f"{path}.{name}"
-        if isinstance(child, nn.Conv2d):
+        kind = type(child)
+        if kind is nn.Conv2d:  # exact types: a subclass (timm's BatchNormAct2d, Conv2dSame) does more
             setattr(module, name, InflatedConv3d(child))
-        elif isinstance(child, nn.BatchNorm2d):
+        elif kind is nn.BatchNorm2d:
             bn = nn.BatchNorm3d(child.num_features, eps=child.eps, momentum=child.momentum, affine=child.affine,
                                 track_running_stats=child.track_running_stats)
             bn.load_state_dict(child.state_dict())
             setattr(module, name, bn)
-        elif isinstance(child, nn.MaxPool2d):
+        elif kind is nn.MaxPool2d:
             setattr(module, name, InflatedMaxPool3d(child))
-        elif isinstance(child, _PASS_THROUGH) or type(child) in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
-            _inflate_children(child, where)
-        elif next(child.parameters(recurse=False), None) is None and not _is_2d_specific(child):
-            _inflate_children(child, where)  # a container (a residual block): its forward is dimension-agnostic
+        elif kind in _PASS_THROUGH:
+            continue
+        elif kind.__name__ in _CONTAINERS and next(child.parameters(recurse=False), None) is None:
+            _inflate_children(child, where)  # forward is dimension-agnostic (sequential / residual sum)
         else:
             raise FPNError(f"dxnet cannot extrapolate layer {where} ({type(child).__name__}) to 3D: only Conv2d, "
                            "BatchNorm2d, MaxPool2d and activations are supported; use encoder resnet18 or resnet34")
-
-
-def _is_2d_specific(module: nn.Module) -> bool:
-    name = type(module).__name__
-    return name.endswith("2d") or "Pool" in name or "Norm" in name
 
 
 @register("dxnet")
