@@ -12,6 +12,7 @@ setup(
         "fpnunet.networks",
         "fpnunet.training",
         "fpnunet.evaluation",
+        "fpnunet.importer",
         "fpnunet.plans",
         "fpnunet.preprocessing",
         "fpnunet.inference",
@@ -33,7 +34,9 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.4"],
+        "dev": ["pytest>=7", "ruff>=0.4", "eyepy>=0.21", "pydicom>=3.0"],
+        # fpn_import: device exports (HEYEX VOL/XML/E2E, Topcon FDA via eyepy; DICOM OPT/OP via pydicom)
+        "import": ["eyepy>=0.21", "pydicom>=3.0"],
         # any timm CNN as the 2D encoder of omnia/dsnet/dxnet, and --encoder-weights imagenet
         # (resnet18/resnet34 are built in); timm needs a torchvision built for your torch
         "timm": ["timm>=1.0"],
@@ -48,6 +51,7 @@ setup(
             "fpn_train=fpnunet.training.train_cli:main",
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
+            "fpn_import=fpnunet.importer.cli:main",
             "fpn_convert_checkpoint=fpnunet.checkpoint_convert:main",
         ]
     },

@@ -29,6 +29,7 @@ from fpnunet.networks.encoder_weights import CHOICES_HELP as ENCODER_CHOICES_HEL
 from fpnunet.networks.encoder_weights import load_encoder_weights, resolve_encoder_weights
 from fpnunet.paths import raw_root, results_root
 from fpnunet.plans.plan import Plan
+from fpnunet.results_layout import FoldLock, clean_temp_files
 from fpnunet.training.checkpoint import FINAL, LATEST, model_from_checkpoint
 from fpnunet.training.cli_common import (
     OpenedRun,
@@ -44,6 +45,7 @@ from fpnunet.training.cli_common import (
     open_run,
     print_settings,
 )
+from fpnunet.training.hyperparameters import check_flags, resolve_hyperparameters
 from fpnunet.training.loop import EpochCallback
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
 from fpnunet.training.run_folder import (
@@ -168,30 +170,47 @@ def resolve_run(args: TrainArgs) -> RunContext:
 def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[EpochCallback, ...] = ()) -> Path:
     """Train (or resume, or only validate) the fold ``args`` names; returns the fold folder."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_flags(args)  # every typed value, before anything is read, created or deleted
     ctx = resolve_run(args)
     if args.val_only:
         return validate_only(args, ctx, argv)
-    defaults = ctx.config.training
-    run = open_run(ctx, args, argv, PROGRAM, lr=args.lr or defaults.lr, extra={"tag": ctx.tag}, watched=WATCHED)
-    _print_header(ctx, run)
-
+    hp = resolve_hyperparameters(args, ctx.config, resolve_device(args.device))
     spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, ctx.plan.num_outputs)
-    if run.checkpoint is None:
+    report = None
+    if ctx.pretrained_path is not None and not args.resume:  # a bad file fails before --overwrite deletes
         print(ctx.pretrained_message)
         report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
-                                 partial=args.partial_load) if ctx.pretrained_path is not None else None
+                                 partial=args.partial_load)
+    run = open_run(ctx, args, argv, PROGRAM, extra={"tag": ctx.tag}, watched=WATCHED, hp=hp)
+    try:
+        return _train(args, ctx, run, spec, model, report, argv, callbacks)
+    finally:
+        run.release()
+
+
+def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any], model: Any, report: Any,
+           argv: list[str], callbacks: tuple[EpochCallback, ...]) -> Path:
+    _print_header(ctx, run)
+    if run.checkpoint is None:
+        if report is None:
+            print(ctx.pretrained_message)
+            if ctx.pretrained_path is not None:
+                report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
+                                         partial=args.partial_load)
         enc = (load_encoder_weights(model, ctx.encoder_state, args.encoder_weights)
                if ctx.encoder_state is not None else None)
         save_json({"choice": args.pretrained, "tag": ctx.tag,
                    "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
+                   "partial_load": args.partial_load,
                    "report": report.to_dict() if report else None,
                    "encoder_weights": args.encoder_weights, "encoder_report": enc.to_dict() if enc else None},
                   ctx.fold_dir / PRETRAINED_FILE)
     model = model.to(run.device)
-    task = SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=args.seed,
-                            device=run.device, batch_size=args.batch_size, num_workers=args.num_workers,
-                            oversample=defaults.foreground_oversample)
-    loop = make_loop(task, model, spec, run, defaults, ctx.fold_dir, callbacks)
+    hp = run.hp
+    task = SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=hp.seed,
+                            device=run.device, batch_size=hp.batch_size, num_workers=hp.num_workers,
+                            oversample=hp.foreground_oversample)
+    loop = make_loop(task, model, spec, run, ctx.config.training, ctx.fold_dir, callbacks)
     try:
         loop.run()
     except KeyboardInterrupt:
@@ -215,8 +234,10 @@ def validate_only(args: TrainArgs, ctx: RunContext, argv: list[str]) -> Path:
     plan_file = ctx.model_dir / "plans.json"
     if plan_file.is_file():
         ctx.plan = Plan.load(plan_file)
-    write_command(ctx.fold_dir, argv, PROGRAM, append=True)
-    _final_validation(model, ctx, device, path.name, int(ckpt.get("epoch", 0)), progress=args.progress)
+    with FoldLock(ctx.fold_dir, PROGRAM):
+        clean_temp_files(ctx.fold_dir)
+        write_command(ctx.fold_dir, argv, PROGRAM, append=True)
+        _final_validation(model, ctx, device, path.name, int(ckpt.get("epoch", 0)), progress=args.progress)
     return ctx.fold_dir
 
 
