@@ -35,9 +35,14 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
+        "dev": ["pytest>=7", "ruff>=0.4", "eyepy>=0.21", "pydicom>=3.0"],
         # fpn_import: device exports (HEYEX VOL/XML/E2E, Topcon FDA via eyepy; DICOM OPT/OP via pydicom)
         "import": ["eyepy>=0.21", "pydicom>=3.0"],
-        "dev": ["pytest>=7", "ruff>=0.4", "eyepy>=0.21", "pydicom>=3.0"],
+        # any timm CNN as the 2D encoder of omnia/dsnet/dxnet, and --encoder-weights imagenet
+        # (resnet18/resnet34 are built in); timm needs a torchvision built for your torch
+        "timm": ["timm>=1.0"],
+        # benchmarks/nnunet_projection.py only: the nnU-Net v2 baseline, never imported by fpnunet
+        "bench": ["nnunetv2>=2.5"],
     },
     entry_points={
         "console_scripts": [

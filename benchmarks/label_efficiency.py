@@ -69,7 +69,8 @@ from label_efficiency_report import (  # noqa: E402
 
 FRACTIONS = (0.05, 0.1, 0.2, 1.0)
 TARGETS = ("FAF", "SLO")
-DISPLAY = {"fpn": "FPN", "ipn": "IPN", "ipnv2": "IPNv2", "lachinov": "Lachinov et al.", "resensnet": "ReSensNet"}
+DISPLAY = {"fpn": "FPN", "ipn": "IPN", "ipnv2": "IPNv2", "lachinov": "Lachinov et al.", "resensnet": "ReSensNet",
+           "omnia": "Omnia-Net", "dsnet": "DS-Net", "dxnet": "DX-Net"}
 CONSOLE_SCRIPTS = {"fpnunet.synthetic": "fpn_make_synthetic", "fpnunet.preprocessing.cli": "fpn_plan_and_preprocess",
                    "fpnunet.training.pretrain_cli": "fpn_pretrain", "fpnunet.training.train_cli": "fpn_train"}
 
@@ -81,15 +82,27 @@ class Method:
 
     network: str
     pretrain: str | None = None
+    encoder_from: str | None = None
+    """Fine-tune from the 2D encoder of this network's pretraining (``--encoder-weights``), not the whole net."""
 
     @property
     def key(self) -> str:
-        return "scratch" if self.pretrain is None else f"ssl-{self.pretrain}"
+        if self.pretrain is None:
+            return "scratch"
+        return f"enc-ssl-{self.pretrain}" if self.encoder_from else f"ssl-{self.pretrain}"
 
     @property
     def label(self) -> str:
         name = DISPLAY.get(self.network, self.network)
-        return name if self.pretrain is None else f"{name} + {self.pretrain} SSL"
+        if self.pretrain is None:
+            return name
+        if self.encoder_from:
+            return f"{name} + {self.pretrain} SSL encoder ({DISPLAY.get(self.encoder_from, self.encoder_from)})"
+        return f"{name} + {self.pretrain} SSL"
+
+    @property
+    def pretrain_network(self) -> str:
+        return self.encoder_from or self.network
 
 
 @dataclass(frozen=True)
@@ -100,12 +113,16 @@ class Run:
     seed: int
 
 
-def methods_of(networks: list[str], pretrain_networks: list[str], targets: list[str]) -> list[Method]:
-    """Scratch for every network, then SLO / FAF fine-tuning for the pretrained ones (paper order)."""
+def methods_of(networks: list[str], pretrain_networks: list[str], targets: list[str],
+               encoder_networks: tuple[str, ...] = (), encoder_source: str = "omnia") -> list[Method]:
+    """Scratch for every network, then SLO / FAF fine-tuning for the pretrained ones (paper order),
+    then the ``encoder_networks`` initialised from the 2D encoder of ``encoder_source``'s pretraining."""
     out = [Method(n) for n in networks]
     for n in networks:
         if n in pretrain_networks:
             out += [Method(n, t) for t in sorted(targets, key=lambda t: t != "SLO")]
+        if n in encoder_networks:
+            out += [Method(n, t, encoder_source) for t in sorted(targets, key=lambda t: t != "SLO")]
     return out
 
 
@@ -129,7 +146,8 @@ class Sweep:
         self.work = Path(args.work) if args.work else results_root() / f"label_efficiency_{self.name}"
         self.out = Path(args.out)
         self.logs = self.work / "logs"
-        self.methods = methods_of(args.networks, args.pretrain_networks, args.targets)
+        self.methods = methods_of(args.networks, args.pretrain_networks, args.targets,
+                                  tuple(args.encoder_ssl_networks), args.encoder_ssl_source)
         self.runs = [Run(m, f, k, s) for s in args.seeds for m in self.methods for f in args.fractions
                      for k in args.folds]
 
@@ -214,18 +232,18 @@ class Sweep:
         for m in self.methods if only is None else [only]:
             if m.pretrain is None:
                 continue
-            fold = self.pretrain_dir(m.network, m.pretrain)
+            fold = self.pretrain_dir(m.pretrain_network, m.pretrain)
             if (fold / "checkpoint_final.pth").is_file():
-                say(f"pretraining {m.network} on {m.pretrain}: done, skipped")
+                say(f"pretraining {m.pretrain_network} on {m.pretrain}: done, skipped")
                 continue
-            argv = [self.name, "--network", m.network, "--target", m.pretrain, *self._device_args(),
+            argv = [self.name, "--network", m.pretrain_network, "--target", m.pretrain, *self._device_args(),
                     "--seed", str(a.pretrain_seed)]
             argv += ["--epochs", str(a.pretrain_epochs)] if a.pretrain_epochs else []
             argv += ["--iterations-per-epoch", str(a.iterations_per_epoch)] if a.iterations_per_epoch else []
             argv += ["--lr", str(a.pretrain_lr)] if a.pretrain_lr else []
             argv += ["--continue"] if (fold / "checkpoint_latest.pth").is_file() else []
-            say(f"pretraining {m.network} on {m.pretrain}")
-            self._call("fpnunet.training.pretrain_cli", argv, f"pretrain__{m.network}__{m.pretrain}",
+            say(f"pretraining {m.pretrain_network} on {m.pretrain}")
+            self._call("fpnunet.training.pretrain_cli", argv, f"pretrain__{m.pretrain_network}__{m.pretrain}",
                        results=self.work / "pretrain")
 
     # ------------------------------------------------------------------ fine-tuning / scratch
@@ -239,7 +257,7 @@ class Sweep:
         accepted)."""
         from fpnunet.training.run_folder import fold_folder_name, model_folder_name
 
-        tag = "scratch" if run.method.pretrain is None else f"ssl-{run.method.pretrain}"
+        tag = run.method.key
         dataset_dir = self.results_of(run) / self.name
         fold = fold_folder_name(run.fold)
         expected = dataset_dir / model_folder_name(run.method.network, run.fraction, tag) / fold
@@ -262,10 +280,12 @@ class Sweep:
             say(f"{what}: done, skipped")
             return
         m = run.method
-        pretrained = "none" if m.pretrain is None else str(self.pretrain_dir(m.network, m.pretrain)
+        pretrained = "none" if m.pretrain is None else str(self.pretrain_dir(m.pretrain_network, m.pretrain)
                                                            / "checkpoint_final.pth")
+        init = ["--pretrained", "none", "--encoder-weights", pretrained] if m.encoder_from else ["--pretrained",
+                                                                                                   pretrained]
         argv = [self.name, str(run.fold), "--network", m.network, "--label-fraction", f"{run.fraction:g}",
-                "--pretrained", pretrained, "--seed", str(run.seed), *self._device_args()]
+                *init, "--seed", str(run.seed), *self._device_args()]
         argv += ["--epochs", str(a.epochs)] if a.epochs else []
         argv += ["--iterations-per-epoch", str(a.iterations_per_epoch)] if a.iterations_per_epoch else []
         argv += ["--lr", str(a.lr)] if a.lr else []
@@ -291,12 +311,12 @@ class Sweep:
         failures: list[str] = []
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             for m in self.methods:
-                if m.pretrain is not None and (m.network, m.pretrain) not in pretrainings:
-                    pretrainings[(m.network, m.pretrain)] = pool.submit(self.pretrain, m)
+                if m.pretrain is not None and (m.pretrain_network, m.pretrain) not in pretrainings:
+                    pretrainings[(m.pretrain_network, m.pretrain)] = pool.submit(self.pretrain, m)
 
             def fine_tune(run: Run, index: int) -> None:
                 if run.method.pretrain is not None:
-                    pretrainings[(run.method.network, run.method.pretrain)].result()
+                    pretrainings[(run.method.pretrain_network, run.method.pretrain)].result()
                 self.train(run, index)
 
             # scratch runs first so that no worker waits on a pretraining while others could run
@@ -355,6 +375,7 @@ class Sweep:
                 "dataset": self.name, "num_cases": made.get("n", a.num_cases),
                 "shape_bda": made.get("shape_bda", list(a.shape)), "data_seed": made.get("seed", a.data_seed),
                 "networks": a.networks, "pretrain_networks": a.pretrain_networks, "targets": a.targets,
+                "encoder_ssl_networks": a.encoder_ssl_networks, "encoder_ssl_source": a.encoder_ssl_source,
                 "fractions": list(a.fractions), "folds": list(a.folds), "seeds": list(a.seeds),
                 "epochs": a.epochs, "iterations_per_epoch": a.iterations_per_epoch, "lr": a.lr,
                 "weight_decay": a.weight_decay,
@@ -380,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--networks", nargs="+", default=["fpn", "lachinov"], help="networks (default fpn lachinov)")
     s.add_argument("--pretrain-networks", nargs="*", default=["fpn"],
                    help="networks also fine-tuned from SSL pretraining (default fpn, as the paper)")
+    s.add_argument("--encoder-ssl-networks", nargs="*", default=[],
+                   help="networks (dsnet, dxnet) also fine-tuned from the 2D encoder of --encoder-ssl-source's "
+                        "pretraining (fpn_train --encoder-weights)")
+    s.add_argument("--encoder-ssl-source", default="omnia", help="whose pretraining gives that encoder (omnia)")
     s.add_argument("--targets", nargs="*", default=list(TARGETS), help="pretraining targets (default FAF SLO)")
     s.add_argument("--folds", type=int, nargs="+", default=[0], help="folds (default 0)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
@@ -413,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [f for f in args.fractions if not 0 < f <= 1]
     if bad:
         print(f"error: label fractions must lie in (0, 1], got {bad}", file=sys.stderr)
+        return 2
+    if args.encoder_ssl_networks and args.encoder_ssl_source not in args.networks:
+        print(f"error: --encoder-ssl-source {args.encoder_ssl_source} must be one of --networks (it is pretrained)",
+              file=sys.stderr)
         return 2
     sweep = Sweep(args)
     try:

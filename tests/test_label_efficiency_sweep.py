@@ -132,3 +132,23 @@ def test_training_flags_are_passed_to_every_run(tmp_path):
     pretrain = fake.argvs["pretrain__fpn__FAF"]
     assert "--weight-decay" not in pretrain and "--lr" not in pretrain  # the sweep's fine-tuning flags only
     assert sweep.settings([])["weight_decay"] == 0.05
+
+
+def test_encoder_ssl_methods_take_the_encoder_of_the_source_pretraining(tmp_path):
+    le = _benchmark_module()
+    args = le.build_parser().parse_args(["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                                         "--fractions", "0.05", "--folds", "0", "--networks", "omnia", "dxnet",
+                                         "--pretrain-networks", "omnia", "--encoder-ssl-networks", "dxnet",
+                                         "--targets", "FAF"])
+    sweep = le.Sweep(args)
+    assert [m.label for m in sweep.methods] == ["Omnia-Net", "DX-Net", "Omnia-Net + FAF SSL",
+                                                "DX-Net + FAF SSL encoder (Omnia-Net)"]
+    fake = FakeRunner(sweep, pretrain_s=0, train_s=0)
+    sweep._call = fake
+    sweep.run_parallel(2)
+    assert [n for n in fake.argvs if n.startswith("pretrain")] == ["pretrain__omnia__FAF"]  # one pretraining
+    argv = fake.argvs["seed0__enc-ssl-FAF__dxnet__lf0.05__fold0"]
+    source = str(sweep.pretrain_dir("omnia", "FAF") / "checkpoint_final.pth")
+    assert argv[argv.index("--encoder-weights") + 1] == source and argv[argv.index("--pretrained") + 1] == "none"
+    assert sweep.fold_dir(sweep.runs[-1]).parent.name == "dxnet__lf0.05__enc-ssl-FAF"
+    assert le.main(["--networks", "dxnet", "--encoder-ssl-networks", "dxnet", "--dry-run"]) == 2

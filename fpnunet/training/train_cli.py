@@ -62,6 +62,7 @@ class TrainArgs:
     fold: str
     config: str | None = None
     pretrained: str = "auto"
+    encoder_weights: str = "none"
     label_fraction: float = 1.0
     partial_load: bool = False
     epochs: int | None = None
@@ -93,6 +94,8 @@ class RunContext(ResolvedContext):
     tag: str
     pretrained_path: Path | None
     pretrained_message: str
+    encoder_state: dict | None = None
+    """2D encoder tensors from ``--encoder-weights`` (omnia/dsnet/dxnet), loaded before epoch 0."""
 
 
 def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentParser:
@@ -107,6 +110,9 @@ def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentPa
     p.add_argument("--pretrained", default="auto",
                    help="auto (the dataset's FAF, else SLO pretraining run, else scratch), none, or a checkpoint PATH "
                         "(default auto)")
+    p.add_argument("--encoder-weights", default="none", metavar="imagenet|none|PATH",
+                   help="2D encoder init of omnia/dsnet/dxnet: imagenet, none, or a PATH to a state dict of the 2D "
+                        "encoder (or an omnia/dsnet checkpoint) (default none)")
     p.add_argument("--partial-load", action="store_true",
                    help="with --pretrained: load the matching tensors even from a checkpoint of another network")
     p.add_argument("--label-fraction", type=float, default=1.0,
@@ -134,6 +140,8 @@ def parse_args(argv: list[str]) -> TrainArgs:
 def resolve_run(args: TrainArgs) -> RunContext:
     """Find the dataset, plan, configuration, fold cases and the run folder; clear errors otherwise."""
     from fpnunet.io import load_dataset_json
+    from fpnunet.networks import network_class
+    from fpnunet.networks.encoder_weights import resolve_encoder_weights
     from fpnunet.training.pretrained import resolve_pretrained
     from fpnunet.training.run_folder import fold_folder_name, model_folder_name
     from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
@@ -152,11 +160,19 @@ def resolve_run(args: TrainArgs) -> RunContext:
     train = apply_label_fraction(train, args.label_fraction)
     results = results_root() / found.dataset
     tag, path, message = resolve_pretrained(args.pretrained, results, found.config_name)
+    enc_tag, enc_state, enc_message = resolve_encoder_weights(
+        args.encoder_weights, found.config.network.name, network_class(found.config.network.name),
+        found.config.network.kwargs, fetch=not (args.resume or args.val_only))
+    if enc_tag is not None:
+        if args.pretrained not in ("auto", "none"):
+            raise FPNError(f"--pretrained {args.pretrained} and --encoder-weights {args.encoder_weights} both "
+                           "initialise the network: give one of them")
+        tag, path, message = enc_tag, None, enc_message
     model_dir = results / model_folder_name(found.config_name, args.label_fraction, tag)
     return RunContext(dataset=found.dataset, preprocessed_dir=pre_dir, plan=found.plan, config_name=found.config_name,
                       config=found.config, data_dir=found.data_dir, train_cases=train, val_cases=val,
                       model_dir=model_dir, fold_dir=model_dir / fold_folder_name(args.fold), raw_dir=raw_dir, tag=tag,
-                      pretrained_path=path, pretrained_message=message)
+                      pretrained_path=path, pretrained_message=message, encoder_state=enc_state)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -196,6 +212,7 @@ def _open_and_train(args: TrainArgs, argv: list[str], callbacks: tuple[EpochCall
 
 def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any], model: Any, report: Any,
            argv: list[str], callbacks: tuple[EpochCallback, ...], main_rank: bool = True) -> Path:
+    from fpnunet.networks.encoder_weights import load_encoder_weights
     from fpnunet.training.checkpoint import FINAL, LATEST
     from fpnunet.training.pretrained import load_pretrained
     from fpnunet.training.run_folder import PRETRAINED_FILE
@@ -209,11 +226,15 @@ def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any
             if ctx.pretrained_path is not None:
                 report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
                                          partial=args.partial_load)
+        enc = (load_encoder_weights(model, ctx.encoder_state, args.encoder_weights)
+               if ctx.encoder_state is not None else None)
         if main_rank:
             save_json({"choice": args.pretrained, "tag": ctx.tag,
                        "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
                        "partial_load": args.partial_load,
-                       "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
+                       "report": report.to_dict() if report else None,
+                       "encoder_weights": args.encoder_weights, "encoder_report": enc.to_dict() if enc else None},
+                      ctx.fold_dir / PRETRAINED_FILE)
     model = model.to(run.device)
     hp = run.hp
     task = SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=hp.seed,

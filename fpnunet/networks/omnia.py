@@ -1,0 +1,147 @@
+"""Omnia-Net for 3D-to-2D (after Messaoudi et al., Medical Image Analysis 2023, "Cross-dimensional
+transfer learning in medical image segmentation with deep learning").
+
+A 2D U-Net whose encoder is a 2D classification network (:mod:`fpnunet.networks.encoders2d`:
+built-in ``resnet18``/``resnet34`` or any timm CNN), so 2D-pretrained weights (ImageNet, or our
+own en-face pretraining) can initialise it. The volume becomes an en-face image first: the depth
+axis (already cropped to the retina band by preprocessing) is cut into ``slabs`` equal slabs and
+each is averaged, giving ``C * slabs`` en-face channels::
+
+    (N, C, B, D, A) -> slab means -> (N, C*K, B, A) -> 2D encoder -> features at strides 2..2**L
+      decoder: bilinear x2, concat the skip, (3x3 conv + BN + ReLU) x 2, per level
+      last stage: x2 to full size, concat the en-face input, double conv; 1x1 conv -> (N, K, B, A)
+
+:class:`UNetDecoder2d` is shared with ``dsnet`` and ``dxnet``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fpnunet.errors import FPNError
+from fpnunet.networks.blocks import DoubleConv2d, as_int_list, init_weights
+from fpnunet.networks.encoders2d import MAX_LEVELS, check_encoder_args, encoder_channels, make_encoder_2d
+from fpnunet.networks.registry import SegNetwork, register
+
+DEFAULT_ENCODER = "resnet18"
+DEFAULT_LEVELS = 4
+"""Encoder stages used by default (the planner uses up to 5 when the patch allows)."""
+DEFAULT_SLABS = 8
+DEFAULT_DECODER: tuple[int, ...] = (16, 32, 64, 128, 256)
+"""Decoder channels: ``[0]`` at full size, ``[i]`` at stride ``2**i``."""
+
+
+class UNetDecoder2d(nn.Module):
+    """U-Net decoder on 2D feature maps at strides ``2, 4, ..., 2**L`` plus a full-size skip.
+
+    ``forward(features, skip)``: ``features[i]`` is ``(N, enc_channels[i], H / 2**(i+1), W / 2**(i+1))``,
+    ``skip`` is ``(N, skip_channels, H, W)``; returns logits ``(N, num_classes, H, W)``.
+    ``decoder[i]`` channels come out of the stage at stride ``2**i`` (``decoder[0]``: full size).
+    """
+
+    def __init__(self, enc_channels: Sequence[int], skip_channels: int, decoder: Sequence[int], num_classes: int):
+        super().__init__()
+        levels = len(enc_channels)
+        if len(decoder) != levels:
+            raise FPNError(f"decoder must give {levels} channel counts (one per encoder level), got {list(decoder)}")
+        self.blocks = nn.ModuleList()
+        ch = enc_channels[-1]
+        for i in reversed(range(levels - 1)):  # stride 2**(i+1): concat features[i]
+            self.blocks.append(DoubleConv2d(ch + enc_channels[i], decoder[i + 1]))
+            ch = decoder[i + 1]
+        self.final = DoubleConv2d(ch + skip_channels, decoder[0])
+        self.head = nn.Conv2d(decoder[0], num_classes, 1, bias=True)
+        self.apply(init_weights)
+
+    def forward(self, features: Sequence[torch.Tensor], skip: torch.Tensor) -> torch.Tensor:
+        y = features[-1]
+        for block, feat in zip(self.blocks, reversed(features[:-1]), strict=True):
+            y = F.interpolate(y, size=feat.shape[-2:], mode="bilinear", align_corners=False)
+            y = block(torch.cat([feat, y], dim=1))
+        y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.head(self.final(torch.cat([skip, y], dim=1)))
+
+
+def enface_levels(patch_size: tuple[int, int]) -> int:
+    """Encoder stages for an en-face patch: as many halvings as the shorter axis allows (the
+    deepest map keeps >= 1 px), 1..5."""
+    smallest = max(1, min(int(patch_size[0]), int(patch_size[1])))
+    return max(1, min(MAX_LEVELS, smallest.bit_length() - 1))
+
+
+def largest_divisor_at_most(value: int, limit: int) -> int:
+    """Largest ``k <= limit`` dividing ``value`` (1 at worst)."""
+    return next(k for k in range(max(1, min(limit, value)), 0, -1) if value % k == 0)
+
+
+def slab_means(x: torch.Tensor, slabs: int) -> torch.Tensor:
+    """``(N, C, B, D, A) -> (N, C * slabs, B, A)``: the mean of each of ``slabs`` equal depth slabs
+    (channel ``c * slabs + k`` is slab ``k`` of input channel ``c``, top of the retina first)."""
+    n, c, b, d, a = x.shape
+    return x.reshape(n, c, b, slabs, d // slabs, a).mean(dim=4).permute(0, 1, 3, 2, 4).reshape(n, c * slabs, b, a)
+
+
+@register("omnia")
+class OmniaNet(SegNetwork):
+    """Omnia-Net: slab projections of the volume into a 2D U-Net with a 2D classifier's encoder.
+
+    ``(N, C, B, D, A) -> (N, K, B, A)`` logits.
+
+    Args:
+        encoder: 2D encoder name (built-in ``resnet18``/``resnet34``, or a timm CNN).
+        levels: encoder stages used (1..5); ``B`` and ``A`` must be divisible by ``2**levels``.
+        slabs: depth slabs projected to en-face channels; ``D`` must be divisible by it.
+        decoder: ``levels`` decoder channel counts (see :class:`UNetDecoder2d`).
+    """
+
+    encoder_input = "2d"
+    """How :mod:`fpnunet.networks.encoder_weights` loads 2D weights into ``self.encoder``."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 1,
+        encoder: str = DEFAULT_ENCODER,
+        levels: int = DEFAULT_LEVELS,
+        slabs: int = DEFAULT_SLABS,
+        decoder: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        check_encoder_args(encoder, levels)
+        levels, slabs = int(levels), int(slabs)
+        if slabs < 1:
+            raise FPNError(f"slabs must be >= 1, got {slabs}")
+        decoder = as_int_list("decoder", decoder if decoder is not None else DEFAULT_DECODER[:levels])
+        self.config: dict[str, Any] = {"encoder": encoder, "levels": levels, "slabs": slabs, "decoder": decoder}
+        self.slabs = slabs
+        self.encoder = make_encoder_2d(encoder, in_channels * slabs, levels)
+        self.decoder = UNetDecoder2d(encoder_channels(self.encoder), in_channels * slabs, decoder, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, B, D, A) -> (N, K, B, A)`` logits."""
+        self.check_input(x.shape)
+        image = slab_means(x, self.slabs)
+        return self.decoder(self.encoder(image), image)
+
+    @classmethod
+    def plan_kwargs(
+        cls, patch_size: tuple[int, int], depth: int, spacing: tuple[float, float] = (1.0, 1.0)
+    ) -> dict[str, Any]:
+        """As many encoder stages as the shorter en-face axis allows (up to 5), 8 slabs (or the
+        largest divisor of ``depth`` below 8)."""
+        levels = enface_levels(patch_size)
+        return {"encoder": DEFAULT_ENCODER, "levels": levels, "slabs": largest_divisor_at_most(depth, DEFAULT_SLABS),
+                "decoder": list(DEFAULT_DECODER[:levels])}
+
+    @classmethod
+    def input_divisors(
+        cls, encoder: str = DEFAULT_ENCODER, levels: int = DEFAULT_LEVELS, slabs: int = DEFAULT_SLABS,
+        decoder: Sequence[int] | None = None,
+    ) -> tuple[tuple[int, int, int], int]:
+        """``((2**levels, slabs, 2**levels), slabs)``."""
+        step = 2 ** int(levels)
+        return (step, int(slabs), step), int(slabs)
