@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whole-plane", action="store_true", help="feed the whole en-face plane at once (more memory)")
     p.add_argument("--step", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for one-class models")
+    p.add_argument("--fused", action="store_true",
+                   help="also use the en-face images (models of --trainer cmc): ENFACE_DIR/CASE_MOD<ending>")
+    p.add_argument("--enface-dir", help="folder of the en-face images for --fused (default: enfaceTs beside -i)")
     return p
 
 
@@ -270,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     labels = predictor.dataset_info.labels if predictor.dataset_info else plan.labels
 
     items, errors, warnings = collect_inputs(in_dir)
+    enface_files: dict[str, dict[str, Path]] = {}
+    if args.fused:  # every case's en-face images are checked before anything is written
+        from .fused import find_enface_files, model_modalities
+
+        modalities = model_modalities(predictor)
+        enface_dir = Path(args.enface_dir) if args.enface_dir else in_dir.parent / "enfaceTs"
+        enface_files = {item.case: find_enface_files(enface_dir, item.case, modalities) for item in items}
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     for e in errors:
@@ -278,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
-          f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}", file=sys.stderr)
+          f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}"
+          f"{', fused with ' + ' + '.join(modalities) if args.fused else ''}", file=sys.stderr)
 
     failures = len(errors)
     rows: list[dict[str, Any]] = []
@@ -298,7 +309,14 @@ def main(argv: list[str] | None = None) -> int:
                     failures += 1
                     continue
                 try:
-                    probs = predictor.predict_preprocessed(loaded.volume)
+                    if args.fused:
+                        from .fused import predict_fused, read_enface
+
+                        grid = (loaded.volume.shape[1], loaded.volume.shape[3])
+                        probs = predict_fused(predictor, loaded.volume,
+                                              read_enface(enface_files[loaded.case], modalities, grid))
+                    else:
+                        probs = predictor.predict_preprocessed(loaded.volume)
                 except FPNError as exc:
                     tqdm.write(f"error: {in_dir / loaded.case}_0000: {exc}", file=sys.stderr)
                     failures += 1

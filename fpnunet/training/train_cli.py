@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.io import load_dataset_json
 from fpnunet.paths import raw_root, results_root
-from fpnunet.plans.plan import Plan
+from fpnunet.plans.plan import NetworkSpec, Plan
 from fpnunet.training.checkpoint import FINAL, LATEST, model_from_checkpoint
 from fpnunet.training.cli_common import (
     OpenedRun,
@@ -41,6 +41,7 @@ from fpnunet.training.cli_common import (
     open_run,
     print_settings,
 )
+from fpnunet.training.cmc.data import unlabelled_cases
 from fpnunet.training.loop import EpochCallback
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
 from fpnunet.training.run_folder import (
@@ -50,12 +51,13 @@ from fpnunet.training.run_folder import (
     model_folder_name,
     write_command,
 )
-from fpnunet.training.segmentation import SegmentationTask, export_validation, labelled_cases
+from fpnunet.training.segmentation import export_validation, labelled_cases
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
+from fpnunet.training.trainers import SupervisedTrainer, available_trainers, get_trainer, write_trainer_file
 
 PROGRAM = "fpn_train"
-WATCHED = ("lr", "weight_decay", "batch_size", "iterations_per_epoch", "seed", "train_cases", "label_fraction",
-           "precision")
+WATCHED = ("trainer", "lr", "weight_decay", "batch_size", "iterations_per_epoch", "seed", "train_cases",
+           "label_fraction", "precision")
 """Arguments whose change on ``--continue`` is warned about."""
 
 
@@ -67,6 +69,7 @@ class TrainArgs:
     fold: str
     config: str | None = None
     pretrained: str = "auto"
+    trainer: str = "supervised"
     label_fraction: float = 1.0
     epochs: int | None = None
     iterations_per_epoch: int | None = None
@@ -94,6 +97,9 @@ class RunContext(ResolvedContext):
     tag: str
     pretrained_path: Path | None
     pretrained_message: str
+    trainer: SupervisedTrainer | None = None
+    unlabelled_cases: list[str] = field(default_factory=list)
+    """Training cases without a label, and labelled ones beyond --label-fraction (trainers that use them)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_argument(p, "train")
     p.add_argument("--pretrained", default="auto",
                    help="auto (the dataset's FAF, else SLO pretraining run, else scratch), none, or a checkpoint PATH")
+    p.add_argument("-tr", "--trainer", default="supervised",
+                   help=f"trainer: {', '.join(available_trainers())} (default supervised; docs/training.md)")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="keep this fraction of the fold's labelled training cases (default 1.0)")
     add_schedule_arguments(p, epochs_help="number of epochs (default: plan)",
@@ -124,7 +132,9 @@ def parse_args(argv: list[str]) -> TrainArgs:
 # ----------------------------------------------------------------------------- resolution
 def resolve_run(args: TrainArgs) -> RunContext:
     """Find the dataset, plan, configuration, fold cases and the run folder; clear errors otherwise."""
+    trainer = get_trainer(args.trainer)
     found = find_preprocessed(args.dataset, args.config)
+    trainer.check(found.plan)
     labelled = labelled_cases(found.data_dir)
     if not labelled:
         raise FPNError(f"{found.data_dir}: no labelled case (no CASE_seg.npy): add label maps to labelsTr of the raw "
@@ -135,14 +145,18 @@ def resolve_run(args: TrainArgs) -> RunContext:
     patients = load_dataset_json(pre_dir).patients if (pre_dir / "dataset.json").is_file() else {}
     splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients)
     train, val = fold_cases(splits, args.fold)
+    full_train = train
     train = apply_label_fraction(train, args.label_fraction)
+    unlabelled = ([c for c in full_train if c not in set(train)] + unlabelled_cases(found.data_dir)
+                  if trainer.uses_unlabelled else [])
     results = results_root() / found.dataset
     tag, path, message = resolve_pretrained(args.pretrained, results, found.config_name)
-    model_dir = results / model_folder_name(found.config_name, args.label_fraction, tag)
+    model_dir = results / (model_folder_name(found.config_name, args.label_fraction, tag) + trainer.folder_suffix())
     return RunContext(dataset=found.dataset, preprocessed_dir=pre_dir, plan=found.plan, config_name=found.config_name,
                       config=found.config, data_dir=found.data_dir, train_cases=train, val_cases=val,
                       model_dir=model_dir, fold_dir=model_dir / fold_folder_name(args.fold), raw_dir=raw_dir, tag=tag,
-                      pretrained_path=path, pretrained_message=message)
+                      pretrained_path=path, pretrained_message=message, trainer=trainer,
+                      unlabelled_cases=unlabelled)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -153,20 +167,26 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
     if args.val_only:
         return validate_only(args, ctx, argv)
     defaults = ctx.config.training
-    run = open_run(ctx, args, argv, PROGRAM, lr=args.lr or defaults.lr, extra={"tag": ctx.tag}, watched=WATCHED)
+    trainer = ctx.trainer or get_trainer(args.trainer)
+    loss, augment = trainer.params(ctx.config)
+    record = trainer.record(ctx.plan, loss, augment)
+    run = open_run(ctx, args, argv, PROGRAM, lr=args.lr or defaults.lr,
+                   extra={"tag": ctx.tag, **record, "unlabelled_cases": ctx.unlabelled_cases}, watched=WATCHED)
+    write_trainer_file(ctx.model_dir, record)
     _print_header(ctx, run)
 
-    spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, ctx.plan.num_outputs)
+    name, kwargs = trainer.network_spec(ctx.plan, ctx.config)
+    spec, model = new_model(args.seed, ctx.config_name, replace(ctx.config, network=NetworkSpec(name, kwargs)),
+                            ctx.plan.num_input_channels, ctx.plan.num_outputs)
     if run.checkpoint is None:
         print(ctx.pretrained_message)
-        report = load_pretrained(model, ctx.pretrained_path) if ctx.pretrained_path is not None else None
+        report = (load_pretrained(trainer.pretrained_module(model), ctx.pretrained_path)
+                  if ctx.pretrained_path is not None else None)
         save_json({"choice": args.pretrained, "tag": ctx.tag,
                    "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
                    "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
     model = model.to(run.device)
-    task = SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=args.seed,
-                            device=run.device, batch_size=args.batch_size, num_workers=args.num_workers,
-                            oversample=defaults.foreground_oversample)
+    task = trainer.make_task(ctx, args, run.device, loss, augment, defaults.foreground_oversample)
     loop = make_loop(task, model, spec, run, defaults, ctx.fold_dir, callbacks)
     try:
         loop.run()
@@ -211,8 +231,10 @@ def _final_validation(model: Any, ctx: RunContext, device: str, checkpoint: str,
 
 
 def _print_header(ctx: RunContext, run: OpenedRun) -> None:
+    unlabelled = f", {len(ctx.unlabelled_cases)} unlabelled" if ctx.trainer and ctx.trainer.uses_unlabelled else ""
     print(f"{ctx.dataset} / {ctx.config_name} / {ctx.fold_dir.name}: {len(ctx.train_cases)} training cases "
-          f"(label fraction {run.resolved['label_fraction']:g}), {len(ctx.val_cases)} validation cases")
+          f"(label fraction {run.resolved['label_fraction']:g}){unlabelled}, {len(ctx.val_cases)} validation cases, "
+          f"trainer {run.resolved['trainer']}")
     print_settings(ctx.config, run, ctx.fold_dir)
 
 
