@@ -77,19 +77,23 @@ CONSOLE_SCRIPTS = {"fpnunet.synthetic": "fpn_make_synthetic", "fpnunet.preproces
 # ----------------------------------------------------------------------------- runs
 @dataclass(frozen=True)
 class Method:
-    """A row of the table: a network, trained from scratch (``pretrain None``) or fine-tuned."""
+    """A row of the table: a network, trained from scratch (``pretrain None``) or fine-tuned, by the
+    ``supervised`` trainer or another (``cmc``: semi-supervised multimodal, row ``... + CMC``)."""
 
     network: str
     pretrain: str | None = None
+    trainer: str = "supervised"
 
     @property
     def key(self) -> str:
-        return "scratch" if self.pretrain is None else f"ssl-{self.pretrain}"
+        base = "scratch" if self.pretrain is None else f"ssl-{self.pretrain}"
+        return base if self.trainer == "supervised" else f"{base}-{self.trainer}"
 
     @property
     def label(self) -> str:
         name = DISPLAY.get(self.network, self.network)
-        return name if self.pretrain is None else f"{name} + {self.pretrain} SSL"
+        name = name if self.pretrain is None else f"{name} + {self.pretrain} SSL"
+        return name if self.trainer == "supervised" else f"{name} + {self.trainer.upper()}"
 
 
 @dataclass(frozen=True)
@@ -100,12 +104,15 @@ class Run:
     seed: int
 
 
-def methods_of(networks: list[str], pretrain_networks: list[str], targets: list[str]) -> list[Method]:
-    """Scratch for every network, then SLO / FAF fine-tuning for the pretrained ones (paper order)."""
+def methods_of(networks: list[str], pretrain_networks: list[str], targets: list[str],
+               cmc_networks: list[str] = ()) -> list[Method]:  # type: ignore[assignment]
+    """Scratch for every network, then SLO / FAF fine-tuning for the pretrained ones (paper order),
+    then the same with ``--trainer cmc`` for ``cmc_networks``."""
     out = [Method(n) for n in networks]
     for n in networks:
         if n in pretrain_networks:
             out += [Method(n, t) for t in sorted(targets, key=lambda t: t != "SLO")]
+    out += [Method(m.network, m.pretrain, "cmc") for m in list(out) if m.network in cmc_networks]
     return out
 
 
@@ -129,9 +136,15 @@ class Sweep:
         self.work = Path(args.work) if args.work else results_root() / f"label_efficiency_{self.name}"
         self.out = Path(args.out)
         self.logs = self.work / "logs"
-        self.methods = methods_of(args.networks, args.pretrain_networks, args.targets)
-        self.runs = [Run(m, f, k, s) for s in args.seeds for m in self.methods for f in args.fractions
-                     for k in args.folds]
+        self.methods = methods_of(args.networks, args.pretrain_networks, args.targets, args.cmc_networks)
+        if args.only:
+            unknown = sorted(set(args.only) - {m.label for m in self.methods})
+            if unknown:
+                raise FPNError(f"--only {unknown}: not rows of this sweep ({[m.label for m in self.methods]})")
+            self.methods = [m for m in self.methods if m.label in args.only]
+        # method innermost: an interrupted sweep has whole pairs (folds) rather than whole rows
+        self.runs = [Run(m, f, k, s) for s in args.seeds for f in args.fractions for k in args.folds
+                     for m in self.methods]
 
     # ------------------------------------------------------------------ subprocesses
     def _call(self, module: str, argv: list[str], log_name: str, results: Path | None = None) -> None:
@@ -240,11 +253,13 @@ class Sweep:
         from fpnunet.training.run_folder import fold_folder_name, model_folder_name
 
         tag = "scratch" if run.method.pretrain is None else f"ssl-{run.method.pretrain}"
+        suffix = "" if run.method.trainer == "supervised" else f"__{run.method.trainer}"
         dataset_dir = self.results_of(run) / self.name
         fold = fold_folder_name(run.fold)
-        expected = dataset_dir / model_folder_name(run.method.network, run.fraction, tag) / fold
+        expected = dataset_dir / (model_folder_name(run.method.network, run.fraction, tag) + suffix) / fold
         if not expected.is_dir():
-            found = sorted(dataset_dir.glob(f"{model_folder_name(run.method.network, run.fraction, '*')}/{fold}"))
+            pattern = f"{model_folder_name(run.method.network, run.fraction, '*')}{suffix}/{fold}"
+            found = sorted(dataset_dir.glob(pattern))
             if len(found) == 1:
                 return found[0]
         return expected
@@ -265,7 +280,7 @@ class Sweep:
         pretrained = "none" if m.pretrain is None else str(self.pretrain_dir(m.network, m.pretrain)
                                                            / "checkpoint_final.pth")
         argv = [self.name, str(run.fold), "--network", m.network, "--label-fraction", f"{run.fraction:g}",
-                "--pretrained", pretrained, "--seed", str(run.seed), *self._device_args()]
+                "--pretrained", pretrained, "--seed", str(run.seed), "--trainer", m.trainer, *self._device_args()]
         argv += ["--epochs", str(a.epochs)] if a.epochs else []
         argv += ["--iterations-per-epoch", str(a.iterations_per_epoch)] if a.iterations_per_epoch else []
         argv += ["--lr", str(a.lr)] if a.lr else []
@@ -318,11 +333,11 @@ class Sweep:
             fold = self.fold_dir(run)
             # the score alone is enough: results copied back without their checkpoints still count
             if (fold / "validation" / "summary.json").is_file():
-                rows.append({"method": run.method.label, "network": run.method.network,
+                rows.append({"method": run.method.label, "network": run.method.network, "trainer": run.method.trainer,
                              "pretrain": run.method.pretrain or "none", "fraction": run.fraction, "fold": run.fold,
                              "seed": run.seed, "dice": read_dice(fold), "folder": str(fold)})
-        return pd.DataFrame(rows, columns=["method", "network", "pretrain", "fraction", "fold", "seed", "dice",
-                                           "folder"])
+        return pd.DataFrame(rows, columns=["method", "network", "trainer", "pretrain", "fraction", "fold", "seed",
+                                           "dice", "folder"])
 
     def report(self, argv: list[str]) -> pd.DataFrame:
         runs = self.collect()
@@ -355,6 +370,7 @@ class Sweep:
                 "dataset": self.name, "num_cases": made.get("n", a.num_cases),
                 "shape_bda": made.get("shape_bda", list(a.shape)), "data_seed": made.get("seed", a.data_seed),
                 "networks": a.networks, "pretrain_networks": a.pretrain_networks, "targets": a.targets,
+                "cmc_networks": a.cmc_networks,
                 "fractions": list(a.fractions), "folds": list(a.folds), "seeds": list(a.seeds),
                 "epochs": a.epochs, "iterations_per_epoch": a.iterations_per_epoch, "lr": a.lr,
                 "weight_decay": a.weight_decay,
@@ -381,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pretrain-networks", nargs="*", default=["fpn"],
                    help="networks also fine-tuned from SSL pretraining (default fpn, as the paper)")
     s.add_argument("--targets", nargs="*", default=list(TARGETS), help="pretraining targets (default FAF SLO)")
+    s.add_argument("--cmc-networks", nargs="*", default=[],
+                   help="networks also trained with --trainer cmc, from scratch and from each pretraining "
+                        "(rows '... + CMC'; benchmarks/label_efficiency_cmc.py adds fused and misalignment)")
+    s.add_argument("--only", nargs="+", metavar="ROW", help="run / report only these rows, e.g. 'FPN + FAF SSL'")
     s.add_argument("--folds", type=int, nargs="+", default=[0], help="folds (default 0)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
     s.add_argument("--jobs", type=int, default=1,
@@ -414,8 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: label fractions must lie in (0, 1], got {bad}", file=sys.stderr)
         return 2
-    sweep = Sweep(args)
     try:
+        sweep = Sweep(args)
         if not args.report_only:
             t0 = time.perf_counter()
             sweep.prepare_dataset()
