@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from fpnunet import results_layout
 from fpnunet.atomic import write_atomic
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
@@ -106,21 +107,7 @@ def find_model_folder(dataset: str | None, model: str | None, network: str) -> P
     root = results_dir(dataset)
     if not root.is_dir():
         raise FPNError(f"{root}: no trained models for dataset {dataset} (FPN_RESULTS={results_root()})")
-    if model is not None:
-        path = root / model
-        if not path.is_dir():
-            present = sorted(p.name for p in root.iterdir() if p.is_dir())
-            raise FPNError(f"{path}: model folder not found; present: {present or 'none'}")
-        return path
-    hits = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(f"{network}__"))
-    if not hits:
-        present = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise FPNError(f"{root}: no model folder for network {network!r} (expected {network}__*); "
-                       f"present: {present or 'none'}")
-    if len(hits) > 1:
-        raise FPNError(f"{root}: several model folders for network {network!r}: {[p.name for p in hits]}; "
-                       "choose one with --model NAME or -m MODEL_DIR")
-    return hits[0]
+    return results_layout.find_model_folder(root, model, network)
 
 
 def collect_inputs(folder: Path) -> tuple[list[InputCase], list[str], list[str]]:

@@ -29,6 +29,7 @@ from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, resolve_dataset
 from fpnunet.plans.plan import Configuration, Plan, TrainingDefaults
+from fpnunet.preprocessing.dataset_reader import PreprocessedFolder, open_preprocessed
 from fpnunet.training.checkpoint import LATEST, build_model, load_checkpoint, model_spec, seed_everything
 from fpnunet.training.loop import EpochCallback, EpochLoop, LoopSettings, TrainingTask, make_optimizer, make_scheduler
 from fpnunet.training.run_folder import check_start, copy_model_files, write_command
@@ -91,6 +92,8 @@ class PreprocessedData:
     data_dir: Path
     hint: str
     """What to run when something is missing (``run fpn_plan_and_preprocess -d X first``)."""
+    cases: PreprocessedFolder
+    """The complete data folder's cases (:mod:`fpnunet.preprocessing.dataset_reader`)."""
 
 
 def find_preprocessed(dataset: str, config: str | None) -> PreprocessedData:
@@ -104,9 +107,10 @@ def find_preprocessed(dataset: str, config: str | None) -> PreprocessedData:
     config_name = config or plan.default_configuration
     configuration = plan.configuration(config_name)
     data_dir = pre_dir / configuration.data_identifier
-    if not data_dir.is_dir() or not any(data_dir.glob("*.npy")):
+    if not data_dir.is_dir():
         raise FPNError(f"{data_dir}: no preprocessed data for configuration {config_name!r}: {hint}")
-    return PreprocessedData(name, pre_dir, plan, config_name, configuration, data_dir, hint)
+    cases = open_preprocessed(data_dir, f"rerun fpn_plan_and_preprocess -d {dataset}")
+    return PreprocessedData(name, pre_dir, plan, config_name, configuration, data_dir, hint, cases)
 
 
 def loop_settings(args: Any, config: Configuration, device: str, default_epochs: int | None = None) -> LoopSettings:

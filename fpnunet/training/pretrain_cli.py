@@ -49,7 +49,6 @@ from fpnunet.training.pretrained import pretraining_checkpoint
 from fpnunet.training.reconstruction import (
     PICTURE_DIR,
     ReconstructionTask,
-    cases_with_modality,
     inverts,
     split_holdout,
 )
@@ -140,7 +139,7 @@ def resolve_pretrain(args: PretrainArgs) -> PretrainContext:
         raise FPNError(f"--target {args.target}: dataset {name} has no such en-face modality "
                        f"(its en-face images: {plan.enface_modalities or 'none'}; they come from enfaceTr/"
                        f"CASE_<MODALITY> files listed in dataset.json 'enface_modalities')")
-    cases = cases_with_modality(data_dir, target)
+    cases = found.cases.with_enface(target)
     if not cases:
         raise FPNError(f"{data_dir}: no preprocessed case has a {target} image (CASE_{target}.npy): {found.hint}")
     train, val = split_holdout(cases, args.val_fraction, args.seed)

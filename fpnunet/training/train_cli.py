@@ -41,7 +41,6 @@ from fpnunet.training.cli_common import (
     open_run,
     print_settings,
 )
-from fpnunet.training.cmc.data import unlabelled_cases
 from fpnunet.training.loop import EpochCallback
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
 from fpnunet.training.run_folder import (
@@ -51,7 +50,7 @@ from fpnunet.training.run_folder import (
     model_folder_name,
     write_command,
 )
-from fpnunet.training.segmentation import export_validation, labelled_cases
+from fpnunet.training.segmentation import export_validation
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
 from fpnunet.training.trainers import SupervisedTrainer, available_trainers, get_trainer, write_trainer_file
 
@@ -71,6 +70,7 @@ class TrainArgs:
     pretrained: str = "auto"
     trainer: str = "supervised"
     label_fraction: float = 1.0
+    partial_load: bool = False
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     lr: float | None = None
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (the dataset's FAF, else SLO pretraining run, else scratch), none, or a checkpoint PATH")
     p.add_argument("-tr", "--trainer", default="supervised",
                    help=f"trainer: {', '.join(available_trainers())} (default supervised; docs/training.md)")
+    p.add_argument("--partial-load", action="store_true",
+                   help="with --pretrained: load the matching tensors even from a checkpoint of another network")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="keep this fraction of the fold's labelled training cases (default 1.0)")
     add_schedule_arguments(p, epochs_help="number of epochs (default: plan)",
@@ -135,7 +137,7 @@ def resolve_run(args: TrainArgs) -> RunContext:
     trainer = get_trainer(args.trainer)
     found = find_preprocessed(args.dataset, args.config)
     trainer.check(found.plan)
-    labelled = labelled_cases(found.data_dir)
+    labelled = found.cases.labelled
     if not labelled:
         raise FPNError(f"{found.data_dir}: no labelled case (no CASE_seg.npy): add label maps to labelsTr of the raw "
                        f"dataset and re-run fpn_plan_and_preprocess, or use fpn_pretrain, which needs no labels")
@@ -143,12 +145,12 @@ def resolve_run(args: TrainArgs) -> RunContext:
     raw_dir = raw_dir if raw_dir.is_dir() else None
     pre_dir = found.preprocessed_dir
     patients = load_dataset_json(pre_dir).patients if (pre_dir / "dataset.json").is_file() else {}
-    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients)
+    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients, all_cases=found.cases.case_names)
     train, val = fold_cases(splits, args.fold)
     full_train = train
     train = apply_label_fraction(train, args.label_fraction)
-    unlabelled = ([c for c in full_train if c not in set(train)] + unlabelled_cases(found.data_dir)
-                  if trainer.uses_unlabelled else [])
+    unlabelled = ([c for c in full_train if c not in set(train)]
+                  + [c for c in found.cases.case_names if c not in set(labelled)] if trainer.uses_unlabelled else [])
     results = results_root() / found.dataset
     tag, path, message = resolve_pretrained(args.pretrained, results, found.config_name)
     model_dir = results / (model_folder_name(found.config_name, args.label_fraction, tag) + trainer.folder_suffix())
@@ -180,8 +182,9 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
                             ctx.plan.num_input_channels, ctx.plan.num_outputs)
     if run.checkpoint is None:
         print(ctx.pretrained_message)
-        report = (load_pretrained(trainer.pretrained_module(model), ctx.pretrained_path)
-                  if ctx.pretrained_path is not None else None)
+        report = load_pretrained(trainer.pretrained_module(model), ctx.pretrained_path,
+                                 network=ctx.config.network.name, partial=args.partial_load) \
+            if ctx.pretrained_path is not None else None
         save_json({"choice": args.pretrained, "tag": ctx.tag,
                    "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
                    "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
