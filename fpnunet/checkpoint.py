@@ -24,7 +24,6 @@ with full unpickling; they are refused with the one-time conversion command
 """
 from __future__ import annotations
 
-import math
 import pickle
 import random
 from pathlib import Path
@@ -135,8 +134,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` (plus the format key) atomically: a temporary name beside ``path``, then
     ``os.replace``. Anything but tensors and plain values is a :class:`TypeError`."""
     plain = to_plain({**state, "format": dict(FORMAT)})
-    with atomic_path(path, suffix=".pth") as tmp:
-        torch.save(plain, tmp)
+    try:
+        with atomic_path(path, suffix=".pth") as tmp:
+            torch.save(plain, tmp)
+    except RuntimeError as exc:  # torch reports a failed write (disk full, ...) as RuntimeError
+        first = (str(exc).strip().splitlines() or ["write failed"])[0]
+        raise FPNError(f"{path}: cannot write the checkpoint ({first})") from None
 
 
 # ----------------------------------------------------------------------------- load
@@ -215,7 +218,3 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def finite_weights(state_dict: dict[str, torch.Tensor]) -> bool:
     """Whether every floating-point tensor of ``state_dict`` is finite."""
     return all(bool(torch.isfinite(t).all()) for t in state_dict.values() if t.is_floating_point())
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

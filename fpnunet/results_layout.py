@@ -154,7 +154,7 @@ def clean_temp_files(fold_dir: Path, subdirs: tuple[str, ...] = (VALIDATION_DIR,
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if p.name.startswith(".") and p.name != LOCK_FILE and p.is_file() and p.name.count(".") >= 3:
+            if p.name.startswith(".") and not p.name.startswith(LOCK_FILE) and p.is_file() and p.name.count(".") >= 3:
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fpnunet.checkpoint import build_model, load_checkpoint
+from fpnunet.checkpoint import build_model, finite_weights, load_checkpoint
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.io import DatasetInfo, load_dataset_json
@@ -137,6 +137,9 @@ class Predictor:
             net = build_model(ckpt)
             # weights saved from a torch.compile'd model carry an "_orig_mod." prefix
             state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()}
+            if not finite_weights(state):
+                raise FPNError(f"{path}: the weights are not finite (NaN/Inf: the training diverged); "
+                               f"this checkpoint cannot predict anything")
             try:
                 net.load_state_dict(state)
             except RuntimeError as exc:

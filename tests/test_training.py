@@ -268,7 +268,7 @@ def test_cli_errors_cleanly(dataset, capsys):
         (["903", "0"], "no dataset with id 903"),
         (["901", "0", "--config", "nope"], "no configuration 'nope'"),
         (["901", "7"], "fold 7 does not exist"),
-        (["901", "0", "--label-fraction", "0"], "label fraction"),
+        (["901", "0", "--label-fraction", "0"], "--label-fraction"),
         (["901", "0", "--pretrained", "/no/such.pth"], "no such file"),
     ):
         with pytest.raises(SystemExit) as exc:
@@ -279,6 +279,9 @@ def test_cli_errors_cleanly(dataset, capsys):
         assert "Traceback" not in err
     for p in dataset["data"].glob("*_seg.npy"):
         p.unlink()
+        props = dataset["data"] / p.name.replace("_seg.npy", ".json")
+        save_json(json.loads(props.read_text()) | {"labelled": False}, props)
+    write_completion_record(dataset["data"])  # a complete folder of unlabelled cases
     with pytest.raises(SystemExit):
         main(["901", "0"])
     assert "no labelled case" in capsys.readouterr().err

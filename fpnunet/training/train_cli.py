@@ -26,6 +26,7 @@ from fpnunet.errors import FPNError
 from fpnunet.io import load_dataset_json
 from fpnunet.paths import raw_root, results_root
 from fpnunet.plans.plan import NetworkSpec, Plan
+from fpnunet.results_layout import FoldLock, clean_temp_files
 from fpnunet.training.checkpoint import FINAL, LATEST, model_from_checkpoint
 from fpnunet.training.cli_common import (
     OpenedRun,
@@ -41,6 +42,7 @@ from fpnunet.training.cli_common import (
     open_run,
     print_settings,
 )
+from fpnunet.training.hyperparameters import check_flags, resolve_hyperparameters
 from fpnunet.training.loop import EpochCallback
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
 from fpnunet.training.run_folder import (
@@ -165,32 +167,50 @@ def resolve_run(args: TrainArgs) -> RunContext:
 def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[EpochCallback, ...] = ()) -> Path:
     """Train (or resume, or only validate) the fold ``args`` names; returns the fold folder."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_flags(args)  # every typed value, before anything is read, created or deleted
     ctx = resolve_run(args)
     if args.val_only:
         return validate_only(args, ctx, argv)
-    defaults = ctx.config.training
+    hp = resolve_hyperparameters(args, ctx.config, resolve_device(args.device))
     trainer = ctx.trainer or get_trainer(args.trainer)
     loss, augment = trainer.params(ctx.config)
     record = trainer.record(ctx.plan, loss, augment)
-    run = open_run(ctx, args, argv, PROGRAM, lr=args.lr or defaults.lr,
-                   extra={"tag": ctx.tag, **record, "unlabelled_cases": ctx.unlabelled_cases}, watched=WATCHED)
-    write_trainer_file(ctx.model_dir, record)
-    _print_header(ctx, run)
-
     name, kwargs = trainer.network_spec(ctx.plan, ctx.config)
     spec, model = new_model(args.seed, ctx.config_name, replace(ctx.config, network=NetworkSpec(name, kwargs)),
                             ctx.plan.num_input_channels, ctx.plan.num_outputs)
-    if run.checkpoint is None:
+    report = None
+    if ctx.pretrained_path is not None and not args.resume:  # a bad file fails before --overwrite deletes
         print(ctx.pretrained_message)
         report = load_pretrained(trainer.pretrained_module(model), ctx.pretrained_path,
-                                 network=ctx.config.network.name, partial=args.partial_load) \
-            if ctx.pretrained_path is not None else None
+                                 network=ctx.config.network.name, partial=args.partial_load)
+    run = open_run(ctx, args, argv, PROGRAM, extra={"tag": ctx.tag, **record,
+                                                    "unlabelled_cases": ctx.unlabelled_cases},
+                   watched=WATCHED, hp=hp)
+    try:
+        write_trainer_file(ctx.model_dir, record)
+        return _train(args, ctx, run, spec, model, report, argv, callbacks, trainer, (loss, augment))
+    finally:
+        run.release()
+
+
+def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any], model: Any, report: Any,
+           argv: list[str], callbacks: tuple[EpochCallback, ...], trainer: SupervisedTrainer,
+           params: tuple[Any, Any]) -> Path:
+    _print_header(ctx, run)
+    if run.checkpoint is None:
+        if report is None:
+            print(ctx.pretrained_message)
+            if ctx.pretrained_path is not None:
+                report = load_pretrained(trainer.pretrained_module(model), ctx.pretrained_path,
+                                         network=ctx.config.network.name, partial=args.partial_load)
         save_json({"choice": args.pretrained, "tag": ctx.tag,
                    "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
+                   "partial_load": args.partial_load,
                    "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
     model = model.to(run.device)
-    task = trainer.make_task(ctx, args, run.device, loss, augment, defaults.foreground_oversample)
-    loop = make_loop(task, model, spec, run, defaults, ctx.fold_dir, callbacks)
+    hp = run.hp
+    task = trainer.make_task(ctx, hp, run.device, *params)
+    loop = make_loop(task, model, spec, run, ctx.config.training, ctx.fold_dir, callbacks)
     try:
         loop.run()
     except KeyboardInterrupt:
@@ -214,8 +234,10 @@ def validate_only(args: TrainArgs, ctx: RunContext, argv: list[str]) -> Path:
     plan_file = ctx.model_dir / "plans.json"
     if plan_file.is_file():
         ctx.plan = Plan.load(plan_file)
-    write_command(ctx.fold_dir, argv, PROGRAM, append=True)
-    _final_validation(model, ctx, device, path.name, int(ckpt.get("epoch", 0)), progress=args.progress)
+    with FoldLock(ctx.fold_dir, PROGRAM):
+        clean_temp_files(ctx.fold_dir)
+        write_command(ctx.fold_dir, argv, PROGRAM, append=True)
+        _final_validation(model, ctx, device, path.name, int(ckpt.get("epoch", 0)), progress=args.progress)
     return ctx.fold_dir
 
 
