@@ -36,9 +36,10 @@ from fpnunet.paths import preprocessed_root, results_root  # noqa: E402
 
 
 def evaluate_run(model_dir: Path, fold: int, data_dir: Path, shifts: list[int], tta: bool) -> dict[str, float]:
+    from fpnunet.checkpoint import load_checkpoint
     from fpnunet.inference.export import probabilities_to_segmentation
     from fpnunet.inference.fused import model_modalities, predict_fused
-    from fpnunet.inference.predictor import Predictor, load_checkpoint
+    from fpnunet.inference.predictor import Predictor
     from fpnunet.training.cmc.augment import shift_image
     from fpnunet.training.segmentation import mean_foreground_dice
 

@@ -20,6 +20,7 @@ from fpnunet.networks import available_networks, build_network, network_class
 from fpnunet.networks.cmc import pack_enface
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefaults
 from fpnunet.plans.training_params import AugmentParams, LossParams
+from fpnunet.preprocessing.dataset_reader import write_completion_record
 from fpnunet.training.checkpoint import load_checkpoint
 from fpnunet.training.cmc.augment import MisalignEnface, shift_image
 from fpnunet.training.cmc.losses import CMCLoss, coarse_agreement, prototype_contrastive, semantic_consistency
@@ -181,7 +182,7 @@ def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
         if labelled:
             np.save(data / f"{case}_seg.npy", seg)
             write_image(raw / "labelsTr" / f"{case}.nii.gz", seg, SPACING)
-        save_json({"case": case, "labelled": labelled, "geometry": geometry.to_dict(),
+        save_json({"case": case, "labelled": labelled, "enface": MODS, "geometry": geometry.to_dict(),
                    "class_locations": {"1": np.argwhere(seg == 1).tolist()} if labelled else {}},
                   data / f"{case}.json")
     config = Configuration(network=NetworkSpec("fpn", tiny_kwargs()), patch_size=SHAPE_BA, batch_size=2, depth=DEPTH,
@@ -190,6 +191,7 @@ def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     Plan(dataset_name=NAME, labels={"background": 0, "GA": 1}, enface_modalities=MODS, file_ending=".nii.gz",
          enface_spacing=SPACING, depth_crop=0, median_shape=(8, DEPTH, 32),
          configurations={"fpn": config}).save(pre / "plans.json")
+    write_completion_record(data)
     return {"tmp": tmp_path, "raw": raw, "results": tmp_path / "results" / NAME}
 
 

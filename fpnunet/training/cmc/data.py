@@ -31,13 +31,6 @@ from fpnunet.training.data import _npy_shape, _window, batch_rngs, scan_cases, w
 logger = logging.getLogger(__name__)
 
 
-def unlabelled_cases(data_dir: str | Path) -> list[str]:
-    """Cases of a preprocessed ``<data_identifier>`` folder with a volume and no label map."""
-    data_dir = Path(data_dir)
-    return sorted(p.stem for p in data_dir.glob("*.json")
-                  if (data_dir / f"{p.stem}.npy").is_file() and not (data_dir / f"{p.stem}_seg.npy").is_file())
-
-
 @dataclass
 class CMCCase:
     name: str

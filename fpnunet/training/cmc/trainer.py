@@ -37,11 +37,11 @@ class CMCTrainer(SupervisedTrainer):
     def modalities(self, plan: Plan) -> list[str]:
         return list(plan.enface_modalities)
 
-    def make_task(self, ctx: Any, args: Any, device: str, loss: LossParams, augment: AugmentParams,
-                  oversample: float) -> Any:
+    def make_task(self, ctx: Any, hp: Any, device: str, loss: LossParams, augment: AugmentParams) -> Any:
+        """The training task on ``ctx``'s cases with the resolved hyperparameters ``hp``."""
         from fpnunet.training.cmc.task import CMCTask
 
-        return CMCTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=args.seed,
-                       device=device, batch_size=args.batch_size, num_workers=args.num_workers,
-                       oversample=oversample, loss_params=loss, augment_params=augment,
+        return CMCTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=hp.seed,
+                       device=device, batch_size=hp.batch_size, num_workers=hp.num_workers,
+                       oversample=hp.foreground_oversample, loss_params=loss, augment_params=augment,
                        unlabelled_cases=list(ctx.unlabelled_cases), modalities=self.modalities(ctx.plan))
