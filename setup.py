@@ -13,6 +13,7 @@ setup(
         "fpnunet.training",
         "fpnunet.training.cmc",
         "fpnunet.evaluation",
+        "fpnunet.report",
         "fpnunet.importer",
         "fpnunet.plans",
         "fpnunet.preprocessing",
@@ -47,6 +48,7 @@ setup(
             "fpn_train=fpnunet.training.train_cli:main",
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
+            "fpn_report=fpnunet.report.cli:main",
             "fpn_import=fpnunet.importer.cli:main",
             "fpn_convert_checkpoint=fpnunet.checkpoint_convert:main",
         ]

@@ -10,7 +10,10 @@ Inputs are ``IN_DIR/CASE_0000<ending>`` (+ ``_0001`` ... for more channels) in a
 SimpleITK reads. Outputs, per case: ``OUT_DIR/CASE<ending>`` (the label map on the volume's
 en-face grid with its spacing and origin; ending of the dataset by default), optionally
 ``OUT_DIR/CASE.npz`` (probabilities ``(K, B, A)``), and for all cases ``OUT_DIR/lesion_areas.csv``
-(``case, class, area_mm2``).
+(``case, patient, eye, visit, class, area_mm2, sqrt_area_mm, lesions, focality``; patient, eye and visit date when the
+dataset.json ``visits``/``patients`` know the case). ``--overlays`` adds ``OUT_DIR/overlays/CASE.png``
+(outline on the SLO or a projection of the volume, area, scale bar), ``--report`` one
+self-contained ``OUT_DIR/report.html`` (``fpn_report``).
 
 Reading (and preprocessing) the next case, predicting and writing overlap: a reader thread
 prefetches, a writer pool writes. A bad case (unreadable or not 3D, depth too small, a missing
@@ -50,7 +53,7 @@ from fpnunet.io import (
 from fpnunet.paths import results_dir, results_root
 from fpnunet.plans.verify_content import check_nifti
 
-from .export import lesion_areas, probabilities_to_segmentation, write_probabilities, write_segmentation
+from .export import LESION_COLUMNS, lesion_rows, probabilities_to_segmentation, write_probabilities, write_segmentation
 from .predictor import CHECKPOINTS, Predictor
 
 __all__ = ["main", "build_parser", "find_model_folder", "collect_inputs", "min_raw_depth", "InputCase"]
@@ -97,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fused", action="store_true",
                    help="also use the en-face images (models of --trainer cmc): ENFACE_DIR/CASE_MOD<ending>")
     p.add_argument("--enface-dir", help="folder of the en-face images for --fused (default: enfaceTs beside -i)")
+    p.add_argument("--overlays", action="store_true", help="also write OUT/overlays/CASE.png: the outline on the "
+                   "SLO (enface folder beside the input) or a projection of the volume, with area and scale bar")
+    p.add_argument("--report", action="store_true", help="also write OUT/report.html: every case's overlay, areas, "
+                   "failed cases and growth per eye when visits are known (see fpn_report)")
     return p
 
 
@@ -224,14 +231,13 @@ def _reader(
 
 def _write_case(
     case: str, probs: np.ndarray, geometry: EnfaceGeometry, out_dir: Path, ending: str, save_probs: bool,
-    labels: dict[str, int], threshold: float,
+    labels: dict[str, int], threshold: float, visit: dict[str, str | None] | None = None,
 ) -> list[dict[str, Any]]:
     seg = probabilities_to_segmentation(probs, threshold=threshold, labels=labels)
     write_segmentation(seg, geometry, out_dir / f"{case}{ending}")
     if save_probs:
         write_probabilities(probs, out_dir / f"{case}.npz", labels=labels)
-    return [{"case": case, "class": name, "area_mm2": area}
-            for name, area in lesion_areas(seg, geometry.spacing, labels).items()]
+    return lesion_rows(case, seg, geometry.spacing, labels, visit)
 
 
 @run_cli
@@ -262,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     if not ending.startswith("."):
         raise FPNError(f"--file-ending {ending!r}: must start with a dot, e.g. .nii.gz")
     labels = predictor.dataset_info.labels if predictor.dataset_info else plan.labels
+    dataset_json = _dataset_json(predictor, args.dataset)
+    visits = _visit_columns(dataset_json)
+    if args.overlays or args.report:  # a bad colour in dataset.json stops here, before any output
+        from fpnunet.report.overlay import class_colours
+
+        class_colours(labels, dataset_json)
 
     items, errors, warnings = collect_inputs(in_dir)
     enface_files: dict[str, dict[str, Path]] = {}
@@ -283,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{', fused with ' + ' + '.join(modalities) if args.fused else ''}", file=sys.stderr)
 
     failures = len(errors)
+    failed = {_case_of_message(e): e for e in errors}  # case -> error, for the report
     rows: list[dict[str, Any]] = []
     loaded_q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -297,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 loaded: _Loaded = loaded_q.get()
                 if loaded.error is not None:
                     tqdm.write(f"error: {loaded.error}", file=sys.stderr)
+                    failed[loaded.case] = loaded.error
                     failures += 1
                     continue
                 try:
@@ -310,16 +324,18 @@ def main(argv: list[str] | None = None) -> int:
                         probs = predictor.predict_preprocessed(loaded.volume)
                 except FPNError as exc:
                     tqdm.write(f"error: {in_dir / loaded.case}_0000: {exc}", file=sys.stderr)
+                    failed[loaded.case] = str(exc)
                     failures += 1
                     continue
                 pending.append((loaded.case, writer.submit(
                     _write_case, loaded.case, probs, loaded.geometry, out_dir, ending, args.save_probabilities,
-                    labels, args.threshold)))
+                    labels, args.threshold, visits.get(loaded.case))))
             for case, fut in pending:
                 try:
                     rows.extend(fut.result())
                 except (FPNError, OSError, RuntimeError) as exc:
                     print(f"error: {out_dir / case}{ending}: writing failed ({exc})", file=sys.stderr)
+                    failed[case] = f"writing failed ({exc})"
                     failures += 1
     finally:
         stop.set()
@@ -327,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if rows:  # a failed prediction writes no (header-only) table
         _write_areas(rows, out_dir / "lesion_areas.csv")
+    if args.overlays or args.report:
+        from fpnunet.report.writers import pictures_after_prediction
+
+        pictures_after_prediction(out_dir, {c: out_dir / f"{c}{ending}" for c, _ in pending if c not in failed},
+                                  labels, dataset_json, in_dir, failed, args.overlays, args.report,
+                                  plan.projection_axis)
     total = len(items) + len(errors)
     done = total - failures
     print(f"fpn_predict: wrote {done} of {total} case(s) to {out_dir}", file=sys.stderr)
@@ -339,8 +361,41 @@ def main(argv: list[str] | None = None) -> int:
 def _write_areas(rows: list[dict[str, Any]], path: Path) -> None:
     import pandas as pd
 
-    df = pd.DataFrame(rows, columns=["case", "class", "area_mm2"])
+    df = pd.DataFrame(rows, columns=list(LESION_COLUMNS))
     write_atomic(path, lambda tmp: df.to_csv(tmp, index=False), suffix=".csv")
+
+
+def _dataset_json(predictor: Predictor, dataset: str | None) -> dict[str, Any]:
+    """The model folder's dataset.json, completed by the raw dataset's (visits of new cases) under -d."""
+    out = dict(predictor.dataset_info.raw) if predictor.dataset_info else {}
+    if dataset is not None:
+        from fpnunet.paths import raw_dir
+
+        try:
+            from fpnunet.io import load_dataset_json
+
+            raw = load_dataset_json(raw_dir(dataset)).raw
+        except FPNError:
+            return out
+        for key in ("visits", "patients"):
+            out[key] = {**raw.get(key, {}), **out.get(key, {})}
+    return out
+
+
+def _visit_columns(dataset_json: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+    """``{case: {"patient", "eye", "visit"}}`` from dataset.json (pseudonymised fields only)."""
+    from fpnunet.report.visits import visits_from_dataset
+
+    return {c: {"patient": v.patient, "eye": v.eye, "visit": v.date.isoformat() if v.date else None}
+            for c, v in visits_from_dataset(dataset_json, "dataset.json").items()}
+
+
+def _case_of_message(message: str) -> str:
+    """The case an input error names (its file name without ending and channel suffix)."""
+    from fpnunet.io import strip_ending
+
+    stem = strip_ending(Path(message.split(": ", 1)[0]).name)
+    return stem[:-5] if stem[-5:-4] == "_" and stem[-4:].isdigit() else stem
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -207,7 +207,7 @@ class DoubleConv2d(nn.Sequential):
 def max_pool_depth(x: torch.Tensor, factor: int, dim: int) -> torch.Tensor:
     """Unidirectional max-pool along ``dim`` with window and stride ``factor``.
 
-    Written as a reshape and ``max(dim).values`` (not ``amax``: DESIGN section 6 saw NaN
+    Written as a reshape and ``max(dim).values`` (not ``amax``: one test saw NaN
     gradients from ``amax`` under torch.compile + bf16). ``dim`` must be non-negative and the
     size along it divisible by ``factor``.
     """
@@ -222,7 +222,7 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     """Put 5D parameters/buffers in ``channels_last_3d`` and 4D ones in ``channels_last``, in place.
 
     ``module.to(memory_format=torch.channels_last_3d)`` raises on the 4D weights of the 2D
-    decoders and heads these networks have; use this instead (CUDA speed-up, DESIGN section 6).
+    decoders and heads these networks have; use this instead (a CUDA speed-up).
     Returns ``module``.
     """
     for sub in module.modules():

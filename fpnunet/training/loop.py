@@ -61,6 +61,11 @@ class BatchSource(Protocol):
     def close(self) -> None: ...
 
 
+def trainer_name(task: object) -> str:
+    """The name a plot title shows: ``task.trainer_name``, else the task class without ``Task``."""
+    return str(getattr(task, "trainer_name", None) or type(task).__name__.removesuffix("Task").lower())
+
+
 @runtime_checkable
 class TrainingTask(Protocol):
     """What the loop needs from a task (segmentation, en-face reconstruction, ...).
@@ -219,7 +224,7 @@ class EpochLoop:
         self.cuda = self.device.type == "cuda"
         self.start_epoch = 0
         self.best_score: float | None = None
-        self.logger = TrainingLogger(self.folder, task.metric_columns, plot=plot)
+        self.logger = TrainingLogger(self.folder, task.metric_columns, plot=plot, trainer=trainer_name(task))
         if self.cuda:
             torch.backends.cudnn.benchmark = True
             to_channels_last(self.model)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fpnunet.atomic import save_json
+from fpnunet.atomic import load_json, save_json
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.io import load_dataset_json
@@ -253,6 +253,27 @@ def _final_validation(model: Any, ctx: RunContext, device: str, checkpoint: str,
     dice = summary["foreground_mean"]["Dice"]
     print(f"validation ({checkpoint}, {len(ctx.val_cases)} cases, flip TTA): mean Dice {dice:.4f} "
           f"-> {out / 'summary.json'}")
+    validation_pictures(ctx.fold_dir, summary, ctx.raw_dir)
+
+
+def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path | None,
+                        trainer: str = "segmentation") -> None:
+    """``progress.png`` redrawn with the final validation, ``validation/overlays/CASE.png``
+    (prediction and reference outlines, Dice); a picture that cannot be made is a warning."""
+    from fpnunet.report.writers import OVERLAY_DIR, write_evaluation_overlays
+    from fpnunet.training.logger import redraw_progress
+
+    redraw_progress(fold_dir, trainer)
+    dataset_json = None
+    if raw_dir is not None and (raw_dir / "dataset.json").is_file():
+        dataset_json = load_json(raw_dir / "dataset.json")
+    try:
+        _, problems = write_evaluation_overlays(summary, fold_dir / VALIDATION_DIR / OVERLAY_DIR, dataset_json,
+                                                [raw_dir])
+    except FPNError as exc:  # e.g. a bad colour in dataset.json: the trained fold stays valid
+        problems = [str(exc)]
+    if problems:
+        print(f"warning: no overlay for {len(problems)} validation case(s): {problems[0]}", file=sys.stderr)
 
 
 def _print_header(ctx: RunContext, run: OpenedRun) -> None:
