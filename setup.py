@@ -46,6 +46,7 @@ setup(
             "fpn_plan_and_preprocess=fpnunet.preprocessing.cli:main",
             "fpn_pretrain=fpnunet.training.pretrain_cli:main",
             "fpn_train=fpnunet.training.train_cli:main",
+            "fpn_train_folds=fpnunet.training.folds_cli:main",
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
             "fpn_report=fpnunet.report.cli:main",

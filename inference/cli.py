@@ -15,6 +15,11 @@ dataset.json ``visits``/``patients`` know the case). ``--overlays`` adds ``OUT_D
 (outline on the SLO or a projection of the volume, area, scale bar), ``--report`` one
 self-contained ``OUT_DIR/report.html`` (``fpn_report``).
 
+At scale (docs/distributed.md): ``--num-parts K --part-id I`` predicts a deterministic 1/K share of
+the cases (Slurm arrays, several nodes) and writes ``lesion_areas.part-I-of-K.csv``;
+``fpn_predict -o OUT_DIR --merge-parts`` joins those into ``lesion_areas.csv``; ``--devices cuda:0
+cuda:1 ...`` runs one part per device and merges (:mod:`.parts`).
+
 Reading (and preprocessing) the next case, predicting and writing overlap: a reader thread
 prefetches, a writer pool writes. A bad case (unreadable or not 3D, depth too small, a missing
 channel, a file name without the ``_0000`` channel suffix) is reported on stderr naming the file;
@@ -40,7 +45,7 @@ from tqdm import tqdm
 
 from fpnunet import results_layout
 from fpnunet.atomic import write_atomic
-from fpnunet.cli_utils import run_cli
+from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.io import (
     SUPPORTED_ENDINGS,
@@ -54,6 +59,7 @@ from fpnunet.paths import results_dir, results_root
 from fpnunet.plans.verify_content import check_nifti
 
 from .export import LESION_COLUMNS, lesion_rows, probabilities_to_segmentation, write_probabilities, write_segmentation
+from .parts import check_part, merge_parts, part_csv_name, run_on_devices, select_part
 from .predictor import CHECKPOINTS, Predictor
 
 __all__ = ["main", "build_parser", "find_model_folder", "collect_inputs", "min_raw_depth", "InputCase"]
@@ -82,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fpn_predict",
         description="Predict en-face segmentations for every OCT volume (CASE_0000<ending>) in a folder.",
     )
-    p.add_argument("-i", "--input", required=True, help="folder with CASE_0000<ending> volumes (+ _0001 ...)")
+    p.add_argument("-i", "--input", help="folder with CASE_0000<ending> volumes (+ _0001 ...); required unless "
+                                         "--merge-parts")
     p.add_argument("-o", "--output", required=True, help="output folder (created)")
     p.add_argument("-d", "--dataset", help="dataset id or folder name (model under $FPN_RESULTS/DatasetXXX)")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every fold_* present); 'all' ok")
@@ -104,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "SLO (enface folder beside the input) or a projection of the volume, with area and scale bar")
     p.add_argument("--report", action="store_true", help="also write OUT/report.html: every case's overlay, areas, "
                    "failed cases and growth per eye when visits are known (see fpn_report)")
+    p.add_argument("--num-parts", type=int, default=1, metavar="K",
+                   help="split the cases into K parts (sorted by name, every K-th) and predict one (default 1)")
+    p.add_argument("--part-id", type=int, default=0, metavar="I", help="the part to predict, 0..K-1 (default 0)")
+    p.add_argument("--devices", nargs="+", metavar="DEV",
+                   help="predict one part per device in parallel (cuda:0 cuda:1 ..., or cpu cpu), then merge")
+    p.add_argument("--merge-parts", action="store_true",
+                   help="only join OUT_DIR's lesion_areas.part-I-of-K.csv tables into lesion_areas.csv")
     return p
 
 
@@ -242,13 +256,20 @@ def _write_case(
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if not 0 < args.threshold < 1:  # also false for nan
         raise FPNError(f"--threshold {args.threshold}: must be a probability strictly between 0 and 1")
     if not 0 < args.step <= 1:
         raise FPNError(f"--step {args.step}: must be in (0, 1]")
-    in_dir = Path(args.input)
     out_dir = Path(args.output)
+    if args.merge_parts:
+        print(f"fpn_predict: merged into {merge_parts(out_dir)}", file=sys.stderr)
+        return 0
+    if args.input is None:
+        raise FPNError("-i/--input is required (the folder with CASE_0000<ending> volumes)")
+    check_part(args.num_parts, args.part_id)
+    in_dir = Path(args.input)
     if not in_dir.is_dir():
         raise FPNError(f"{in_dir}: input folder not found")
     if out_dir.exists() and not out_dir.is_dir():
@@ -260,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
             if not (f.isdigit() or f == "all"):
                 raise FPNError(f"-f {f}: folds are numbers (0 1 2 3 4) or 'all'")
         folds = list(args.folds)
+    if args.devices:
+        if args.num_parts != 1 or "--device" in argv:
+            raise FPNError("--devices makes one part per device: leave out --num-parts/--part-id and --device")
+        for device in args.devices:
+            resolve_device(device)
+        return run_on_devices(argv, args.devices, out_dir)
     predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=args.checkpoint, device=args.device,
                                             tta=not args.disable_tta, whole_plane=args.whole_plane,
                                             step_fraction=args.step)
@@ -276,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         class_colours(labels, dataset_json)
 
     items, errors, warnings = collect_inputs(in_dir)
+    if not items and not errors:
+        raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
+    if args.num_parts > 1:  # this part's cases, and its share of the misnamed files' errors
+        items = select_part(items, args.num_parts, args.part_id)
+        errors = select_part(errors, args.num_parts, args.part_id)
     enface_files: dict[str, dict[str, Path]] = {}
     if args.fused:  # every case's en-face images are checked before anything is written
         from .fused import find_enface_files, model_modalities
@@ -287,12 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {w}", file=sys.stderr)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
-    if not items and not errors:
-        raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
           f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}"
-          f"{', fused with ' + ' + '.join(modalities) if args.fused else ''}", file=sys.stderr)
+          f"{', fused with ' + ' + '.join(modalities) if args.fused else ''}"
+          + (f", part {args.part_id} of {args.num_parts}" if args.num_parts > 1 else ""), file=sys.stderr)
 
     failures = len(errors)
     failed = {_case_of_message(e): e for e in errors}  # case -> error, for the report
@@ -341,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         reader.join(timeout=5)
 
-    if rows:  # a failed prediction writes no (header-only) table
-        _write_areas(rows, out_dir / "lesion_areas.csv")
+    if rows or args.num_parts > 1:  # a failed prediction writes no (header-only) table; a part always
+        _write_areas(rows, out_dir / part_csv_name(args.part_id, args.num_parts))  # does (--merge-parts needs it)
     if args.overlays or args.report:
         from fpnunet.report.writers import pictures_after_prediction
 
