@@ -11,6 +11,7 @@ setup(
         "fpnunet.synthetic",
         "fpnunet.networks",
         "fpnunet.training",
+        "fpnunet.training.cmc",
         "fpnunet.evaluation",
         "fpnunet.report",
         "fpnunet.importer",

@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,27 +78,33 @@ CONSOLE_SCRIPTS = {"fpnunet.synthetic": "fpn_make_synthetic", "fpnunet.preproces
 # ----------------------------------------------------------------------------- runs
 @dataclass(frozen=True)
 class Method:
-    """A row of the table: a network, trained from scratch (``pretrain None``) or fine-tuned."""
+    """A row of the table: a network, trained from scratch (``pretrain None``) or fine-tuned, by the
+    ``supervised`` trainer or another (``cmc``: semi-supervised multimodal, row ``... + CMC``)."""
 
     network: str
     pretrain: str | None = None
     encoder_from: str | None = None
     """Fine-tune from the 2D encoder of this network's pretraining (``--encoder-weights``), not the whole net."""
+    trainer: str = "supervised"
 
     @property
-    def key(self) -> str:
+    def folder_tag(self) -> str:
+        """The initialisation part of the model folder name (``scratch``, ``ssl-FAF``, ``enc-ssl-FAF``)."""
         if self.pretrain is None:
             return "scratch"
         return f"enc-ssl-{self.pretrain}" if self.encoder_from else f"ssl-{self.pretrain}"
 
     @property
+    def key(self) -> str:
+        return self.folder_tag if self.trainer == "supervised" else f"{self.folder_tag}-{self.trainer}"
+
+    @property
     def label(self) -> str:
         name = DISPLAY.get(self.network, self.network)
-        if self.pretrain is None:
-            return name
-        if self.encoder_from:
-            return f"{name} + {self.pretrain} SSL encoder ({DISPLAY.get(self.encoder_from, self.encoder_from)})"
-        return f"{name} + {self.pretrain} SSL"
+        if self.pretrain is not None:
+            name = (f"{name} + {self.pretrain} SSL encoder ({DISPLAY.get(self.encoder_from, self.encoder_from)})"
+                    if self.encoder_from else f"{name} + {self.pretrain} SSL")
+        return name if self.trainer == "supervised" else f"{name} + {self.trainer.upper()}"
 
     @property
     def pretrain_network(self) -> str:
@@ -114,15 +120,18 @@ class Run:
 
 
 def methods_of(networks: list[str], pretrain_networks: list[str], targets: list[str],
-               encoder_networks: tuple[str, ...] = (), encoder_source: str = "omnia") -> list[Method]:
+               encoder_networks: tuple[str, ...] = (), encoder_source: str = "omnia",
+               cmc_networks: tuple[str, ...] = ()) -> list[Method]:
     """Scratch for every network, then SLO / FAF fine-tuning for the pretrained ones (paper order),
-    then the ``encoder_networks`` initialised from the 2D encoder of ``encoder_source``'s pretraining."""
+    then the ``encoder_networks`` initialised from the 2D encoder of ``encoder_source``'s pretraining,
+    then the same with ``--trainer cmc`` for ``cmc_networks``."""
     out = [Method(n) for n in networks]
     for n in networks:
         if n in pretrain_networks:
             out += [Method(n, t) for t in sorted(targets, key=lambda t: t != "SLO")]
         if n in encoder_networks:
             out += [Method(n, t, encoder_source) for t in sorted(targets, key=lambda t: t != "SLO")]
+    out += [replace(m, trainer="cmc") for m in list(out) if m.network in cmc_networks]
     return out
 
 
@@ -147,9 +156,15 @@ class Sweep:
         self.out = Path(args.out)
         self.logs = self.work / "logs"
         self.methods = methods_of(args.networks, args.pretrain_networks, args.targets,
-                                  tuple(args.encoder_ssl_networks), args.encoder_ssl_source)
-        self.runs = [Run(m, f, k, s) for s in args.seeds for m in self.methods for f in args.fractions
-                     for k in args.folds]
+                                  tuple(args.encoder_ssl_networks), args.encoder_ssl_source, tuple(args.cmc_networks))
+        if args.only:
+            unknown = sorted(set(args.only) - {m.label for m in self.methods})
+            if unknown:
+                raise FPNError(f"--only {unknown}: not rows of this sweep ({[m.label for m in self.methods]})")
+            self.methods = [m for m in self.methods if m.label in args.only]
+        # method innermost: an interrupted sweep has whole pairs (folds) rather than whole rows
+        self.runs = [Run(m, f, k, s) for s in args.seeds for f in args.fractions for k in args.folds
+                     for m in self.methods]
 
     # ------------------------------------------------------------------ subprocesses
     def _call(self, module: str, argv: list[str], log_name: str, results: Path | None = None) -> None:
@@ -257,12 +272,14 @@ class Sweep:
         accepted)."""
         from fpnunet.training.run_folder import fold_folder_name, model_folder_name
 
-        tag = run.method.key
+        tag = run.method.folder_tag
+        suffix = "" if run.method.trainer == "supervised" else f"__{run.method.trainer}"
         dataset_dir = self.results_of(run) / self.name
         fold = fold_folder_name(run.fold)
-        expected = dataset_dir / model_folder_name(run.method.network, run.fraction, tag) / fold
+        expected = dataset_dir / (model_folder_name(run.method.network, run.fraction, tag) + suffix) / fold
         if not expected.is_dir():
-            found = sorted(dataset_dir.glob(f"{model_folder_name(run.method.network, run.fraction, '*')}/{fold}"))
+            pattern = f"{model_folder_name(run.method.network, run.fraction, '*')}{suffix}/{fold}"
+            found = sorted(dataset_dir.glob(pattern))
             if len(found) == 1:
                 return found[0]
         return expected
@@ -285,7 +302,7 @@ class Sweep:
         init = ["--pretrained", "none", "--encoder-weights", pretrained] if m.encoder_from else ["--pretrained",
                                                                                                    pretrained]
         argv = [self.name, str(run.fold), "--network", m.network, "--label-fraction", f"{run.fraction:g}",
-                *init, "--seed", str(run.seed), *self._device_args()]
+                *init, "--seed", str(run.seed), "--trainer", m.trainer, *self._device_args()]
         argv += ["--epochs", str(a.epochs)] if a.epochs else []
         argv += ["--iterations-per-epoch", str(a.iterations_per_epoch)] if a.iterations_per_epoch else []
         argv += ["--lr", str(a.lr)] if a.lr else []
@@ -338,11 +355,11 @@ class Sweep:
             fold = self.fold_dir(run)
             # the score alone is enough: results copied back without their checkpoints still count
             if (fold / "validation" / "summary.json").is_file():
-                rows.append({"method": run.method.label, "network": run.method.network,
+                rows.append({"method": run.method.label, "network": run.method.network, "trainer": run.method.trainer,
                              "pretrain": run.method.pretrain or "none", "fraction": run.fraction, "fold": run.fold,
                              "seed": run.seed, "dice": read_dice(fold), "folder": str(fold)})
-        return pd.DataFrame(rows, columns=["method", "network", "pretrain", "fraction", "fold", "seed", "dice",
-                                           "folder"])
+        return pd.DataFrame(rows, columns=["method", "network", "trainer", "pretrain", "fraction", "fold", "seed",
+                                           "dice", "folder"])
 
     def report(self, argv: list[str]) -> pd.DataFrame:
         runs = self.collect()
@@ -376,6 +393,7 @@ class Sweep:
                 "shape_bda": made.get("shape_bda", list(a.shape)), "data_seed": made.get("seed", a.data_seed),
                 "networks": a.networks, "pretrain_networks": a.pretrain_networks, "targets": a.targets,
                 "encoder_ssl_networks": a.encoder_ssl_networks, "encoder_ssl_source": a.encoder_ssl_source,
+                "cmc_networks": a.cmc_networks,
                 "fractions": list(a.fractions), "folds": list(a.folds), "seeds": list(a.seeds),
                 "epochs": a.epochs, "iterations_per_epoch": a.iterations_per_epoch, "lr": a.lr,
                 "weight_decay": a.weight_decay,
@@ -406,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "pretraining (fpn_train --encoder-weights)")
     s.add_argument("--encoder-ssl-source", default="omnia", help="whose pretraining gives that encoder (omnia)")
     s.add_argument("--targets", nargs="*", default=list(TARGETS), help="pretraining targets (default FAF SLO)")
+    s.add_argument("--cmc-networks", nargs="*", default=[],
+                   help="networks also trained with --trainer cmc, from scratch and from each pretraining "
+                        "(rows '... + CMC'; benchmarks/label_efficiency_cmc.py adds fused and misalignment)")
+    s.add_argument("--only", nargs="+", metavar="ROW", help="run / report only these rows, e.g. 'FPN + FAF SSL'")
     s.add_argument("--folds", type=int, nargs="+", default=[0], help="folds (default 0)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
     s.add_argument("--jobs", type=int, default=1,
@@ -443,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --encoder-ssl-source {args.encoder_ssl_source} must be one of --networks (it is pretrained)",
               file=sys.stderr)
         return 2
-    sweep = Sweep(args)
     try:
+        sweep = Sweep(args)
         if not args.report_only:
             t0 = time.perf_counter()
             sweep.prepare_dataset()

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sliding-window step as a fraction of the patch, in (0, 1] (default 0.5)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="probability threshold for one-class (sigmoid) models (default 0.5)")
+    p.add_argument("--fused", action="store_true",
+                   help="also use the en-face images (models of --trainer cmc): ENFACE_DIR/CASE_MOD<ending>")
+    p.add_argument("--enface-dir", help="folder of the en-face images for --fused (default: enfaceTs beside -i)")
     p.add_argument("--overlays", action="store_true", help="also write OUT/overlays/CASE.png: the outline on the "
                    "SLO (enface folder beside the input) or a projection of the volume, with area and scale bar")
     p.add_argument("--report", action="store_true", help="also write OUT/report.html: every case's overlay, areas, "
@@ -327,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_parts > 1:  # this part's cases, and its share of the misnamed files' errors
         items = select_part(items, args.num_parts, args.part_id)
         errors = select_part(errors, args.num_parts, args.part_id)
+    enface_files: dict[str, dict[str, Path]] = {}
+    if args.fused:  # every case's en-face images are checked before anything is written
+        from .fused import find_enface_files, model_modalities
+
+        modalities = model_modalities(predictor)
+        enface_dir = Path(args.enface_dir) if args.enface_dir else in_dir.parent / "enfaceTs"
+        enface_files = {item.case: find_enface_files(enface_dir, item.case, modalities) for item in items}
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     for e in errors:
@@ -334,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
           f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}"
+          f"{', fused with ' + ' + '.join(modalities) if args.fused else ''}"
           + (f", part {args.part_id} of {args.num_parts}" if args.num_parts > 1 else ""), file=sys.stderr)
 
     failures = len(errors)
@@ -356,7 +367,14 @@ def main(argv: list[str] | None = None) -> int:
                     failures += 1
                     continue
                 try:
-                    probs = predictor.predict_preprocessed(loaded.volume)
+                    if args.fused:
+                        from .fused import predict_fused, read_enface
+
+                        grid = (loaded.volume.shape[1], loaded.volume.shape[3])
+                        probs = predict_fused(predictor, loaded.volume,
+                                              read_enface(enface_files[loaded.case], modalities, grid))
+                    else:
+                        probs = predictor.predict_preprocessed(loaded.volume)
                 except FPNError as exc:
                     tqdm.write(f"error: {in_dir / loaded.case}_0000: {exc}", file=sys.stderr)
                     failed[loaded.case] = str(exc)

@@ -16,6 +16,7 @@ from typing import Any
 
 from fpnunet.atomic import load_json, save_json
 from fpnunet.errors import FPNError
+from fpnunet.plans.training_params import AugmentParams, LossParams, params_from_dict
 
 PLAN_VERSION = 1
 
@@ -90,6 +91,9 @@ class Configuration:
     gpu_memory_gb: float = 8.0
     memory: MemoryEstimate | None = None
     training: TrainingDefaults = field(default_factory=TrainingDefaults)
+    loss: LossParams = field(default_factory=LossParams)
+    """Loss weights (plans written before these keys load with the defaults, the old fixed values)."""
+    augmentation: AugmentParams = field(default_factory=AugmentParams)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Configuration:
@@ -98,6 +102,9 @@ class Configuration:
         d["patch_size"] = tuple(int(v) for v in d.get("patch_size", (32, 256)))
         d["memory"] = MemoryEstimate(**d["memory"]) if d.get("memory") else None
         d["training"] = TrainingDefaults(**_known(TrainingDefaults, d.get("training", {})))
+        d["loss"] = params_from_dict(LossParams, d.get("loss"), "plans.json configuration 'loss'")
+        d["augmentation"] = params_from_dict(AugmentParams, d.get("augmentation"),
+                                             "plans.json configuration 'augmentation'")
         return cls(**_known(cls, d))
 
 

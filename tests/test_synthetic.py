@@ -109,7 +109,7 @@ def test_same_seed_same_files_and_n_does_not_change_earlier_cases(tmp_path: Path
     b = _arrays(make_synthetic_dataset(tmp_path / "b", n=2, seed=3, **kw))
     c = _arrays(make_synthetic_dataset(tmp_path / "c", n=3, seed=3, **kw))
     other = _arrays(make_synthetic_dataset(tmp_path / "d", n=2, seed=4, **kw))
-    assert a.keys() == b.keys() and len(a) == 2 * 4 + 2
+    assert a.keys() == b.keys() and len(a) == 2 * 4 + 4  # test case: volume, FAF, SLO (enfaceTs), label
     for k in a:
         assert np.array_equal(a[k], b[k]), k
         assert np.array_equal(a[k], c[k]), k  # a third case leaves the first two (and the test case) alone

@@ -17,5 +17,6 @@ from fpnunet.networks.registry import (
 from fpnunet.networks import fpn  # noqa: E402,F401  isort: skip
 from fpnunet.networks import ipn, lachinov, resensnet  # noqa: E402,F401  isort: skip
 from fpnunet.networks import dsnet, dxnet, omnia  # noqa: E402,F401  isort: skip
+from fpnunet.networks import cmc  # noqa: E402,F401  isort: skip
 
 __all__ = ["SegNetwork", "available_networks", "build_network", "check_input_shape", "network_class", "register"]

@@ -23,6 +23,9 @@ from torch import nn
 from fpnunet.errors import FPNError, ShapeError
 
 _REGISTRY: dict[str, type[SegNetwork]] = {}
+_UNLISTED: set[str] = set()
+"""Registered names left out of :func:`available_networks` (composite models such as ``cmc``,
+which a trainer builds around a planned network; never planned themselves)."""
 
 
 class SegNetwork(nn.Module):
@@ -61,13 +64,15 @@ def check_input_shape(
         )
 
 
-def register(name: str) -> Callable[[type[SegNetwork]], type[SegNetwork]]:
-    """Class decorator: ``@register("fpn")``."""
+def register(name: str, *, listed: bool = True) -> Callable[[type[SegNetwork]], type[SegNetwork]]:
+    """Class decorator: ``@register("fpn")``; ``listed=False`` keeps it out of :func:`available_networks`."""
 
     def deco(cls: type[SegNetwork]) -> type[SegNetwork]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"network {name!r} registered twice")
         _REGISTRY[name] = cls
+        if not listed:
+            _UNLISTED.add(name)
         cls.registry_name = name  # type: ignore[attr-defined]
         return cls
 
@@ -83,7 +88,7 @@ def network_class(name: str) -> type[SegNetwork]:
 
 def available_networks() -> list[str]:
     _ensure_loaded()
-    return sorted(_REGISTRY)
+    return sorted(n for n in _REGISTRY if n not in _UNLISTED)
 
 
 def build_network(name: str, in_channels: int, num_classes: int, **kwargs: Any) -> SegNetwork:

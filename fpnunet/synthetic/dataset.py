@@ -65,7 +65,7 @@ def make_synthetic_dataset(
     (SimpleITK size ``(A, D, B)``), spacing ``(6/B, 1.9/D, 6/A)`` mm; ``enfaceTr/CASE_FAF`` and
     ``CASE_SLO``: float32 ``(B, A)``; ``labelsTr/CASE``: uint8 ``(B, A)`` for the first
     ``max(1, round(labelled_fraction * n))`` cases only (the rest are unlabelled);
-    ``imagesTs/`` + ``labelsTs/`` for the test cases (default ``max(2, n // 5)``). Case names are
+    ``imagesTs/`` + ``enfaceTs/`` + ``labelsTs/`` for the test cases (default ``max(2, n // 5)``). Case names are
     ``NAME_000`` (training) and ``NAME_T000`` (test); ``NAME`` defaults to the ``Dataset900_NAME``
     part of ``out_dir`` or ``SynthGA``. Same arguments, same files.
 
@@ -142,12 +142,14 @@ def make_synthetic_dataset(
                     put(out_dir / "labelsTr" / f"{case}{file_ending}", cs.label, sp2)
             else:
                 put(out_dir / "imagesTs" / f"{case}_0000{file_ending}", cs.volume, cs.spacing)
+                for mod, img in cs.enface.items():
+                    put(out_dir / "enfaceTs" / f"{case}_{mod}{file_ending}", img, sp2)
                 put(out_dir / "labelsTs" / f"{case}{file_ending}", cs.label, sp2)
             bar.update(1)
     # remove stale case files of an earlier generation (other n, ending or labelled share)
     alternatives = "|".join(re.escape(p) for p in sorted(prefixes))
     pattern = re.compile(rf"^({alternatives})_T?\d+(_\d{{4}}|_FAF|_SLO)?\.")
-    for sub in ("imagesTr", "enfaceTr", "labelsTr", "imagesTs", "labelsTs"):
+    for sub in ("imagesTr", "enfaceTr", "labelsTr", "imagesTs", "enfaceTs", "labelsTs"):
         folder = out_dir / sub
         if folder.is_dir():
             for p in folder.iterdir():

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,32 +35,13 @@ from batchgenerators.transforms.color_transforms import BrightnessTransform, Con
 from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
+from fpnunet.plans.training_params import AugmentParams
 from fpnunet.training.data import worker_error
+
+__all__ = ["AugmentParams", "get_train_transforms", "get_val_transforms", "load_margin"]
 
 MASK_VALID = 0.999
 """After linear interpolation a pixel stays valid only when its mask value is at least this."""
-
-
-@dataclass
-class AugmentParams:
-    """Augmentation settings (probabilities are per sample)."""
-
-    scale: tuple[float, float] = (0.85, 1.25)
-    """Range of the coordinate scale factor (> 1 zooms out: the patch covers more of the case)."""
-    p_scale: float = 0.2
-    mirror_axes: tuple[int, ...] = (0, 1)
-    """En-face axes flipped with probability 1/2 each: 0 = B, 1 = A."""
-    p_brightness: float = 0.15
-    brightness_sigma: float = 0.1
-    """Standard deviation of the additive shift (the volume is z-scored)."""
-    p_contrast: float = 0.15
-    contrast_range: tuple[float, float] = (0.75, 1.25)
-    p_noise: float = 0.1
-    noise_variance: tuple[float, float] = (0.0, 0.1)
-    """batchgenerators uses this value as the noise's standard deviation."""
-
-    def spatial(self) -> bool:
-        return self.p_scale > 0 and tuple(self.scale) != (1.0, 1.0)
 
 
 def load_margin(patch_size: Sequence[int], params: AugmentParams | None) -> tuple[int, int]:

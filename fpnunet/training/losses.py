@@ -16,6 +16,8 @@ a bf16 autocast forward are upcast).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,17 +59,27 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 
 class SegmentationLoss(nn.Module):
-    """``(Dice + BCE) / 2`` for ``num_outputs == 1``, ``Dice + CE`` for ``num_outputs >= 2``.
+    """``(Dice + BCE) / 2`` for ``num_outputs == 1``, ``Dice + CE`` for ``num_outputs >= 2``
+    (each term times its weight: ``dice_weight``, ``ce_weight``, plan values of
+    :class:`~fpnunet.plans.training_params.LossParams`, 1 by default).
 
     ``forward(logits (N, K, B, A), target (N, 1, B, A) int, mask (N, 1, B, A) | None) -> scalar``.
     """
 
-    def __init__(self, num_outputs: int, smooth: float = SMOOTH) -> None:
+    def __init__(self, num_outputs: int, smooth: float = SMOOTH, dice_weight: float = 1.0,
+                 ce_weight: float = 1.0) -> None:
         super().__init__()
         if num_outputs < 1:
             raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
         self.num_outputs = int(num_outputs)
         self.smooth = float(smooth)
+        self.dice_weight = float(dice_weight)
+        self.ce_weight = float(ce_weight)
+
+    @classmethod
+    def from_params(cls, num_outputs: int, params: Any) -> SegmentationLoss:
+        """The loss a :class:`~fpnunet.plans.training_params.LossParams` describes."""
+        return cls(num_outputs, smooth=params.smooth, dice_weight=params.dice_weight, ce_weight=params.ce_weight)
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
@@ -81,13 +93,13 @@ class SegmentationLoss(nn.Module):
             fg = (target > 0).float()
             dice = soft_dice_loss(torch.sigmoid(logits), fg, mask, self.smooth)
             bce = F.binary_cross_entropy_with_logits(logits, fg, reduction="none")
-            return (dice + masked_mean(bce, mask)) / 2.0
+            return (self.dice_weight * dice + self.ce_weight * masked_mean(bce, mask)) / 2.0
         labels = target[:, 0].long().clamp(0, self.num_outputs - 1)  # padding may hold any value
         probs = torch.softmax(logits, dim=1)
         onehot = F.one_hot(labels, self.num_outputs).permute(0, 3, 1, 2).float()
         dice = soft_dice_loss(probs[:, 1:], onehot[:, 1:], mask, self.smooth)
         ce = F.cross_entropy(logits, labels, reduction="none")[:, None]
-        return dice + masked_mean(ce, mask)
+        return self.dice_weight * dice + self.ce_weight * masked_mean(ce, mask)
 
 
 def logits_from_probabilities(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

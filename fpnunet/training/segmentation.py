@@ -31,6 +31,7 @@ from fpnunet.inference.export import label_values, probabilities_to_segmentation
 from fpnunet.inference.predictor import Predictor
 from fpnunet.io import EnfaceGeometry, resample_to_shape
 from fpnunet.plans.plan import Plan
+from fpnunet.plans.training_params import AugmentParams, LossParams
 from fpnunet.preprocessing.dataset_reader import open_preprocessed
 from fpnunet.training.losses import SegmentationLoss, logits_from_probabilities
 
@@ -136,6 +137,9 @@ class SegmentationTask:
     batch_size: int | None = None
     num_workers: int | None = None
     oversample: float | None = None
+    loss_params: LossParams | None = None
+    """``None``: the configuration's plan values (a trainer may pass its overrides)."""
+    augment_params: AugmentParams | None = None
     metric_columns: tuple[str, ...] = ("val_loss", "val_dice")
     score_column: str | None = "val_dice"
     distributed_validation: bool = True
@@ -144,7 +148,10 @@ class SegmentationTask:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
-        self.loss_fn = SegmentationLoss(self.plan.num_outputs)
+        config = self.plan.configuration(self.config_name)
+        self.loss_params = self.loss_params or config.loss
+        self.augment_params = self.augment_params or config.augmentation
+        self.loss_fn = SegmentationLoss.from_params(self.plan.num_outputs, self.loss_params)
         self._lut = channel_lut(self.plan.labels, self.plan.num_outputs)
         self._identity = bool(torch.equal(self._lut, torch.arange(len(self._lut))))
 
@@ -154,7 +161,7 @@ class SegmentationTask:
         return make_train_loader(
             self.data_dir, self.train_cases, self.plan.configuration(self.config_name), mode="seg",
             batch_size=self.batch_size, seed=self.seed, epoch=epoch, num_workers=self.num_workers,
-            oversample=self.oversample, pin_memory=str(self.device).startswith("cuda"),
+            oversample=self.oversample, pin_memory=str(self.device).startswith("cuda"), params=self.augment_params,
         )
 
     def loss(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:

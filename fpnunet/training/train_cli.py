@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from fpnunet.atomic import load_json, save_json
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.paths import raw_root, results_root
-from fpnunet.plans.plan import Plan
+from fpnunet.plans.plan import NetworkSpec, Plan
 from fpnunet.results_layout import FoldLock, clean_temp_files
 from fpnunet.training.cli_common import (
     OpenedRun,
@@ -47,10 +47,11 @@ from fpnunet.training.hyperparameters import check_flags, resolve_hyperparameter
 
 if TYPE_CHECKING:  # torch and the data stack are imported by the functions that run, after parsing
     from fpnunet.training.loop import EpochCallback
+    from fpnunet.training.trainers import SupervisedTrainer
 
 PROGRAM = "fpn_train"
-WATCHED = ("lr", "weight_decay", "batch_size", "iterations_per_epoch", "seed", "train_cases", "label_fraction",
-           "precision")
+WATCHED = ("trainer", "lr", "weight_decay", "batch_size", "iterations_per_epoch", "seed", "train_cases",
+           "label_fraction", "precision")
 """Arguments whose change on ``--continue`` is warned about."""
 
 
@@ -63,6 +64,7 @@ class TrainArgs:
     config: str | None = None
     pretrained: str = "auto"
     encoder_weights: str = "none"
+    trainer: str = "supervised"
     label_fraction: float = 1.0
     partial_load: bool = False
     epochs: int | None = None
@@ -96,6 +98,9 @@ class RunContext(ResolvedContext):
     pretrained_message: str
     encoder_state: dict | None = None
     """2D encoder tensors from ``--encoder-weights`` (omnia/dsnet/dxnet), loaded before epoch 0."""
+    trainer: SupervisedTrainer | None = None
+    unlabelled_cases: list[str] = field(default_factory=list)
+    """Training cases without a label, and labelled ones beyond --label-fraction (trainers that use them)."""
 
 
 def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentParser:
@@ -113,6 +118,8 @@ def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentPa
     p.add_argument("--encoder-weights", default="none", metavar="imagenet|none|PATH",
                    help="2D encoder init of omnia/dsnet/dxnet: imagenet, none, or a PATH to a state dict of the 2D "
                         "encoder (or an omnia/dsnet checkpoint) (default none)")
+    cli_args.add_trainer(p, default="supervised",
+                         help="trainer: supervised or cmc (default supervised; docs/training.md)")
     p.add_argument("--partial-load", action="store_true",
                    help="with --pretrained: load the matching tensors even from a checkpoint of another network")
     p.add_argument("--label-fraction", type=float, default=1.0,
@@ -145,8 +152,11 @@ def resolve_run(args: TrainArgs) -> RunContext:
     from fpnunet.training.pretrained import resolve_pretrained
     from fpnunet.training.run_folder import fold_folder_name, model_folder_name
     from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
+    from fpnunet.training.trainers import get_trainer
 
+    trainer = get_trainer(args.trainer)
     found = find_preprocessed(args.dataset, args.config)
+    trainer.check(found.plan)
     labelled = found.cases.labelled
     if not labelled:
         raise FPNError(f"{found.data_dir}: no labelled case (no CASE_seg.npy): add label maps to labelsTr of the raw "
@@ -157,7 +167,10 @@ def resolve_run(args: TrainArgs) -> RunContext:
     patients = load_dataset_json(pre_dir).patients if (pre_dir / "dataset.json").is_file() else {}
     splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients, all_cases=found.cases.case_names)
     train, val = fold_cases(splits, args.fold)
+    full_train = train
     train = apply_label_fraction(train, args.label_fraction)
+    unlabelled = ([c for c in full_train if c not in set(train)]
+                  + [c for c in found.cases.case_names if c not in set(labelled)] if trainer.uses_unlabelled else [])
     results = results_root() / found.dataset
     tag, path, message = resolve_pretrained(args.pretrained, results, found.config_name)
     enc_tag, enc_state, enc_message = resolve_encoder_weights(
@@ -168,11 +181,12 @@ def resolve_run(args: TrainArgs) -> RunContext:
             raise FPNError(f"--pretrained {args.pretrained} and --encoder-weights {args.encoder_weights} both "
                            "initialise the network: give one of them")
         tag, path, message = enc_tag, None, enc_message
-    model_dir = results / model_folder_name(found.config_name, args.label_fraction, tag)
+    model_dir = results / (model_folder_name(found.config_name, args.label_fraction, tag) + trainer.folder_suffix())
     return RunContext(dataset=found.dataset, preprocessed_dir=pre_dir, plan=found.plan, config_name=found.config_name,
                       config=found.config, data_dir=found.data_dir, train_cases=train, val_cases=val,
                       model_dir=model_dir, fold_dir=model_dir / fold_folder_name(args.fold), raw_dir=raw_dir, tag=tag,
-                      pretrained_path=path, pretrained_message=message, encoder_state=enc_state)
+                      pretrained_path=path, pretrained_message=message, encoder_state=enc_state, trainer=trainer,
+                      unlabelled_cases=unlabelled)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -192,31 +206,41 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
 
 def _open_and_train(args: TrainArgs, argv: list[str], callbacks: tuple[EpochCallback, ...], main_rank: bool) -> Path:
     from fpnunet.training.pretrained import load_pretrained
+    from fpnunet.training.trainers import get_trainer, write_trainer_file
 
     ctx = fdist.main_first(resolve_run, args)  # rank 0 may create the split file
     if args.val_only:
         return validate_only(args, ctx, argv) if main_rank else ctx.fold_dir
     hp = resolve_hyperparameters(args, ctx.config, fdist.rank_device(args.device))
-    spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, ctx.plan.num_outputs)
+    trainer = ctx.trainer or get_trainer(args.trainer)
+    loss, augment = trainer.params(ctx.config)
+    record = trainer.record(ctx.plan, loss, augment)
+    name, kwargs = trainer.network_spec(ctx.plan, ctx.config)
+    spec, model = new_model(args.seed, ctx.config_name, replace(ctx.config, network=NetworkSpec(name, kwargs)),
+                            ctx.plan.num_input_channels, ctx.plan.num_outputs)
     report = None
     if ctx.pretrained_path is not None and not args.resume:  # a bad file fails before --overwrite deletes
         fdist.say(ctx.pretrained_message)
-        report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
-                                 partial=args.partial_load)
-    run = fdist.main_first(open_run, ctx, args, argv, PROGRAM, extra={"tag": ctx.tag}, watched=WATCHED, hp=hp)
+        report = load_pretrained(trainer.pretrained_module(model), ctx.pretrained_path,
+                                 network=ctx.config.network.name, partial=args.partial_load)
+    run = fdist.main_first(open_run, ctx, args, argv, PROGRAM,
+                           extra={"tag": ctx.tag, **record, "unlabelled_cases": ctx.unlabelled_cases},
+                           watched=WATCHED, hp=hp)
     try:
-        return _train(args, ctx, run, spec, model, report, argv, callbacks, main_rank)
+        if main_rank:
+            write_trainer_file(ctx.model_dir, record)
+        return _train(args, ctx, run, spec, model, report, argv, callbacks, trainer, (loss, augment), main_rank)
     finally:
         run.release()
 
 
 def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any], model: Any, report: Any,
-           argv: list[str], callbacks: tuple[EpochCallback, ...], main_rank: bool = True) -> Path:
+           argv: list[str], callbacks: tuple[EpochCallback, ...], trainer: SupervisedTrainer,
+           params: tuple[Any, Any], main_rank: bool = True) -> Path:
     from fpnunet.networks.encoder_weights import load_encoder_weights
     from fpnunet.training.checkpoint import FINAL, LATEST
     from fpnunet.training.pretrained import load_pretrained
     from fpnunet.training.run_folder import PRETRAINED_FILE
-    from fpnunet.training.segmentation import SegmentationTask
 
     if main_rank:
         _print_header(ctx, run)
@@ -224,8 +248,8 @@ def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any
         if report is None:
             fdist.say(ctx.pretrained_message)
             if ctx.pretrained_path is not None:
-                report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
-                                         partial=args.partial_load)
+                report = load_pretrained(trainer.pretrained_module(model), ctx.pretrained_path,
+                                         network=ctx.config.network.name, partial=args.partial_load)
         enc = (load_encoder_weights(model, ctx.encoder_state, args.encoder_weights)
                if ctx.encoder_state is not None else None)
         if main_rank:
@@ -237,9 +261,7 @@ def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any
                       ctx.fold_dir / PRETRAINED_FILE)
     model = model.to(run.device)
     hp = run.hp
-    task = SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=hp.seed,
-                            device=run.device, batch_size=hp.batch_size, num_workers=hp.num_workers,
-                            oversample=hp.foreground_oversample)
+    task = trainer.make_task(ctx, hp, run.device, *params)
     loop = make_loop(task, model, spec, run, ctx.config.training, ctx.fold_dir, callbacks)
     try:
         loop.run()
@@ -317,8 +339,10 @@ def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path |
 
 
 def _print_header(ctx: RunContext, run: OpenedRun) -> None:
+    unlabelled = f", {len(ctx.unlabelled_cases)} unlabelled" if ctx.trainer and ctx.trainer.uses_unlabelled else ""
     print(f"{ctx.dataset} / {ctx.config_name} / {ctx.fold_dir.name}: {len(ctx.train_cases)} training cases "
-          f"(label fraction {run.resolved['label_fraction']:g}), {len(ctx.val_cases)} validation cases")
+          f"(label fraction {run.resolved['label_fraction']:g}){unlabelled}, {len(ctx.val_cases)} validation cases, "
+          f"trainer {run.resolved['trainer']}")
     print_settings(ctx.config, run, ctx.fold_dir)
 
 
