@@ -29,6 +29,7 @@ from fpnunet.networks.blocks import (
     plan_enface_pooling,
     prod,
 )
+from fpnunet.networks.layout import pool_mean
 from fpnunet.networks.registry import SegNetwork, register
 
 DEFAULT_FEATURES: tuple[int, ...] = (32, 64, 128, 256)
@@ -42,6 +43,15 @@ MIN_BOTTLENECK_DEPTH = 4
 Kernel3 = tuple[int, int, int]
 
 
+class InstanceNorm3d(nn.GroupNorm):
+    """Instance normalisation with affine parameters, as ``GroupNorm`` with one channel per group
+    (the same function and the same ``weight``/``bias`` state): the CPU's ``InstanceNorm3d``
+    copies a channels-last input to the default layout, ``GroupNorm`` keeps it."""
+
+    def __init__(self, channels: int, affine: bool = True, eps: float = 1e-5):
+        super().__init__(channels, channels, eps=eps, affine=affine)
+
+
 class BottleneckBlock(nn.Module):
     """Residual bottleneck on ``(N, C, B, D, A)``: 1x1x1 conv to ``C // 8`` + IN + ReLU,
     ``kernel`` conv + IN + ReLU, 1x1x1 conv back to ``C`` + IN, added to the input (no ReLU
@@ -52,13 +62,13 @@ class BottleneckBlock(nn.Module):
         inner = max(1, channels // COMPRESSION)
         self.body = nn.Sequential(
             nn.Conv3d(channels, inner, 1, bias=False),
-            nn.InstanceNorm3d(inner, affine=True),
+            InstanceNorm3d(inner, affine=True),
             nn.ReLU(inplace=True),
             nn.Conv3d(inner, inner, kernel, padding=tuple(k // 2 for k in kernel), bias=False),
-            nn.InstanceNorm3d(inner, affine=True),
+            InstanceNorm3d(inner, affine=True),
             nn.ReLU(inplace=True),
             nn.Conv3d(inner, channels, 1, bias=False),
-            nn.InstanceNorm3d(channels, affine=True),
+            InstanceNorm3d(channels, affine=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +109,7 @@ class LachinovNet(SegNetwork):
 
         stem: list[nn.Module] = [
             nn.Conv3d(in_channels, features[0], (3, 1, 3), padding=(1, 0, 1), bias=True),
-            nn.InstanceNorm3d(features[0], affine=True),
+            InstanceNorm3d(features[0], affine=True),
         ]
         stem += [BottleneckBlock(features[0]) for _ in range(blocks[0])]
         self.stem = nn.Sequential(*stem)
@@ -119,7 +129,7 @@ class LachinovNet(SegNetwork):
             self.decoder.append(
                 nn.Sequential(
                     nn.Conv3d(2 * features[k], features[k], 3, padding=1, bias=False),
-                    nn.InstanceNorm3d(features[k], affine=True),
+                    InstanceNorm3d(features[k], affine=True),
                     *[BottleneckBlock(features[k], (3, 1, 3)) for _ in range(blocks[k])],
                 )
             )
@@ -133,14 +143,14 @@ class LachinovNet(SegNetwork):
         skips: list[torch.Tensor] = []
         for k, down in enumerate(self.down):
             rate = self.skip_rates[k]
-            skips.append(F.avg_pool3d(x, (1, rate, 1)) if rate > 1 else x)
+            skips.append(pool_mean(x, 3, rate))
             x = down(x)
         for k in reversed(range(len(self.down))):
             skip = skips[k]
             # 1x1 conv before the (linear) upsampling: the two commute, and this is cheaper
             x = F.interpolate(self.up[k](x), size=skip.shape[-3:], mode="trilinear", align_corners=False)
             x = self.decoder[k](torch.cat([skip, x], dim=1))
-        return self.head(x.mean(dim=3))
+        return self.head(pool_mean(x, 3, x.shape[3]).squeeze(3))
 
     @classmethod
     def plan_kwargs(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -71,7 +72,7 @@ def add_runtime_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
     """``--device``, ``--precision``, ``--seed``, ``--num-workers``, ``--no-progress``."""
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto: the plan's precision (bf16) on CUDA, fp32 on the CPU")
+                   help="auto: the plan's (bf16) on CUDA; on the CPU bf16 only where native and faster")
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--num-workers", type=int,
                    help="data augmentation processes (default: FPN_N_PROC_DA or the loader's default)")
@@ -112,12 +113,19 @@ def find_preprocessed(dataset: str, config: str | None) -> PreprocessedData:
 def loop_settings(args: Any, config: Configuration, device: str, default_epochs: int | None = None) -> LoopSettings:
     """The loop's settings: the command line's ``epochs``, ``iterations_per_epoch``, ``val_every``,
     ``precision``, ``progress`` over the plan's defaults (``default_epochs`` before the plan's
-    ``epochs``); precision ``auto``: the plan's (bf16) on CUDA, fp32 elsewhere."""
+    ``epochs``); precision ``auto``: the plan's (bf16) on CUDA; on the CPU bf16 only where the CPU
+    has native bf16 and a short cached probe finds it faster (:mod:`fpnunet.precision`), else fp32."""
     d = config.training
     precision = args.precision
     if precision == "auto":
-        precision = (config.precision if config.precision in ("bf16", "fp32") else "bf16") \
-            if device.startswith("cuda") else "fp32"
+        planned = config.precision if config.precision in ("bf16", "fp32") else "bf16"
+        if device.startswith("cuda"):
+            precision = planned
+        else:
+            from fpnunet.precision import resolve_cpu_precision
+
+            precision, reason = resolve_cpu_precision(planned)
+            print(f"--precision auto on the CPU: {reason}", file=sys.stderr)
     return LoopSettings(
         epochs=args.epochs or default_epochs or d.epochs,
         iterations_per_epoch=args.iterations_per_epoch or d.iterations_per_epoch,
