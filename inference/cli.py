@@ -51,6 +51,7 @@ from fpnunet.plans.verify_content import check_nifti
 
 from .export import lesion_areas, probabilities_to_segmentation, write_probabilities, write_segmentation
 from .predictor import CHECKPOINTS, Predictor
+from .windows import WINDOW_MODES
 
 __all__ = ["main", "build_parser", "find_model_folder", "collect_inputs", "min_raw_depth", "InputCase"]
 
@@ -90,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true", help="also write OUT/CASE.npz probabilities")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--file-ending", help="output file ending (default: the dataset's, e.g. .nii.gz)")
-    p.add_argument("--whole-plane", action="store_true", help="feed the whole en-face plane at once (more memory)")
+    p.add_argument("--window", choices=WINDOW_MODES, default="auto",
+                   help="auto: the whole en-face plane in one forward (or the fewest larger windows) when the "
+                        "memory estimate fits; whole: one window regardless; patch: the training patch grid "
+                        "(default auto)")
+    p.add_argument("--whole-plane", action="store_true", help="same as --window whole")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bf16 on CUDA (unless the plan says fp32); on the CPU bf16 only where native and "
+                        "measured faster by a short cached probe")
     p.add_argument("--step", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for one-class models")
     return p
@@ -262,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         raise FPNError(f"--step {args.step}: must be in (0, 1]")
     predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=args.checkpoint, device=args.device,
                                             tta=not args.disable_tta, whole_plane=args.whole_plane,
-                                            step_fraction=args.step)
+                                            step_fraction=args.step, window=args.window,
+                                            amp={"auto": None, "bf16": True, "fp32": False}[args.precision])
+    if args.precision == "auto" and predictor.device.type == "cpu" and predictor.config.precision != "fp32":
+        from fpnunet.precision import cpu_bf16_decision
+
+        print(f"fpn_predict: --precision auto on the CPU: {cpu_bf16_decision().reason}", file=sys.stderr)
     plan = predictor.plan
     ending = args.file_ending or (predictor.dataset_info.file_ending if predictor.dataset_info else plan.file_ending)
     if not ending.startswith("."):
@@ -278,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
-          f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}", file=sys.stderr)
+          f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}, "
+          f"{'bf16' if predictor.amp else 'fp32'}, channels-last, "
+          f"{sum(len(n.fold_report.folded) for n in predictor.networks)} BatchNorm(s) folded", file=sys.stderr)
 
     failures = len(errors)
     rows: list[dict[str, Any]] = []
@@ -298,7 +313,12 @@ def main(argv: list[str] | None = None) -> int:
                     failures += 1
                     continue
                 try:
+                    known = len(predictor.window_plans)
                     probs = predictor.predict_preprocessed(loaded.volume)
+                    if len(predictor.window_plans) > known:  # a new plane size: say how it was cut
+                        plane = (loaded.volume.shape[1], loaded.volume.shape[3])
+                        tqdm.write(f"{plane[0]} x {plane[1]} {predictor.window_plan(plane).describe()}",
+                                   file=sys.stderr)
                 except FPNError as exc:
                     tqdm.write(f"error: {in_dir / loaded.case}_0000: {exc}", file=sys.stderr)
                     failures += 1

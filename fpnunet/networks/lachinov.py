@@ -43,13 +43,28 @@ MIN_BOTTLENECK_DEPTH = 4
 Kernel3 = tuple[int, int, int]
 
 
-class InstanceNorm3d(nn.GroupNorm):
-    """Instance normalisation with affine parameters, as ``GroupNorm`` with one channel per group
-    (the same function and the same ``weight``/``bias`` state): the CPU's ``InstanceNorm3d``
-    copies a channels-last input to the default layout, ``GroupNorm`` keeps it."""
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` that keeps a channels-last input channels-last on the CPU.
 
-    def __init__(self, channels: int, affine: bool = True, eps: float = 1e-5):
-        super().__init__(channels, channels, eps=eps, affine=affine)
+    The CPU kernel reshapes the input to ``(1, N * C, ...)``, which copies a channels-last tensor
+    to the default layout (and back); there the normalisation is written out instead (per-sample,
+    per-channel mean and variance over the volume, then elementwise ops, which keep the layout). Other
+    devices and layouts use the fused kernel (on CUDA autocast leaves instance norm in the input's
+    dtype, unlike GroupNorm, so bf16 stays bf16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dim() != 5 or not x.is_contiguous(memory_format=torch.channels_last_3d)
+                or x.is_contiguous() or self.track_running_stats):
+            return super().forward(x)
+        # sums times 1/n rather than mean/var_mean: their backward divides an expanded gradient,
+        # which comes out in the default layout; a sum's backward is a free expand
+        inv_n = 1.0 / (x.shape[2] * x.shape[3] * x.shape[4])
+        centred = x - x.sum(dim=(2, 3, 4), keepdim=True) * inv_n
+        var = (centred * centred).sum(dim=(2, 3, 4), keepdim=True) * inv_n
+        y = centred * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
+        return y
 
 
 class BottleneckBlock(nn.Module):

@@ -73,6 +73,8 @@ def add_runtime_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: the plan's (bf16) on CUDA; on the CPU bf16 only where native and faster")
+    p.add_argument("--compile", action="store_true",
+                   help="run the training forward through torch.compile (opt-in; slow first steps)")
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--num-workers", type=int,
                    help="data augmentation processes (default: FPN_N_PROC_DA or the loader's default)")
@@ -132,6 +134,7 @@ def loop_settings(args: Any, config: Configuration, device: str, default_epochs:
         val_every=d.val_every if args.val_every is None else args.val_every,
         grad_clip=d.grad_clip or None, device=device, precision=precision, progress=args.progress,
         bn_recalibration=d.bn_recalibration if args.bn_recalibration is None else args.bn_recalibration,
+        compile=bool(getattr(args, "compile", False)),
     )
 
 

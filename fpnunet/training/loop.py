@@ -110,6 +110,9 @@ class LoopSettings:
     the final checkpoint (0: keep the running averages)."""
     channels_last: bool = True
     """Model and batches in ``channels_last_3d`` (on the CPU too)."""
+    compile: bool = False
+    """Run the training forward through ``torch.compile`` (the checkpoints keep the plain model's
+    weights; validation and BatchNorm recalibration use the plain model)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -221,6 +224,8 @@ class EpochLoop:
             torch.backends.cudnn.benchmark = True
         if self.channels_last:
             to_channels_last(self.model)
+        self.forward_model: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(self.model) if settings.compile else self.model)
 
     # ------------------------------------------------------------------ resume
     def resume(self, ckpt: dict[str, Any]) -> None:
@@ -312,7 +317,7 @@ class EpochLoop:
         """Forward, loss, backward, clip, optimizer step; returns the loss (NaN: step skipped)."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
-            output = self.model(batch["data"])
+            output = self.forward_model(batch["data"])
         loss = self.task.loss(output, batch)
         value = float(loss.detach())
         if not math.isfinite(value):
