@@ -41,6 +41,7 @@ setup(
             "fpn_train=fpnunet.training.train_cli:main",
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
+            "fpn_convert_checkpoint=fpnunet.checkpoint_convert:main",
         ]
     },
 )

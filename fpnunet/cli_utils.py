@@ -13,7 +13,9 @@ from fpnunet.errors import FPNError
 def run_cli(func: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI ``main``: print :class:`FPNError` as ``error: ...`` and exit with status 1.
 
-    Any other exception keeps its traceback: that is a bug, not a user error.
+    An :class:`OSError` (permission denied, not a directory, disk full, ...) is the user's to fix
+    too: it becomes ``error: <path>: <reason>``, status 1. Any other exception keeps its
+    traceback: that is a bug, not a user error.
     """
 
     @functools.wraps(func)
@@ -24,6 +26,9 @@ def run_cli(func: Callable[..., int | None]) -> Callable[..., int]:
         except FPNError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
+        except OSError as exc:
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            raise SystemExit(1) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
@@ -33,6 +38,17 @@ def run_cli(func: Callable[..., int | None]) -> Callable[..., int]:
         return rc
 
     return wrapper
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``<path>: <reason>`` (``<path> -> <other>: <reason>`` for a rename) in one line."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, FileExistsError) and exc.filename is not None and os.path.isfile(exc.filename):
+        reason = "Not a directory (a file is in the way of a folder)"
+    if exc.filename is None:
+        return reason
+    where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{where}: {reason}"
 
 
 def resolve_device(name: str = "auto") -> str:

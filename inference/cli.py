@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from fpnunet import results_layout
 from fpnunet.atomic import write_atomic
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
@@ -111,21 +112,7 @@ def find_model_folder(dataset: str | None, model: str | None, network: str) -> P
     root = results_dir(dataset)
     if not root.is_dir():
         raise FPNError(f"{root}: no trained models for dataset {dataset} (FPN_RESULTS={results_root()})")
-    if model is not None:
-        path = root / model
-        if not path.is_dir():
-            present = sorted(p.name for p in root.iterdir() if p.is_dir())
-            raise FPNError(f"{path}: model folder not found; present: {present or 'none'}")
-        return path
-    hits = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(f"{network}__"))
-    if not hits:
-        present = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise FPNError(f"{root}: no model folder for network {network!r} (expected {network}__*); "
-                       f"present: {present or 'none'}")
-    if len(hits) > 1:
-        raise FPNError(f"{root}: several model folders for network {network!r}: {[p.name for p in hits]}; "
-                       "choose one with --model NAME or -m MODEL_DIR")
-    return hits[0]
+    return results_layout.find_model_folder(root, model, network)
 
 
 def collect_inputs(folder: Path) -> tuple[list[InputCase], list[str], list[str]]:
@@ -255,10 +242,16 @@ def _write_case(
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not 0 < args.threshold < 1:  # also false for nan
+        raise FPNError(f"--threshold {args.threshold}: must be a probability strictly between 0 and 1")
+    if not 0 < args.step <= 1:
+        raise FPNError(f"--step {args.step}: must be in (0, 1]")
     in_dir = Path(args.input)
     out_dir = Path(args.output)
     if not in_dir.is_dir():
         raise FPNError(f"{in_dir}: input folder not found")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FPNError(f"{out_dir}: -o must name a folder, but this is a file")
     model_dir = Path(args.model_dir) if args.model_dir else find_model_folder(args.dataset, args.model, args.network)
     folds = None
     if args.folds:
@@ -266,8 +259,6 @@ def main(argv: list[str] | None = None) -> int:
             if not (f.isdigit() or f == "all"):
                 raise FPNError(f"-f {f}: folds are numbers (0 1 2 3 4) or 'all'")
         folds = list(args.folds)
-    if not 0 < args.step <= 1:
-        raise FPNError(f"--step {args.step}: must be in (0, 1]")
     predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=args.checkpoint, device=args.device,
                                             tta=not args.disable_tta, whole_plane=args.whole_plane,
                                             step_fraction=args.step, window=args.window,
@@ -336,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         reader.join(timeout=5)
 
-    _write_areas(rows, out_dir / "lesion_areas.csv")
+    if rows:  # a failed prediction writes no (header-only) table
+        _write_areas(rows, out_dir / "lesion_areas.csv")
     total = len(items) + len(errors)
     done = total - failures
     print(f"fpn_predict: wrote {done} of {total} case(s) to {out_dir}", file=sys.stderr)

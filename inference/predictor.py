@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import os
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,51 +24,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from fpnunet.checkpoint import build_model, finite_weights, load_checkpoint
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.io import DatasetInfo, load_dataset_json
 from fpnunet.plans.plan import Configuration, Plan
+from fpnunet.results_layout import CHECKPOINTS, fold_checkpoint, list_folds
 
 from .fast import example_input, prepare_for_inference
 from .sliding_window import network_divisors, predict_sliding_window
 from .windows import MEMORY_SHARE, WINDOW_MODES, WindowPlan, available_memory, inference_bytes_per_pixel, plan_windows
 
 __all__ = ["Predictor", "CHECKPOINTS", "list_folds", "load_checkpoint"]
-
-CHECKPOINTS = ("final", "best", "latest")
-_FOLD_RE = re.compile(r"^fold_(\d+|all)$")
-
-
-def list_folds(model_dir: str | os.PathLike) -> list[str]:
-    """Names of the fold folders in a model folder (``["0", "1", ..., "all"]``), numeric first."""
-    model_dir = Path(model_dir)
-    found = [m.group(1) for p in model_dir.iterdir() if p.is_dir() and (m := _FOLD_RE.match(p.name))]
-    return sorted(found, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU; :class:`FPNError` naming ``path`` when it is unusable.
-
-    Tries ``weights_only=True`` first; training checkpoints that also pickle RNG states are then
-    loaded in full (a model folder is trusted input, like any pickle you chose to run).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FPNError(f"{path}: checkpoint not found")
-    try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as exc:
-        raise FPNError(f"{path}: cannot load this checkpoint ({exc})") from None
-    if not isinstance(ckpt, dict):
-        raise FPNError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
-    missing = [k for k in ("network", "in_channels", "num_outputs", "state_dict") if k not in ckpt]
-    if missing:
-        raise FPNError(f"{path}: not an fpnunet checkpoint (missing {', '.join(missing)}; see docs/layout.md)")
-    return ckpt
-
 
 class Predictor:
     """Networks of one configuration (usually the folds of one model folder) and their plan.
@@ -178,8 +143,6 @@ class Predictor:
         ``folds``: fold numbers (or ``"all"``); ``None`` takes every ``fold_*`` present.
         ``checkpoint``: ``final``, ``best`` or ``latest``. Extra ``kwargs`` go to :class:`Predictor`.
         """
-        from fpnunet.networks import build_network
-
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise FPNError(f"{model_dir}: model folder not found")
@@ -199,19 +162,15 @@ class Predictor:
         config_names: set[str] = set()
         outputs: set[int] = set()
         for fold in fold_names:
-            fold_dir = model_dir / f"fold_{fold}"
-            if not fold_dir.is_dir():
-                raise FPNError(f"{fold_dir}: fold {fold} was asked for but this folder does not exist")
-            path = fold_dir / f"checkpoint_{checkpoint}.pth"
-            if not path.is_file():
-                present = sorted(p.name for p in fold_dir.glob("checkpoint_*.pth"))
-                raise FPNError(f"{path}: checkpoint not found (present: {present or 'none'})")
+            path = fold_checkpoint(model_dir, fold, checkpoint)
             ckpt = load_checkpoint(path)
             spec = ckpt["network"]
-            net = build_network(spec["name"], int(ckpt["in_channels"]), int(ckpt["num_outputs"]),
-                                **dict(spec.get("kwargs", {})))
+            net = build_model(ckpt)
             # weights saved from a torch.compile'd model carry an "_orig_mod." prefix
             state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()}
+            if not finite_weights(state):
+                raise FPNError(f"{path}: the weights are not finite (NaN/Inf: the training diverged); "
+                               f"this checkpoint cannot predict anything")
             try:
                 net.load_state_dict(state)
             except RuntimeError as exc:

@@ -6,6 +6,8 @@ Per case and configuration (``docs/layout.md``)::
     CASE_seg.npy    uint8   (B, A)            label map (labelled cases only)
     CASE_<MOD>.npy  float32 (B, A)            en-face image scaled to [0, 1] (per modality present)
     CASE.json       properties; written last, so its presence marks a finished case
+    preprocessing_complete.json   the completion record: deleted first, written after the last case
+                                  (read by :mod:`fpnunet.preprocessing.dataset_reader`)
 
 :func:`preprocess_case` turns a raw case into these files with the transforms of
 :mod:`fpnunet.preprocessing.preprocess`; :func:`preprocess_dataset` does every training case in
@@ -33,6 +35,7 @@ from fpnunet.errors import FPNError
 from fpnunet.io import CaseFiles, DatasetInfo, list_cases, load_dataset_json
 from fpnunet.parallel import parallel_map
 from fpnunet.plans.plan import Configuration, Plan
+from fpnunet.preprocessing.dataset_reader import RECORD_FILE, remove_completion_record, write_completion_record
 from fpnunet.preprocessing.depth import resample_depth
 from fpnunet.preprocessing.preprocess import class_locations, normalised_crop, read_case
 
@@ -143,7 +146,7 @@ def _tidy_folder(folder: Path, cases: set[str], modalities: list[str]) -> None:
     for p in folder.iterdir():
         if p.name.startswith(".") and p.is_file() and p.suffix in (".npy", ".json"):
             p.unlink(missing_ok=True)
-        elif p.suffix == ".json" and p.is_file() and p.stem not in cases:
+        elif p.suffix == ".json" and p.is_file() and p.stem not in cases and p.name != RECORD_FILE:
             p.unlink(missing_ok=True)
             for q in _case_paths(folder, p.stem, modalities):
                 q.unlink(missing_ok=True)
@@ -205,6 +208,7 @@ def preprocess_dataset(
     case_names = {cf.case for cf in cases}
     for ident in by_ident:
         folder = out_root / ident
+        remove_completion_record(folder)  # incomplete from here until the record is written again, last
         if clean and folder.exists():
             shutil.rmtree(folder)
         _tidy_folder(folder, case_names, list(plan.enface_modalities))
@@ -233,4 +237,5 @@ def preprocess_dataset(
     seconds = time.perf_counter() - t0
     for ident in summary:
         summary[ident]["seconds"] = seconds
+        write_completion_record(out_root / ident, sorted(case_names))
     return summary

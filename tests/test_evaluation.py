@@ -21,7 +21,8 @@ from fpnunet.evaluation import (
     read_label_map,
 )
 from fpnunet.evaluation.cli import main
-from fpnunet.evaluation.evaluate import CSV_COLUMNS, evaluate_crossval
+from fpnunet.evaluation.crossval import evaluate_crossval
+from fpnunet.evaluation.evaluate import CSV_COLUMNS
 from fpnunet.io import write_image
 
 SP = (2.0, 0.5)  # (sB, sA) mm: B-scans four times coarser than A-scans

@@ -131,7 +131,8 @@ def test_preprocess_volume_multichannel_and_errors():
 
 # ----------------------------------------------------------------------------- dataset
 def _outputs(folder: Path) -> dict[str, float]:
-    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+    # the completion record is rewritten by every run, last
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir()) if p.name != "preprocessing_complete.json"}
 
 
 def test_preprocess_dataset_layout(env):
@@ -143,7 +144,7 @@ def test_preprocess_dataset_layout(env):
     assert summary["depth16"]["written"] == 3 and summary["depth16"]["skipped"] == 0
     names = {p.name for p in folder.iterdir()}
     assert names == {f"case_00{i}{s}" for i in range(3) for s in (".npy", ".json", "_FAF.npy")} | {
-        "case_000_seg.npy", "case_001_seg.npy"}
+        "case_000_seg.npy", "case_001_seg.npy", "preprocessing_complete.json"}
     data = np.load(folder / "case_000.npy")
     assert data.shape == (1, SHAPE[0], 16, SHAPE[2]) and data.dtype == np.float32
     seg = np.load(folder / "case_000_seg.npy")
@@ -291,7 +292,8 @@ def test_cli_end_to_end(env, capsys, monkeypatch):
     plan = PlanCls.load(out / "plans.json")
     for config in plan.configurations.values():
         folder = out / config.data_identifier
-        assert sorted(p.name for p in folder.glob("*.json")) == ["case_000.json", "case_001.json", "case_002.json"]
+        assert sorted(p.name for p in folder.glob("*.json")) == ["case_000.json", "case_001.json", "case_002.json",
+                                                                 "preprocessing_complete.json"]
         data = np.load(folder / "case_000.npy")
         assert data.shape == (1, SHAPE[0], config.depth, SHAPE[2])
     printed = capsys.readouterr().out

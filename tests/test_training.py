@@ -14,6 +14,8 @@ from fpnunet.atomic import save_json
 from fpnunet.io import EnfaceGeometry, read_image, write_image
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefaults
+from fpnunet.preprocessing.dataset_reader import write_completion_record
+from fpnunet.results_layout import pretrained_tag
 from fpnunet.training.checkpoint import load_checkpoint, model_spec, save_checkpoint
 from fpnunet.training.loop import LoopSettings, make_optimizer, make_scheduler
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
@@ -73,6 +75,7 @@ def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     )
     Plan(dataset_name=NAME, labels={"background": 0, "GA": 1}, enface_modalities=["FAF"], file_ending=".nii.gz",
          enface_spacing=SPACING, median_shape=(8, 64, 32), configurations={"fpn": config}).save(pre / "plans.json")
+    write_completion_record(data)
     return {"tmp": tmp_path, "raw": raw, "pre": pre, "data": data, "results": tmp_path / "results" / NAME}
 
 
@@ -228,10 +231,12 @@ def test_train_with_pretrained_path(dataset):
     path = dataset["tmp"] / "pre.pth"
     _save_model_checkpoint(path)
     main(["901", "0", "--pretrained", str(path), "--epochs", "1", "--iterations-per-epoch", "1"])
-    fold = fold_dir(dataset["results"], "fpn__lf1__pretrained")
+    tag = pretrained_tag(path)
+    assert tag.startswith("pretrained-pre-")
+    fold = fold_dir(dataset["results"], f"fpn__lf1__{tag}")
     info = json.loads((fold / "pretrained_from.json").read_text())
     n = len(build_network("fpn", 1, 1, **tiny_kwargs()).state_dict())
-    assert info["tag"] == "pretrained" and info["path"] == str(path)
+    assert info["tag"] == tag and info["path"] == str(path)
     assert info["report"]["num_loaded"] == info["report"]["total"] == n
     assert (fold / "checkpoint_final.pth").is_file()
 
@@ -263,7 +268,7 @@ def test_cli_errors_cleanly(dataset, capsys):
         (["903", "0"], "no dataset with id 903"),
         (["901", "0", "--config", "nope"], "no configuration 'nope'"),
         (["901", "7"], "fold 7 does not exist"),
-        (["901", "0", "--label-fraction", "0"], "label fraction"),
+        (["901", "0", "--label-fraction", "0"], "--label-fraction"),
         (["901", "0", "--pretrained", "/no/such.pth"], "no such file"),
     ):
         with pytest.raises(SystemExit) as exc:
@@ -274,6 +279,9 @@ def test_cli_errors_cleanly(dataset, capsys):
         assert "Traceback" not in err
     for p in dataset["data"].glob("*_seg.npy"):
         p.unlink()
+        props = dataset["data"] / p.name.replace("_seg.npy", ".json")
+        save_json(json.loads(props.read_text()) | {"labelled": False}, props)
+    write_completion_record(dataset["data"])  # a complete folder of unlabelled cases
     with pytest.raises(SystemExit):
         main(["901", "0"])
     assert "no labelled case" in capsys.readouterr().err
@@ -371,4 +379,9 @@ def test_pretrained_path_of_a_pretraining_run_keeps_its_ssl_tag(tmp_path):
     assert tag == "ssl-SLO" and path == ckpt
     other = tmp_path / "weights.pth"
     other.write_bytes(b"x")
-    assert resolve_pretrained(str(other), tmp_path, "fpn")[0] == "pretrained"
+    tag = resolve_pretrained(str(other), tmp_path, "fpn")[0]
+    assert tag.startswith("pretrained-weights-") and len(tag) == len("pretrained-weights-") + 8
+    other2 = tmp_path / "sub" / "weights.pth"  # same name, another checkpoint: another model folder
+    other2.parent.mkdir()
+    other2.write_bytes(b"x")
+    assert resolve_pretrained(str(other2), tmp_path, "fpn")[0] not in (tag, "pretrained")

@@ -45,7 +45,7 @@ def test_bn_recalibration_benchmark_restores_corrupted_statistics(dataset, capsy
     before = bench.evaluate(path, 3, False, "cpu")
     assert before["batches"] == 3 and before["train_cases"] == 4 and before["val_cases"] == 2
     assert before["recalibrated"] == pytest.approx(before["saved"], abs=1e-6)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     for k in ckpt["state_dict"]:
         if k.endswith("running_var"):
             ckpt["state_dict"][k].fill_(1e4)

@@ -7,7 +7,6 @@ dataset's ``labelsTr`` with :func:`fpnunet.evaluation.evaluate.evaluate_folders`
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -15,41 +14,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fpnunet import results_layout
 from fpnunet.errors import FPNError
 from fpnunet.evaluation.evaluate import evaluate_folders, list_label_files, pick_file, write_summary
 from fpnunet.io import load_dataset_json
 
-_FOLD_RE = re.compile(r"^fold_(\d+)$")
-
 
 def model_folders(results_dataset_dir: str | os.PathLike) -> list[Path]:
     """Model folders of a results dataset folder: sub-folders holding at least one ``fold_<k>``."""
-    root = Path(results_dataset_dir)
-    if not root.is_dir():
-        return []
-    return [
-        p for p in sorted(root.iterdir())
-        if p.is_dir() and any(q.is_dir() and _FOLD_RE.match(q.name) for q in p.iterdir())
-    ]
+    return results_layout.model_folders(results_dataset_dir)
 
 
 def find_model_folder(results_dataset_dir: str | os.PathLike, model: str | None = None) -> Path:
     """The model folder named ``model``, or the only one when ``model`` is ``None``."""
-    root = Path(results_dataset_dir)
-    if model is not None:
-        folder = root / model
-        if not folder.is_dir():
-            found = [p.name for p in model_folders(root)]
-            raise FPNError(f"{folder}: model folder not found (model folders here: {found or 'none'})")
-        return folder
-    found = model_folders(root)
-    if not found:
-        raise FPNError(f"{root}: no model folder with fold_<k> sub-folders found (train a fold first)")
-    if len(found) > 1:
-        raise FPNError(
-            f"{root}: several model folders, name one with --model: {', '.join(p.name for p in found)}"
-        )
-    return found[0]
+    return results_layout.find_model_folder(results_dataset_dir, model)
 
 
 def gather_crossval_predictions(model_dir: str | os.PathLike, folds: Sequence[int]) -> tuple[Path, dict[str, int]]:

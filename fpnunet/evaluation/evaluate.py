@@ -44,16 +44,6 @@ _CSV_FROM_METRIC = {
     "pred_area_mm2": "pred_area_mm2", "area_abs_error_mm2": "area_abs_error_mm2",
     "tp": "TP", "fp": "FP", "fn": "FN", "tn": "TN",
 }
-_MOVED_TO_CROSSVAL = ("evaluate_crossval", "find_model_folder", "gather_crossval_predictions", "model_folders")
-
-
-def __getattr__(name: str) -> Any:
-    """Names that moved to :mod:`fpnunet.evaluation.crossval`, still importable from here."""
-    if name in _MOVED_TO_CROSSVAL:
-        from fpnunet.evaluation import crossval
-
-        return getattr(crossval, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- files
@@ -139,6 +129,13 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ..
     Singleton axes (``(1, B, A)`` exports) are dropped along with their spacing. Raises
     :class:`FPNError` naming the file when it is not 2D or holds non-integer values.
     """
+    from fpnunet.plans.verify_content import check_nifti  # SimpleITK reads NaN voxels as 0
+
+    why, nonfinite = check_nifti(path)
+    if why:
+        raise FPNError(f"{path}: {why}")
+    if nonfinite:
+        raise FPNError(f"{path}: a label map must hold integer class values, found {nonfinite} NaN/Inf value(s)")
     img = read_image(path)
     arr, spacing = img.array, tuple(img.spacing)
     if arr.ndim > 2:
@@ -151,7 +148,9 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ..
     if arr.ndim != 2:
         raise FPNError(f"{path}: expected a 2D en-face label map, got an array of shape {arr.shape}")
     if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        if not np.all(np.isfinite(arr)):
+            raise FPNError(f"{path}: a label map must hold integer class values, found NaN/Inf")
+        if not np.all(arr == np.round(arr)):
             raise FPNError(f"{path}: a label map must hold integer class values, found non-integer values")
     elif arr.dtype.kind not in "iub":
         raise FPNError(f"{path}: a label map must hold integer class values, got dtype {arr.dtype}")
@@ -159,6 +158,16 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ..
 
 
 # ----------------------------------------------------------------------------- workers
+def check_label_values(arr: np.ndarray, path: str | os.PathLike, labels: Mapping[str, int]) -> None:
+    """:class:`FPNError` naming ``path`` and the value when ``arr`` holds a value that is not a label."""
+    allowed = {int(v) for v in labels.values()}
+    bad = sorted({int(v) for v in np.unique(arr)} - allowed)
+    if bad:
+        names = ", ".join(f"{n}={v}" for n, v in labels.items())
+        raise FPNError(f"{path}: label value {bad[0]} is not one of the dataset's labels ({names})"
+                       + (f"; {len(bad) - 1} more unknown value(s)" if len(bad) > 1 else ""))
+
+
 def _values_present(path: Path) -> set[int]:
     arr, _ = read_label_map(path)
     return {int(v) for v in np.unique(arr)}
@@ -168,6 +177,8 @@ def _evaluate_case(args: tuple[str, Path, Path, dict[str, int]]) -> dict[str, An
     case, ref_path, pred_path, labels = args
     ref, spacing = read_label_map(ref_path)
     pred, _ = read_label_map(pred_path)
+    check_label_values(ref, ref_path, labels)
+    check_label_values(pred, pred_path, labels)
     if ref.shape != pred.shape:
         raise FPNError(
             f"shape mismatch for case {case}: reference {ref_path} is {ref.shape} (B, A) but "
@@ -306,7 +317,7 @@ def evaluate_folders(
     if labels is None:
         files = [r for _, r, _ in pairs] + [p for _, _, p in pairs]
         present = set().union(*_map(_values_present, files, num_processes))
-        values = sorted(v for v in present if v > 0)
+        values = sorted(v for v in present if v > 0)  # a negative value is then refused per case
         labels = {"background": 0} | {str(v): v for v in values}
     labels = {str(k): int(v) for k, v in labels.items()}
     entries = _map(_evaluate_case, [(c, r, p, labels) for c, r, p in pairs], num_processes)

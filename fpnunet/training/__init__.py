@@ -7,10 +7,13 @@ One idea per module (import them directly; this package imports nothing so that
   :class:`~.loop.TrainingTask` protocol a task implements; optimizer and schedule factories.
 * :mod:`.segmentation`: the segmentation task, whole-volume validation, final validation export.
 * :mod:`.losses`: (soft Dice + BCE) / 2 or Dice + CE, masked.
-* :mod:`.checkpoint`: checkpoint contents, atomic save, load, RNG states.
+* :mod:`.checkpoint`: the training state of a checkpoint (the format itself is
+  :mod:`fpnunet.checkpoint`, shared with inference).
+* :mod:`.hyperparameters`: flags over the plan, resolved once, validated before any folder is touched.
 * :mod:`.logger`: ``training_log.csv`` and ``progress.png``.
 * :mod:`.pretrained`: loading pretrained weights by name and shape; finding the pretraining run.
-* :mod:`.run_folder`: the results folder's name, resume / overwrite policy, ``command.txt``.
+* :mod:`.run_folder`: resume / overwrite policy, ``command.txt`` (names and the fold lock:
+  :mod:`fpnunet.results_layout`).
 * :mod:`.splits`, :mod:`.loader`: folds, label fractions and the batch loader.
 * :mod:`.augment`, :mod:`.data`: in-plane augmentation (volume and label together) and batch sampling.
 * :mod:`.ssim`, :mod:`.reconstruction`: the 1 - SSIM loss and the self-supervised reconstruction task.

@@ -16,9 +16,7 @@ The commands keep what is theirs: their own flags, cases, task and messages.
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,7 +28,10 @@ from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, resolve_dataset
 from fpnunet.plans.plan import Configuration, Plan, TrainingDefaults
+from fpnunet.preprocessing.dataset_reader import PreprocessedFolder, open_preprocessed
+from fpnunet.results_layout import FoldLock, clean_temp_files
 from fpnunet.training.checkpoint import LATEST, build_model, load_checkpoint, model_spec, seed_everything
+from fpnunet.training.hyperparameters import Hyperparameters, resolve_hyperparameters
 from fpnunet.training.loop import EpochCallback, EpochLoop, LoopSettings, TrainingTask, make_optimizer, make_scheduler
 from fpnunet.training.run_folder import check_start, copy_model_files, write_command
 
@@ -94,6 +95,8 @@ class PreprocessedData:
     data_dir: Path
     hint: str
     """What to run when something is missing (``run fpn_plan_and_preprocess -d X first``)."""
+    cases: PreprocessedFolder
+    """The complete data folder's cases (:mod:`fpnunet.preprocessing.dataset_reader`)."""
 
 
 def find_preprocessed(dataset: str, config: str | None) -> PreprocessedData:
@@ -107,35 +110,17 @@ def find_preprocessed(dataset: str, config: str | None) -> PreprocessedData:
     config_name = config or plan.default_configuration
     configuration = plan.configuration(config_name)
     data_dir = pre_dir / configuration.data_identifier
-    if not data_dir.is_dir() or not any(data_dir.glob("*.npy")):
+    if not data_dir.is_dir():
         raise FPNError(f"{data_dir}: no preprocessed data for configuration {config_name!r}: {hint}")
-    return PreprocessedData(name, pre_dir, plan, config_name, configuration, data_dir, hint)
+    cases = open_preprocessed(data_dir, f"rerun fpn_plan_and_preprocess -d {dataset}")
+    return PreprocessedData(name, pre_dir, plan, config_name, configuration, data_dir, hint, cases)
 
 
-def loop_settings(args: Any, config: Configuration, device: str, default_epochs: int | None = None) -> LoopSettings:
-    """The loop's settings: the command line's ``epochs``, ``iterations_per_epoch``, ``val_every``,
-    ``precision``, ``progress`` over the plan's defaults (``default_epochs`` before the plan's
-    ``epochs``); precision ``auto``: the plan's (bf16) on CUDA; on the CPU bf16 only where the CPU
-    has native bf16 and a short cached probe finds it faster (:mod:`fpnunet.precision`), else fp32."""
-    d = config.training
-    precision = args.precision
-    if precision == "auto":
-        planned = config.precision if config.precision in ("bf16", "fp32") else "bf16"
-        if device.startswith("cuda"):
-            precision = planned
-        else:
-            from fpnunet.precision import resolve_cpu_precision
-
-            precision, reason = resolve_cpu_precision(planned)
-            print(f"--precision auto on the CPU: {reason}", file=sys.stderr)
-    return LoopSettings(
-        epochs=args.epochs or default_epochs or d.epochs,
-        iterations_per_epoch=args.iterations_per_epoch or d.iterations_per_epoch,
-        val_every=d.val_every if args.val_every is None else args.val_every,
-        grad_clip=d.grad_clip or None, device=device, precision=precision, progress=args.progress,
-        bn_recalibration=d.bn_recalibration if args.bn_recalibration is None else args.bn_recalibration,
-        compile=bool(getattr(args, "compile", False)),
-    )
+def loop_settings(hp: Hyperparameters, device: str, progress: bool = True, compile: bool = False) -> LoopSettings:
+    """The loop's settings from the resolved :class:`Hyperparameters` (``compile``: ``--compile``)."""
+    return LoopSettings(epochs=hp.epochs, iterations_per_epoch=hp.iterations_per_epoch, val_every=hp.val_every,
+                        grad_clip=hp.grad_clip or None, device=device, precision=hp.precision, progress=progress,
+                        bn_recalibration=hp.bn_recalibration, compile=compile)
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -168,38 +153,60 @@ class OpenedRun:
     weight_decay: float
     resolved: dict[str, Any]
     """The arguments with every default resolved (saved in the checkpoints)."""
+    hp: Hyperparameters
+    """The one resolution of the run's hyperparameters (saved in the checkpoints)."""
+    lock: FoldLock
+    """Held on the fold folder until the run ends (:meth:`release`)."""
+
+    def release(self) -> None:
+        self.lock.release()
 
 
-def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str, *, lr: float, extra: dict[str, Any],
-             watched: Sequence[str], default_epochs: int | None = None, stale_dirs: Sequence[str] = ()) -> OpenedRun:
+def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str, *, extra: dict[str, Any],
+             watched: Sequence[str], pretrain: bool = False, stale_dirs: Sequence[str] = (),
+             hp: Hyperparameters | None = None, lr: float | None = None,
+             default_epochs: int | None = None) -> OpenedRun:
     """Start or resume the run in ``ctx.fold_dir`` as ``args`` (``resume``, ``overwrite``, ``device``,
-    ``batch_size``, loop flags) say; ``lr`` is the resolved learning rate.
+    schedule flags) say.
 
-    On a fresh start the folders ``stale_dirs`` of an earlier run are deleted. Copies the model
-    files, records ``program argv`` in ``command.txt``; ``extra`` joins the resolved arguments, and a
-    resumed run whose ``watched`` arguments changed gets a warning.
+    Every flag is resolved and validated (:mod:`.hyperparameters`) before the fold folder is
+    touched; then the fold's lock is taken (:class:`fpnunet.results_layout.FoldLock`: a second run
+    on the fold is refused), temp files of killed runs are removed, and ``--overwrite`` deletes the
+    earlier run (and the folders ``stale_dirs``). Copies the model files, records ``program argv``
+    in ``command.txt``; ``extra`` joins the resolved arguments, and a resumed run whose ``watched``
+    arguments changed gets a warning. The caller releases the lock (``run.release()``).
+
+    ``lr`` and ``default_epochs`` (older callers) only replace the plan's defaults when the flag
+    was not given; ``default_epochs`` implies ``pretrain``.
     """
-    # bad flags fail before --overwrite deletes anything
-    if args.weight_decay is not None and not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
-        raise FPNError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
     device = resolve_device(args.device)
-    resume = check_start(ctx.fold_dir, args.resume, args.overwrite)
-    if not resume:
-        for name in stale_dirs:
-            if (ctx.fold_dir / name).is_dir():
-                shutil.rmtree(ctx.fold_dir / name)  # written by an earlier, discarded run
-    checkpoint = load_checkpoint(ctx.fold_dir / LATEST) if resume else None
-    settings = loop_settings(args, ctx.config, device, default_epochs)
-    copy_model_files(ctx.preprocessed_dir, ctx.model_dir)
-    write_command(ctx.fold_dir, list(argv), program, append=resume)
-    weight_decay = ctx.config.training.weight_decay if args.weight_decay is None else args.weight_decay
-    resolved = asdict(args) | {"dataset": ctx.dataset, "config": ctx.config_name, "lr": lr,
-                               "weight_decay": weight_decay,
-                               "batch_size": args.batch_size or ctx.config.batch_size} | extra \
+    if hp is None:
+        hp = resolve_hyperparameters(args, ctx.config, device, pretrain=pretrain or default_epochs is not None)
+        if lr is not None and args.lr is None:
+            hp = replace(hp, lr=float(lr))
+        if default_epochs is not None and args.epochs is None:
+            hp = replace(hp, epochs=int(default_epochs))
+    lock = FoldLock(ctx.fold_dir, program).acquire()
+    try:
+        clean_temp_files(ctx.fold_dir)
+        resume = check_start(ctx.fold_dir, args.resume, args.overwrite)
+        if not resume:
+            for name in stale_dirs:
+                if (ctx.fold_dir / name).is_dir():
+                    shutil.rmtree(ctx.fold_dir / name)  # written by an earlier, discarded run
+        checkpoint = load_checkpoint(ctx.fold_dir / LATEST) if resume else None
+        settings = loop_settings(hp, device, args.progress, compile=bool(getattr(args, "compile", False)))
+        copy_model_files(ctx.preprocessed_dir, ctx.model_dir)
+        write_command(ctx.fold_dir, list(argv), program, append=resume)
+    except BaseException:
+        lock.release()
+        raise
+    resolved = asdict(args) | {"dataset": ctx.dataset, "config": ctx.config_name, "lr": hp.lr,
+                               "weight_decay": hp.weight_decay, "batch_size": hp.batch_size} | extra \
         | {"train_cases": ctx.train_cases, "val_cases": ctx.val_cases}
     if checkpoint is not None:
         warn_changed(checkpoint.get("args", {}), resolved, watched)
-    return OpenedRun(resume, checkpoint, device, settings, lr, weight_decay, resolved)
+    return OpenedRun(resume, checkpoint, device, settings, hp.lr, hp.weight_decay, resolved, hp, lock)
 
 
 def warn_changed(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str]) -> None:
@@ -232,11 +239,13 @@ def new_model(seed: int, config_name: str, config: Configuration, in_channels: i
 
 def make_loop(task: TrainingTask, model: nn.Module, spec: dict[str, Any], run: OpenedRun, defaults: TrainingDefaults,
               fold_dir: Path, callbacks: tuple[EpochCallback, ...] = ()) -> EpochLoop:
-    """The epoch loop of ``task`` for ``model`` (already on the device): optimizer and schedule from
-    ``defaults`` at ``run.lr`` and the resolved weight decay; resumed from ``run.checkpoint`` when there is one."""
-    optimizer = make_optimizer(model, replace(defaults, weight_decay=run.weight_decay), run.lr)
-    scheduler = make_scheduler(optimizer, defaults.lr_schedule, run.settings.epochs)
-    loop = EpochLoop(task, model, optimizer, scheduler, run.settings, fold_dir, spec, run.resolved, callbacks)
+    """The epoch loop of ``task`` for ``model`` (already on the device): optimizer and schedule from the
+    resolved hyperparameters ``run.hp``; resumed from ``run.checkpoint`` when there is one. (``defaults``
+    is kept for callers; every value comes from ``run.hp``.)"""
+    optimizer = make_optimizer(model, run.hp, run.hp.lr)
+    scheduler = make_scheduler(optimizer, run.hp.lr_schedule, run.hp.epochs)
+    loop = EpochLoop(task, model, optimizer, scheduler, run.settings, fold_dir, spec, run.resolved, callbacks,
+                     hyperparameters=run.hp.to_dict())
     if run.checkpoint is not None:
         loop.resume(run.checkpoint)
         print(f"resumed from {fold_dir / LATEST} after epoch {loop.start_epoch}")

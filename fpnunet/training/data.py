@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import os
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 
 from fpnunet.atomic import load_json
 from fpnunet.errors import FPNError
+from fpnunet.lifeline import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +235,14 @@ class EnfaceDataLoader(SlimDataLoaderBase):
         self.num_channels, self.depth = int(vshape[0]), int(vshape[2])
         self._count = 0  # batches made by this worker
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._parent_pid = os.getpid()
+
+    def set_thread_id(self, thread_id: int) -> None:
+        """Called by batchgenerators first thing in each worker: the worker also learns to die with
+        the training process (:func:`fpnunet.lifeline.die_with_parent`), so ``kill -9`` leaves no orphan."""
+        super().set_thread_id(thread_id)
+        if os.getpid() != self._parent_pid:
+            die_with_parent(self._parent_pid)
 
     @property
     def case_names(self) -> list[str]:

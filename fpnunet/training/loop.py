@@ -189,6 +189,11 @@ class EpochLoop:
         spec: :func:`fpnunet.training.checkpoint.model_spec` of the model (stored in checkpoints).
         args: the resolved training settings stored in checkpoints (``args``).
         callbacks: ``callback(epochs_done, record)`` after each epoch's checkpoints.
+        hyperparameters: the resolved :class:`~fpnunet.training.hyperparameters.Hyperparameters`
+            as a dict, recorded in every checkpoint.
+
+    A non-finite loss, or non-finite weights at the end of an epoch, stop the run with an
+    :class:`FPNError`; the checkpoints on disk are then those of the last good epoch.
     """
 
     def __init__(
@@ -203,6 +208,7 @@ class EpochLoop:
         args: dict[str, Any] | None = None,
         callbacks: Sequence[EpochCallback] = (),
         plot: bool = True,
+        hyperparameters: dict[str, Any] | None = None,
     ) -> None:
         self.task = task
         self.model = model
@@ -214,6 +220,7 @@ class EpochLoop:
         self.spec = spec
         self.args = dict(args or {}) | {"loop": asdict(settings)}
         self.callbacks = list(callbacks)
+        self.hyperparameters = hyperparameters
         self.device = torch.device(settings.device)
         self.cuda = self.device.type == "cuda"
         self.channels_last = settings.channels_last
@@ -258,6 +265,7 @@ class EpochLoop:
                 metrics = self.task.validate(self.model, epoch)
             record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr,
                       "epoch_time_s": time.perf_counter() - t0}
+            self._check_finite(epoch)
             self.logger.log(record)
             improved = self._improved(record)
             state = self._state(epoch + 1)
@@ -277,7 +285,6 @@ class EpochLoop:
         self.model.train()
         source = self.task.train_batches(epoch)
         losses: list[float] = []
-        skipped = 0
         try:
             batches: Iterable[dict[str, Any]] = iter(source)
             bar = tqdm(range(s.iterations_per_epoch), desc=f"epoch {epoch + 1}/{s.epochs}", unit="it",
@@ -286,19 +293,16 @@ class EpochLoop:
                 try:
                     batch = next(batches)  # type: ignore[call-overload]
                 except StopIteration:
-                    raise FPNError(f"the training loader ended after {len(losses) + skipped} batches; "
+                    raise FPNError(f"the training loader ended after {len(losses)} batches; "
                                    f"{s.iterations_per_epoch} were asked for per epoch") from None
                 loss = self.step(batch_to_device(batch, self.device, self.channels_last))
-                if math.isfinite(loss):
-                    losses.append(loss)
-                    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
-                else:
-                    skipped += 1
+                if not math.isfinite(loss):
+                    self._diverged(f"the loss is {loss} at step {len(losses) + 1} of epoch {epoch + 1}")
+                losses.append(loss)
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
             bar.close()
         finally:
             source.close()
-        if skipped:
-            self._say(f"warning: {skipped} step(s) of epoch {epoch + 1} had a non-finite loss and were skipped")
         return float(np.mean(losses)) if losses else math.nan
 
     def recalibrate(self, epoch: int) -> int:
@@ -314,14 +318,14 @@ class EpochLoop:
             source.close()
 
     def step(self, batch: dict[str, Any]) -> float:
-        """Forward, loss, backward, clip, optimizer step; returns the loss (NaN: step skipped)."""
+        """Forward, loss, backward, clip, optimizer step; returns the loss (non-finite: no step taken)."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
             output = self.forward_model(batch["data"])
         loss = self.task.loss(output, batch)
         value = float(loss.detach())
         if not math.isfinite(value):
-            return math.nan
+            return value
         loss.backward()
         if self.settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
@@ -329,6 +333,19 @@ class EpochLoop:
         return value
 
     # ------------------------------------------------------------------ helpers
+    def _check_finite(self, epoch: int) -> None:
+        bad = [n for n, t in self.model.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            self._diverged(f"{len(bad)} weight tensor(s) are not finite after epoch {epoch + 1} (e.g. {bad[0]})")
+
+    def _diverged(self, what: str) -> None:
+        done = self.logger.records[-1]["epoch"] if self.logger.records else 0
+        kept = (f"{self.folder / LATEST} (epoch {done}) is the last good checkpoint" if (self.folder / LATEST).is_file()
+                else "no checkpoint was written")
+        lr = self.optimizer.param_groups[0]["lr"]
+        raise FPNError(f"training diverged: {what} (lr {lr:g}); stopped, {kept}. Lower --lr (or check the data)")
+
     def _improved(self, record: dict[str, Any]) -> bool:
         col = self.task.score_column
         score = record.get(col) if col else None
@@ -341,7 +358,7 @@ class EpochLoop:
 
     def _state(self, epochs_done: int) -> dict[str, Any]:
         return training_state(self.spec, self.model, self.optimizer, self.scheduler, self.scaler, epochs_done,
-                              self.logger.records, self.args, self.best_score)
+                              self.logger.records, self.args, self.best_score, self.hyperparameters)
 
     def _summary(self, record: dict[str, Any], improved: bool) -> None:
         parts = [f"epoch {record['epoch']}/{self.settings.epochs}", f"train_loss {record['train_loss']:.4f}"]

@@ -44,12 +44,12 @@ from fpnunet.training.cli_common import (
     open_run,
     print_settings,
 )
+from fpnunet.training.hyperparameters import check_flags
 from fpnunet.training.loop import EpochCallback
 from fpnunet.training.pretrained import pretraining_checkpoint
 from fpnunet.training.reconstruction import (
     PICTURE_DIR,
     ReconstructionTask,
-    cases_with_modality,
     inverts,
     split_holdout,
 )
@@ -141,7 +141,7 @@ def resolve_pretrain(args: PretrainArgs) -> PretrainContext:
         raise FPNError(f"--target {args.target}: dataset {name} has no such en-face modality "
                        f"(its en-face images: {plan.enface_modalities or 'none'}; they come from enfaceTr/"
                        f"CASE_<MODALITY> files listed in dataset.json 'enface_modalities')")
-    cases = cases_with_modality(data_dir, target)
+    cases = found.cases.with_enface(target)
     if not cases:
         raise FPNError(f"{data_dir}: no preprocessed case has a {target} image (CASE_{target}.npy): {found.hint}")
     train, val = split_holdout(cases, args.val_fraction, args.seed)
@@ -155,29 +155,33 @@ def resolve_pretrain(args: PretrainArgs) -> PretrainContext:
 def pretrain(args: PretrainArgs, argv: list[str] | None = None, callbacks: tuple[EpochCallback, ...] = ()) -> Path:
     """Pretrain (or resume) as ``args`` says; returns the fold folder (``.../fold_all``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if args.n_pictures < 0:
-        raise FPNError(f"--pictures must be >= 0, got {args.n_pictures}")
+    check_flags(args)  # every typed value, before anything is read, created or deleted
     ctx = resolve_pretrain(args)
     if run_state(ctx.fold_dir) == "finished" and not (args.resume or args.overwrite):
         raise FPNError(f"{ctx.fold_dir} holds a finished pretraining run (checkpoint_final.pth). Pass --overwrite "
                        f"to pretrain again, or --continue with more --epochs to extend it")
-    defaults = ctx.config.training
-    run = open_run(ctx, args, argv, PROGRAM, lr=args.lr or defaults.pretrain_lr,
-                   extra={"target": ctx.target, "task": "pretrain"}, watched=WATCHED,
-                   default_epochs=defaults.pretrain_epochs, stale_dirs=(PICTURE_DIR,))
+    run = open_run(ctx, args, argv, PROGRAM, extra={"target": ctx.target, "task": "pretrain"}, watched=WATCHED,
+                   pretrain=True, stale_dirs=(PICTURE_DIR,))
+    try:
+        return _pretrain(args, ctx, run, callbacks)
+    finally:
+        run.release()
+
+
+def _pretrain(args: PretrainArgs, ctx: PretrainContext, run: OpenedRun, callbacks: tuple[EpochCallback, ...]) -> Path:
     save_json({"target": ctx.target, "val_fraction": args.val_fraction, "seed": args.seed,
                "train": ctx.train_cases, "val": ctx.val_cases}, ctx.fold_dir / SPLIT_FILE)
     _print_header(ctx, run)
-
-    spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, 1)
+    hp = run.hp
+    spec, model = new_model(hp.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, 1)
     model = model.to(run.device)
     task = ReconstructionTask(
-        ctx.plan, ctx.config_name, ctx.data_dir, ctx.target, ctx.train_cases, ctx.val_cases, seed=args.seed,
+        ctx.plan, ctx.config_name, ctx.data_dir, ctx.target, ctx.train_cases, ctx.val_cases, seed=hp.seed,
         device=run.device, picture_dir=ctx.fold_dir / PICTURE_DIR if args.n_pictures else None,
-        n_pictures=args.n_pictures, batch_size=args.batch_size, num_workers=args.num_workers,
+        n_pictures=args.n_pictures, batch_size=hp.batch_size, num_workers=hp.num_workers,
         augment=args.augment, invert=args.invert,
     )
-    loop = make_loop(task, model, spec, run, defaults, ctx.fold_dir, callbacks)
+    loop = make_loop(task, model, spec, run, ctx.config.training, ctx.fold_dir, callbacks)
     loop.run()
     best = f", best validation SSIM {loop.best_score:.4f}" if loop.best_score is not None else ""
     print(f"pretraining done{best}: {ctx.fold_dir / 'checkpoint_final.pth'}")

@@ -5,7 +5,8 @@
   one-foreground-class segmentation head), reports what it loaded, skipped and missed, and
   returns the :class:`LoadReport`.
 * :func:`resolve_pretrained` turns the ``--pretrained`` choice into a folder tag and a path:
-  ``none`` -> ``scratch``; ``PATH`` -> ``pretrained``; ``auto`` -> the dataset's pretraining run
+  ``none`` -> ``scratch``; ``PATH`` -> ``pretrained-<stem>-<hash>`` (one model folder per
+  checkpoint); ``auto`` -> the dataset's pretraining run
   ``$FPN_RESULTS/DatasetXXX/pretrain__{config}__{FAF|SLO}/fold_all/checkpoint_final.pth`` (FAF
   first, then SLO) -> ``ssl-FAF`` / ``ssl-SLO``, or ``scratch`` when there is none.
 """
@@ -18,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from fpnunet.checkpoint import load_file, load_state_dict_file
 from fpnunet.errors import FPNError
-
-PRETRAIN_TARGETS = ("FAF", "SLO")
+from fpnunet.results_layout import PRETRAIN_TARGETS, pretrained_tag, pretraining_checkpoint  # noqa: F401
 
 
 @dataclass
@@ -60,31 +61,25 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FPNError(f"{path}: neither an fpnunet checkpoint nor a state dict of tensors")
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+MIN_SHARE = 0.5
+"""Below this share of the model's tensors loaded, a checkpoint is of another network: refused
+unless a partial load is asked for (``--partial-load``)."""
 
 
-def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True) -> LoadReport:
+def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True, network: str | None = None,
+                    partial: bool = False) -> LoadReport:
     """Load the tensors of checkpoint ``path`` whose name and shape match ``model``'s.
 
-    ``path`` is an fpnunet checkpoint (``state_dict`` key) or a plain state dict. Prints the
-    report (unless ``verbose`` is false) and returns it. Raises :class:`FPNError` when the file
-    cannot be read or not a single tensor fits (certainly the wrong file).
+    ``path`` is an fpnunet checkpoint or a plain state dict, loaded weights only
+    (:func:`fpnunet.checkpoint.load_state_dict_file`). ``network``: the model's network name; an
+    fpnunet checkpoint of another network, or one that fills fewer than half of the model's
+    tensors, is refused unless ``partial``. Prints the report (unless ``verbose`` is false) and
+    returns it. Not a single matching tensor is always an error.
     """
     path = Path(path)
     if not path.is_file():
         raise FPNError(f"--pretrained {path}: file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any unpickling failure means a bad file for the user
-        raise FPNError(f"--pretrained {path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    source = _state_dict_of(obj, path)
+    source = load_state_dict_file(path)
     own = model.state_dict()
     report = LoadReport(path=str(path), total=len(own))
     matched: dict[str, torch.Tensor] = {}
@@ -100,6 +95,15 @@ def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True) ->
     if not matched:
         raise FPNError(f"--pretrained {path}: no tensor matches the model by name and shape "
                        f"({len(source)} in the file, {len(own)} in the model): is it a checkpoint of this network?")
+    other = _network_of(path)
+    if not partial and network is not None and other is not None and other != network:
+        raise FPNError(f"--pretrained {path}: a checkpoint of network {other!r}, this run trains {network!r} "
+                       f"(only {report.num_loaded} of {report.total} tensors would load); pass --partial-load to "
+                       f"load the matching tensors anyway")
+    if not partial and report.num_loaded < MIN_SHARE * report.total:
+        raise FPNError(f"--pretrained {path}: only {report.num_loaded} of {report.total} tensors of the model match "
+                       f"it by name and shape: is it a checkpoint of this network? Pass --partial-load to load "
+                       f"them anyway")
     with torch.no_grad():
         for name, tensor in matched.items():
             own[name].copy_(tensor.to(own[name].dtype))
@@ -108,9 +112,14 @@ def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True) ->
     return report
 
 
-def pretraining_checkpoint(results_dataset_dir: str | Path, config: str, target: str) -> Path:
-    """Where the dataset's pretraining run for ``target`` keeps its final checkpoint."""
-    return Path(results_dataset_dir) / f"pretrain__{config}__{target}" / "fold_all" / "checkpoint_final.pth"
+def _network_of(path: Path) -> str | None:
+    """The network name an fpnunet checkpoint records (None for a plain state dict)."""
+    try:
+        obj = load_file(path)
+    except FPNError:
+        return None
+    net = obj.get("network") if isinstance(obj, dict) else None
+    return str(net.get("name")) if isinstance(net, dict) and net.get("name") else None
 
 
 def resolve_pretrained(choice: str, results_dataset_dir: str | Path, config: str) -> tuple[str, Path | None, str]:
@@ -134,4 +143,4 @@ def resolve_pretrained(choice: str, results_dataset_dir: str | Path, config: str
     for target in PRETRAIN_TARGETS:
         if run.startswith("pretrain__") and run.endswith(f"__{target}"):
             return f"ssl-{target}", path, f"fine-tuning from the {target} pretraining run {path}"
-    return "pretrained", path, f"fine-tuning from {path}"
+    return pretrained_tag(path), path, f"fine-tuning from {path}"

@@ -33,6 +33,7 @@ from fpnunet.atomic import atomic_path
 from fpnunet.errors import FPNError
 from fpnunet.inference.predictor import Predictor
 from fpnunet.plans.plan import Plan
+from fpnunet.preprocessing.dataset_reader import open_preprocessed
 from fpnunet.training.segmentation import load_volume
 from fpnunet.training.ssim import SSIMLoss, ssim
 
@@ -47,17 +48,16 @@ def inverts(modality: str, invert: bool | None = None) -> bool:
     return modality.upper() in INVERTED_BY_DEFAULT if invert is None else bool(invert)
 
 
-def preprocessed_cases(data_dir: str | Path) -> list[str]:
-    """Every finished case of a preprocessed ``<data_identifier>`` folder (``CASE.json`` and ``CASE.npy``),
-    labelled or not. Only training cases (``imagesTr``) are ever preprocessed into it."""
-    data_dir = Path(data_dir)
-    return sorted(p.stem for p in data_dir.glob("*.json") if (data_dir / f"{p.stem}.npy").is_file())
+def preprocessed_cases(data_dir: str | Path, hint: str | None = None) -> list[str]:
+    """Every case of a complete preprocessed ``<data_identifier>`` folder, labelled or not
+    (:func:`fpnunet.preprocessing.dataset_reader.open_preprocessed`). Only training cases
+    (``imagesTr``) are ever preprocessed into it."""
+    return open_preprocessed(data_dir, hint).case_names
 
 
-def cases_with_modality(data_dir: str | Path, modality: str) -> list[str]:
+def cases_with_modality(data_dir: str | Path, modality: str, hint: str | None = None) -> list[str]:
     """The preprocessed cases that have the en-face image ``CASE_<modality>.npy``."""
-    data_dir = Path(data_dir)
-    return [c for c in preprocessed_cases(data_dir) if (data_dir / f"{c}_{modality}.npy").is_file()]
+    return open_preprocessed(data_dir, hint).with_enface(modality)
 
 
 def split_holdout(cases: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

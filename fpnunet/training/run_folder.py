@@ -14,31 +14,20 @@ from pathlib import Path
 
 from fpnunet.atomic import write_atomic
 from fpnunet.errors import FPNError
-from fpnunet.training.checkpoint import BEST, FINAL, LATEST
+from fpnunet.results_layout import (  # noqa: F401  names re-exported for the training commands
+    BEST,
+    COMMAND_FILE,
+    FINAL,
+    LATEST,
+    PRETRAINED_FILE,
+    VALIDATION_DIR,
+    fold_folder_name,
+    model_folder_name,
+    run_state,
+)
 from fpnunet.training.logger import CSV_NAME, PLOT_NAME
 
-COMMAND_FILE = "command.txt"
-PRETRAINED_FILE = "pretrained_from.json"
-VALIDATION_DIR = "validation"
 RUN_FILES = (LATEST, BEST, FINAL, CSV_NAME, PLOT_NAME, COMMAND_FILE, PRETRAINED_FILE)
-
-
-def model_folder_name(config: str, label_fraction: float, tag: str) -> str:
-    """``fpn__lf0.05__ssl-FAF`` (``{config}__lf{fraction:g}__{tag}``)."""
-    return f"{config}__lf{label_fraction:g}__{tag}"
-
-
-def fold_folder_name(fold: int | str) -> str:
-    return f"fold_{fold}"
-
-
-def run_state(fold_dir: Path) -> str:
-    """``"empty"``, ``"unfinished"`` (a latest checkpoint only) or ``"finished"`` (a final one)."""
-    if (fold_dir / FINAL).is_file():
-        return "finished"
-    if (fold_dir / LATEST).is_file():
-        return "unfinished"
-    return "empty"
 
 
 def check_start(fold_dir: Path, resume: bool, overwrite: bool) -> bool:

@@ -30,15 +30,15 @@ from fpnunet.inference.export import label_values, probabilities_to_segmentation
 from fpnunet.inference.predictor import Predictor
 from fpnunet.io import EnfaceGeometry, resample_to_shape
 from fpnunet.plans.plan import Plan
+from fpnunet.preprocessing.dataset_reader import open_preprocessed
 from fpnunet.training.losses import SegmentationLoss, logits_from_probabilities
 
 
 # ----------------------------------------------------------------------------- preprocessed cases
-def labelled_cases(data_dir: str | Path) -> list[str]:
-    """Cases of a preprocessed ``data_identifier`` folder with a volume and a label map."""
-    data_dir = Path(data_dir)
-    return sorted(p.name[: -len("_seg.npy")] for p in data_dir.glob("*_seg.npy")
-                  if (data_dir / f"{p.name[: -len('_seg.npy')]}.npy").is_file())
+def labelled_cases(data_dir: str | Path, hint: str | None = None) -> list[str]:
+    """Labelled cases of a complete preprocessed ``data_identifier`` folder
+    (:func:`fpnunet.preprocessing.dataset_reader.open_preprocessed`; an incomplete one is refused)."""
+    return open_preprocessed(data_dir, hint).labelled
 
 
 def load_volume(data_dir: Path, case: str) -> np.ndarray:

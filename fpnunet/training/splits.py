@@ -162,7 +162,14 @@ def load_or_create_splits(
             except (ValueError, UnicodeDecodeError) as exc:
                 raise FPNError(f"{path}: not valid JSON ({exc})") from None
             logger.info("using splits from %s", path)
-            return validate_splits(obj, labelled_cases, path, all_cases)
+            splits = validate_splits(obj, labelled_cases, path, all_cases)
+            left_out = sorted(set(labelled_cases) - {c for f in splits for c in f["train"] + f["val"]})
+            if left_out and path.parent == Path(preprocessed_dir):
+                raise FPNError(f"{path}: these folds were made over fewer cases than the preprocessed folder now "
+                               f"holds ({len(left_out)} labelled case(s) in no fold, e.g. {left_out[0]!r}; an "
+                               f"earlier, incomplete preprocessing?). Delete {path} to make new folds (runs trained "
+                               f"on the old folds then no longer match them)")
+            return splits
     splits = make_splits(labelled_cases, patients, n_folds=n_folds, seed=seed)
     out = Path(preprocessed_dir) / SPLITS_FILE
     save_json(splits, out)

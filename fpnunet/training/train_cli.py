@@ -26,6 +26,7 @@ from fpnunet.errors import FPNError
 from fpnunet.io import load_dataset_json
 from fpnunet.paths import raw_root, results_root
 from fpnunet.plans.plan import Plan
+from fpnunet.results_layout import FoldLock, clean_temp_files
 from fpnunet.training.checkpoint import FINAL, LATEST, model_from_checkpoint
 from fpnunet.training.cli_common import (
     OpenedRun,
@@ -41,6 +42,7 @@ from fpnunet.training.cli_common import (
     open_run,
     print_settings,
 )
+from fpnunet.training.hyperparameters import check_flags, resolve_hyperparameters
 from fpnunet.training.loop import EpochCallback
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
 from fpnunet.training.run_folder import (
@@ -50,7 +52,7 @@ from fpnunet.training.run_folder import (
     model_folder_name,
     write_command,
 )
-from fpnunet.training.segmentation import SegmentationTask, export_validation, labelled_cases
+from fpnunet.training.segmentation import SegmentationTask, export_validation
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
 
 PROGRAM = "fpn_train"
@@ -68,6 +70,7 @@ class TrainArgs:
     config: str | None = None
     pretrained: str = "auto"
     label_fraction: float = 1.0
+    partial_load: bool = False
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     lr: float | None = None
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_argument(p, "train")
     p.add_argument("--pretrained", default="auto",
                    help="auto (the dataset's FAF, else SLO pretraining run, else scratch), none, or a checkpoint PATH")
+    p.add_argument("--partial-load", action="store_true",
+                   help="with --pretrained: load the matching tensors even from a checkpoint of another network")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="keep this fraction of the fold's labelled training cases (default 1.0)")
     add_schedule_arguments(p, epochs_help="number of epochs (default: plan)",
@@ -126,7 +131,7 @@ def parse_args(argv: list[str]) -> TrainArgs:
 def resolve_run(args: TrainArgs) -> RunContext:
     """Find the dataset, plan, configuration, fold cases and the run folder; clear errors otherwise."""
     found = find_preprocessed(args.dataset, args.config)
-    labelled = labelled_cases(found.data_dir)
+    labelled = found.cases.labelled
     if not labelled:
         raise FPNError(f"{found.data_dir}: no labelled case (no CASE_seg.npy): add label maps to labelsTr of the raw "
                        f"dataset and re-run fpn_plan_and_preprocess, or use fpn_pretrain, which needs no labels")
@@ -134,7 +139,7 @@ def resolve_run(args: TrainArgs) -> RunContext:
     raw_dir = raw_dir if raw_dir.is_dir() else None
     pre_dir = found.preprocessed_dir
     patients = load_dataset_json(pre_dir).patients if (pre_dir / "dataset.json").is_file() else {}
-    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients)
+    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients, all_cases=found.cases.case_names)
     train, val = fold_cases(splits, args.fold)
     train = apply_label_fraction(train, args.label_fraction)
     results = results_root() / found.dataset
@@ -150,25 +155,43 @@ def resolve_run(args: TrainArgs) -> RunContext:
 def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[EpochCallback, ...] = ()) -> Path:
     """Train (or resume, or only validate) the fold ``args`` names; returns the fold folder."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_flags(args)  # every typed value, before anything is read, created or deleted
     ctx = resolve_run(args)
     if args.val_only:
         return validate_only(args, ctx, argv)
-    defaults = ctx.config.training
-    run = open_run(ctx, args, argv, PROGRAM, lr=args.lr or defaults.lr, extra={"tag": ctx.tag}, watched=WATCHED)
-    _print_header(ctx, run)
-
+    hp = resolve_hyperparameters(args, ctx.config, resolve_device(args.device))
     spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, ctx.plan.num_outputs)
-    if run.checkpoint is None:
+    report = None
+    if ctx.pretrained_path is not None and not args.resume:  # a bad file fails before --overwrite deletes
         print(ctx.pretrained_message)
-        report = load_pretrained(model, ctx.pretrained_path) if ctx.pretrained_path is not None else None
+        report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
+                                 partial=args.partial_load)
+    run = open_run(ctx, args, argv, PROGRAM, extra={"tag": ctx.tag}, watched=WATCHED, hp=hp)
+    try:
+        return _train(args, ctx, run, spec, model, report, argv, callbacks)
+    finally:
+        run.release()
+
+
+def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any], model: Any, report: Any,
+           argv: list[str], callbacks: tuple[EpochCallback, ...]) -> Path:
+    _print_header(ctx, run)
+    if run.checkpoint is None:
+        if report is None:
+            print(ctx.pretrained_message)
+            if ctx.pretrained_path is not None:
+                report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
+                                         partial=args.partial_load)
         save_json({"choice": args.pretrained, "tag": ctx.tag,
                    "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
+                   "partial_load": args.partial_load,
                    "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
     model = model.to(run.device)
-    task = SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=args.seed,
-                            device=run.device, batch_size=args.batch_size, num_workers=args.num_workers,
-                            oversample=defaults.foreground_oversample)
-    loop = make_loop(task, model, spec, run, defaults, ctx.fold_dir, callbacks)
+    hp = run.hp
+    task = SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=hp.seed,
+                            device=run.device, batch_size=hp.batch_size, num_workers=hp.num_workers,
+                            oversample=hp.foreground_oversample)
+    loop = make_loop(task, model, spec, run, ctx.config.training, ctx.fold_dir, callbacks)
     try:
         loop.run()
     except KeyboardInterrupt:
@@ -192,8 +215,10 @@ def validate_only(args: TrainArgs, ctx: RunContext, argv: list[str]) -> Path:
     plan_file = ctx.model_dir / "plans.json"
     if plan_file.is_file():
         ctx.plan = Plan.load(plan_file)
-    write_command(ctx.fold_dir, argv, PROGRAM, append=True)
-    _final_validation(model, ctx, device, path.name, int(ckpt.get("epoch", 0)), progress=args.progress)
+    with FoldLock(ctx.fold_dir, PROGRAM):
+        clean_temp_files(ctx.fold_dir)
+        write_command(ctx.fold_dir, argv, PROGRAM, append=True)
+        _final_validation(model, ctx, device, path.name, int(ckpt.get("epoch", 0)), progress=args.progress)
     return ctx.fold_dir
 
 
