@@ -16,12 +16,18 @@ from .export import (
     write_probabilities,
     write_segmentation,
 )
+from .fast import fold_batchnorm, prepare_for_inference
 from .predictor import CHECKPOINTS, Predictor, list_folds, load_checkpoint
 from .sliding_window import gaussian_weights, network_divisors, predict_sliding_window, window_starts
+from .windows import WindowPlan, plan_windows
 
 __all__ = [
     "CHECKPOINTS",
     "Predictor",
+    "WindowPlan",
+    "fold_batchnorm",
+    "plan_windows",
+    "prepare_for_inference",
     "gaussian_weights",
     "label_values",
     "lesion_areas",
