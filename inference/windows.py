@@ -128,7 +128,7 @@ def _ramp(n: int) -> torch.Tensor:
     return 0.5 - 0.5 * torch.cos(math.pi * i)
 
 
-def _axis_weights(starts: list[int], size: int, total: int) -> list[torch.Tensor]:
+def _axis_weights(starts: list[int], size: int) -> list[torch.Tensor]:
     out = []
     for k, s in enumerate(starts):
         w = torch.ones(size, dtype=torch.float64)
@@ -148,8 +148,8 @@ def overlap_weights(starts_b: list[int], starts_a: list[int], window: Sequence[i
                     ) -> dict[tuple[int, int], torch.Tensor]:
     """Blending weights ``(pB, pA)`` per window start ``(sb, sa)``: 1 where a window is alone,
     smooth complementary ramps where neighbours overlap (they sum to 1 there)."""
-    wb = _axis_weights(starts_b, int(window[0]), 0)
-    wa = _axis_weights(starts_a, int(window[1]), 0)
+    wb = _axis_weights(starts_b, int(window[0]))
+    wa = _axis_weights(starts_a, int(window[1]))
     return {(sb, sa): (wb[i][:, None] * wa[j][None, :]).to(torch.float32)
             for i, sb in enumerate(starts_b) for j, sa in enumerate(starts_a)}
 
@@ -211,7 +211,6 @@ def plan_windows(
     *,
     bytes_per_pixel: float,
     flips: int,
-    batch_networks: int = 1,
     available_bytes: int,
     share: float,
     weights_bytes: int = 0,
