@@ -263,10 +263,6 @@ def main(argv: list[str] | None = None) -> int:
                                             tta=not args.disable_tta, whole_plane=args.whole_plane,
                                             step_fraction=args.step, window=args.window,
                                             amp={"auto": None, "bf16": True, "fp32": False}[args.precision])
-    if args.precision == "auto" and predictor.device.type == "cpu" and predictor.config.precision != "fp32":
-        from fpnunet.precision import cpu_bf16_decision
-
-        print(f"fpn_predict: --precision auto on the CPU: {cpu_bf16_decision().reason}", file=sys.stderr)
     plan = predictor.plan
     ending = args.file_ending or (predictor.dataset_info.file_ending if predictor.dataset_info else plan.file_ending)
     if not ending.startswith("."):
@@ -285,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}, "
           f"{'bf16' if predictor.amp else 'fp32'}, channels-last, "
           f"{sum(len(n.fold_report.folded) for n in predictor.networks)} BatchNorm(s) folded", file=sys.stderr)
+    if args.precision == "auto" and predictor.device.type == "cpu" and predictor.config.precision != "fp32":
+        from fpnunet.precision import cpu_bf16_decision
+
+        print(f"fpn_predict: --precision auto on the CPU: {cpu_bf16_decision().reason}", file=sys.stderr)
 
     failures = len(errors)
     rows: list[dict[str, Any]] = []
