@@ -12,6 +12,8 @@ setup(
         "fpnunet.networks",
         "fpnunet.training",
         "fpnunet.evaluation",
+        "fpnunet.report",
+        "fpnunet.importer",
         "fpnunet.plans",
         "fpnunet.preprocessing",
         "fpnunet.inference",
@@ -32,15 +34,22 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],
-    extras_require={"dev": ["pytest>=7", "ruff>=0.4"]},
+    extras_require={
+        # fpn_import: device exports (HEYEX VOL/XML/E2E, Topcon FDA via eyepy; DICOM OPT/OP via pydicom)
+        "import": ["eyepy>=0.21", "pydicom>=3.0"],
+        "dev": ["pytest>=7", "ruff>=0.4", "eyepy>=0.21", "pydicom>=3.0"],
+    },
     entry_points={
         "console_scripts": [
             "fpn_make_synthetic=fpnunet.synthetic:main",
             "fpn_plan_and_preprocess=fpnunet.preprocessing.cli:main",
             "fpn_pretrain=fpnunet.training.pretrain_cli:main",
             "fpn_train=fpnunet.training.train_cli:main",
+            "fpn_train_folds=fpnunet.training.folds_cli:main",
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
+            "fpn_report=fpnunet.report.cli:main",
+            "fpn_import=fpnunet.importer.cli:main",
             "fpn_convert_checkpoint=fpnunet.checkpoint_convert:main",
         ]
     },

@@ -1,6 +1,6 @@
 """Label efficiency: Dice against the share of labelled training cases, with and without SSL.
 
-Reproduces, in kind, Table 1 of Morano et al. (MICCAI 2023; DESIGN.md section 4) on a synthetic
+Reproduces, in kind, Table 1 of Morano et al. (MICCAI 2023; docs/design.md) on a synthetic
 GA dataset sized for the machine: for every network (FPN and baselines), label fraction, fold and
 seed it trains ``fpn_train`` from scratch and, for the networks given to ``--pretrain-networks``,
 fine-tuned from FAF and SLO reconstruction pretraining (``fpn_pretrain``). Each run's score is

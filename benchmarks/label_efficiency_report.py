@@ -14,7 +14,7 @@ import pandas as pd
 
 from fpnunet.atomic import atomic_path, load_json
 
-PAPER = {  # Morano et al. 2023, GA-S, Dice % at label ratio 0.05 / 0.1 / 0.2 / 1.0 (DESIGN.md section 4)
+PAPER = {  # Morano et al. 2023, GA-S, Dice % at label ratio 0.05 / 0.1 / 0.2 / 1.0 (their Table 1)
     "IPN": (71.45, 82.44, 86.03, 90.26), "IPNv2": (74.22, 84.90, 87.63, 91.57),
     "Lachinov et al.": (73.46, 86.89, 90.20, 92.89), "ReSensNet": (78.47, 83.81, 89.94, 92.70),
     "FPN": (79.90, 84.51, 90.90, 93.15), "FPN + SLO SSL": (88.36, 91.40, 91.48, 92.93),

@@ -10,7 +10,7 @@ For each network at an input ``(N, 1, B, D, A)`` (default the paper's patch, ``N
   ``--warmup`` steps), minor page faults per step and the peak RSS of the process, each
   configuration in its own child process (so runs do not pollute each other's RSS), once with
   the default glibc malloc settings and once with ``MALLOC_MMAP_THRESHOLD_`` /
-  ``MALLOC_TRIM_THRESHOLD_`` raised (DESIGN.md section 6).
+  ``MALLOC_TRIM_THRESHOLD_`` raised (docs/networks.md).
 
 Usage::
 

@@ -10,7 +10,15 @@ Inputs are ``IN_DIR/CASE_0000<ending>`` (+ ``_0001`` ... for more channels) in a
 SimpleITK reads. Outputs, per case: ``OUT_DIR/CASE<ending>`` (the label map on the volume's
 en-face grid with its spacing and origin; ending of the dataset by default), optionally
 ``OUT_DIR/CASE.npz`` (probabilities ``(K, B, A)``), and for all cases ``OUT_DIR/lesion_areas.csv``
-(``case, class, area_mm2``).
+(``case, patient, eye, visit, class, area_mm2, sqrt_area_mm, lesions, focality``; patient, eye and visit date when the
+dataset.json ``visits``/``patients`` know the case). ``--overlays`` adds ``OUT_DIR/overlays/CASE.png``
+(outline on the SLO or a projection of the volume, area, scale bar), ``--report`` one
+self-contained ``OUT_DIR/report.html`` (``fpn_report``).
+
+At scale (docs/distributed.md): ``--num-parts K --part-id I`` predicts a deterministic 1/K share of
+the cases (Slurm arrays, several nodes) and writes ``lesion_areas.part-I-of-K.csv``;
+``fpn_predict -o OUT_DIR --merge-parts`` joins those into ``lesion_areas.csv``; ``--devices cuda:0
+cuda:1 ...`` runs one part per device and merges (:mod:`.parts`).
 
 Reading (and preprocessing) the next case, predicting and writing overlap: a reader thread
 prefetches, a writer pool writes. A bad case (unreadable or not 3D, depth too small, a missing
@@ -37,7 +45,7 @@ from tqdm import tqdm
 
 from fpnunet import results_layout
 from fpnunet.atomic import write_atomic
-from fpnunet.cli_utils import run_cli
+from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.io import (
     SUPPORTED_ENDINGS,
@@ -50,7 +58,8 @@ from fpnunet.io import (
 from fpnunet.paths import results_dir, results_root
 from fpnunet.plans.verify_content import check_nifti
 
-from .export import lesion_areas, probabilities_to_segmentation, write_probabilities, write_segmentation
+from .export import LESION_COLUMNS, lesion_rows, probabilities_to_segmentation, write_probabilities, write_segmentation
+from .parts import check_part, merge_parts, part_csv_name, run_on_devices, select_part
 from .predictor import CHECKPOINTS, Predictor
 from .windows import WINDOW_MODES
 
@@ -80,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fpn_predict",
         description="Predict en-face segmentations for every OCT volume (CASE_0000<ending>) in a folder.",
     )
-    p.add_argument("-i", "--input", required=True, help="folder with CASE_0000<ending> volumes (+ _0001 ...)")
+    p.add_argument("-i", "--input", help="folder with CASE_0000<ending> volumes (+ _0001 ...); required unless "
+                                         "--merge-parts")
     p.add_argument("-o", "--output", required=True, help="output folder (created)")
     p.add_argument("-d", "--dataset", help="dataset id or folder name (model under $FPN_RESULTS/DatasetXXX)")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every fold_* present); 'all' ok")
@@ -102,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured faster by a short cached probe")
     p.add_argument("--step", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for one-class models")
+    p.add_argument("--overlays", action="store_true", help="also write OUT/overlays/CASE.png: the outline on the "
+                   "SLO (enface folder beside the input) or a projection of the volume, with area and scale bar")
+    p.add_argument("--report", action="store_true", help="also write OUT/report.html: every case's overlay, areas, "
+                   "failed cases and growth per eye when visits are known (see fpn_report)")
+    p.add_argument("--num-parts", type=int, default=1, metavar="K",
+                   help="split the cases into K parts (sorted by name, every K-th) and predict one (default 1)")
+    p.add_argument("--part-id", type=int, default=0, metavar="I", help="the part to predict, 0..K-1 (default 0)")
+    p.add_argument("--devices", nargs="+", metavar="DEV",
+                   help="predict one part per device in parallel (cuda:0 cuda:1 ..., or cpu cpu), then merge")
+    p.add_argument("--merge-parts", action="store_true",
+                   help="only join OUT_DIR's lesion_areas.part-I-of-K.csv tables into lesion_areas.csv")
     return p
 
 
@@ -229,25 +250,31 @@ def _reader(
 
 def _write_case(
     case: str, probs: np.ndarray, geometry: EnfaceGeometry, out_dir: Path, ending: str, save_probs: bool,
-    labels: dict[str, int], threshold: float,
+    labels: dict[str, int], threshold: float, visit: dict[str, str | None] | None = None,
 ) -> list[dict[str, Any]]:
     seg = probabilities_to_segmentation(probs, threshold=threshold, labels=labels)
     write_segmentation(seg, geometry, out_dir / f"{case}{ending}")
     if save_probs:
         write_probabilities(probs, out_dir / f"{case}.npz", labels=labels)
-    return [{"case": case, "class": name, "area_mm2": area}
-            for name, area in lesion_areas(seg, geometry.spacing, labels).items()]
+    return lesion_rows(case, seg, geometry.spacing, labels, visit)
 
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if not 0 < args.threshold < 1:  # also false for nan
         raise FPNError(f"--threshold {args.threshold}: must be a probability strictly between 0 and 1")
     if not 0 < args.step <= 1:
         raise FPNError(f"--step {args.step}: must be in (0, 1]")
-    in_dir = Path(args.input)
     out_dir = Path(args.output)
+    if args.merge_parts:
+        print(f"fpn_predict: merged into {merge_parts(out_dir)}", file=sys.stderr)
+        return 0
+    if args.input is None:
+        raise FPNError("-i/--input is required (the folder with CASE_0000<ending> volumes)")
+    check_part(args.num_parts, args.part_id)
+    in_dir = Path(args.input)
     if not in_dir.is_dir():
         raise FPNError(f"{in_dir}: input folder not found")
     if out_dir.exists() and not out_dir.is_dir():
@@ -259,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
             if not (f.isdigit() or f == "all"):
                 raise FPNError(f"-f {f}: folds are numbers (0 1 2 3 4) or 'all'")
         folds = list(args.folds)
+    if args.devices:
+        if args.num_parts != 1 or "--device" in argv:
+            raise FPNError("--devices makes one part per device: leave out --num-parts/--part-id and --device")
+        for device in args.devices:
+            resolve_device(device)
+        return run_on_devices(argv, args.devices, out_dir)
     predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=args.checkpoint, device=args.device,
                                             tta=not args.disable_tta, whole_plane=args.whole_plane,
                                             step_fraction=args.step, window=args.window,
@@ -268,25 +301,36 @@ def main(argv: list[str] | None = None) -> int:
     if not ending.startswith("."):
         raise FPNError(f"--file-ending {ending!r}: must start with a dot, e.g. .nii.gz")
     labels = predictor.dataset_info.labels if predictor.dataset_info else plan.labels
+    dataset_json = _dataset_json(predictor, args.dataset)
+    visits = _visit_columns(dataset_json)
+    if args.overlays or args.report:  # a bad colour in dataset.json stops here, before any output
+        from fpnunet.report.overlay import class_colours
+
+        class_colours(labels, dataset_json)
 
     items, errors, warnings = collect_inputs(in_dir)
+    if not items and not errors:
+        raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
+    if args.num_parts > 1:  # this part's cases, and its share of the misnamed files' errors
+        items = select_part(items, args.num_parts, args.part_id)
+        errors = select_part(errors, args.num_parts, args.part_id)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
-    if not items and not errors:
-        raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
           f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}, "
           f"{'bf16' if predictor.amp else 'fp32'}, channels-last, "
-          f"{sum(len(n.fold_report.folded) for n in predictor.networks)} BatchNorm(s) folded", file=sys.stderr)
+          f"{sum(len(n.fold_report.folded) for n in predictor.networks)} BatchNorm(s) folded"
+          + (f", part {args.part_id} of {args.num_parts}" if args.num_parts > 1 else ""), file=sys.stderr)
     if args.precision == "auto" and predictor.device.type == "cpu" and predictor.config.precision != "fp32":
         from fpnunet.precision import cpu_bf16_decision
 
         print(f"fpn_predict: --precision auto on the CPU: {cpu_bf16_decision().reason}", file=sys.stderr)
 
     failures = len(errors)
+    failed = {_case_of_message(e): e for e in errors}  # case -> error, for the report
     rows: list[dict[str, Any]] = []
     loaded_q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -301,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 loaded: _Loaded = loaded_q.get()
                 if loaded.error is not None:
                     tqdm.write(f"error: {loaded.error}", file=sys.stderr)
+                    failed[loaded.case] = loaded.error
                     failures += 1
                     continue
                 try:
@@ -312,23 +357,31 @@ def main(argv: list[str] | None = None) -> int:
                                    file=sys.stderr)
                 except FPNError as exc:
                     tqdm.write(f"error: {in_dir / loaded.case}_0000: {exc}", file=sys.stderr)
+                    failed[loaded.case] = str(exc)
                     failures += 1
                     continue
                 pending.append((loaded.case, writer.submit(
                     _write_case, loaded.case, probs, loaded.geometry, out_dir, ending, args.save_probabilities,
-                    labels, args.threshold)))
+                    labels, args.threshold, visits.get(loaded.case))))
             for case, fut in pending:
                 try:
                     rows.extend(fut.result())
                 except (FPNError, OSError, RuntimeError) as exc:
                     print(f"error: {out_dir / case}{ending}: writing failed ({exc})", file=sys.stderr)
+                    failed[case] = f"writing failed ({exc})"
                     failures += 1
     finally:
         stop.set()
         reader.join(timeout=5)
 
-    if rows:  # a failed prediction writes no (header-only) table
-        _write_areas(rows, out_dir / "lesion_areas.csv")
+    if rows or args.num_parts > 1:  # a failed prediction writes no (header-only) table; a part always
+        _write_areas(rows, out_dir / part_csv_name(args.part_id, args.num_parts))  # does (--merge-parts needs it)
+    if args.overlays or args.report:
+        from fpnunet.report.writers import pictures_after_prediction
+
+        pictures_after_prediction(out_dir, {c: out_dir / f"{c}{ending}" for c, _ in pending if c not in failed},
+                                  labels, dataset_json, in_dir, failed, args.overlays, args.report,
+                                  plan.projection_axis)
     total = len(items) + len(errors)
     done = total - failures
     print(f"fpn_predict: wrote {done} of {total} case(s) to {out_dir}", file=sys.stderr)
@@ -341,8 +394,41 @@ def main(argv: list[str] | None = None) -> int:
 def _write_areas(rows: list[dict[str, Any]], path: Path) -> None:
     import pandas as pd
 
-    df = pd.DataFrame(rows, columns=["case", "class", "area_mm2"])
+    df = pd.DataFrame(rows, columns=list(LESION_COLUMNS))
     write_atomic(path, lambda tmp: df.to_csv(tmp, index=False), suffix=".csv")
+
+
+def _dataset_json(predictor: Predictor, dataset: str | None) -> dict[str, Any]:
+    """The model folder's dataset.json, completed by the raw dataset's (visits of new cases) under -d."""
+    out = dict(predictor.dataset_info.raw) if predictor.dataset_info else {}
+    if dataset is not None:
+        from fpnunet.paths import raw_dir
+
+        try:
+            from fpnunet.io import load_dataset_json
+
+            raw = load_dataset_json(raw_dir(dataset)).raw
+        except FPNError:
+            return out
+        for key in ("visits", "patients"):
+            out[key] = {**raw.get(key, {}), **out.get(key, {})}
+    return out
+
+
+def _visit_columns(dataset_json: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+    """``{case: {"patient", "eye", "visit"}}`` from dataset.json (pseudonymised fields only)."""
+    from fpnunet.report.visits import visits_from_dataset
+
+    return {c: {"patient": v.patient, "eye": v.eye, "visit": v.date.isoformat() if v.date else None}
+            for c, v in visits_from_dataset(dataset_json, "dataset.json").items()}
+
+
+def _case_of_message(message: str) -> str:
+    """The case an input error names (its file name without ending and channel suffix)."""
+    from fpnunet.io import strip_ending
+
+    stem = strip_ending(Path(message.split(": ", 1)[0]).name)
+    return stem[:-5] if stem[-5:-4] == "_" and stem[-4:].isdigit() else stem
 
 
 if __name__ == "__main__":  # pragma: no cover

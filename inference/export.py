@@ -15,9 +15,12 @@ import numpy as np
 from fpnunet.atomic import write_atomic
 from fpnunet.errors import ShapeError
 from fpnunet.io import EnfaceGeometry, write_image
+from fpnunet.lesions import lesion_stats
 
 __all__ = ["label_values", "probabilities_to_segmentation", "write_segmentation", "write_probabilities",
-           "lesion_areas"]
+           "lesion_areas", "lesion_rows", "LESION_COLUMNS"]
+
+LESION_COLUMNS = ("case", "patient", "eye", "visit", "class", "area_mm2", "sqrt_area_mm", "lesions", "focality")
 
 
 def label_values(labels: dict[str, int] | None, num_outputs: int) -> list[int]:
@@ -87,3 +90,14 @@ def lesion_areas(seg: np.ndarray, spacing: tuple[float, float], labels: dict[str
     pixel = float(spacing[0]) * float(spacing[1])
     seg = np.asarray(seg)
     return {name: float(np.count_nonzero(seg == value)) * pixel for name, value in labels.items() if value != 0}
+
+
+def lesion_rows(case: str, seg: np.ndarray, spacing: tuple[float, float], labels: dict[str, int],
+                visit: dict[str, str | None] | None = None) -> list[dict[str, object]]:
+    """The ``lesion_areas.csv`` rows of one case (columns :data:`LESION_COLUMNS`): one per
+    foreground class with area (mm^2), square-root area (mm), number of lesions (8-connected
+    components) and focality (:mod:`fpnunet.lesions`); ``patient``, ``eye`` and ``visit`` (date)
+    from ``visit`` when the dataset knows them (dataset.json ``visits``/``patients``), else empty."""
+    v = visit or {}
+    return [{"case": case, "patient": v.get("patient"), "eye": v.get("eye"), "visit": v.get("visit"),
+             "class": name, **s.to_dict()} for name, s in lesion_stats(seg, spacing, labels).items()]

@@ -22,29 +22,36 @@ DEVICE="${DEMO_DEVICE:-auto}"
 start=$(date +%s)
 step() { printf '\n=== [%4ds] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
-step "1/6 synthetic dataset: $N cases of shape $SHAPE -> $FPN_RAW/$NAME"
+step "1/7 synthetic dataset: $N cases of shape $SHAPE -> $FPN_RAW/$NAME"
 # the demo owns its dataset id: start from a clean slate every time
 rm -rf "$FPN_RAW/$NAME" "$FPN_PREPROCESSED/$NAME" "$FPN_RESULTS/$NAME"
 # shellcheck disable=SC2086
 fpn_make_synthetic -o "$FPN_RAW/$NAME" -n "$N" --labelled-fraction 0.5 --seed 0 --shape $SHAPE --no-progress
 
-step "2/6 fingerprint, plan, preprocess"
+step "2/7 fingerprint, plan, preprocess"
 fpn_plan_and_preprocess -d "$ID" -np 2
 
-step "3/6 self-supervised pretraining (FAF reconstruction)"
+step "3/7 self-supervised pretraining (FAF reconstruction)"
 fpn_pretrain "$ID" --target FAF --epochs "$PRE_EPOCHS" --iterations-per-epoch "$ITERS" --device "$DEVICE" --no-progress
 
-step "4/6 fine-tuning, folds: $FOLDS"
+step "4/7 fine-tuning, folds: $FOLDS"
 for f in $FOLDS; do
   fpn_train "$ID" "$f" --pretrained auto --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" \
     --device "$DEVICE" --no-progress
 done
 
-step "5/6 ensemble prediction of the test volumes"
+step "5/7 ensemble prediction of the test volumes"
 # shellcheck disable=SC2086
 fpn_predict -i "$FPN_RAW/$NAME/imagesTs" -o "$FPN_RESULTS/$NAME/demo_test_predictions" -d "$ID" \
-  -f $FOLDS --device "$DEVICE"
+  -f $FOLDS --device "$DEVICE" --overlays
 
-step "6/6 evaluation against the test labels"
+step "6/7 evaluation against the test labels"
 fpn_evaluate -r "$FPN_RAW/$NAME/labelsTs" -p "$FPN_RESULTS/$NAME/demo_test_predictions" -d "$ID"
+
+step "7/7 report: every test case's outline, areas and Dice in one HTML file"
+REPORT="$FPN_RESULTS/$NAME/demo_report.html"
+fpn_report -p "$FPN_RESULTS/$NAME/demo_test_predictions" -r "$FPN_RAW/$NAME/labelsTs" -d "$ID" -o "$REPORT"
 step "done"
+echo
+echo "Open the report in a browser: $REPORT"
+echo "(the commands used above are in .venv/bin: run 'source .venv/bin/activate' to use them in your shell)"

@@ -1,4 +1,4 @@
-"""A small raw dataset on disk in the DESIGN.md layout, for the verification, fingerprint, io and
+"""A small raw dataset on disk in the raw layout of docs/layout.md, for the verification, fingerprint, io and
 preprocessing tests."""
 from __future__ import annotations
 

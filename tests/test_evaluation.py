@@ -253,8 +253,9 @@ def test_cli_crossval(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "cross-validation of fpn__lf1.0__scratch" in out
     cv = model / "crossval_results"
-    assert sorted(p.name for p in cv.iterdir()) == ["a.nii.gz", "b.nii.gz", "c.nii.gz", "summary.json",
+    assert sorted(p.name for p in cv.iterdir()) == ["a.nii.gz", "b.nii.gz", "c.nii.gz", "overlays", "summary.json",
                                                   "summary_per_case.csv"]
+    assert sorted(p.name for p in (cv / "overlays").iterdir()) == ["a.png", "b.png", "c.png"]
     s = json.loads((cv / "summary.json").read_text())
     assert s["num_cases"] == 3
     assert s["mean"]["1"]["Dice"] == pytest.approx((1 + 0.5 + 1) / 3)

@@ -112,7 +112,9 @@ def test_predictions_keep_enface_geometry(tmp_path, ending):
         assert probs.shape == (1, *shape)
         np.testing.assert_array_equal(img.array, (probs[0] > 0.5).astype(np.uint8))
     areas = pd.read_csv(out_dir / "lesion_areas.csv")
-    assert list(areas.columns) == ["case", "class", "area_mm2"]
+    assert list(areas.columns) == ["case", "patient", "eye", "visit", "class", "area_mm2", "sqrt_area_mm", "lesions",
+                                   "focality"]
+    assert areas["patient"].isna().all()  # the model's dataset.json names no patients: none are written
     assert sorted(areas["case"]) == ["caseA", "caseB"] and set(areas["class"]) == {"GA"}
     a = read_image(out_dir / f"caseA{ending}").array
     assert float(areas.set_index("case").loc["caseA", "area_mm2"]) == pytest.approx(a.sum() * 0.12 * 0.0113)

@@ -139,6 +139,9 @@ def test_two_epoch_run_writes_every_file(dataset, capsys):
     per_case = [e["metrics"]["1"]["Dice"] for e in summary["metric_per_case"]]
     assert summary["mean"]["1"]["Dice"] == pytest.approx(np.mean(per_case))
     assert "mean Dice" in capsys.readouterr().out
+    # validation/ gets the same overlays as prediction (prediction and reference outlines)
+    overlays = sorted(p.name for p in (fold / "validation" / "overlays").iterdir())
+    assert overlays == [f"{c}.png" for c in sorted(val_cases)]
 
     # a finished run is not silently retrained
     with pytest.raises(SystemExit) as exc:

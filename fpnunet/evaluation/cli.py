@@ -9,7 +9,9 @@ The first form writes ``PRED_DIR/summary.json`` (or ``-o``) and ``summary_per_ca
 it; ``-d`` takes the labels (and reference file ending) from the raw dataset's ``dataset.json``,
 otherwise the labels are the values present. The second gathers the folds' validation
 predictions of a model folder into ``<model>/crossval_results/`` and evaluates them against the
-raw ``labelsTr``. Both print a table of the per-class means.
+raw ``labelsTr``. Both print a table of the per-class means and write ``overlays/CASE.png`` beside
+the summary: prediction outline (class colour) and reference outline (green) on the case's SLO or
+volume projection, Dice in the corner (:mod:`fpnunet.report.writers`).
 """
 from __future__ import annotations
 
@@ -76,6 +78,26 @@ def _print_summary(summary: Mapping[str, Any]) -> None:
     print(f"summary: {summary['summary_file']}\nper case: {summary['per_case_csv']}")
 
 
+def _overlays(summary: Mapping[str, Any], dataset: str | None) -> None:
+    """``overlays/CASE.png`` beside the summary; a picture that cannot be made is a warning."""
+    from fpnunet.report.writers import OVERLAY_DIR, write_evaluation_overlays
+
+    dataset_json, folders = None, []
+    if dataset is not None:
+        from fpnunet.io import load_dataset_json
+        from fpnunet.paths import raw_dir
+
+        dataset_json, folders = load_dataset_json(raw_dir(dataset)).raw, [raw_dir(dataset)]
+    out = Path(summary["summary_file"]).parent / OVERLAY_DIR
+    try:
+        written, problems = write_evaluation_overlays(summary, out, dataset_json, folders)
+    except FPNError as exc:  # e.g. a bad colour in dataset.json: the evaluation itself stands
+        written, problems = [], [str(exc)]
+    for msg in problems:
+        print(f"warning: {msg}", file=sys.stderr)
+    print(f"overlays: {out} ({len(written)} case(s))")
+
+
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -109,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 ending = info.file_ending
         summary = evaluate_folders(args.ref, args.pred, labels, ending, args.num_processes, args.output)
     _print_summary(summary)
+    _overlays(summary, args.dataset)
     sys.stdout.flush()
     return 0
 

@@ -210,7 +210,7 @@ def max_pool_depth(x: torch.Tensor, factor: int, dim: int) -> torch.Tensor:
 
     A 5D input (``dim`` 2, 3 or 4) goes through ``max_pool3d`` with a window of 1 on the other
     axes: it keeps the ``channels_last_3d`` layout (a reshape + ``max`` returned the default
-    layout, a copy per pooling), and it is not ``amax`` (DESIGN section 6 saw NaN gradients from
+    layout, a copy per pooling), and it is not ``amax`` (one test saw NaN gradients from
     ``amax`` under torch.compile + bf16). Other inputs use a reshape and ``max(dim).values``.
     ``dim`` must be non-negative and the size along it divisible by ``factor``.
     """

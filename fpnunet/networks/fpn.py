@@ -1,4 +1,4 @@
-"""Feature Projection Network (FPN), Morano et al., MICCAI 2023 (DESIGN.md section 4).
+"""Feature Projection Network (FPN), Morano et al., MICCAI 2023 (docs/networks.md, docs/design.md).
 
 A 3D encoder on the OCT volume, a feature projection block (FPB) per level that collapses the
 depth of that level's features, and a 2D decoder on the en-face plane::

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from fpnunet.cli_utils import resolve_device
+from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, resolve_dataset
 from fpnunet.plans.plan import Configuration, Plan, TrainingDefaults
@@ -80,6 +80,16 @@ def add_runtime_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
     p.add_argument("--num-workers", type=int,
                    help="data augmentation processes (default: FPN_N_PROC_DA or the loader's default)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-iteration progress bar")
+    add_distributed_arguments(p)
+
+
+def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
+    """``--gpus N`` (launch N processes with torchrun on this node) and ``--no-sync-bn``."""
+    p.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="train with DDP over N GPUs of this node (runs torchrun --standalone --nproc_per_node N; "
+                        "with --device cpu: N CPU processes). Default 1; docs/distributed.md")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="with several processes: keep BatchNorm statistics per process instead of SyncBatchNorm")
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -155,11 +165,12 @@ class OpenedRun:
     """The arguments with every default resolved (saved in the checkpoints)."""
     hp: Hyperparameters
     """The one resolution of the run's hyperparameters (saved in the checkpoints)."""
-    lock: FoldLock
-    """Held on the fold folder until the run ends (:meth:`release`)."""
+    lock: FoldLock | None
+    """Held on the fold folder until the run ends (:meth:`release`); rank 0's only under torchrun."""
 
     def release(self) -> None:
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str, *, extra: dict[str, Any],
@@ -179,34 +190,56 @@ def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str,
     ``lr`` and ``default_epochs`` (older callers) only replace the plan's defaults when the flag
     was not given; ``default_epochs`` implies ``pretrain``.
     """
-    device = resolve_device(args.device)
+    device = fdist.rank_device(args.device)
     if hp is None:
         hp = resolve_hyperparameters(args, ctx.config, device, pretrain=pretrain or default_epochs is not None)
         if lr is not None and args.lr is None:
             hp = replace(hp, lr=float(lr))
         if default_epochs is not None and args.epochs is None:
             hp = replace(hp, epochs=int(default_epochs))
-    lock = FoldLock(ctx.fold_dir, program).acquire()
+    main_rank = fdist.is_main()  # under torchrun rank 0 opens the folder first (fdist.main_first)
+    lock = FoldLock(ctx.fold_dir, program).acquire() if main_rank else None
     try:
-        clean_temp_files(ctx.fold_dir)
-        resume = check_start(ctx.fold_dir, args.resume, args.overwrite)
-        if not resume:
-            for name in stale_dirs:
-                if (ctx.fold_dir / name).is_dir():
-                    shutil.rmtree(ctx.fold_dir / name)  # written by an earlier, discarded run
+        if main_rank:
+            clean_temp_files(ctx.fold_dir)
+            resume = check_start(ctx.fold_dir, args.resume, args.overwrite)
+            if not resume:
+                for name in stale_dirs:
+                    if (ctx.fold_dir / name).is_dir():
+                        shutil.rmtree(ctx.fold_dir / name)  # written by an earlier, discarded run
+        else:  # the other ranks only read what rank 0 left
+            resume = bool(args.resume) and (ctx.fold_dir / LATEST).is_file()
         checkpoint = load_checkpoint(ctx.fold_dir / LATEST) if resume else None
+        if checkpoint is not None:
+            check_world_size(checkpoint, ctx.fold_dir / LATEST)
         settings = loop_settings(hp, device, args.progress, compile=bool(getattr(args, "compile", False)))
-        copy_model_files(ctx.preprocessed_dir, ctx.model_dir)
-        write_command(ctx.fold_dir, list(argv), program, append=resume)
+        settings.sync_bn = bool(getattr(args, "sync_bn", True))
+        if main_rank:
+            copy_model_files(ctx.preprocessed_dir, ctx.model_dir)
+            write_command(ctx.fold_dir, list(argv), program, append=resume)
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
     resolved = asdict(args) | {"dataset": ctx.dataset, "config": ctx.config_name, "lr": hp.lr,
-                               "weight_decay": hp.weight_decay, "batch_size": hp.batch_size} | extra \
+                               "weight_decay": hp.weight_decay, "batch_size": hp.batch_size,
+                               "world_size": fdist.world_size(), "global_batch": hp.batch_size * fdist.world_size(),
+                               "lr_rule": fdist.LR_RULE} | extra \
         | {"train_cases": ctx.train_cases, "val_cases": ctx.val_cases}
     if checkpoint is not None:
         warn_changed(checkpoint.get("args", {}), resolved, watched)
     return OpenedRun(resume, checkpoint, device, settings, hp.lr, hp.weight_decay, resolved, hp, lock)
+
+
+def check_world_size(checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint written by another number of processes: its batches (drawn
+    per rank) and BatchNorm statistics would not continue the interrupted run."""
+    old = int(checkpoint.get("args", {}).get("world_size", 1))
+    now = fdist.world_size()
+    if old != now:
+        how = f"torchrun --nproc_per_node {old} ... or --gpus {old}" if old > 1 else "one process (no torchrun/--gpus)"
+        raise FPNError(f"{path}: written by a run over {old} process(es), but this run has {now}; --continue "
+                       f"needs the same world size ({how}), or pass --overwrite to start over")
 
 
 def warn_changed(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str]) -> None:
@@ -225,6 +258,11 @@ def print_settings(config: Configuration, run: OpenedRun, fold_dir: Path, loss: 
           f"({config.training.optimizer}, {config.training.lr_schedule}, weight decay {run.weight_decay:g}), "
           f"{loss}validation every {s.val_every}, "
           f"device {s.device} ({s.precision}), seed {resolved['seed']}")
+    if fdist.world_size() > 1:
+        print(f"  distributed: {fdist.describe()}, batch {resolved['batch_size']} per process -> global batch "
+              f"{resolved['global_batch']}; lr {run.lr:g} as planned for one process's batch (lr rule: "
+              f"{fdist.LR_RULE}, no scaling with the world size), "
+              f"{'SyncBatchNorm' if s.sync_bn else 'BatchNorm per process (--no-sync-bn)'}")
     print(f"  {'resuming in' if run.resume else 'writing to'} {fold_dir}")
 
 

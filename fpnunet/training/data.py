@@ -27,7 +27,10 @@ and holds the whole case otherwise (padding, ``mask`` 0).
 **Determinism.** Batch number ``i`` is drawn from ``SeedSequence([seed, epoch, i])`` and nothing
 else: with ``W`` workers, worker ``w`` makes batches ``w, w + W, w + 2W, ...`` and batchgenerators'
 augmenter returns them in order, so the sequence of batches depends only on ``(seed, epoch)``, not
-on the number of workers nor on the global numpy state.
+on the number of workers nor on the global numpy state. Under distributed training rank ``r`` of
+``R`` makes batches ``r, r + R, r + 2R, ...`` of that sequence (its ``k``-th batch is number
+``k R + r``): each rank's batches depend on ``(seed, epoch, rank)`` only, the ranks never draw the
+same batch, and with one rank the sequence is the single-process one.
 """
 from __future__ import annotations
 
@@ -192,6 +195,7 @@ class EnfaceDataLoader(SlimDataLoaderBase):
     seed, epoch: the batch sequence depends on these only.
     num_batches: stop after this many batches in total (None: infinite).
     num_workers: number of workers that will share the sequence (1 in-process).
+    rank, world_size: this process's share of the sequence under distributed training.
     """
 
     def __init__(
@@ -209,6 +213,8 @@ class EnfaceDataLoader(SlimDataLoaderBase):
         epoch: int = 0,
         num_batches: int | None = None,
         num_workers: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         records = scan_cases(data_dir, list(cases), mode)
         super().__init__(records, int(batch_size), max(1, int(num_workers)))
@@ -231,6 +237,9 @@ class EnfaceDataLoader(SlimDataLoaderBase):
         self.seed = int(seed)
         self.epoch = int(epoch)
         self.num_batches = num_batches
+        if not 0 <= rank < world_size:
+            raise FPNError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.rank, self.world_size = int(rank), int(world_size)
         vshape, _ = _npy_shape(records[0].volume)
         self.num_channels, self.depth = int(vshape[0]), int(vshape[2])
         self._count = 0  # batches made by this worker
@@ -250,8 +259,9 @@ class EnfaceDataLoader(SlimDataLoaderBase):
 
     # ------------------------------------------------------------------ sampling
     def next_index(self) -> int:
-        """Index of the batch this worker makes next: ``thread_id + k * num_workers``."""
-        return self.thread_id + self._count * self.number_of_threads_in_multithreaded
+        """Index of the batch this worker makes next: ``thread_id + k * num_workers`` among this
+        rank's batches, i.e. ``(thread_id + k * num_workers) * world_size + rank`` in the sequence."""
+        return (self.thread_id + self._count * self.number_of_threads_in_multithreaded) * self.world_size + self.rank
 
     def _open(self, rec: CaseRecord) -> tuple[np.ndarray, np.ndarray]:
         if rec.name not in self._arrays:  # opened lazily, so each worker maps its own files
@@ -303,7 +313,7 @@ class EnfaceDataLoader(SlimDataLoaderBase):
 
     def generate_train_batch(self) -> dict[str, Any]:
         index = self.next_index()
-        if self.num_batches is not None and index >= self.num_batches:
+        if self.num_batches is not None and index // self.world_size >= self.num_batches:
             raise StopIteration
         self._count += 1
         try:

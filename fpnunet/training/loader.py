@@ -28,6 +28,7 @@ import numpy as np
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
+from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Configuration
 from fpnunet.training.augment import AugmentParams, get_train_transforms, get_val_transforms, load_margin
@@ -159,6 +160,8 @@ def make_train_loader(
     params: AugmentParams | None = None,
     num_batches: int | None = None,
     pin_memory: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> TrainLoader:
     """Batches of random en-face patches at full depth from ``cases``, augmented in workers.
 
@@ -168,7 +171,8 @@ def make_train_loader(
     configuration (``training.foreground_oversample``). ``num_workers`` defaults to
     :func:`default_num_workers` (0: in-process). ``augment=False`` gives plain random crops.
     ``num_batches``: total length (None: infinite). ``pin_memory``: on CUDA, return pinned torch
-    tensors instead of numpy arrays.
+    tensors instead of numpy arrays. ``rank``/``world_size``: this process's share of the sequence
+    (default: :mod:`fpnunet.distributed`'s, i.e. rank 0 of 1 outside torchrun).
 
     Yields dicts: ``data`` float32 ``(N, C, B_p, D, A_p)``, ``target`` and ``mask`` float32
     ``(N, 1, B_p, A_p)``, ``keys`` (case names), ``batch_index``. The sequence depends only on
@@ -186,6 +190,8 @@ def make_train_loader(
         folder, list(cases), patch, n, mode=mode, invert=invert, oversample_foreground=over,
         margin=load_margin(patch, params), seed=seed, epoch=epoch, num_batches=num_batches,
         num_workers=max(1, workers),
+        rank=fdist.rank() if rank is None else rank,
+        world_size=fdist.world_size() if world_size is None else world_size,
     )
     if loader.depth != config.depth:
         raise FPNError(f"{loader.records[0].volume}: depth {loader.depth}, but configuration "

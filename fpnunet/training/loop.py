@@ -26,6 +26,14 @@ Per epoch ``e`` (0-based; the log and checkpoints count completed epochs, ``e + 
 A run resumed from ``checkpoint_latest.pth`` (:meth:`EpochLoop.resume`) continues at the next
 epoch with the same RNG states, and the loaders are deterministic per epoch, so it ends with
 exactly the weights of an uninterrupted run.
+
+Under torchrun (several ranks, :mod:`fpnunet.distributed`) the forward runs through
+``DistributedDataParallel`` (BatchNorm synchronised unless ``sync_bn`` is off), each rank's
+loader draws its own batches of ``(seed, epoch, rank)``, the logged loss is the mean over the
+ranks, a step is skipped on every rank when any rank's loss is not finite, rank 0 alone writes
+the log, plot and checkpoints (its BatchNorm statistics are broadcast first), and validation is
+split over the ranks by tasks that can (``distributed_validation``), else run on rank 0 and
+broadcast.
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.networks.layout import channels_last_input, to_channels_last
 from fpnunet.plans.plan import TrainingDefaults
@@ -60,6 +69,11 @@ class BatchSource(Protocol):
     def __iter__(self) -> Iterator[dict[str, Any]]: ...
 
     def close(self) -> None: ...
+
+
+def trainer_name(task: object) -> str:
+    """The name a plot title shows: ``task.trainer_name``, else the task class without ``Task``."""
+    return str(getattr(task, "trainer_name", None) or type(task).__name__.removesuffix("Task").lower())
 
 
 @runtime_checkable
@@ -113,6 +127,8 @@ class LoopSettings:
     compile: bool = False
     """Run the training forward through ``torch.compile`` (the checkpoints keep the plain model's
     weights; validation and BatchNorm recalibration use the plain model)."""
+    sync_bn: bool = True
+    """With several ranks: synchronise BatchNorm statistics over them (SyncBatchNorm)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -226,13 +242,17 @@ class EpochLoop:
         self.channels_last = settings.channels_last
         self.start_epoch = 0
         self.best_score: float | None = None
-        self.logger = TrainingLogger(self.folder, task.metric_columns, plot=plot)
+        self.logger = TrainingLogger(self.folder, task.metric_columns, plot=plot, trainer=trainer_name(task))
         if self.cuda:
             torch.backends.cudnn.benchmark = True
         if self.channels_last:
             to_channels_last(self.model)
-        self.forward_model: Callable[[torch.Tensor], torch.Tensor] = (
-            torch.compile(self.model) if settings.compile else self.model)
+        self.main = fdist.is_main()
+        self.forward_model = fdist.wrap_model(self.model, settings.device, settings.sync_bn)
+        """What the training forward goes through: ``model`` itself, or its DDP wrapper (compiled with
+        ``settings.compile``)."""
+        if settings.compile:
+            self.forward_model = torch.compile(self.forward_model)
 
     # ------------------------------------------------------------------ resume
     def resume(self, ckpt: dict[str, Any]) -> None:
@@ -250,34 +270,53 @@ class EpochLoop:
         s = self.settings
         if self.start_epoch >= s.epochs:
             self._say(f"nothing to train: {self.start_epoch} of {s.epochs} epochs are done")
-            if not (self.folder / FINAL).is_file():
+            if self.main and not (self.folder / FINAL).is_file():
                 save_checkpoint(self._state(self.start_epoch), self.folder / FINAL)
             return self.logger.records
+        hint = f"; resume from the last saved epoch with --continue ({self.folder / LATEST})"
         for epoch in range(self.start_epoch, s.epochs):
-            t0 = time.perf_counter()
-            lr = self.optimizer.param_groups[0]["lr"]
-            train_loss = self.train_epoch(epoch)
-            if self.scheduler is not None:
-                self.scheduler.step()
-            metrics: dict[str, float] = {}
-            if s.validates_at(epoch):
-                self.recalibrate(epoch)
-                metrics = self.task.validate(self.model, epoch)
-            record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr,
-                      "epoch_time_s": time.perf_counter() - t0}
-            self._check_finite(epoch)
+            with fdist.peer_failure_guard(f"epoch {epoch + 1}", hint):
+                self._run_epoch(epoch)
+        return self.logger.records
+
+    def _run_epoch(self, epoch: int) -> None:
+        s = self.settings
+        t0 = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss = self.train_epoch(epoch)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        metrics: dict[str, float] = {}
+        if s.validates_at(epoch):
+            self.recalibrate(epoch)
+            fdist.broadcast_buffers(self.model)  # --no-sync-bn: rank 0's statistics everywhere
+            metrics = self.validate(epoch)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr,
+                  "epoch_time_s": time.perf_counter() - t0}
+        self._check_finite(epoch)
+        improved = self._improved(record)
+        if self.main:
             self.logger.log(record)
-            improved = self._improved(record)
             state = self._state(epoch + 1)
             save_checkpoint(state, self.folder / LATEST)
             if improved:
                 save_checkpoint(state, self.folder / BEST)
             if epoch + 1 == s.epochs:
                 save_checkpoint(state, self.folder / FINAL)
-            self._summary(record, improved)
-            for callback in self.callbacks:
-                callback(epoch + 1, record)
-        return self.logger.records
+        else:
+            self.logger.records.append(record)
+        self._summary(record, improved)
+        for callback in self.callbacks:
+            callback(epoch + 1, record)
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        """The task's validation; with several ranks split over them when the task can
+        (``distributed_validation``), else on rank 0 and broadcast."""
+        if fdist.world_size() == 1 or getattr(self.task, "distributed_validation", False):
+            return self.task.validate(self.model, epoch)
+        metrics = self.task.validate(self.model, epoch) if self.main else {}
+        self.model.train()
+        return fdist.broadcast_object(metrics)
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch of ``iterations_per_epoch`` steps; returns the mean training loss."""
@@ -288,7 +327,7 @@ class EpochLoop:
         try:
             batches: Iterable[dict[str, Any]] = iter(source)
             bar = tqdm(range(s.iterations_per_epoch), desc=f"epoch {epoch + 1}/{s.epochs}", unit="it",
-                       disable=not s.progress, leave=False, dynamic_ncols=True)
+                       disable=not (s.progress and self.main), leave=False, dynamic_ncols=True)
             for _ in bar:
                 try:
                     batch = next(batches)  # type: ignore[call-overload]
@@ -324,6 +363,8 @@ class EpochLoop:
             output = self.forward_model(batch["data"])
         loss = self.task.loss(output, batch)
         value = float(loss.detach())
+        if fdist.world_size() > 1:  # the mean over the ranks: NaN on every rank when one is not finite
+            value = fdist.all_reduce_mean([value])[0]
         if not math.isfinite(value):
             return value
         loss.backward()
@@ -370,6 +411,6 @@ class EpochLoop:
         parts += [f"lr {record['lr']:.2e}", f"{record['epoch_time_s']:.1f} s"]
         self._say("  ".join(parts))
 
-    @staticmethod
-    def _say(message: str) -> None:
-        tqdm.write(message)
+    def _say(self, message: str) -> None:
+        if self.main:
+            tqdm.write(message)

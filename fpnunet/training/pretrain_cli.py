@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fpnunet import distributed as fdist
 from fpnunet.atomic import save_json
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
@@ -89,6 +90,8 @@ class PretrainArgs:
     seed: int = 0
     num_workers: int | None = None
     progress: bool = True
+    gpus: int = 1
+    sync_bn: bool = True
 
 
 @dataclass
@@ -156,22 +159,36 @@ def pretrain(args: PretrainArgs, argv: list[str] | None = None, callbacks: tuple
     """Pretrain (or resume) as ``args`` says; returns the fold folder (``.../fold_all``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(args)  # every typed value, before anything is read, created or deleted
+    fdist.setup(args.device)  # under torchrun: join the job (a no-op for one process)
+    main_rank = fdist.is_main()
+    try:
+        ctx, run = fdist.main_first(_open, args, argv)
+        try:
+            return _pretrain(args, ctx, run, callbacks, main_rank)
+        finally:
+            run.release()
+    except fdist.MirroredError:
+        raise SystemExit(1) from None  # rank 0 prints the error
+    finally:
+        fdist.shutdown()
+
+
+def _open(args: PretrainArgs, argv: list[str]) -> tuple[PretrainContext, OpenedRun]:
     ctx = resolve_pretrain(args)
-    if run_state(ctx.fold_dir) == "finished" and not (args.resume or args.overwrite):
+    if fdist.is_main() and run_state(ctx.fold_dir) == "finished" and not (args.resume or args.overwrite):
         raise FPNError(f"{ctx.fold_dir} holds a finished pretraining run (checkpoint_final.pth). Pass --overwrite "
                        f"to pretrain again, or --continue with more --epochs to extend it")
     run = open_run(ctx, args, argv, PROGRAM, extra={"target": ctx.target, "task": "pretrain"}, watched=WATCHED,
                    pretrain=True, stale_dirs=(PICTURE_DIR,))
-    try:
-        return _pretrain(args, ctx, run, callbacks)
-    finally:
-        run.release()
+    return ctx, run
 
 
-def _pretrain(args: PretrainArgs, ctx: PretrainContext, run: OpenedRun, callbacks: tuple[EpochCallback, ...]) -> Path:
-    save_json({"target": ctx.target, "val_fraction": args.val_fraction, "seed": args.seed,
-               "train": ctx.train_cases, "val": ctx.val_cases}, ctx.fold_dir / SPLIT_FILE)
-    _print_header(ctx, run)
+def _pretrain(args: PretrainArgs, ctx: PretrainContext, run: OpenedRun, callbacks: tuple[EpochCallback, ...],
+              main_rank: bool = True) -> Path:
+    if main_rank:
+        save_json({"target": ctx.target, "val_fraction": args.val_fraction, "seed": args.seed,
+                   "train": ctx.train_cases, "val": ctx.val_cases}, ctx.fold_dir / SPLIT_FILE)
+        _print_header(ctx, run)
     hp = run.hp
     spec, model = new_model(hp.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, 1)
     model = model.to(run.device)
@@ -183,6 +200,8 @@ def _pretrain(args: PretrainArgs, ctx: PretrainContext, run: OpenedRun, callback
     )
     loop = make_loop(task, model, spec, run, ctx.config.training, ctx.fold_dir, callbacks)
     loop.run()
+    if not main_rank:
+        return ctx.fold_dir
     best = f", best validation SSIM {loop.best_score:.4f}" if loop.best_score is not None else ""
     print(f"pretraining done{best}: {ctx.fold_dir / 'checkpoint_final.pth'}")
     print(f"fine-tune with: fpn_train {args.dataset} FOLD --pretrained auto "
@@ -201,7 +220,11 @@ def _print_header(ctx: PretrainContext, run: OpenedRun) -> None:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    pretrain(parse_args(argv), argv)
+    args = parse_args(argv)
+    if args.gpus != 1:
+        fdist.check_launch(args.gpus, args.device)
+        return fdist.launch("fpnunet.training.pretrain_cli", argv, args.gpus)
+    pretrain(args, argv)
     return 0
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fpnunet import distributed as fdist
 from fpnunet.atomic import load_json
 from fpnunet.errors import FPNError
 from fpnunet.evaluation import case_metrics, dice, evaluate_folders, summarize, write_summary
@@ -87,23 +88,28 @@ def validate_volumes(
     """``{"val_loss", "val_dice"}``: means over ``cases`` of the whole-volume loss and Dice.
 
     Each preprocessed volume is predicted whole (sliding window) and compared with its
-    preprocessed label map; ``{}`` when ``cases`` is empty.
+    preprocessed label map; ``{}`` when ``cases`` is empty. Under distributed training every rank
+    predicts its share of the cases (:func:`fpnunet.distributed.shard`) and the per-case values
+    are gathered in case order, so every rank returns what one process would.
     """
     if not cases:
         return {}
     loss_fn = loss_fn or SegmentationLoss(plan.num_outputs)
     lut = channel_lut(plan.labels, plan.num_outputs)
     predictor = Predictor([model], plan, config_name, device=device, tta=tta)
-    losses, dices = [], []
-    for case in tqdm(cases, desc="validation", unit="case", leave=False, disable=not progress):
+    mine: dict[int, tuple[float, float]] = {}
+    for i in tqdm(fdist.shard(len(cases)), desc="validation", unit="case", leave=False, disable=not progress):
+        case = cases[i]
         probs = predictor.predict_preprocessed(load_volume(data_dir, case))
         ref = load_label(data_dir, case)
         target = lut[torch.from_numpy(ref.astype(np.int64))][None, None]
         with torch.no_grad():
             logits = logits_from_probabilities(torch.from_numpy(probs)[None])
-            losses.append(float(loss_fn(logits, target)))
-        dices.append(mean_foreground_dice(ref, probabilities_to_segmentation(probs, labels=plan.labels), plan.labels))
-    return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices))}
+            loss = float(loss_fn(logits, target))
+        mine[i] = (loss, mean_foreground_dice(ref, probabilities_to_segmentation(probs, labels=plan.labels),
+                                              plan.labels))
+    values = fdist.gather_indexed(len(cases), mine)
+    return {"val_loss": float(np.mean([v[0] for v in values])), "val_dice": float(np.mean([v[1] for v in values]))}
 
 
 # ----------------------------------------------------------------------------- the task
@@ -132,6 +138,8 @@ class SegmentationTask:
     oversample: float | None = None
     metric_columns: tuple[str, ...] = ("val_loss", "val_dice")
     score_column: str | None = "val_dice"
+    distributed_validation: bool = True
+    """:meth:`validate` splits the cases over the ranks of a distributed run and gathers them."""
     loss_fn: SegmentationLoss = field(init=False)
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@
     fpn_train 900 all --pretrained none --epochs 100
     fpn_train 900 0 --label-fraction 0.05 --continue # resume an interrupted run exactly
     fpn_train 900 0 --val                            # redo only the final validation
+    fpn_train 900 0 --gpus 4                         # DDP over 4 GPUs (= torchrun --nproc_per_node 4 ...)
 
 Every hyperparameter defaults to the plan's ``TrainingDefaults`` (``plans.json``) and can be
 overridden here. Results go to
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fpnunet.atomic import save_json
+from fpnunet import distributed as fdist
+from fpnunet.atomic import load_json, save_json
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.io import load_dataset_json
@@ -88,6 +90,8 @@ class TrainArgs:
     seed: int = 0
     num_workers: int | None = None
     progress: bool = True
+    gpus: int = 1
+    sync_bn: bool = True
 
 
 @dataclass
@@ -156,36 +160,49 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
     """Train (or resume, or only validate) the fold ``args`` names; returns the fold folder."""
     argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(args)  # every typed value, before anything is read, created or deleted
-    ctx = resolve_run(args)
+    fdist.setup(args.device)  # under torchrun: join the job (a no-op for one process)
+    main_rank = fdist.is_main()
+    try:
+        return _open_and_train(args, argv, callbacks, main_rank)
+    except fdist.MirroredError:
+        raise SystemExit(1) from None  # rank 0 prints the error
+    finally:
+        fdist.shutdown()
+
+
+def _open_and_train(args: TrainArgs, argv: list[str], callbacks: tuple[EpochCallback, ...], main_rank: bool) -> Path:
+    ctx = fdist.main_first(resolve_run, args)  # rank 0 may create the split file
     if args.val_only:
-        return validate_only(args, ctx, argv)
-    hp = resolve_hyperparameters(args, ctx.config, resolve_device(args.device))
+        return validate_only(args, ctx, argv) if main_rank else ctx.fold_dir
+    hp = resolve_hyperparameters(args, ctx.config, fdist.rank_device(args.device))
     spec, model = new_model(args.seed, ctx.config_name, ctx.config, ctx.plan.num_input_channels, ctx.plan.num_outputs)
     report = None
     if ctx.pretrained_path is not None and not args.resume:  # a bad file fails before --overwrite deletes
-        print(ctx.pretrained_message)
+        fdist.say(ctx.pretrained_message)
         report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
                                  partial=args.partial_load)
-    run = open_run(ctx, args, argv, PROGRAM, extra={"tag": ctx.tag}, watched=WATCHED, hp=hp)
+    run = fdist.main_first(open_run, ctx, args, argv, PROGRAM, extra={"tag": ctx.tag}, watched=WATCHED, hp=hp)
     try:
-        return _train(args, ctx, run, spec, model, report, argv, callbacks)
+        return _train(args, ctx, run, spec, model, report, argv, callbacks, main_rank)
     finally:
         run.release()
 
 
 def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any], model: Any, report: Any,
-           argv: list[str], callbacks: tuple[EpochCallback, ...]) -> Path:
-    _print_header(ctx, run)
+           argv: list[str], callbacks: tuple[EpochCallback, ...], main_rank: bool = True) -> Path:
+    if main_rank:
+        _print_header(ctx, run)
     if run.checkpoint is None:
         if report is None:
-            print(ctx.pretrained_message)
+            fdist.say(ctx.pretrained_message)
             if ctx.pretrained_path is not None:
                 report = load_pretrained(model, ctx.pretrained_path, network=ctx.config.network.name,
                                          partial=args.partial_load)
-        save_json({"choice": args.pretrained, "tag": ctx.tag,
-                   "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
-                   "partial_load": args.partial_load,
-                   "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
+        if main_rank:
+            save_json({"choice": args.pretrained, "tag": ctx.tag,
+                       "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
+                       "partial_load": args.partial_load,
+                       "report": report.to_dict() if report else None}, ctx.fold_dir / PRETRAINED_FILE)
     model = model.to(run.device)
     hp = run.hp
     task = SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases, seed=hp.seed,
@@ -195,11 +212,14 @@ def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any
     try:
         loop.run()
     except KeyboardInterrupt:
-        if (ctx.fold_dir / LATEST).is_file():
+        if main_rank and (ctx.fold_dir / LATEST).is_file():
             again = shlex.join([PROGRAM, *argv, *([] if "--continue" in argv else ["--continue"])])
             print(f"\ninterrupted after the last saved epoch; resume with: {again}", file=sys.stderr)
         raise
-    _final_validation(model, ctx, run.device, FINAL, run.settings.epochs, progress=args.progress)
+    fdist.barrier()
+    fdist.shutdown()  # the final validation (flip TTA, files, summary.json) runs on rank 0 alone
+    if main_rank:
+        _final_validation(model, ctx, run.device, FINAL, run.settings.epochs, progress=args.progress)
     return ctx.fold_dir
 
 
@@ -234,6 +254,27 @@ def _final_validation(model: Any, ctx: RunContext, device: str, checkpoint: str,
     dice = summary["foreground_mean"]["Dice"]
     print(f"validation ({checkpoint}, {len(ctx.val_cases)} cases, flip TTA): mean Dice {dice:.4f} "
           f"-> {out / 'summary.json'}")
+    validation_pictures(ctx.fold_dir, summary, ctx.raw_dir)
+
+
+def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path | None,
+                        trainer: str = "segmentation") -> None:
+    """``progress.png`` redrawn with the final validation, ``validation/overlays/CASE.png``
+    (prediction and reference outlines, Dice); a picture that cannot be made is a warning."""
+    from fpnunet.report.writers import OVERLAY_DIR, write_evaluation_overlays
+    from fpnunet.training.logger import redraw_progress
+
+    redraw_progress(fold_dir, trainer)
+    dataset_json = None
+    if raw_dir is not None and (raw_dir / "dataset.json").is_file():
+        dataset_json = load_json(raw_dir / "dataset.json")
+    try:
+        _, problems = write_evaluation_overlays(summary, fold_dir / VALIDATION_DIR / OVERLAY_DIR, dataset_json,
+                                                [raw_dir])
+    except FPNError as exc:  # e.g. a bad colour in dataset.json: the trained fold stays valid
+        problems = [str(exc)]
+    if problems:
+        print(f"warning: no overlay for {len(problems)} validation case(s): {problems[0]}", file=sys.stderr)
 
 
 def _print_header(ctx: RunContext, run: OpenedRun) -> None:
@@ -245,7 +286,11 @@ def _print_header(ctx: RunContext, run: OpenedRun) -> None:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    train(parse_args(argv), argv)
+    args = parse_args(argv)
+    if args.gpus != 1:
+        fdist.check_launch(args.gpus, args.device)
+        return fdist.launch("fpnunet.training.train_cli", argv, args.gpus)
+    train(args, argv)
     return 0
 
 

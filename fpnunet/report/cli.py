@@ -1,0 +1,111 @@
+"""``fpn_report``: one self-contained HTML file of a prediction folder.
+
+::
+
+    fpn_report -p PRED_DIR [-r REF_DIR] [-d DATASET] [-i IMAGES_DIR] [--visits visits.csv] [-o report.html]
+
+For every case of ``PRED_DIR``: a thumbnail that enlarges to its overlay (outline on the SLO or a
+projection of the volume), area per class (mm^2), square-root area, number of lesions and focality,
+Dice and HD95 with ``-r``; failed cases with their error. With visits (``dataset.json`` ``visits``,
+or ``--visits`` CSV ``case,patient,eye,date``) a chart per eye of area and square-root area over
+time with the fitted growth rate, and ``<report>_growth.csv`` beside the HTML.
+
+``-d`` reads the raw dataset's ``dataset.json`` (labels, colours, visits) and looks for pictures in
+its ``enfaceTs/Tr`` and ``imagesTs/Tr`` folders; ``-i`` names the folder of input volumes (and
+its ``enface`` sibling) instead. Default output: ``PRED_DIR/report.html``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fpnunet.cli_utils import run_cli
+from fpnunet.errors import FPNError
+
+__all__ = ["main", "build_parser", "make_report"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fpn_report",
+        description="One self-contained HTML report of a prediction folder: overlays, areas, Dice, growth.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("-p", "--pred", required=True, help="folder of predicted label maps (fpn_predict's output)")
+    p.add_argument("-r", "--ref", help="folder of reference label maps: adds Dice and HD95 and reference outlines")
+    p.add_argument("-d", "--dataset",
+                   help="dataset id or folder name: labels, colours and visits from its dataset.json")
+    p.add_argument("-i", "--images", help="folder of the input volumes CASE_0000<ending> (pictures; default: the "
+                   "dataset's imagesTs/imagesTr with -d)")
+    p.add_argument("--visits", help="CSV with the header case,patient,eye,date (adds to dataset.json's visits)")
+    p.add_argument("-o", "--output", help="HTML file to write (default PRED/report.html)")
+    return p
+
+
+def make_report(
+    pred_dir: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    ref_dir: str | os.PathLike | None = None,
+    dataset_json: Mapping[str, Any] | None = None,
+    dataset_source: str = "dataset.json",
+    image_folders: list[str | os.PathLike | None] | None = None,
+    visits_csv: str | os.PathLike | None = None,
+    failures: Mapping[str, str] | None = None,
+    projection_axis: int | str = "auto",
+) -> tuple[Path, Path | None]:
+    """Collect and write the report; returns ``(html file, growth CSV or None)``."""
+    from fpnunet.report.build import collect_report
+    from fpnunet.report.html import write_report
+
+    report = collect_report(pred_dir, ref_dir, dataset_json, dataset_source, image_folders or [], visits_csv,
+                            failures, projection_axis=projection_axis)
+    out = Path(output) if output is not None else Path(pred_dir) / "report.html"
+    try:
+        return write_report(report, out)
+    except OSError as exc:
+        raise FPNError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    pred = Path(args.pred)
+    if not pred.is_dir():
+        raise FPNError(f"{pred}: prediction folder not found")
+    if args.ref and not Path(args.ref).is_dir():
+        raise FPNError(f"{args.ref}: reference folder not found")
+    if args.images and not Path(args.images).is_dir():
+        raise FPNError(f"{args.images}: image folder not found")
+    if args.visits and not Path(args.visits).is_file():
+        raise FPNError(f"{args.visits}: visits CSV not found")
+    out = Path(args.output) if args.output else pred / "report.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise FPNError(f"-o {out}: the report is an HTML file; give a name ending in .html")
+    if out.is_dir():
+        raise FPNError(f"-o {out}: is a folder; give a file name ending in .html")
+    dataset_json = None
+    source = "dataset.json"
+    folders: list[str | os.PathLike | None] = [args.images] if args.images else []
+    axis: int | str = "auto"
+    if args.dataset is not None:
+        from fpnunet.io import load_dataset_json
+        from fpnunet.paths import raw_dir
+
+        raw = raw_dir(args.dataset)
+        info = load_dataset_json(raw)
+        dataset_json, source, axis = info.raw, str(raw / "dataset.json"), info.projection_axis
+        if not args.images:
+            folders.append(raw)
+    html, csv = make_report(pred, out, args.ref, dataset_json, source, folders, args.visits,
+                            projection_axis=axis)
+    print(f"report: {html}")
+    if csv is not None:
+        print(f"growth rates: {csv}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

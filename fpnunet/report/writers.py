@@ -1,0 +1,118 @@
+"""Overlay PNG folders: ``fpn_predict --overlays``, ``fpn_evaluate`` and the training's ``validation/``.
+
+* :func:`write_prediction_overlays`: ``OUT/overlays/CASE.png`` per predicted case (outline in the
+  class colour, area, scale bar);
+* :func:`write_evaluation_overlays`: ``<summary folder>/overlays/CASE.png`` per evaluated case
+  (prediction and reference outlines, Dice in the corner), from the cases of an evaluation
+  summary (its ``reference_file`` / ``prediction_file`` entries).
+
+Each PNG is written atomically; a case whose picture cannot be made is reported in the returned
+list of messages and skipped (pictures never fail the prediction or evaluation that asked).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from fpnunet.atomic import write_atomic
+from fpnunet.errors import FPNError
+from fpnunet.io import strip_ending
+from fpnunet.report.cases import measure_case
+from fpnunet.report.overlay import class_colours
+
+__all__ = ["OVERLAY_DIR", "write_prediction_overlays", "write_evaluation_overlays"]
+
+OVERLAY_DIR = "overlays"
+
+
+def _write_png(path: Path, data: bytes) -> None:
+    def _w(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    write_atomic(path, _w, suffix=".png")
+
+
+def write_prediction_overlays(
+    pred_files: Mapping[str, Path],
+    labels: Mapping[str, int],
+    out_dir: str | os.PathLike,
+    dataset_json: Mapping[str, Any] | None = None,
+    image_folders: Iterable[str | os.PathLike | None] = (),
+    projection_axis: int | str = "auto",
+) -> tuple[list[Path], list[str]]:
+    """``out_dir/CASE.png`` for every ``{case: predicted label map file}``; returns the PNGs
+    written and the messages of cases skipped."""
+    colours = class_colours(labels, dataset_json)
+    folders = list(image_folders)
+    written, problems = [], []
+    for case, f in tqdm(sorted(pred_files.items()), desc="overlays", unit="case", file=sys.stderr,
+                        disable=len(pred_files) < 8):
+        try:
+            r = measure_case(case, f, labels, colours, folders, projection_axis=projection_axis)
+        except FPNError as exc:
+            problems.append(f"{f}: no overlay ({exc})")
+            continue
+        path = Path(out_dir) / f"{case}.png"
+        _write_png(path, r.overlay or b"")
+        written.append(path)
+    return written, problems
+
+
+def write_evaluation_overlays(
+    summary: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    dataset_json: Mapping[str, Any] | None = None,
+    image_folders: Iterable[str | os.PathLike | None] = (),
+) -> tuple[list[Path], list[str]]:
+    """``out_dir/CASE.png`` with prediction and reference outlines and the Dice, for every case
+    of an evaluation ``summary``. The en-face pictures are looked for beside the references
+    (``labelsTs`` -> ``imagesTs``/``enfaceTs``) and in ``image_folders``."""
+    labels = {str(k): int(v) for k, v in summary["labels"].items()}
+    colours = class_colours(labels, dataset_json)
+    written, problems = [], []
+    entries = list(summary.get("metric_per_case", []))
+    for e in tqdm(entries, desc="overlays", unit="case", file=sys.stderr, disable=len(entries) < 8):
+        ref, pred = Path(e["reference_file"]), Path(e["prediction_file"])
+        case = e.get("case") or strip_ending(ref.name)
+        folders = [*image_folders, ref.parent]
+        try:
+            r = measure_case(case, pred, labels, colours, folders, ref_file=ref)
+        except FPNError as exc:
+            problems.append(f"{pred}: no overlay ({exc})")
+            continue
+        path = Path(out_dir) / f"{case}.png"
+        _write_png(path, r.overlay or b"")
+        written.append(path)
+    return written, problems
+
+
+def pictures_after_prediction(
+    out_dir: Path,
+    pred_files: Mapping[str, Path],
+    labels: Mapping[str, int],
+    dataset_json: Mapping[str, Any] | None,
+    in_dir: Path,
+    failed: Mapping[str, str],
+    overlays: bool,
+    report: bool,
+    projection_axis: int | str = "auto",
+) -> None:
+    """``fpn_predict --overlays/--report``: overlay PNGs and/or ``report.html`` of the cases just
+    predicted; problems with a picture are warnings, never a failed prediction."""
+    if overlays:
+        written, problems = write_prediction_overlays(pred_files, labels, out_dir / OVERLAY_DIR, dataset_json,
+                                                      [in_dir], projection_axis)
+        for msg in problems:
+            print(f"warning: {msg}", file=sys.stderr)
+        print(f"fpn_predict: {len(written)} overlay(s) in {out_dir / OVERLAY_DIR}", file=sys.stderr)
+    if report:
+        from fpnunet.report.cli import make_report
+
+        html, csv = make_report(out_dir, out_dir / "report.html", None, dataset_json, "dataset.json", [in_dir],
+                                failures=failed, projection_axis=projection_axis)
+        print(f"fpn_predict: report {html}" + (f", growth rates {csv}" if csv else ""), file=sys.stderr)

@@ -1,0 +1,193 @@
+"""``fpn_train_folds DATASET``: train several folds at once, one fold per device, the rest queued.
+
+::
+
+    fpn_train_folds 900                                   # folds 0-4 over every local GPU
+    fpn_train_folds 900 --folds 0 1 2 --devices cuda:0 cuda:1 --epochs 100 --pretrained none
+    fpn_train_folds 900 --devices cpu cpu                 # two CPU processes (tests, small machines)
+
+nnU-Net's advice for several GPUs: rather than DDP, train the five folds side by side, one per
+GPU. Each fold runs as its own ``fpn_train DATASET FOLD --device DEV --no-progress [flags]``
+process (the other flags are passed through and checked first); as soon as a device is free the
+next fold in the queue starts on it. Every line a fold prints (header, per-epoch line, final
+validation) is streamed prefixed with ``[fold K @ DEVICE]``, and a summary follows. The exit
+status is 1 when a fold failed, naming the failed folds and their last message; the other folds
+still finish. A device may be named twice (two folds share it, e.g. ``cpu cpu``); CPU folds get
+an equal share of the cores (``OMP_NUM_THREADS``) unless that variable is set.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from fpnunet.cli_utils import run_cli
+from fpnunet.errors import FPNError
+
+PROGRAM = "fpn_train_folds"
+DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
+TAIL_LINES = 20
+FORBIDDEN = ("--device", "--gpus", "--val")
+"""fpn_train flags that make no sense here (the device is assigned per fold)."""
+
+
+@dataclass
+class FoldResult:
+    fold: str
+    device: str
+    returncode: int | None = None
+    seconds: float = 0.0
+    tail: deque = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def last_error(self) -> str:
+        for line in reversed(self.tail):
+            if line.startswith("error:") or "Error" in line:
+                return line
+        return self.tail[-1] if self.tail else f"exit status {self.returncode}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROGRAM, allow_abbrev=False,
+        description="Train several folds in parallel, one per device; any other flag goes to "
+                    "fpn_train (e.g. --epochs, --pretrained, --label-fraction, --continue).")
+    p.add_argument("dataset", help="dataset id (900) or folder name")
+    p.add_argument("--folds", nargs="+", default=list(DEFAULT_FOLDS), help="folds to train (default 0 1 2 3 4)")
+    p.add_argument("--devices", nargs="+",
+                   help="devices, one fold at a time on each (default: every CUDA device, else one cpu); "
+                        "repeat a device to run two folds on it")
+    return p
+
+
+def default_devices() -> list[str]:
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+
+
+def check_arguments(dataset: str, folds: list[str], devices: list[str], rest: list[str]) -> None:
+    """Every flag checked before any fold starts: folds, devices, the flags passed to fpn_train."""
+    from fpnunet.cli_utils import resolve_device
+    from fpnunet.training.train_cli import build_parser as train_parser
+
+    for fold in folds:
+        if not (fold.isdigit() or fold == "all"):
+            raise FPNError(f"--folds {fold}: folds are numbers (0 1 2 3 4) or 'all'")
+    if len(set(folds)) != len(folds):
+        raise FPNError(f"--folds {' '.join(folds)}: a fold is named twice")
+    for device in devices:
+        if device == "auto":
+            raise FPNError("--devices auto: name the devices (cuda:0 cuda:1 ..., or cpu)")
+        resolve_device(device)
+    for flag in rest:
+        if flag.split("=")[0] in FORBIDDEN:
+            raise FPNError(f"{flag}: not a flag of {PROGRAM} (devices are given with --devices; --val: run "
+                           f"fpn_train DATASET FOLD --val)")
+    parser = train_parser()
+    parser.exit_on_error = False
+    try:
+        parser.parse_args([dataset, folds[0], *rest])
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise FPNError(f"flags for fpn_train: {exc if isinstance(exc, argparse.ArgumentError) else ' '.join(rest)}"
+                       f" (see fpn_train --help)") from None
+
+
+def fold_command(dataset: str, fold: str, device: str, rest: list[str]) -> list[str]:
+    return [sys.executable, "-m", "fpnunet.training.train_cli", dataset, fold, *rest, "--device", device,
+            "--no-progress"]
+
+
+def _stream(proc: subprocess.Popen, result: FoldResult, prefix: str, done: queue.Queue, lock: threading.Lock,
+            t0: float) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        if not line:
+            continue
+        result.tail.append(line)
+        with lock:
+            print(f"{prefix} {line}", flush=True)
+    result.returncode = proc.wait()
+    result.seconds = time.perf_counter() - t0
+    done.put(result)
+
+
+def run_folds(dataset: str, folds: list[str], devices: list[str], rest: list[str]) -> list[FoldResult]:
+    """Train ``folds`` on ``devices`` (one at a time per entry), streaming their output; returns the results."""
+    cpu_slots = sum(d == "cpu" for d in devices)
+    env = dict(os.environ)
+    if cpu_slots and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_slots))
+    waiting = deque(folds)
+    free = deque(range(len(devices)))
+    done: queue.Queue = queue.Queue()
+    lock = threading.Lock()
+    running: dict[str, tuple[int, subprocess.Popen]] = {}
+    results: dict[str, FoldResult] = {}
+    try:
+        while waiting or running:
+            while waiting and free:
+                slot, fold = free.popleft(), waiting.popleft()
+                device = devices[slot]
+                result = results[fold] = FoldResult(fold, device)
+                prefix = f"[fold {fold} @ {device}]"
+                with lock:
+                    print(f"{prefix} started ({len(waiting)} fold(s) queued)", flush=True)
+                proc = subprocess.Popen(fold_command(dataset, fold, device, rest), stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+                running[fold] = (slot, proc)
+                threading.Thread(target=_stream, args=(proc, result, prefix, done, lock, time.perf_counter()),
+                                 daemon=True).start()
+            finished: FoldResult = done.get()
+            slot, _ = running.pop(finished.fold)
+            free.append(slot)
+            status = "done" if finished.ok else f"FAILED (exit status {finished.returncode}): {finished.last_error()}"
+            with lock:
+                print(f"[fold {finished.fold} @ {finished.device}] {status} after {finished.seconds:.0f} s", flush=True)
+    finally:
+        for _, proc in running.values():  # interrupted: stop the folds still running
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in running.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return [results[f] for f in folds if f in results]
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = build_parser().parse_known_args(argv)
+    devices = list(args.devices) if args.devices else default_devices()
+    folds = [str(f) for f in args.folds]
+    check_arguments(args.dataset, folds, devices, rest)
+    print(f"{PROGRAM}: {len(folds)} fold(s) {' '.join(folds)} on {len(devices)} device slot(s) {' '.join(devices)}",
+          flush=True)
+    results = run_folds(args.dataset, folds, devices, rest)
+    print("summary:")
+    for r in results:
+        print(f"  fold {r.fold} ({r.device}): {'ok' if r.ok else 'FAILED'} in {r.seconds:.0f} s")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        detail = "; ".join(f"fold {r.fold}: {r.last_error()}" for r in failed)
+        print(f"error: {len(failed)} of {len(results)} fold(s) failed: {' '.join(r.fold for r in failed)} ({detail})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
