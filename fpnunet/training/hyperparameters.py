@@ -18,7 +18,6 @@ loader and the task.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -130,7 +129,7 @@ class Hyperparameters:
 
 def resolve_precision(flag: str, config: Configuration, device: str) -> str:
     """``auto``: the plan's precision (bf16) on CUDA; on the CPU bf16 only where the CPU has native
-    bf16 and a short cached probe finds it faster (:mod:`fpnunet.precision`, the reason printed),
+    bf16 and a short cached probe finds it faster (:mod:`fpnunet.precision`),
     else fp32."""
     if flag != "auto":
         return flag
@@ -138,8 +137,7 @@ def resolve_precision(flag: str, config: Configuration, device: str) -> str:
     if not device.startswith("cuda"):
         from fpnunet.precision import resolve_cpu_precision
 
-        precision, reason = resolve_cpu_precision(planned)
-        print(f"--precision auto on the CPU: {reason}", file=sys.stderr)
+        precision, _reason = resolve_cpu_precision(planned)  # printed nowhere: errors must stay one line
         return precision
     return planned
 
