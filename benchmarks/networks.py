@@ -18,6 +18,8 @@ Usage::
     python benchmarks/networks.py --networks fpn ipn --steps 5 --threads 2
     python benchmarks/networks.py --no-timing --json       # one JSON object per network
     python benchmarks/networks.py --input 16 64 128 --batch 1
+    python benchmarks/networks.py --networks fpn --layout contiguous channels_last --precision fp32 bf16 \
+        --steps 3 --warmup 1 --threads 2           # the four variants, interleaved in one process
 """
 from __future__ import annotations
 
@@ -187,6 +189,100 @@ def print_table(rows: list[dict[str, Any]], timing: bool) -> None:
             print(f"{r['network']} (memory estimate): {r['estimate_error']}")
 
 
+# ------------------------------------------------------------------------------ layout x precision
+def compare_variants(args: argparse.Namespace, names: list[str]) -> list[dict[str, Any]]:
+    """Train-step and inference times of every ``--layout`` x ``--precision`` variant, interleaved
+    in this process (each step runs every variant once, so a change in load hits all alike).
+
+    Inference: a no-grad forward in eval mode (``fwd``) and the same with BatchNorm folded into
+    the convolutions under ``torch.inference_mode`` (``fwd folded``, what the predictor runs).
+    """
+    import copy
+
+    from fpnunet.inference.fast import prepare_for_inference
+    from fpnunet.networks.layout import channels_last_input, to_channels_last
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = (args.batch, 1, *args.input)
+    variants = [(lay, prec) for lay in args.layout for prec in args.precision]
+    rows = []
+    for name in names:
+        kwargs = network_kwargs(name, shape, tuple(args.spacing))
+        torch.manual_seed(0)
+        base = build_network(name, in_channels=1, num_classes=1, **kwargs).train()
+        x0 = torch.randn(shape)
+        target = (torch.rand(shape[0], 1, shape[2], shape[4]) > 0.5).float()
+        nets, opts, xs, infer, infer_folded = {}, {}, {}, {}, {}
+        for lay, prec in variants:
+            cl = lay == "channels_last"
+            net = copy.deepcopy(base)
+            if cl:
+                to_channels_last(net)
+            nets[(lay, prec)] = net
+            opts[(lay, prec)] = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+            xs[(lay, prec)] = channels_last_input(x0) if cl else x0
+            ev = copy.deepcopy(base).eval()
+            infer[(lay, prec)] = to_channels_last(ev) if cl else ev
+            example = xs[(lay, prec)][:1]
+            infer_folded[(lay, prec)] = prepare_for_inference(copy.deepcopy(base).eval(), example, channels_last=cl)
+        train_t: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+        fwd_t: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+        fold_t: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+        for i in range(args.warmup + args.steps):
+            for v in variants:
+                bf16 = v[1] == "bf16"
+                net, opt, x = nets[v], opts[v], xs[v]
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = net(x)
+                F.binary_cross_entropy_with_logits(out.float(), target).backward()
+                opt.step()
+                t1 = time.perf_counter()
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    infer[v](x)
+                t2 = time.perf_counter()
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    infer_folded[v](x)
+                t3 = time.perf_counter()
+                if i >= args.warmup:
+                    train_t[v].append(t1 - t0)
+                    fwd_t[v].append(t2 - t1)
+                    fold_t[v].append(t3 - t2)
+            print(f"{name}: round {i + 1}/{args.warmup + args.steps}", file=sys.stderr, flush=True)
+        ref = variants[0]
+        for v in variants:
+            rows.append({
+                "network": name, "layout": v[0], "precision": v[1],
+                "train_s": statistics.median(train_t[v]), "fwd_s": statistics.median(fwd_t[v]),
+                "fwd_folded_s": statistics.median(fold_t[v]),
+                "train_ratio": statistics.median(train_t[v]) / statistics.median(train_t[ref]),
+                "fwd_ratio": statistics.median(fwd_t[v]) / statistics.median(fwd_t[ref]),
+                "fwd_folded_ratio": statistics.median(fold_t[v]) / statistics.median(fwd_t[ref]),
+                "folded_norms": len(infer_folded[v].fold_report.folded),
+            })
+    return rows
+
+
+def print_variants(rows: list[dict[str, Any]], shape: tuple[int, ...]) -> None:
+    print(f"input (N, C, B, D, A) = {shape}; CPU: {_cpu_name()}; torch threads {torch.get_num_threads()}; "
+          "ratios against the first variant's train step / no-grad forward, medians, interleaved")
+    print("| network | layout | precision | train s/step | x | fwd s | x | fwd folded s | x | BN folded |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['network']} | {r['layout']} | {r['precision']} | {r['train_s']:.3f} | {r['train_ratio']:.2f} | "
+              f"{r['fwd_s']:.3f} | {r['fwd_ratio']:.2f} | {r['fwd_folded_s']:.3f} | {r['fwd_folded_ratio']:.2f} | "
+              f"{r['folded_norms']} |")
+
+
+def _cpu_name() -> str:
+    from fpnunet.precision import cpu_bf16_native, cpu_model
+
+    native = cpu_bf16_native()
+    return f"{cpu_model()} ({'native bf16: ' + ', '.join(native) if native else 'no native bf16'})"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -204,6 +300,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ of the tuned run (default 1 GiB)")  # fmt: skip
     p.add_argument("--no-timing", action="store_true", help="only parameters, FLOPs and the memory estimate")
     p.add_argument("--json", action="store_true", help="print one JSON object per network instead of a table")
+    p.add_argument("--layout", nargs="+", choices=("contiguous", "channels_last"), default=None,
+                   help="compare these layouts (with --precision), interleaved in this process: train step, "
+                        "no-grad forward and folded-BatchNorm inference forward per network")
+    p.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None,
+                   help="precisions to compare (with --layout; default fp32)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-kwargs", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -222,6 +323,16 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"unknown networks {unknown}; registered: {available_networks()}")
     shape = (args.batch, 1, *args.input)
+    if args.layout or args.precision:
+        args.layout = args.layout or ["contiguous"]
+        args.precision = args.precision or ["fp32"]
+        rows = compare_variants(args, names)
+        if args.json:
+            for r in rows:
+                print(json.dumps(r))
+        else:
+            print_variants(rows, shape)
+        return
     rows = []
     for name in names:
         kwargs = network_kwargs(name, shape, tuple(args.spacing))

@@ -30,6 +30,10 @@ _LAZY = {
     "network_divisors": "fpnunet.inference.sliding_window",
     "predict_sliding_window": "fpnunet.inference.sliding_window",
     "window_starts": "fpnunet.inference.sliding_window",
+    "fold_batchnorm": "fpnunet.inference.fast",
+    "prepare_for_inference": "fpnunet.inference.fast",
+    "WindowPlan": "fpnunet.inference.windows",
+    "plan_windows": "fpnunet.inference.windows",
 }
 """Public name -> module: imported on first use, so that the command-line parsers of this package
 stay light (``fpn_* --help`` never imports torch)."""
@@ -37,6 +41,10 @@ stay light (``fpn_* --help`` never imports torch)."""
 __all__ = [
     "CHECKPOINTS",
     "Predictor",
+    "WindowPlan",
+    "fold_batchnorm",
+    "plan_windows",
+    "prepare_for_inference",
     "gaussian_weights",
     "label_values",
     "lesion_areas",

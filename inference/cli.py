@@ -98,7 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     cli_args.add_save_probabilities(p, help="also write OUT/CASE.npz probabilities (--npz: nnU-Net's spelling)")
     cli_args.add_device(p)
     p.add_argument("--file-ending", help="output file ending (default: the dataset's, e.g. .nii.gz)")
-    p.add_argument("--whole-plane", action="store_true", help="feed the whole en-face plane at once (more memory)")
+    p.add_argument("--window", choices=("auto", "whole", "patch"), default="auto",
+                   help="auto: the whole en-face plane in one forward (or the fewest larger windows) when the "
+                        "memory estimate fits; whole: one window regardless; patch: the training patch grid "
+                        "(default auto)")
+    p.add_argument("--whole-plane", action="store_true", help="same as --window whole")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bf16 on CUDA (unless the plan says fp32); on the CPU bf16 only where native and "
+                        "measured faster by a short cached probe (default auto)")
     p.add_argument("--step", type=float, default=0.5,
                    help="sliding-window step as a fraction of the patch, in (0, 1] (default 0.5)")
     p.add_argument("--threshold", type=float, default=0.5,
@@ -311,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 
     predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=args.checkpoint, device=args.device,
                                             tta=not args.disable_tta, whole_plane=args.whole_plane,
-                                            step_fraction=args.step)
+                                            step_fraction=args.step, window=args.window,
+                                            amp={"auto": None, "bf16": True, "fp32": False}[args.precision])
     plan = predictor.plan
     ending = args.file_ending or (predictor.dataset_info.file_ending if predictor.dataset_info else plan.file_ending)
     if not ending.startswith("."):
@@ -343,9 +351,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
-          f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}"
+          f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}, "
+          f"{'bf16' if predictor.amp else 'fp32'}, channels-last, "
+          f"{sum(len(n.fold_report.folded) for n in predictor.networks)} BatchNorm(s) folded"
           f"{', fused with ' + ' + '.join(modalities) if args.fused else ''}"
           + (f", part {args.part_id} of {args.num_parts}" if args.num_parts > 1 else ""), file=sys.stderr)
+    if args.precision == "auto" and predictor.device.type == "cpu" and predictor.config.precision != "fp32":
+        from fpnunet.precision import cpu_bf16_decision
+
+        print(f"fpn_predict: --precision auto on the CPU: {cpu_bf16_decision().reason}", file=sys.stderr)
 
     failures = len(errors)
     failed = {_case_of_message(e): e for e in errors}  # case -> error, for the report
@@ -367,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                     failures += 1
                     continue
                 try:
+                    known = len(predictor.window_plans)
                     if args.fused:
                         from .fused import predict_fused, read_enface
 
@@ -375,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
                                               read_enface(enface_files[loaded.case], modalities, grid))
                     else:
                         probs = predictor.predict_preprocessed(loaded.volume)
+                    if len(predictor.window_plans) > known:  # a new plane size: say how it was cut
+                        plane = (loaded.volume.shape[1], loaded.volume.shape[3])
+                        tqdm.write(f"{plane[0]} x {plane[1]} {predictor.window_plan(plane).describe()}",
+                                   file=sys.stderr)
                 except FPNError as exc:
                     tqdm.write(f"error: {in_dir / loaded.case}_0000: {exc}", file=sys.stderr)
                     failed[loaded.case] = str(exc)

@@ -8,11 +8,14 @@ Usage::
 
 A model folder (``docs/layout.md``) holds ``plans.json``, ``dataset.json`` and
 ``fold_k/checkpoint_{final,best,latest}.pth``; nothing else is needed. On CUDA the networks run
-under bf16 autocast (unless the configuration's precision is ``fp32``) in ``channels_last_3d``;
-on the CPU in fp32.
+under bf16 autocast (unless the configuration's precision is ``fp32``), on the CPU in bf16 only
+where it is supported and measured faster (:mod:`fpnunet.precision`); on every device in
+``channels_last_3d`` with BatchNorm folded into the convolutions (:mod:`.fast`), and over the
+whole en-face plane in one window when it fits the memory at hand (:mod:`.windows`).
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -25,11 +28,12 @@ from fpnunet.checkpoint import build_model, finite_weights, load_checkpoint
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.io import DatasetInfo, load_dataset_json
-from fpnunet.networks.blocks import to_channels_last
 from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.results_layout import CHECKPOINTS, fold_checkpoint, list_folds
 
-from .sliding_window import predict_sliding_window
+from .fast import example_input, prepare_for_inference
+from .sliding_window import network_divisors, predict_sliding_window
+from .windows import MEMORY_SHARE, WINDOW_MODES, WindowPlan, available_memory, inference_bytes_per_pixel, plan_windows
 
 __all__ = ["Predictor", "CHECKPOINTS", "list_folds", "load_checkpoint"]
 
@@ -47,10 +51,20 @@ class Predictor:
         num_outputs: K (default: the plan's ``num_outputs``).
         step_fraction: sliding-window step as a fraction of the patch.
         batch_windows: windows per forward (default 1 on the CPU, 2 on CUDA).
-        whole_plane: feed the whole en-face plane at once instead of sliding (more memory).
-        use_gaussian: Gaussian weighting of the windows.
-        amp: bf16 autocast (default: on CUDA unless the configuration's precision is ``fp32``).
+        whole_plane: same as ``window="whole"``.
+        use_gaussian: Gaussian weighting of the windows of the training patch grid.
+        amp: bf16 autocast (default: on CUDA unless the configuration's precision is ``fp32``; on
+            the CPU where :func:`fpnunet.precision.cpu_bf16_decision` finds bf16 faster).
         dataset_info: the model folder's ``dataset.json`` (file ending, labels), if known.
+        window: ``auto`` (the whole plane, or the fewest larger windows, that fit the memory at
+            hand: :mod:`.windows`), ``whole`` (one window, whatever the memory) or ``patch`` (the
+            training patch grid with Gaussian blending).
+        fold_batchnorm: fold eval BatchNorm into the convolutions (:mod:`.fast`).
+        channels_last: run in ``channels_last_3d`` (default: on every device).
+        memory_share: share of the available memory a forward may use (default 0.5 on the CPU,
+            0.8 on CUDA); the rest is the safety margin.
+        copy_networks: prepare copies of ``networks`` (default), leaving the caller's modules as
+            they were (a training loop validating with its model); ``False`` prepares them in place.
     """
 
     def __init__(
@@ -68,6 +82,11 @@ class Predictor:
         use_gaussian: bool = True,
         amp: bool | None = None,
         dataset_info: DatasetInfo | None = None,
+        window: str = "auto",
+        fold_batchnorm: bool = True,
+        channels_last: bool = True,
+        memory_share: float | None = None,
+        copy_networks: bool = True,
     ) -> None:
         if not networks:
             raise FPNError("a Predictor needs at least one network")
@@ -80,21 +99,33 @@ class Predictor:
         self.step_fraction = step_fraction
         self.batch_windows = batch_windows or (2 if self.device.type == "cuda" else 1)
         self.whole_plane = whole_plane
+        if window not in WINDOW_MODES:
+            raise FPNError(f"window {window!r}: expected one of {', '.join(WINDOW_MODES)}")
+        self.window = "whole" if whole_plane else window
         self.use_gaussian = use_gaussian
         cuda = self.device.type == "cuda"
-        self.amp = (cuda and self.config.precision != "fp32") if amp is None else amp
-        self.channels_last = cuda
+        if amp is None:
+            if cuda:
+                amp = self.config.precision != "fp32"
+            else:
+                from fpnunet.precision import cpu_bf16_decision
+
+                amp = self.config.precision != "fp32" and cpu_bf16_decision().use_bf16
+        self.amp = amp
+        self.channels_last = channels_last
+        self.memory_share = MEMORY_SHARE.get(self.device.type, 0.5) if memory_share is None else memory_share
         self.dataset_info = dataset_info
         self.model_dir: Path | None = None
         self.folds: list[str] = []
         if cuda:
             torch.backends.cudnn.benchmark = True
-        self.networks = []
-        for net in networks:
-            net = net.to(self.device).eval()
-            if self.channels_last:
-                net = to_channels_last(net)
-            self.networks.append(net)
+        self.divisors = network_divisors(networks[0])
+        example = example_input(plan.num_input_channels, self.config.depth, self.divisors) if fold_batchnorm else None
+        self.networks = [prepare_for_inference(copy.deepcopy(net) if copy_networks else net, example,
+                                               device=self.device, channels_last=channels_last, fold=fold_batchnorm)
+                         for net in networks]
+        self._bytes_per_pixel: float | None = None
+        self.window_plans: dict[tuple[int, int], WindowPlan] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -153,6 +184,7 @@ class Predictor:
         config_name = config_names.pop()
         if config_name not in plan.configurations:
             config_name = plan.default_configuration
+        kwargs.setdefault("copy_networks", False)
         predictor = cls(networks, plan, config_name, device=device, tta=tta, num_outputs=outputs.pop(),
                         dataset_info=info, **kwargs)
         predictor.model_dir = model_dir
@@ -160,13 +192,29 @@ class Predictor:
         return predictor
 
     # ------------------------------------------------------------------ prediction
+    def window_plan(self, plane: tuple[int, int]) -> WindowPlan:
+        """The :class:`WindowPlan` for an en-face plane ``(B, A)`` (cached per plane size)."""
+        plane = (int(plane[0]), int(plane[1]))
+        if plane not in self.window_plans:
+            if self._bytes_per_pixel is None:
+                dtype = torch.bfloat16 if self.amp else torch.float32
+                self._bytes_per_pixel = inference_bytes_per_pixel(
+                    self.networks[0], self.plan.num_input_channels, self.config.depth, self.config.patch_size, dtype)
+            weights = sum(p.numel() * p.element_size() for net in self.networks for p in net.parameters())
+            self.window_plans[plane] = plan_windows(
+                plane, tuple(self.config.patch_size), self.divisors, bytes_per_pixel=self._bytes_per_pixel,
+                flips=4 if self.tta else 1, available_bytes=available_memory(self.device), share=self.memory_share,
+                weights_bytes=weights, mode=self.window, step_fraction=self.step_fraction)
+        return self.window_plans[plane]
+
     def predict_tensor(self, volume: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(K, B, A)`` float32 (on the device) of a preprocessed ``(C, B, depth, A)`` tensor."""
+        plan = self.window_plan((volume.shape[1], volume.shape[3])) if volume.ndim == 4 else None
         return predict_sliding_window(
             self.networks, volume.to(self.device, torch.float32), self.config.patch_size,
             num_outputs=self.num_outputs, tta=self.tta, step_fraction=self.step_fraction,
             batch_windows=self.batch_windows, use_gaussian=self.use_gaussian, amp=self.amp,
-            whole_plane=self.whole_plane, channels_last=self.channels_last,
+            channels_last=self.channels_last, window_plan=plan,
         )
 
     def predict_preprocessed(self, volume: np.ndarray) -> np.ndarray:

@@ -12,7 +12,9 @@ weights (the centre of a window is trusted more than its border)::
 
 A plane smaller than the patch is zero-padded to the patch (the preprocessed volume is
 z-scored, so zero is its mean intensity) and the result cropped back; ``whole_plane=True``
-feeds the whole plane in one window, padded only up to the network's input divisors.
+feeds the whole plane in one window, padded only up to the network's input divisors. A
+:class:`~fpnunet.inference.windows.WindowPlan` (what the :class:`~fpnunet.inference.Predictor`
+passes) gives larger windows fitted to the memory at hand, blended only where they overlap.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ import torch
 from torch import nn
 
 from fpnunet.errors import FPNError, ShapeError
+from fpnunet.networks.layout import channels_last_input
+
+from .windows import WindowPlan, overlap_weights
 
 __all__ = ["gaussian_weights", "window_starts", "network_divisors", "predict_sliding_window"]
 
@@ -94,13 +99,9 @@ def _pad_to(volume: torch.Tensor, target: tuple[int, int]) -> tuple[torch.Tensor
     return padded, (b0, a0)
 
 
-def _flip_variants(x: torch.Tensor) -> torch.Tensor:
-    """``(n, C, B, D, A)`` -> ``(4n, C, B, D, A)``: identity, flip B, flip A, flip both."""
-    return torch.cat([x, x.flip(2), x.flip(4), x.flip(2, 4)], dim=0)
-
-
 def _unflip_mean(p: torch.Tensor) -> torch.Tensor:
-    """``(4n, K, B, A)`` predictions of :func:`_flip_variants` -> ``(n, K, B, A)`` mean, flipped back."""
+    """``(4n, K, B, A)`` predictions of the flips (none, B, A, both; each ``n``) -> ``(n, K, B, A)`` mean,
+    flipped back."""
     p0, pb, pa, pba = p.chunk(4, dim=0)
     return (p0 + pb.flip(2) + pa.flip(3) + pba.flip(2, 3)) / 4.0
 
@@ -108,6 +109,37 @@ def _unflip_mean(p: torch.Tensor) -> torch.Tensor:
 def _to_probabilities(logits: torch.Tensor, num_outputs: int) -> torch.Tensor:
     logits = logits.float()
     return torch.sigmoid(logits) if num_outputs == 1 else torch.softmax(logits, dim=1)
+
+
+def _forward_probs(networks: Sequence[nn.Module], x: torch.Tensor, num_outputs: int, tta: bool,
+                   flips_per_forward: int, autocast, channels_last: bool) -> torch.Tensor:  # noqa: ANN001
+    """Mean probabilities ``(n, K, pB, pA)`` of windows ``x`` ``(n, C, pB, D, pA)`` over the networks
+    and (with ``tta``) the four flips, ``flips_per_forward`` of them per forward."""
+    if tta:
+        variants = [x, x.flip(2), x.flip(4), x.flip(2, 4)]
+        groups = [torch.cat(variants[i:i + flips_per_forward], 0) for i in range(0, 4, flips_per_forward)]
+    else:
+        groups = [x]
+    probs = None
+    for net in networks:
+        parts = []
+        for xg in groups:
+            if channels_last:
+                xg = channels_last_input(xg)
+            with autocast:
+                logits = net(xg)
+            expected = (xg.shape[0], num_outputs, xg.shape[2], xg.shape[4])
+            if tuple(logits.shape) != expected:
+                raise ShapeError(
+                    f"{type(net).__name__} returned logits of shape {tuple(logits.shape)} for input "
+                    f"{tuple(xg.shape)}; expected (N, K, pB, pA) = {expected}"
+                )
+            parts.append(_to_probabilities(logits, num_outputs))
+        p = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+        if tta:
+            p = _unflip_mean(p)
+        probs = p if probs is None else probs + p
+    return probs / len(networks)
 
 
 @torch.inference_mode()
@@ -125,6 +157,7 @@ def predict_sliding_window(
     whole_plane: bool = False,
     channels_last: bool = False,
     divisors: tuple[int, int] | None = None,
+    window_plan: WindowPlan | None = None,
 ) -> torch.Tensor:
     """Probabilities ``(K, B, A)`` float32 of a preprocessed volume ``(C, B, D, A)``.
 
@@ -141,8 +174,12 @@ def predict_sliding_window(
         amp: run the networks under bf16 autocast on ``volume.device``'s type.
         whole_plane: one window over the whole plane, zero-padded up to ``divisors``
             (default: the first network's :func:`network_divisors`) instead of sliding.
-        channels_last: feed inputs as ``channels_last_3d`` (CUDA).
+        channels_last: feed inputs in channels-last (:func:`fpnunet.networks.layout.channels_last_input`).
         divisors: ``(dB, dA)`` for ``whole_plane``.
+        window_plan: a :class:`~fpnunet.inference.windows.WindowPlan` for this plane (wins over
+            ``patch_size``/``whole_plane``/``step_fraction``): its windows, blended with
+            :func:`~fpnunet.inference.windows.overlap_weights` (Gaussian weights for ``patch``),
+            one window and ``flips_per_forward`` flips per forward.
 
     Returns:
         ``(K, B, A)`` float32 probabilities on ``volume.device``.
@@ -155,47 +192,55 @@ def predict_sliding_window(
         raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
     _, b, _, a = volume.shape
     volume = volume.float()
-    if whole_plane:
+    flips_per_forward = 4
+    if window_plan is not None:
+        patch = window_plan.window
+        target = window_plan.padded
+        flips_per_forward = window_plan.flips_per_forward
+        if window_plan.mode != "patch":
+            batch_windows = 1
+    elif whole_plane:
         db, da = divisors or network_divisors(networks[0])
         patch = (math.ceil(b / db) * db, math.ceil(a / da) * da)
+        target = patch
     else:
         patch = (int(patch_size[0]), int(patch_size[1]))
-    padded, (b0, a0) = _pad_to(volume, (max(b, patch[0]), max(a, patch[1])))
+        target = (max(b, patch[0]), max(a, patch[1]))
+    padded, (b0, a0) = _pad_to(volume, target)
     _, bp, _, ap = padded.shape
     device = padded.device
 
-    weight = gaussian_weights(patch).to(device) if use_gaussian else torch.ones(patch, device=device)
-    acc = torch.zeros((num_outputs, bp, ap), dtype=torch.float32, device=device)
-    norm = torch.zeros((bp, ap), dtype=torch.float32, device=device)
-    windows = [(sb, sa) for sb in window_starts(bp, patch[0], step_fraction)
-               for sa in window_starts(ap, patch[1], step_fraction)]
+    if window_plan is not None:
+        windows = [(sb, sa) for sb in window_plan.starts_b for sa in window_plan.starts_a]
+        if window_plan.mode == "patch":
+            weight = gaussian_weights(patch).to(device) if use_gaussian else torch.ones(patch, device=device)
+            weights = dict.fromkeys(windows, weight)
+        else:
+            weights = {k: w.to(device) for k, w in
+                       overlap_weights(window_plan.starts_b, window_plan.starts_a, patch).items()}
+    else:
+        windows = [(sb, sa) for sb in window_starts(bp, patch[0], step_fraction)
+                   for sa in window_starts(ap, patch[1], step_fraction)]
+        weight = gaussian_weights(patch).to(device) if use_gaussian else torch.ones(patch, device=device)
+        weights = dict.fromkeys(windows, weight)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
 
+    if len(windows) == 1 and windows[0] == (0, 0) and patch == (bp, ap):
+        # one window over the plane: no blending at all
+        x = padded.unsqueeze(0)
+        probs = _forward_probs(networks, x, num_outputs, tta, flips_per_forward, autocast, channels_last)[0]
+        return probs[:, b0 : b0 + b, a0 : a0 + a].contiguous()
+
+    acc = torch.zeros((num_outputs, bp, ap), dtype=torch.float32, device=device)
+    norm = torch.zeros((bp, ap), dtype=torch.float32, device=device)
     for i in range(0, len(windows), batch_windows):
         chunk = windows[i : i + batch_windows]
         x = torch.stack([padded[:, sb : sb + patch[0], :, sa : sa + patch[1]] for sb, sa in chunk])
-        if tta:
-            x = _flip_variants(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        probs = None
-        for net in networks:
-            with autocast:
-                logits = net(x)
-            expected = (x.shape[0], num_outputs, patch[0], patch[1])
-            if tuple(logits.shape) != expected:
-                raise ShapeError(
-                    f"{type(net).__name__} returned logits of shape {tuple(logits.shape)} for input "
-                    f"{tuple(x.shape)}; expected (N, K, pB, pA) = {expected}"
-                )
-            p = _to_probabilities(logits, num_outputs)
-            if tta:
-                p = _unflip_mean(p)
-            probs = p if probs is None else probs + p
-        probs = probs / len(networks)
+        probs = _forward_probs(networks, x, num_outputs, tta, flips_per_forward, autocast, channels_last)
         for (sb, sa), p in zip(chunk, probs):
-            acc[:, sb : sb + patch[0], sa : sa + patch[1]] += p * weight
-            norm[sb : sb + patch[0], sa : sa + patch[1]] += weight
+            w = weights[(sb, sa)]
+            acc[:, sb : sb + patch[0], sa : sa + patch[1]] += p * w
+            norm[sb : sb + patch[0], sa : sa + patch[1]] += w
 
     out = acc / norm
     return out[:, b0 : b0 + b, a0 : a0 + a].contiguous()

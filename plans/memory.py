@@ -359,8 +359,10 @@ def calibrate_cuda(
         torch.backends.cudnn.benchmark = True
         net = copy_to_device(network, device)
         net.train()
-        if channels_last:
-            net = net.to(memory_format=torch.channels_last_3d)
+        if channels_last:  # as training runs it (nn.Module.to raises on the 2D decoders' 4D weights)
+            from fpnunet.networks.layout import to_channels_last
+
+            net = to_channels_last(net)
         if optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
         elif optimizer == "adam":
@@ -369,7 +371,9 @@ def calibrate_cuda(
             opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
         x = torch.randn(shape, device=device)
         if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+            from fpnunet.networks.layout import channels_last_input
+
+            x = channels_last_input(x)
         _train_step(net, x, opt, precision)  # warm-up: cuDNN algorithm search, optimizer state
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -48,6 +48,18 @@ class MemoryEstimate:
     def total_gb(self) -> float:
         return self.total_bytes / 2**30
 
+    @property
+    def margin_bytes(self) -> int:
+        """The safety margin: ``workspace_bytes`` (cuDNN workspaces, allocator fragmentation over a
+        run), kept apart from the estimate of the step's peak."""
+        return self.workspace_bytes
+
+    @property
+    def peak_bytes(self) -> int:
+        """The estimate of one step's peak (``torch.cuda.max_memory_allocated``) without the margin:
+        ``total_bytes = peak_bytes + margin_bytes``."""
+        return self.total_bytes - self.workspace_bytes
+
 
 @dataclass
 class TrainingDefaults:

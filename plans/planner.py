@@ -333,10 +333,14 @@ def _num_params(cfg: Configuration, plan: Plan) -> int | None:
 def format_plan_table(plan: Plan, names: Sequence[str] | None = None) -> str:
     """A plain-text table of the configurations (``names``, default all)::
 
-        config  network  depth crop->target  patch B x A (mm)      batch  est. GB / budget  params
-        fpn     fpn      184 -> 128          48 x 512 (5.8 x 5.8)  2      6.16 / 7.50       4.37 M
+        config  network  depth crop->target  patch B x A (mm)      batch  est. GB + margin / budget  params
+        fpn     fpn      184 -> 128          48 x 512 (5.8 x 5.8)  2      5.36 + 0.80 / 7.50         4.37 M
+
+    ``est. GB`` is the estimate of the step's peak, ``margin`` the safety margin (workspace,
+    fragmentation) kept as a separate term; their sum must fit the budget.
     """
-    header = ["config", "network", "depth crop->target", "patch B x A (mm)", "batch", "est. GB / budget", "params"]
+    header = ["config", "network", "depth crop->target", "patch B x A (mm)", "batch", "est. GB + margin / budget",
+              "params"]
     calibrated = any(
         c.memory is not None and c.memory.calibrated_peak_bytes is not None for c in plan.configurations.values()
     )
@@ -348,7 +352,8 @@ def format_plan_table(plan: Plan, names: Sequence[str] | None = None) -> str:
         b, a = cfg.patch_size
         mm = f"{b * plan.enface_spacing[0]:.1f} x {a * plan.enface_spacing[1]:.1f}"
         budget = memory_budget_bytes(cfg.gpu_memory_gb) / 2**30
-        est = f"{cfg.memory.total_gb:.2f} / {budget:.2f}" if cfg.memory else f"- / {budget:.2f}"
+        est = (f"{cfg.memory.peak_bytes / 2**30:.2f} + {cfg.memory.margin_bytes / 2**30:.2f} / {budget:.2f}"
+               if cfg.memory else f"- / {budget:.2f}")
         n = _num_params(cfg, plan)
         row = [
             key,

@@ -76,9 +76,12 @@ def batches(n_steps: int, n: int) -> list[dict[str, torch.Tensor]]:
 def train_steps(kind: str, folder: Path, per_rank: int, steps: int = 1) -> dict[str, torch.Tensor]:
     """``steps`` SGD steps through EpochLoop.step; rank r of W takes samples [r b, (r + 1) b) of each
     union batch of W b. Returns the model's state (parameters and BatchNorm buffers)."""
+    # default layout: the comparison is of the reduction, to 1e-5; channels-last oneDNN sums a batch
+    # of 2 and one of 4 in different orders (float32 differences above 1e-5 after a step)
     model = make_net(kind)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loop = EpochLoop(MSETask(), model, opt, None, LoopSettings(epochs=1, iterations_per_epoch=1, progress=False),
+    loop = EpochLoop(MSETask(), model, opt, None, LoopSettings(epochs=1, iterations_per_epoch=1, progress=False,
+                                                                channels_last=False),
                      folder, spec={}, plot=False)
     r, w = fdist.rank(), fdist.world_size()
     for batch in batches(steps, per_rank * w):
@@ -96,7 +99,8 @@ def ddp_worker(rank: int, port: int, out: str) -> None:
             result[kind] = train_steps(kind, Path(out).parent, per_rank=2)
         model = make_net("plain")
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        loop = EpochLoop(MSETask(), model, opt, None, LoopSettings(epochs=1, iterations_per_epoch=1, progress=False),
+        loop = EpochLoop(MSETask(), model, opt, None, LoopSettings(epochs=1, iterations_per_epoch=1, progress=False,
+                                                                channels_last=False),
                          Path(out).parent, spec={}, plot=False)
         if rank == 1:
             os._exit(0)  # dies without leaving the group

@@ -56,3 +56,32 @@ def test_bn_recalibration_benchmark_restores_corrupted_statistics(dataset, capsy
     assert bench.main([str(dataset["results"]), "--batches", "3"]) == 0
     assert "change in validation Dice over 1 checkpoints" in capsys.readouterr().out
     assert bench.main([str(dataset["tmp"] / "nowhere")]) == 1
+
+
+def ckpt_precision(dataset) -> str:  # noqa: F811
+    return load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")["args"]["loop"]["precision"]
+
+
+def test_compile_flag_routes_the_training_forward_and_auto_precision_says_why(dataset, capsys, monkeypatch):  # noqa: F811
+    """--compile wraps the training forward in torch.compile (a stand-in here: compiling on a
+    2-core CI CPU takes minutes); checkpoints keep the plain weights. --precision auto on a CPU
+    without native bf16 stays fp32."""
+    from fpnunet import precision
+
+    calls = []
+
+    def fake_compile(model):
+        def forward(x):
+            calls.append(tuple(x.shape))
+            return model(x)
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: [])
+    main(["901", "0", "--val-every", "0", "--device", "cpu", "--compile", "--iterations-per-epoch", "2",
+          "--epochs", "1"])
+    assert len(calls) == 2 and all(len(s) == 5 for s in calls)
+    assert ckpt_precision(dataset) == "fp32"  # no native bf16 (stubbed): auto stays fp32 on the CPU
+    ckpt = load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
+    assert ckpt["args"]["loop"]["compile"] is True
+    assert not any(k.startswith("_orig_mod.") for k in ckpt["state_dict"])

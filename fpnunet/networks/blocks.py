@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fpnunet.errors import FPNError, ShapeError
@@ -207,31 +208,21 @@ class DoubleConv2d(nn.Sequential):
 def max_pool_depth(x: torch.Tensor, factor: int, dim: int) -> torch.Tensor:
     """Unidirectional max-pool along ``dim`` with window and stride ``factor``.
 
-    Written as a reshape and ``max(dim).values`` (not ``amax``: one test saw NaN
-    gradients from ``amax`` under torch.compile + bf16). ``dim`` must be non-negative and the
-    size along it divisible by ``factor``.
+    A 5D input (``dim`` 2, 3 or 4) goes through ``max_pool3d`` with a window of 1 on the other
+    axes: it keeps the ``channels_last_3d`` layout (a reshape + ``max`` returned the default
+    layout, a copy per pooling), and it is not ``amax`` (one test saw NaN gradients from
+    ``amax`` under torch.compile + bf16). Other inputs use a reshape and ``max(dim).values``.
+    ``dim`` must be non-negative and the size along it divisible by ``factor``.
     """
     if factor == 1:
         return x
+    if x.dim() == 5 and 2 <= dim <= 4:
+        kernel = [1, 1, 1]
+        kernel[dim - 2] = int(factor)
+        return F.max_pool3d(x, kernel)
     shape = list(x.shape)
     shape[dim : dim + 1] = [shape[dim] // factor, factor]
     return x.reshape(shape).max(dim=dim + 1).values
 
 
-def to_channels_last(module: nn.Module) -> nn.Module:
-    """Put 5D parameters/buffers in ``channels_last_3d`` and 4D ones in ``channels_last``, in place.
-
-    ``module.to(memory_format=torch.channels_last_3d)`` raises on the 4D weights of the 2D
-    decoders and heads these networks have; use this instead (a CUDA speed-up).
-    Returns ``module``.
-    """
-    for sub in module.modules():
-        for tensors in (sub._parameters, sub._buffers):
-            for t in tensors.values():
-                if t is None:
-                    continue
-                if t.dim() == 5:
-                    t.data = t.data.contiguous(memory_format=torch.channels_last_3d)
-                elif t.dim() == 4:
-                    t.data = t.data.contiguous(memory_format=torch.channels_last)
-    return module
+from fpnunet.networks.layout import to_channels_last  # noqa: E402, F401  (kept importable from here)

@@ -61,7 +61,7 @@ class PLM(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         full = self.convs(x)
         if self.pool is None:
-            pooled = full.max(dim=3, keepdim=True).values
+            pooled = max_pool_depth(full, full.shape[3], dim=3)
         else:
             pooled = max_pool_depth(full, self.pool, dim=3)
         return pooled, full

@@ -29,6 +29,7 @@ from fpnunet.networks.blocks import (
     plan_enface_pooling,
     prod,
 )
+from fpnunet.networks.layout import pool_mean
 from fpnunet.networks.registry import SegNetwork, register
 
 DEFAULT_FEATURES: tuple[int, ...] = (32, 64, 128, 256)
@@ -42,6 +43,30 @@ MIN_BOTTLENECK_DEPTH = 4
 Kernel3 = tuple[int, int, int]
 
 
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` that keeps a channels-last input channels-last on the CPU.
+
+    The CPU kernel reshapes the input to ``(1, N * C, ...)``, which copies a channels-last tensor
+    to the default layout (and back); there the normalisation is written out instead (per-sample,
+    per-channel mean and variance over the volume, then elementwise ops, which keep the layout). Other
+    devices and layouts use the fused kernel (on CUDA autocast leaves instance norm in the input's
+    dtype, unlike GroupNorm, so bf16 stays bf16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dim() != 5 or not x.is_contiguous(memory_format=torch.channels_last_3d)
+                or x.is_contiguous() or self.track_running_stats):
+            return super().forward(x)
+        # sums times 1/n rather than mean/var_mean: their backward divides an expanded gradient,
+        # which comes out in the default layout; a sum's backward is a free expand
+        inv_n = 1.0 / (x.shape[2] * x.shape[3] * x.shape[4])
+        centred = x - x.sum(dim=(2, 3, 4), keepdim=True) * inv_n
+        var = (centred * centred).sum(dim=(2, 3, 4), keepdim=True) * inv_n
+        y = centred * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
+        return y
+
+
 class BottleneckBlock(nn.Module):
     """Residual bottleneck on ``(N, C, B, D, A)``: 1x1x1 conv to ``C // 8`` + IN + ReLU,
     ``kernel`` conv + IN + ReLU, 1x1x1 conv back to ``C`` + IN, added to the input (no ReLU
@@ -52,13 +77,13 @@ class BottleneckBlock(nn.Module):
         inner = max(1, channels // COMPRESSION)
         self.body = nn.Sequential(
             nn.Conv3d(channels, inner, 1, bias=False),
-            nn.InstanceNorm3d(inner, affine=True),
+            InstanceNorm3d(inner, affine=True),
             nn.ReLU(inplace=True),
             nn.Conv3d(inner, inner, kernel, padding=tuple(k // 2 for k in kernel), bias=False),
-            nn.InstanceNorm3d(inner, affine=True),
+            InstanceNorm3d(inner, affine=True),
             nn.ReLU(inplace=True),
             nn.Conv3d(inner, channels, 1, bias=False),
-            nn.InstanceNorm3d(channels, affine=True),
+            InstanceNorm3d(channels, affine=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +124,7 @@ class LachinovNet(SegNetwork):
 
         stem: list[nn.Module] = [
             nn.Conv3d(in_channels, features[0], (3, 1, 3), padding=(1, 0, 1), bias=True),
-            nn.InstanceNorm3d(features[0], affine=True),
+            InstanceNorm3d(features[0], affine=True),
         ]
         stem += [BottleneckBlock(features[0]) for _ in range(blocks[0])]
         self.stem = nn.Sequential(*stem)
@@ -119,7 +144,7 @@ class LachinovNet(SegNetwork):
             self.decoder.append(
                 nn.Sequential(
                     nn.Conv3d(2 * features[k], features[k], 3, padding=1, bias=False),
-                    nn.InstanceNorm3d(features[k], affine=True),
+                    InstanceNorm3d(features[k], affine=True),
                     *[BottleneckBlock(features[k], (3, 1, 3)) for _ in range(blocks[k])],
                 )
             )
@@ -133,14 +158,14 @@ class LachinovNet(SegNetwork):
         skips: list[torch.Tensor] = []
         for k, down in enumerate(self.down):
             rate = self.skip_rates[k]
-            skips.append(F.avg_pool3d(x, (1, rate, 1)) if rate > 1 else x)
+            skips.append(pool_mean(x, 3, rate))
             x = down(x)
         for k in reversed(range(len(self.down))):
             skip = skips[k]
             # 1x1 conv before the (linear) upsampling: the two commute, and this is cheaper
             x = F.interpolate(self.up[k](x), size=skip.shape[-3:], mode="trilinear", align_corners=False)
             x = self.decoder[k](torch.cat([skip, x], dim=1))
-        return self.head(x.mean(dim=3))
+        return self.head(pool_mean(x, 3, x.shape[3]).squeeze(3))
 
     @classmethod
     def plan_kwargs(

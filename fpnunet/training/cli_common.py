@@ -88,7 +88,10 @@ def add_runtime_arguments(p: argparse.ArgumentParser, seed_help: str, plan: cli_
     cli_args.add_device(p)
     planned = f"{plan.precision}, from {plan.path}" if plan and plan.precision else "bf16"
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help=f"default auto: the plan's precision ({planned}) on CUDA, fp32 on the CPU")
+                   help=f"default auto: the plan's precision ({planned}) on CUDA; on the CPU bf16 only where the "
+                        "CPU has it natively and a short cached probe finds it faster, else fp32")
+    p.add_argument("--compile", action="store_true",
+                   help="run the training forward through torch.compile (opt-in; slow first steps)")
     cli_args.add_seed(p, seed_help)
     p.add_argument("--num-workers", type=int,
                    help="data augmentation processes (default: $FPN_N_PROC_DA, else the loader's choice "
@@ -144,14 +147,15 @@ def find_preprocessed(dataset: str, config: str | None) -> PreprocessedData:
     return PreprocessedData(name, pre_dir, plan, config_name, configuration, data_dir, hint, cases)
 
 
-def loop_settings(hp: Hyperparameters, device: str, progress: bool = True, heartbeat: float = 60.0) -> LoopSettings:
+def loop_settings(hp: Hyperparameters, device: str, progress: bool = True, heartbeat: float = 60.0,
+                  compile: bool = False) -> LoopSettings:
     """The loop's settings from the resolved :class:`Hyperparameters` (``heartbeat``: seconds between
-    ``--no-progress`` lines)."""
+    ``--no-progress`` lines; ``compile``: ``--compile``)."""
     from fpnunet.training.loop import LoopSettings
 
     return LoopSettings(epochs=hp.epochs, iterations_per_epoch=hp.iterations_per_epoch, val_every=hp.val_every,
                         grad_clip=hp.grad_clip or None, device=device, precision=hp.precision, progress=progress,
-                        bn_recalibration=hp.bn_recalibration, heartbeat_s=heartbeat)
+                        bn_recalibration=hp.bn_recalibration, heartbeat_s=heartbeat, compile=compile)
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -236,7 +240,8 @@ def open_run(ctx: ResolvedContext, args: Any, argv: Sequence[str], program: str,
         checkpoint = load_checkpoint(ctx.fold_dir / LATEST) if resume else None
         if checkpoint is not None:
             check_world_size(checkpoint, ctx.fold_dir / LATEST)
-        settings = loop_settings(hp, device, args.progress, getattr(args, "heartbeat", 60.0))
+        settings = loop_settings(hp, device, args.progress, getattr(args, "heartbeat", 60.0),
+                                 compile=bool(getattr(args, "compile", False)))
         settings.sync_bn = bool(getattr(args, "sync_bn", True))
         if main_rank:
             copy_model_files(ctx.preprocessed_dir, ctx.model_dir)

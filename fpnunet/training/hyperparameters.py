@@ -128,12 +128,18 @@ class Hyperparameters:
 
 
 def resolve_precision(flag: str, config: Configuration, device: str) -> str:
-    """``auto``: the plan's precision (bf16) on CUDA, fp32 elsewhere."""
+    """``auto``: the plan's precision (bf16) on CUDA; on the CPU bf16 only where the CPU has native
+    bf16 and a short cached probe finds it faster (:mod:`fpnunet.precision`),
+    else fp32."""
     if flag != "auto":
         return flag
+    planned = config.precision if config.precision in PRECISIONS else "bf16"
     if not device.startswith("cuda"):
-        return "fp32"
-    return config.precision if config.precision in PRECISIONS else "bf16"
+        from fpnunet.precision import resolve_cpu_precision
+
+        precision, _reason = resolve_cpu_precision(planned)  # printed nowhere: errors must stay one line
+        return precision
+    return planned
 
 
 def _pick(flag: Any, default: Any) -> Any:

@@ -10,8 +10,9 @@ Per epoch ``e`` (0-based; the log and checkpoints count completed epochs, ``e + 
    ``iterations_per_epoch`` batches from it (a tqdm bar shows the running loss and it/s) and
    closes it. Each numpy array of a batch becomes a tensor on the device; ``batch["data"]``
    ``(N, C, B, D, A)`` goes through the model; ``task.loss(output, batch)`` is minimised (SGD
-   step, gradient-norm clipping). On CUDA the forward runs under bf16 autocast in
-   ``channels_last_3d`` with ``cudnn.benchmark``.
+   step, gradient-norm clipping). The model and the batches are in ``channels_last_3d`` on every
+   device (:mod:`fpnunet.networks.layout`; CPU and GPU convolutions are faster there); on CUDA
+   with ``cudnn.benchmark``, and under bf16 autocast when ``precision`` is ``bf16``.
 2. the scheduler steps once (per-epoch schedules, as nnU-Net).
 3. every ``val_every`` epochs and at the last: the BatchNorm running statistics are recomputed
    over ``bn_recalibration`` batches of ``task.train_batches(e)`` (:mod:`.batchnorm`; networks
@@ -50,7 +51,7 @@ from tqdm.auto import tqdm
 
 from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
-from fpnunet.networks.blocks import to_channels_last
+from fpnunet.networks.layout import channels_last_input, to_channels_last
 from fpnunet.plans.plan import TrainingDefaults
 from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from fpnunet.training.checkpoint import BEST, FINAL, LATEST, restore_training_state, save_checkpoint, training_state
@@ -129,6 +130,11 @@ class LoopSettings:
     bn_recalibration: int = 0
     """Training batches over which BatchNorm statistics are recomputed before each validation and
     the final checkpoint (0: keep the running averages)."""
+    channels_last: bool = True
+    """Model and batches in ``channels_last_3d`` (on the CPU too)."""
+    compile: bool = False
+    """Run the training forward through ``torch.compile`` (the checkpoints keep the plain model's
+    weights; validation and BatchNorm recalibration use the plain model)."""
     sync_bn: bool = True
     """With several ranks: synchronise BatchNorm statistics over them (SyncBatchNorm)."""
 
@@ -188,7 +194,7 @@ def batch_to_device(batch: dict[str, Any], device: torch.device, channels_last: 
         if isinstance(value, torch.Tensor):
             value = value.to(device, non_blocking=True)
             if channels_last and key == "data" and value.dim() == 5:
-                value = value.contiguous(memory_format=torch.channels_last_3d)
+                value = channels_last_input(value)
         out[key] = value
     return out
 
@@ -241,6 +247,7 @@ class EpochLoop:
         self.hyperparameters = hyperparameters
         self.device = torch.device(settings.device)
         self.cuda = self.device.type == "cuda"
+        self.channels_last = settings.channels_last
         self.start_epoch = 0
         self.best_score: float | None = None
         self.logger = TrainingLogger(self.folder, task.metric_columns, plot=plot, trainer=trainer_name(task))
@@ -248,16 +255,20 @@ class EpochLoop:
                               heartbeat_s=0.0 if settings.progress else settings.heartbeat_s)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
+        if self.channels_last:
             to_channels_last(self.model)
         self.main = fdist.is_main()
         self.forward_model = fdist.wrap_model(self.model, settings.device, settings.sync_bn)
-        """What the training forward goes through: ``model`` itself, or its DDP wrapper."""
+        """What the training forward goes through: ``model`` itself, or its DDP wrapper (compiled with
+        ``settings.compile``)."""
+        if settings.compile:
+            self.forward_model = torch.compile(self.forward_model)
 
     # ------------------------------------------------------------------ resume
     def resume(self, ckpt: dict[str, Any]) -> None:
         """Continue from a training checkpoint: weights, optimizer, scheduler, RNG, log, best score."""
         restore_training_state(ckpt, self.model, self.optimizer, self.scheduler, self.scaler)
-        if self.cuda:
+        if self.channels_last:
             to_channels_last(self.model)
         self.start_epoch = int(ckpt["epoch"])
         self.logger.records = [dict(r) for r in ckpt.get("log", [])]
@@ -336,7 +347,7 @@ class EpochLoop:
                 except StopIteration:
                     raise FPNError(f"the training loader ended after {len(losses)} batches; "
                                    f"{s.iterations_per_epoch} were asked for per epoch") from None
-                loss = self.step(batch_to_device(batch, self.device, self.cuda))
+                loss = self.step(batch_to_device(batch, self.device, self.channels_last))
                 if not math.isfinite(loss):
                     self._diverged(f"the loss is {loss} at step {len(losses) + 1} of epoch {epoch + 1}")
                 losses.append(loss)
@@ -359,7 +370,7 @@ class EpochLoop:
         source = self.task.train_batches(epoch)
         try:
             return recalibrate_batchnorm(self.model, source, self.settings.bn_recalibration,
-                                         prepare=lambda b: batch_to_device(b, self.device, self.cuda),
+                                         prepare=lambda b: batch_to_device(b, self.device, self.channels_last),
                                          precision=self.settings.precision)
         finally:
             source.close()

@@ -82,6 +82,7 @@ class PretrainArgs:
     overwrite: bool = False
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False
     seed: int = 0
     num_workers: int | None = None
     progress: bool = True

@@ -80,6 +80,7 @@ class TrainArgs:
     val_checkpoint: str = "final"
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False
     seed: int = 0
     num_workers: int | None = None
     progress: bool = True
