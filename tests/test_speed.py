@@ -16,10 +16,6 @@ from fpnunet.networks import available_networks, build_network, network_class
 from fpnunet.networks.layout import LayoutChecker, channels_last_input, to_channels_last
 
 NETWORKS = [n for n in available_networks() if not n.startswith("_")]
-CROSS_DIMENSIONAL = ("omnia", "dsnet", "dxnet")
-"""Not yet channels-last clean: a 2D ``cat`` in their decoders (omnia, dxnet) and DS-Net's 3D stem
-leave the layout (docs/speed.md); every other network is checked op by op."""
-CHANNELS_LAST_CLEAN = [n for n in NETWORKS if n not in CROSS_DIMENSIONAL]
 SHAPE = (2, 1, 4, 64, 16)  # (N, C, B, D, A): small, and every network accepts it
 
 
@@ -52,8 +48,9 @@ def two_threads():
 
 
 # ----------------------------------------------------------------------------- channels-last
-def test_both_layouts_give_the_same_outputs_and_gradients(two_threads):
-    ref = _net("fpn")
+@pytest.mark.parametrize("name", ["fpn", "omnia", "dsnet", "dxnet"])
+def test_both_layouts_give_the_same_outputs_and_gradients(name, two_threads):
+    ref = _net(name)
     cl = to_channels_last(copy.deepcopy(ref))
     x = torch.randn(SHAPE)
     assert channels_last_input(x).stride(1) == 1
@@ -77,7 +74,7 @@ def test_both_layouts_give_the_same_outputs_and_gradients(two_threads):
         assert rel < 5e-3, f"{name}: gradients differ by {rel:.2e} (relative norm)"
 
 
-@pytest.mark.parametrize("name", CHANNELS_LAST_CLEAN)
+@pytest.mark.parametrize("name", NETWORKS)
 def test_every_op_of_every_network_stays_channels_last(name, two_threads):
     net = to_channels_last(_net(name))
     with LayoutChecker() as check:

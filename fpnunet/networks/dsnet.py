@@ -21,11 +21,19 @@ from typing import Any
 import torch
 
 from fpnunet.errors import FPNError
-from fpnunet.networks.blocks import as_int_list, init_weights, plan_depth_pool_count
-from fpnunet.networks.encoders2d import check_encoder_args, encoder_channels, make_encoder_2d
+from fpnunet.networks.blocks import init_weights, plan_depth_pool_count
+from fpnunet.networks.encoders2d import encoder_channels, make_encoder_2d
 from fpnunet.networks.fpn import DEFAULT_FPB_KERNEL, EncoderLevel, FeatureProjectionBlock
-from fpnunet.networks.omnia import DEFAULT_DECODER, DEFAULT_ENCODER, DEFAULT_LEVELS, UNetDecoder2d, enface_levels
+from fpnunet.networks.layout import depth_last
 from fpnunet.networks.registry import SegNetwork, register
+from fpnunet.networks.unet2d import (
+    DEFAULT_DECODER,
+    DEFAULT_ENCODER,
+    DEFAULT_LEVELS,
+    UNetDecoder2d,
+    decoder_args,
+    enface_levels,
+)
 
 DEFAULT_STEM_FEATURES = 16
 DEFAULT_DEPTH_HALVINGS = 4
@@ -60,13 +68,11 @@ class DSNet(SegNetwork):
         decoder: Sequence[int] | None = None,
     ):
         super().__init__()
-        check_encoder_args(encoder, levels)
-        levels, stem_features = int(levels), int(stem_features)
-        depth_halvings, fpb_kernel = int(depth_halvings), int(fpb_kernel)
+        levels, decoder = decoder_args(encoder, levels, decoder)
+        stem_features, depth_halvings, fpb_kernel = int(stem_features), int(depth_halvings), int(fpb_kernel)
         if stem_features < 1 or depth_halvings < 0 or fpb_kernel < 1:
             raise FPNError(f"stem_features >= 1, depth_halvings >= 0 and fpb_kernel >= 1 needed, got "
                            f"{stem_features}, {depth_halvings}, {fpb_kernel}")
-        decoder = as_int_list("decoder", decoder if decoder is not None else DEFAULT_DECODER[:levels])
         self.config: dict[str, Any] = {"encoder": encoder, "levels": levels, "stem_features": stem_features,
                                        "depth_halvings": depth_halvings, "fpb_kernel": fpb_kernel, "decoder": decoder}
         self.stem = EncoderLevel(in_channels, stem_features)
@@ -79,7 +85,7 @@ class DSNet(SegNetwork):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, B, D, A) -> (N, K, B, A)`` logits."""
         self.check_input(x.shape)
-        image = self.projection(self.stem(x.permute(0, 1, 2, 4, 3)))  # (N, F, B, A)
+        image = self.projection(self.stem(depth_last(x)))  # (N, F, B, A)
         return self.decoder(self.encoder(image), image)
 
     @classmethod

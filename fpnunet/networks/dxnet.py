@@ -33,11 +33,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpnunet.errors import FPNError
-from fpnunet.networks.blocks import as_int_list, init_weights
-from fpnunet.networks.encoders2d import check_encoder_args, encoder_channels, make_encoder_2d
+from fpnunet.networks.blocks import init_weights
+from fpnunet.networks.encoders2d import encoder_channels, make_encoder_2d
 from fpnunet.networks.fpn import DEFAULT_FPB_KERNEL, FeatureProjectionBlock
-from fpnunet.networks.omnia import DEFAULT_DECODER, DEFAULT_ENCODER, DEFAULT_LEVELS, UNetDecoder2d, enface_levels
+from fpnunet.networks.layout import depth_last, pool_mean
 from fpnunet.networks.registry import SegNetwork, register
+from fpnunet.networks.unet2d import (
+    DEFAULT_DECODER,
+    DEFAULT_ENCODER,
+    DEFAULT_LEVELS,
+    UNetDecoder2d,
+    decoder_args,
+    enface_levels,
+)
 
 _PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Identity, nn.Dropout)
 _CONTAINERS = {"Sequential", "ModuleList", "ModuleDict", "BasicBlock", "Bottleneck", "ResNetEncoder", "FeatureListNet"}
@@ -152,11 +160,10 @@ class DXNet(SegNetwork):
         decoder: Sequence[int] | None = None,
     ):
         super().__init__()
-        check_encoder_args(encoder, levels)
-        levels, fpb_kernel = int(levels), int(fpb_kernel)
+        levels, decoder = decoder_args(encoder, levels, decoder)
+        fpb_kernel = int(fpb_kernel)
         if fpb_kernel < 1:
             raise FPNError(f"fpb_kernel must be >= 1, got {fpb_kernel}")
-        decoder = as_int_list("decoder", decoder if decoder is not None else DEFAULT_DECODER[:levels])
         self.config: dict[str, Any] = {"encoder": encoder, "levels": levels, "fpb_kernel": fpb_kernel,
                                        "decoder": decoder}
         encoder_2d = make_encoder_2d(encoder, in_channels, levels)
@@ -172,9 +179,9 @@ class DXNet(SegNetwork):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, B, D, A) -> (N, K, B, A)`` logits."""
         self.check_input(x.shape)
-        x = x.permute(0, 1, 2, 4, 3)  # (N, C, B, A, D)
+        x = depth_last(x)  # (N, C, B, A, D), channels-last if the input is
         maps = [fpb(f) for fpb, f in zip(self.fpb, self.encoder(x), strict=True)]
-        return self.decoder(maps, x.mean(dim=-1))
+        return self.decoder(maps, pool_mean(x, 4, x.shape[4]).squeeze(4))
 
     @classmethod
     def plan_kwargs(

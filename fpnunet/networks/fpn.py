@@ -32,7 +32,7 @@ from fpnunet.networks.blocks import (
     plan_enface_pooling,
     prod,
 )
-from fpnunet.networks.layout import channels_last_input, pool_mean
+from fpnunet.networks.layout import depth_last, pool_mean
 from fpnunet.networks.registry import SegNetwork, register
 
 #: paper defaults
@@ -190,10 +190,7 @@ class FeatureProjectionNet(SegNetwork):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, B, D, A) -> (N, K, B, A)`` logits."""
         self.check_input(x.shape)
-        channels_last = x.stride(1) == 1 and x.shape[1] * x.stride(1) < x.stride(0)
-        x = x.permute(0, 1, 2, 4, 3)  # (N, C, B, A, D)
-        if channels_last:  # the permuted input is in neither layout: one copy, of the C-channel input
-            x = channels_last_input(x)
+        x = depth_last(x)  # (N, C, B, A, D), channels-last if x is
         skips: list[torch.Tensor] = []
         for k, level in enumerate(self.encoder):
             x = level(x)

@@ -22,6 +22,7 @@ as the ops after it).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +30,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["to_channels_last", "channels_last_input", "is_channels_last", "pool_mean", "LayoutChecker"]
+__all__ = [
+    "to_channels_last", "channels_last_input", "is_channels_last", "cat_channels", "depth_last", "pool_mean",
+    "LayoutChecker",
+]
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:
@@ -94,6 +98,38 @@ def is_channels_last(t: torch.Tensor) -> bool:
     if t.dim() == 4:
         return t.is_contiguous(memory_format=torch.channels_last)
     return True
+
+
+def _has_channel_stride_one(t: torch.Tensor) -> bool:
+    """A 4D/5D tensor with several channels stored innermost (channels-last, unambiguously)."""
+    return t.dim() in (4, 5) and t.shape[1] > 1 and t.stride(1) == 1 and t[0, 0].numel() > 1
+
+
+def cat_channels(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(tensors, dim=1)`` that stays channels-last when any input is.
+
+    ``cat`` returns the default layout as soon as its inputs disagree (a one-channel skip, or slab
+    means, next to a channels-last feature map), and the next convolution then works on the default
+    layout. Here, when one input is channels-last, the others are put in channels-last first
+    (:func:`channels_last_input`; a no-op for those already there) and the result is channels-last.
+    """
+    tensors = list(tensors)
+    if any(_has_channel_stride_one(t) for t in tensors):
+        tensors = [channels_last_input(t) for t in tensors]
+    return torch.cat(tensors, dim=1)
+
+
+def depth_last(x: torch.Tensor) -> torch.Tensor:
+    """``(N, C, B, D, A) -> (N, C, B, A, D)`` (the axis order of FPN's 3D layers), in the layout of ``x``.
+
+    The permuted view of a channels-last input is in neither layout, and every convolution on it
+    would copy it back to the default one (forward and backward); a channels-last input therefore
+    gets one explicit copy into ``channels_last_3d`` (of the ``C``-channel input, the smallest
+    tensor of the network). A default-layout input stays a free view.
+    """
+    was_channels_last = x.stride(1) == 1 and x.shape[1] * x.stride(1) < x.stride(0)
+    x = x.permute(0, 1, 2, 4, 3)
+    return channels_last_input(x) if was_channels_last else x
 
 
 class _PoolMean(torch.autograd.Function):

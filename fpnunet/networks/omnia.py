@@ -11,7 +11,7 @@ each is averaged, giving ``C * slabs`` en-face channels::
       decoder: bilinear x2, concat the skip, (3x3 conv + BN + ReLU) x 2, per level
       last stage: x2 to full size, concat the en-face input, double conv; 1x1 conv -> (N, K, B, A)
 
-:class:`UNetDecoder2d` is shared with ``dsnet`` and ``dxnet``.
+:class:`fpnunet.networks.unet2d.UNetDecoder2d` is shared with ``dsnet`` and ``dxnet``.
 """
 from __future__ import annotations
 
@@ -19,58 +19,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from fpnunet.errors import FPNError
-from fpnunet.networks.blocks import DoubleConv2d, as_int_list, init_weights
-from fpnunet.networks.encoders2d import MAX_LEVELS, check_encoder_args, encoder_channels, make_encoder_2d
+from fpnunet.networks.blocks import as_int_list
+from fpnunet.networks.encoders2d import check_encoder_args, encoder_channels, make_encoder_2d
 from fpnunet.networks.registry import SegNetwork, register
+from fpnunet.networks.unet2d import DEFAULT_DECODER, DEFAULT_ENCODER, DEFAULT_LEVELS, UNetDecoder2d, enface_levels
 
-DEFAULT_ENCODER = "resnet18"
-DEFAULT_LEVELS = 4
-"""Encoder stages used by default (the planner uses up to 5 when the patch allows)."""
+__all__ = ["DEFAULT_DECODER", "DEFAULT_ENCODER", "DEFAULT_LEVELS", "DEFAULT_SLABS", "OmniaNet", "UNetDecoder2d",
+           "enface_levels", "largest_divisor_at_most", "slab_means"]
+
 DEFAULT_SLABS = 8
-DEFAULT_DECODER: tuple[int, ...] = (16, 32, 64, 128, 256)
-"""Decoder channels: ``[0]`` at full size, ``[i]`` at stride ``2**i``."""
-
-
-class UNetDecoder2d(nn.Module):
-    """U-Net decoder on 2D feature maps at strides ``2, 4, ..., 2**L`` plus a full-size skip.
-
-    ``forward(features, skip)``: ``features[i]`` is ``(N, enc_channels[i], H / 2**(i+1), W / 2**(i+1))``,
-    ``skip`` is ``(N, skip_channels, H, W)``; returns logits ``(N, num_classes, H, W)``.
-    ``decoder[i]`` channels come out of the stage at stride ``2**i`` (``decoder[0]``: full size).
-    """
-
-    def __init__(self, enc_channels: Sequence[int], skip_channels: int, decoder: Sequence[int], num_classes: int):
-        super().__init__()
-        levels = len(enc_channels)
-        if len(decoder) != levels:
-            raise FPNError(f"decoder must give {levels} channel counts (one per encoder level), got {list(decoder)}")
-        self.blocks = nn.ModuleList()
-        ch = enc_channels[-1]
-        for i in reversed(range(levels - 1)):  # stride 2**(i+1): concat features[i]
-            self.blocks.append(DoubleConv2d(ch + enc_channels[i], decoder[i + 1]))
-            ch = decoder[i + 1]
-        self.final = DoubleConv2d(ch + skip_channels, decoder[0])
-        self.head = nn.Conv2d(decoder[0], num_classes, 1, bias=True)
-        self.apply(init_weights)
-
-    def forward(self, features: Sequence[torch.Tensor], skip: torch.Tensor) -> torch.Tensor:
-        y = features[-1]
-        for block, feat in zip(self.blocks, reversed(features[:-1]), strict=True):
-            y = F.interpolate(y, size=feat.shape[-2:], mode="bilinear", align_corners=False)
-            y = block(torch.cat([feat, y], dim=1))
-        y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.head(self.final(torch.cat([skip, y], dim=1)))
-
-
-def enface_levels(patch_size: tuple[int, int]) -> int:
-    """Encoder stages for an en-face patch: as many halvings as the shorter axis allows (the
-    deepest map keeps >= 1 px), 1..5."""
-    smallest = max(1, min(int(patch_size[0]), int(patch_size[1])))
-    return max(1, min(MAX_LEVELS, smallest.bit_length() - 1))
 
 
 def largest_divisor_at_most(value: int, limit: int) -> int:
@@ -80,8 +39,17 @@ def largest_divisor_at_most(value: int, limit: int) -> int:
 
 def slab_means(x: torch.Tensor, slabs: int) -> torch.Tensor:
     """``(N, C, B, D, A) -> (N, C * slabs, B, A)``: the mean of each of ``slabs`` equal depth slabs
-    (channel ``c * slabs + k`` is slab ``k`` of input channel ``c``, top of the retina first)."""
+    (channel ``c * slabs + k`` is slab ``k`` of input channel ``c``, top of the retina first).
+
+    A channels-last ``x`` (memory order ``N, B, D, A, C``) gives a channels-last result without a
+    copy of the volume: the slab means are one batched product with a ``(D, slabs)`` averaging
+    matrix, ``(N*B, A*C, D) @ (D, slabs) -> (N*B, A*C, slabs)``, which is the result in memory
+    order ``N, B, A, C*slabs``. Otherwise the default layout."""
     n, c, b, d, a = x.shape
+    if x.stride(1) == 1 and c * x.stride(1) < x.stride(0):  # channels-last
+        average = torch.eye(slabs, dtype=x.dtype, device=x.device).repeat_interleave(d // slabs, dim=0) / (d // slabs)
+        columns = x.permute(0, 2, 3, 4, 1).reshape(n * b, d, a * c).transpose(1, 2)
+        return (columns @ average).reshape(n, b, a, c * slabs).permute(0, 3, 1, 2)
     return x.reshape(n, c, b, slabs, d // slabs, a).mean(dim=4).permute(0, 1, 3, 2, 4).reshape(n, c * slabs, b, a)
 
 
