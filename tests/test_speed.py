@@ -83,6 +83,25 @@ def test_every_op_of_every_network_stays_channels_last(name, two_threads):
     assert check.violations == [], f"{name}: ops that left channels-last: {check.violations[:5]}"
 
 
+def test_slab_means_and_cat_keep_channels_last_with_several_input_channels():
+    from fpnunet.networks.layout import cat_channels, is_channels_last
+    from fpnunet.networks.omnia import slab_means
+
+    x = torch.randn(2, 3, 5, 32, 7)  # C = 3 (the networks above have one input channel)
+    ref = slab_means(x, 4)
+    by_hand = torch.stack([x[:, :, :, k * 8:(k + 1) * 8].mean(3) for k in range(4)], 2).reshape(2, 12, 5, 7)
+    torch.testing.assert_close(ref, by_hand)
+    cl = slab_means(channels_last_input(x), 4)
+    assert cl.stride(1) == 1 and is_channels_last(cl)
+    torch.testing.assert_close(cl, ref, rtol=1e-6, atol=1e-6)
+    skip = torch.randn(2, 1, 5, 7)  # default strides, one channel: plain cat returns the default layout
+    assert not torch.cat([skip, cl], 1).is_contiguous(memory_format=torch.channels_last)
+    out = cat_channels([skip, cl])
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.stride(1) == 1
+    torch.testing.assert_close(out, torch.cat([skip, ref], 1), rtol=1e-6, atol=1e-6)
+    assert cat_channels([skip, ref]).is_contiguous()  # default layout in, default layout out
+
+
 def test_layout_checker_catches_a_copy_back(two_threads):
     class CopiesBack(nn.Module):
         def __init__(self):
