@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("-d", "--dataset", required=True, help="dataset id or folder name")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--model", default=None, help="model folder under $FPN_RESULTS/DatasetXXX (default: the only one)")
+    p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"))
     p.add_argument("--tta", action="store_true", help="flip TTA in both variants (default: none, as validation)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
@@ -40,15 +41,15 @@ def main() -> None:
     models = sorted(d for d in results.iterdir() if d.is_dir()) if args.model is None else [results / args.model]
     if len(models) != 1:
         raise SystemExit(f"error: {results}: name the model folder with --model (found {[m.name for m in models]})")
-    kw = dict(folds=[args.fold], device="cpu", tta=args.tta)
+    kw = dict(folds=[args.fold], checkpoint=args.checkpoint, device="cpu", tta=args.tta)
     variants = {"tiled": Predictor.from_model_folder(models[0], window="patch", **kw),
                 "whole": Predictor.from_model_folder(models[0], window="whole", **kw)}
     plan, config = variants["whole"].plan, variants["whole"].config
     data_dir = preprocessed / config.data_identifier
     splits = json.loads((preprocessed / "splits_final.json").read_text())
     cases = splits[args.fold]["val"]
-    print(f"model {models[0]}, fold {args.fold}, patch {tuple(config.patch_size)}, depth {config.depth}, "
-          f"TTA {'on' if args.tta else 'off'}, {len(cases)} validation case(s)")
+    print(f"model {models[0]}, fold {args.fold} ({args.checkpoint}), patch {tuple(config.patch_size)}, "
+          f"depth {config.depth}, TTA {'on' if args.tta else 'off'}, {len(cases)} validation case(s)")
     print("| case | plane (B x A) | tiled windows | Dice tiled | Dice whole | max abs prob diff | mean abs prob diff |")
     print("|---|---|---|---|---|---|---|")
     rows = []
