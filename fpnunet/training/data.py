@@ -176,9 +176,9 @@ def attach_enface(data_dir: Path, records: list[CaseRecord], modalities: list[st
             path = data_dir / f"{rec.name}_{mod}.npy"
             if not path.is_file():
                 if required:
-                    raise FPNError(f"{path}: case {rec.name!r} has no preprocessed {mod} image, which the network "
-                                   f"takes as an input channel (enface_channels {modalities}); add "
-                                   f"enfaceTr/{rec.name}_{mod} to the raw dataset and re-run fpn_plan_and_preprocess")
+                    from fpnunet.training.enface_inputs import missing_message
+
+                    raise FPNError(missing_message(path, rec.name, mod, modalities))
                 rec.enface.append(None)
                 missing += 1
                 continue
