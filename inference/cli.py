@@ -347,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
         modalities = model_modalities(predictor)
         enface_dir = Path(args.enface_dir) if args.enface_dir else in_dir.parent / "enfaceTs"
-        need = ("which the model needs as an input channel (give the folder with --enface-dir)"
-                if predictor.enface_inputs else "which --fused needs")
+        need = "which the model needs as an input channel" if predictor.enface_inputs else "which --fused needs"
         enface_files = {item.case: find_enface_files(enface_dir, item.case, modalities, need) for item in items}
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)

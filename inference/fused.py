@@ -48,7 +48,7 @@ def find_enface_files(enface_dir: Path, case: str, modalities: list[str], need: 
                 if (enface_dir / f"{case}_{mod}{end}").is_file()]
         if not hits:
             raise FPNError(f"{enface_dir / f'{case}_{mod}'}.*: case {case!r} has no {mod} image, {need} "
-                           f"(the model takes {', '.join(modalities)})")
+                           f"(the model takes {', '.join(modalities)}; images elsewhere: --enface-dir)")
         out[mod] = hits[0]
     return out
 
