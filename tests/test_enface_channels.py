@@ -18,6 +18,7 @@ import torch
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.inference.cli import main as predict_main
 from fpnunet.networks import build_network, network_class
+from fpnunet.networks.cmc import pack_enface
 from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import NetworkSpec, Plan
 from fpnunet.plans.training_params import AugmentParams
@@ -27,6 +28,7 @@ from fpnunet.training import enface_inputs as resolution
 from fpnunet.training.augment import get_train_transforms
 from fpnunet.training.checkpoint import load_checkpoint
 from fpnunet.training.data import EnfaceDataLoader
+from fpnunet.training.pretrained import load_pretrained
 from fpnunet.training.train_cli import main as train_main
 from fpnunet.training.trainers import read_trainer_file
 
@@ -57,6 +59,21 @@ def test_omnia_shapes_with_and_without_enface_channels():
         net(torch.randn(1, 2, 8, 16, 32))
     with pytest.raises(FPNError, match="twice"):
         build_network("omnia", 1, 1, **{**kw, "enface_channels": ["SLO", "SLO"]})
+
+
+def test_an_oct_only_pretraining_loads_with_zero_weights_for_the_enface_channels(tmp_path):
+    kw = network_class("omnia").plan_kwargs((8, 32), 16)
+    torch.manual_seed(0)
+    plain = build_network("omnia", 1, 1, **kw).eval()
+    torch.save({k: v.detach().clone() for k, v in plain.state_dict().items()}, tmp_path / "oct_only.pth")
+    net = build_network("omnia", 1, 1, **{**kw, "enface_channels": MODS})
+    report = load_pretrained(net, tmp_path / "oct_only.pth", verbose=False, network="omnia")
+    assert report.num_loaded == report.total and not report.shape_mismatch
+    volume = torch.randn(2, 1, 8, 16, 32)
+    with torch.no_grad():
+        expected = plain(volume)
+        for enface in (torch.zeros(2, 2, 8, 32), torch.rand(2, 2, 8, 32)):  # starts as the pretrained network
+            torch.testing.assert_close(net.eval()(pack_enface(volume, enface)), expected)
 
 
 def test_enface_inputs_get_the_volumes_spatial_augmentation():

@@ -162,6 +162,22 @@ class OmniaNet(SegNetwork):
             return image
         return torch.cat([image, x[:, self.in_channels:, :, 0, :].to(image.dtype)], dim=1)
 
+    def expand_pretrained(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` (e.g. an OCT-only Omnia pretraining, ``--pretrained``) with the two kernels that
+        read the 2D input (the encoder's first conv, the decoder's full-size block) widened by zero
+        weights for the ``M`` en-face channels, inserted after the ``C * slabs`` projections: the
+        network starts out computing the pretrained function and learns the en-face weights."""
+        m, own = len(self.enface_inputs), self.state_dict()
+        out = dict(state)
+        for prefix in ("encoder.", "decoder.final.") if m else ():
+            name = next(k for k, v in own.items() if k.startswith(prefix) and v.dim() == 4)
+            src, want = state.get(name), own[name].shape
+            if src is not None and src.dim() == 4 and (src.shape[0], src.shape[1] + m) == (want[0], want[1]):
+                proj = self.in_channels * self.slabs
+                zeros = src.new_zeros(src.shape[0], m, *src.shape[2:])
+                out[name] = torch.cat([src[:, :proj], zeros, src[:, proj:]], dim=1)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C + M, B, D, A) -> (N, K, B, A)`` logits."""
         self.check_input(x.shape)
