@@ -41,12 +41,11 @@ Modules (one idea each; everything public is re-exported here):
 * :mod:`.dataset`: :func:`make_synthetic_dataset`, the dataset folder writer.
 * :mod:`.cli`: :func:`main`, the ``fpn_make_synthetic`` command.
 
-Names are imported lazily (:data:`_LAZY`): importing the package costs nothing heavy.
+Names are imported lazily (:data:`_LAZY`, :mod:`fpnunet.lazy`): importing the package costs nothing heavy.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fpnunet.lazy import lazy_exports
 
 _LAZY = {
     "SyntheticCase": "fpnunet.synthetic.case",
@@ -85,13 +84,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
