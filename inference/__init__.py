@@ -34,28 +34,9 @@ _LAZY = {
     "WindowPlan": "fpnunet.inference.windows",
     "plan_windows": "fpnunet.inference.windows",
 }
-"""Public name -> module: imported on first use, so that the command-line parsers of this package
-stay light (``fpn_* --help`` never imports torch)."""
+"""Public name -> module, imported on first use (:mod:`fpnunet.lazy`)."""
 
-__all__ = [
-    "CHECKPOINTS",
-    "Predictor",
-    "WindowPlan",
-    "fold_batchnorm",
-    "plan_windows",
-    "prepare_for_inference",
-    "gaussian_weights",
-    "label_values",
-    "lesion_areas",
-    "list_folds",
-    "load_checkpoint",
-    "network_divisors",
-    "predict_sliding_window",
-    "probabilities_to_segmentation",
-    "window_starts",
-    "write_probabilities",
-    "write_segmentation",
-]
+__all__ = sorted(_LAZY)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -16,15 +16,9 @@ _LAZY = {
     "preprocess_case": "fpnunet.preprocessing.storage",
     "preprocess_dataset": "fpnunet.preprocessing.storage",
 }
-"""Public name -> module: imported on first use, so that the command-line parsers of this package
-stay light (``fpn_* --help`` never imports torch)."""
+"""Public name -> module, imported on first use (:mod:`fpnunet.lazy`)."""
 
-__all__ = [
-    "load_case_raw",
-    "preprocess_case",
-    "preprocess_dataset",
-    "preprocess_volume",
-]
+__all__ = sorted(_LAZY)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

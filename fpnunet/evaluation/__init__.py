@@ -28,26 +28,9 @@ _LAZY = {
     "hd95": "fpnunet.evaluation.metrics",
     "iou": "fpnunet.evaluation.metrics",
 }
-"""Public name -> module: imported on first use, so that the command-line parsers of this package
-stay light (``fpn_* --help`` never imports torch)."""
+"""Public name -> module, imported on first use (:mod:`fpnunet.lazy`)."""
 
-__all__ = [
-    "METRIC_KEYS",
-    "area_mm2",
-    "case_metrics",
-    "dice",
-    "evaluate_crossval",
-    "evaluate_folders",
-    "find_model_folder",
-    "gather_crossval_predictions",
-    "hd95",
-    "iou",
-    "pair_files",
-    "per_case_table",
-    "read_label_map",
-    "summarize",
-    "write_summary",
-]
+__all__ = sorted(_LAZY)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

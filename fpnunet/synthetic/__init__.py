@@ -63,25 +63,9 @@ _LAZY = {
     "assign_patients": "fpnunet.synthetic.patients",
     "patient_traits": "fpnunet.synthetic.patients",
 }
-"""Public name -> module: imported on first use, so that the command-line parsers of this package
-stay light (``fpn_* --help`` never imports torch)."""
+"""Public name -> module, imported on first use (:mod:`fpnunet.lazy`)."""
 
-__all__ = [
-    "DEFAULT_SHAPE",
-    "ENFACE_MODALITIES",
-    "FIELD_OF_VIEW_MM",
-    "GENERATOR_VERSION",
-    "VOLUME_ENDINGS",
-    "PatientTraits",
-    "SyntheticCase",
-    "assign_patients",
-    "generate_case",
-    "main",
-    "make_synthetic_dataset",
-    "oracle_threshold_dice",
-    "patient_traits",
-    "spacing_for_shape",
-]
+__all__ = sorted(_LAZY)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
