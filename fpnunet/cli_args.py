@@ -17,6 +17,7 @@ flag                  dest                         meaning
 ``-np/--num-processes`` ``num_processes``          worker processes
 ``--seed``            ``seed``                     random seed, default 0
 ``--no-progress``     ``progress``                 no progress bars (``progress`` False)
+``--enface-channels`` ``enface_channels``          en-face modalities as network input channels, list
 ===================== ============================ ===================================================
 
 The module imports nothing heavy (no torch, numpy, SimpleITK, pandas): every command builds its
@@ -95,6 +96,7 @@ VOCABULARY: dict[str, Flag] = {
     "output": Flag(("-o", "--output"), "output", str, None, ANY),
     "input": Flag(("-i", "--input"), "input", str, None, None),
     "file_ending": Flag(("--file-ending",), "file_ending", str, None, ANY),
+    "enface_channels": Flag(("--enface-channels",), "enface_channels", str, "+", None),
 }
 """The specification: a flag spelled with any of these option strings must have this dest, type
 and nargs in every command (and this default unless :data:`ANY`)."""
@@ -154,6 +156,12 @@ def add_trainer(p: argparse.ArgumentParser, help: str, default: str | None = Non
     """``-tr/--trainer NAME``: a registered trainer."""
     p.add_argument(*VOCABULARY["trainer"].options, dest="trainer", default=default, choices=choices,
                    metavar="NAME", help=help)
+
+
+def add_enface_channels(p: argparse.ArgumentParser, help: str) -> None:
+    """``--enface-channels MOD [MOD ...]`` (``all``, ``none``; default ``None``: the plan's value)."""
+    p.add_argument(*VOCABULARY["enface_channels"].options, dest="enface_channels", nargs="+", default=None,
+                   metavar="MOD", help=help)
 
 
 def add_checkpoint(p: argparse.ArgumentParser, help: str = "checkpoint to load (default final)") -> None:

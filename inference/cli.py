@@ -111,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5,
                    help="probability threshold for one-class (sigmoid) models (default 0.5)")
     p.add_argument("--fused", action="store_true",
-                   help="also use the en-face images (models of --trainer cmc): ENFACE_DIR/CASE_MOD<ending>")
-    p.add_argument("--enface-dir", help="folder of the en-face images for --fused (default: enfaceTs beside -i)")
+                   help="also use the en-face images (models of --trainer cmc): ENFACE_DIR/CASE_MOD<ending>; "
+                        "a model trained with --enface-channels always reads them")
+    p.add_argument("--enface-dir", help="folder of the en-face images for --fused or a model trained with "
+                                        "--enface-channels (default: enfaceTs beside -i)")
     p.add_argument("--overlays", action="store_true", help="also write OUT/overlays/CASE.png: the outline on the "
                    "SLO (enface folder beside the input) or a projection of the volume, with area and scale bar")
     p.add_argument("--report", action="store_true", help="also write OUT/report.html: every case's overlay, areas, "
@@ -339,12 +341,14 @@ def main(argv: list[str] | None = None) -> int:
         items = select_part(items, args.num_parts, args.part_id)
         errors = select_part(errors, args.num_parts, args.part_id)
     enface_files: dict[str, dict[str, Path]] = {}
-    if args.fused:  # every case's en-face images are checked before anything is written
+    fused = args.fused or bool(predictor.enface_inputs)  # a network with en-face input channels always reads them
+    if fused:  # every case's en-face images are checked before anything is written
         from .fused import find_enface_files, model_modalities
 
         modalities = model_modalities(predictor)
         enface_dir = Path(args.enface_dir) if args.enface_dir else in_dir.parent / "enfaceTs"
-        enface_files = {item.case: find_enface_files(enface_dir, item.case, modalities) for item in items}
+        need = "which the model needs as an input channel" if predictor.enface_inputs else "which --fused needs"
+        enface_files = {item.case: find_enface_files(enface_dir, item.case, modalities, need) for item in items}
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     for e in errors:
@@ -354,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}, "
           f"{'bf16' if predictor.amp else 'fp32'}, channels-last, "
           f"{sum(len(n.fold_report.folded) for n in predictor.networks)} BatchNorm(s) folded"
-          f"{', fused with ' + ' + '.join(modalities) if args.fused else ''}"
+          f"{', fused with ' + ' + '.join(modalities) if fused else ''}"
           + (f", part {args.part_id} of {args.num_parts}" if args.num_parts > 1 else ""), file=sys.stderr)
     if args.precision == "auto" and predictor.device.type == "cpu" and predictor.config.precision != "fp32":
         from fpnunet.precision import cpu_bf16_decision
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 try:
                     known = len(predictor.window_plans)
-                    if args.fused:
+                    if fused:
                         from .fused import predict_fused, read_enface
 
                         grid = (loaded.volume.shape[1], loaded.volume.shape[3])

@@ -1,8 +1,10 @@
 """Fused prediction (``fpn_predict --fused``): OCT volume + en-face images through a model trained
-with en-face inputs (``--trainer cmc``).
+with en-face inputs (``--trainer cmc``, or a network with en-face input channels such as
+``omnia`` trained with ``--enface-channels``, for which ``fpn_predict`` always reads them).
 
-The model folder's networks say which en-face modalities they take (``modalities``, also written
-to ``trainer.json``). For each case ``CASE`` the images ``ENFACE_DIR/CASE_MOD<ending>`` (any
+The model folder's networks say which en-face modalities they take (``modalities`` of a cmc model,
+``enface_inputs`` of a network that needs them; also written to ``trainer.json``). For each case
+``CASE`` the images ``ENFACE_DIR/CASE_MOD<ending>`` (any
 ending SimpleITK reads; ``ENFACE_DIR`` defaults to ``enfaceTs`` beside the input folder) are read,
 resampled onto the volume's en-face grid and scaled to [0, 1] exactly as preprocessing does, and
 packed as extra channels constant along depth (:func:`fpnunet.networks.cmc.pack_enface`), so the
@@ -24,6 +26,8 @@ from .predictor import Predictor
 
 def model_modalities(predictor: Predictor) -> list[str]:
     """The en-face modalities every network of ``predictor`` takes; an error when it takes none."""
+    if predictor.enface_inputs:
+        return list(predictor.enface_inputs)
     found = {tuple(getattr(net, "modalities", None) or ()) for net in predictor.networks}
     where = predictor.model_dir or "this model"
     if found == {()}:
@@ -34,15 +38,17 @@ def model_modalities(predictor: Predictor) -> list[str]:
     return list(found.pop())
 
 
-def find_enface_files(enface_dir: Path, case: str, modalities: list[str]) -> dict[str, Path]:
-    """``{modality: path}`` of ``case``; :class:`FPNError` naming the case and the first missing image."""
+def find_enface_files(enface_dir: Path, case: str, modalities: list[str], need: str = "which --fused needs"
+                      ) -> dict[str, Path]:
+    """``{modality: path}`` of ``case``; :class:`FPNError` naming the case and the first missing image
+    (``need`` says why it is needed)."""
     out: dict[str, Path] = {}
     for mod in modalities:
         hits = [enface_dir / f"{case}_{mod}{end}" for end in SUPPORTED_ENDINGS
                 if (enface_dir / f"{case}_{mod}{end}").is_file()]
         if not hits:
-            raise FPNError(f"{enface_dir / f'{case}_{mod}'}.*: case {case!r} has no {mod} image, which --fused "
-                           f"needs (the model takes {', '.join(modalities)})")
+            raise FPNError(f"{enface_dir / f'{case}_{mod}'}.*: case {case!r} has no {mod} image, {need} "
+                           f"(the model takes {', '.join(modalities)}; images elsewhere: --enface-dir)")
         out[mod] = hits[0]
     return out
 

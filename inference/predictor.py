@@ -28,6 +28,7 @@ from fpnunet.checkpoint import build_model, finite_weights, load_checkpoint
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.io import DatasetInfo, load_dataset_json
+from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.results_layout import CHECKPOINTS, fold_checkpoint, list_folds
 
@@ -120,7 +121,10 @@ class Predictor:
         if cuda:
             torch.backends.cudnn.benchmark = True
         self.divisors = network_divisors(networks[0])
-        example = example_input(plan.num_input_channels, self.config.depth, self.divisors) if fold_batchnorm else None
+        self.enface_inputs = enface_inputs(networks[0])
+        """En-face modalities the networks take as input channels (packed after the volume's)."""
+        self.input_channels = plan.num_input_channels + len(self.enface_inputs)
+        example = example_input(self.input_channels, self.config.depth, self.divisors) if fold_batchnorm else None
         self.networks = [prepare_for_inference(copy.deepcopy(net) if copy_networks else net, example,
                                                device=self.device, channels_last=channels_last, fold=fold_batchnorm)
                          for net in networks]
@@ -178,6 +182,9 @@ class Predictor:
             networks.append(net.eval())
             config_names.add(str(ckpt.get("configuration") or spec["name"]))
             outputs.add(int(ckpt["num_outputs"]))
+        inputs = {tuple(enface_inputs(net)) for net in networks}
+        if len(inputs) > 1:
+            raise FPNError(f"{model_dir}: folds {fold_names} take different en-face input channels {sorted(inputs)}")
         if len(config_names) > 1 or len(outputs) > 1:
             raise FPNError(f"{model_dir}: folds {fold_names} disagree on configuration {sorted(config_names)} "
                            f"or number of outputs {sorted(outputs)}")
@@ -199,7 +206,7 @@ class Predictor:
             if self._bytes_per_pixel is None:
                 dtype = torch.bfloat16 if self.amp else torch.float32
                 self._bytes_per_pixel = inference_bytes_per_pixel(
-                    self.networks[0], self.plan.num_input_channels, self.config.depth, self.config.patch_size, dtype)
+                    self.networks[0], self.input_channels, self.config.depth, self.config.patch_size, dtype)
             weights = sum(p.numel() * p.element_size() for net in self.networks for p in net.parameters())
             self.window_plans[plane] = plan_windows(
                 plane, tuple(self.config.patch_size), self.divisors, bytes_per_pixel=self._bytes_per_pixel,
@@ -221,6 +228,9 @@ class Predictor:
         """Probabilities ``(K, B, A)`` float32 of a preprocessed volume ``(C, B, depth, A)``
         (as written by preprocessing: normalised, depth-reduced)."""
         volume = np.asarray(volume)
+        if self.enface_inputs:
+            raise FPNError(f"this model also takes the en-face images {', '.join(self.enface_inputs)} as input "
+                           "channels: predict with fpnunet.inference.fused.predict_fused (fpn_predict reads them)")
         c = self.plan.num_input_channels
         if volume.ndim != 4 or volume.shape[0] != c or volume.shape[2] != self.config.depth:
             raise ShapeError(

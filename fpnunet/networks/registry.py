@@ -14,7 +14,7 @@ Usage::
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +30,11 @@ which a trainer builds around a planned network; never planned themselves)."""
 
 class SegNetwork(nn.Module):
     """Base class of registered networks: ``forward(x: (N, C, B, D, A)) -> (N, K, B, A)``."""
+
+    enface_inputs: Sequence[str] = ()
+    """En-face modalities the network needs as ``M`` extra input channels after the volume's, each
+    constant along depth (:func:`fpnunet.networks.cmc.pack_enface`); empty: the volume alone.
+    Training, validation and prediction read and pack them (:func:`enface_inputs`)."""
 
     @classmethod
     def plan_kwargs(
@@ -98,6 +103,16 @@ def build_network(name: str, in_channels: int, num_classes: int, **kwargs: Any) 
         return cls(in_channels=in_channels, num_classes=num_classes, **kwargs)
     except TypeError as exc:
         raise FPNError(f"network {name!r} rejected its kwargs {kwargs}: {exc}") from None
+
+
+def enface_inputs(model: nn.Module) -> list[str]:
+    """The en-face modalities ``model`` needs as input channels (:attr:`SegNetwork.enface_inputs`),
+    looking through DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return list(getattr(model, "enface_inputs", ()) or ())
+        model = inner
 
 
 def _ensure_loaded() -> None:

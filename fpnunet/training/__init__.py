@@ -16,6 +16,7 @@ One idea per module (import them directly; this package imports nothing so that
 * :mod:`.run_folder`: resume / overwrite policy, ``command.txt`` (names and the fold lock:
   :mod:`fpnunet.results_layout`).
 * :mod:`.splits`, :mod:`.loader`: folds, label fractions and the batch loader.
+* :mod:`.enface_inputs`: en-face modalities as network input channels (``--enface-channels``).
 * :mod:`.augment`, :mod:`.data`: in-plane augmentation (volume and label together) and batch sampling.
 * :mod:`.ssim`, :mod:`.reconstruction`: the 1 - SSIM loss and the self-supervised reconstruction task.
 * :mod:`.cli_common`: what ``fpn_train`` and ``fpn_pretrain`` share (flags, run folder, loop).

@@ -18,6 +18,12 @@ transforms move data and en-face maps together, and the result is unfolded back:
 5. intensity, on the volume only (per sample, per channel): ``BrightnessTransform`` (additive shift),
    ``ContrastAugmentationTransform``, ``GaussianNoiseTransform``.
 
+En-face input images (``enface (N, M, Lb, La)`` of a loader asked for them) ride through steps 1-4
+as extra folded data channels (:class:`StashEnface` / :class:`UnstashEnface`), so they get exactly
+the volume's scaling, crop and flips (linear interpolation); ``pack=True`` finally packs them into
+``data (N, C + M, Bp, D, Ap)``, constant along depth (:class:`PackEnface`), the input of a network
+with :attr:`~fpnunet.networks.registry.SegNetwork.enface_inputs`.
+
 Everything runs inside :class:`SeededCompose`, which seeds numpy's and Python's global generators
 from the batch's ``aug_seed`` (batchgenerators draws from them) and restores them afterwards: the
 augmentation of a batch depends on its seed only, in a worker or in the main process.
@@ -93,8 +99,42 @@ class UnfoldDepth(AbstractTransform):
         return d
 
 
+class StashEnface(AbstractTransform):
+    """After :class:`FoldDepth`: append ``enface (N, M, B, A)`` to the folded data channels."""
+
+    def __call__(self, **d: Any) -> dict[str, Any]:
+        enface = d.pop("enface")
+        d["enface_channels"] = enface.shape[1]
+        d["data"] = np.concatenate([d["data"], enface.astype(np.float32)], axis=1)
+        return d
+
+
+class UnstashEnface(AbstractTransform):
+    """Before :class:`UnfoldDepth`: split the en-face channels off the data again."""
+
+    def __call__(self, **d: Any) -> dict[str, Any]:
+        m = d.pop("enface_channels")
+        data = d["data"]
+        d["enface"] = np.ascontiguousarray(data[:, data.shape[1] - m:], dtype=np.float32)
+        d["data"] = data[:, : data.shape[1] - m]
+        return d
+
+
+class PackEnface(AbstractTransform):
+    """``data (N, C, B, D, A)`` + ``enface (N, M, B, A)`` (popped) -> ``data (N, C + M, B, D, A)``,
+    each en-face image constant along depth (as :func:`fpnunet.networks.cmc.pack_enface`)."""
+
+    def __call__(self, **d: Any) -> dict[str, Any]:
+        data, enface = d["data"], d.pop("enface")
+        n, _, b, depth, a = data.shape
+        planes = np.broadcast_to(enface[:, :, :, None, :].astype(np.float32), (n, enface.shape[1], b, depth, a))
+        d["data"] = np.concatenate([data.astype(np.float32), planes], axis=1)
+        return d
+
+
 class CenterCropEnface(AbstractTransform):
-    """Crop ``data (N, C, Lb, D, La)``, ``target``/``mask (N, 1, Lb, La)`` to the central ``patch``."""
+    """Crop ``data (N, C, Lb, D, La)``, ``target``/``mask (N, 1, Lb, La)`` (and ``enface (N, M, Lb,
+    La)``) to the central ``patch``."""
 
     def __init__(self, patch_size: Sequence[int]) -> None:
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -106,8 +146,9 @@ class CenterCropEnface(AbstractTransform):
             return d
         b0, a0 = (lb - pb) // 2, (la - pa) // 2
         d["data"] = np.ascontiguousarray(d["data"][:, :, b0:b0 + pb, :, a0:a0 + pa])
-        for k in ("target", "mask"):
-            d[k] = np.ascontiguousarray(d[k][:, :, b0:b0 + pb, a0:a0 + pa])
+        for k in ("target", "mask", "enface"):
+            if k in d:
+                d[k] = np.ascontiguousarray(d[k][:, :, b0:b0 + pb, a0:a0 + pa])
         return d
 
 
@@ -161,6 +202,9 @@ def get_train_transforms(
     *,
     spatial: bool = True,
     intensity: bool = True,
+    enface: bool = False,
+    after_spatial: Sequence[AbstractTransform] = (),
+    pack: bool = False,
 ) -> SeededCompose:
     """Training transforms for batches of :class:`~fpnunet.training.data.EnfaceDataLoader`.
 
@@ -168,7 +212,9 @@ def get_train_transforms(
     :func:`load_margin` around it. ``mode``: ``"seg"`` (labels, nearest) or a modality (continuous
     target, linear). ``spatial=False`` leaves out scaling and flips, ``intensity=False`` the
     intensity transforms (both on by default). Output: ``data (N, C, B_p, D, A_p)``,
-    ``target``/``mask (N, 1, B_p, A_p)``, float32.
+    ``target``/``mask (N, 1, B_p, A_p)``, float32. ``enface``: the batch's ``enface`` images move
+    with the volume; ``after_spatial``: transforms run after the spatial ones (the cmc trainer's
+    misalignment); ``pack``: the en-face images end packed into ``data`` (module docstring).
     """
     p = params or AugmentParams()
     continuous = mode != "seg"
@@ -176,7 +222,7 @@ def get_train_transforms(
     ts: list[AbstractTransform] = []
     if spatial:
         ts += [
-            FoldDepth(continuous),
+            FoldDepth(continuous), *([StashEnface()] if enface else []),
             SpatialTransform(
                 patch, patch_center_dist_from_border=None, do_elastic_deform=False, do_rotation=False,
                 do_scale=p.spatial(), scale=tuple(p.scale), p_scale_per_sample=p.p_scale,
@@ -186,9 +232,10 @@ def get_train_transforms(
         ]
         if p.mirror_axes:
             ts.append(MirrorTransform(tuple(p.mirror_axes)))
-        ts.append(UnfoldDepth(continuous))
+        ts += [*([UnstashEnface()] if enface else []), UnfoldDepth(continuous)]
     else:
         ts.append(CenterCropEnface(patch))
+    ts += list(after_spatial)
     if intensity:
         if p.p_brightness > 0:
             ts.append(BrightnessTransform(0.0, p.brightness_sigma, per_channel=True, p_per_sample=p.p_brightness))
@@ -197,12 +244,14 @@ def get_train_transforms(
                                                     p_per_sample=p.p_contrast))
         if p.p_noise > 0:
             ts.append(GaussianNoiseTransform(tuple(p.noise_variance), p_per_sample=p.p_noise))
+    if pack:
+        ts.append(PackEnface())
     ts.append(Finalize())
     return SeededCompose(ts)
 
 
-def get_val_transforms(patch_size: Sequence[int] | None = None) -> SeededCompose:
-    """No augmentation: centre-crop to ``patch_size`` (when given and the loader read a margin) and
-    finalise dtypes."""
+def get_val_transforms(patch_size: Sequence[int] | None = None, pack: bool = False) -> SeededCompose:
+    """No augmentation: centre-crop to ``patch_size`` (when given and the loader read a margin),
+    pack the en-face inputs (``pack``) and finalise dtypes."""
     ts: list[AbstractTransform] = [CenterCropEnface(patch_size)] if patch_size is not None else []
-    return SeededCompose([*ts, Finalize()])
+    return SeededCompose([*ts, *([PackEnface()] if pack else []), Finalize()])

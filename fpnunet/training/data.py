@@ -8,6 +8,8 @@ default as in the paper). Each batch is a dict of numpy arrays::
     data    float32 (N, C, Lb, D, La)  volume crop at full depth (0 outside the case)
     target  float32 (N, 1, Lb, La)     label values (seg) or the en-face image (0 outside)
     mask    float32 (N, 1, Lb, La)     1 on pixels inside the case, 0 on padding
+    enface  float32 (N, M, Lb, La)     only with ``enface=[MOD, ...]``: en-face images read as network
+                                       inputs (``CASE_<MOD>.npy``, not inverted), same window
     keys    list[str]                  case names
     batch_index  int                   position of the batch in the loader's sequence
     aug_seed     uint32 (4,)           seed of this batch's augmentation (consumed by the transforms)
@@ -63,10 +65,13 @@ class CaseRecord:
 
     name: str
     volume: Path
-    target: Path
+    target: Path | None
+    """The en-face target (label map or image); ``None``: an unlabelled case (cmc trainer)."""
     shape_ba: tuple[int, int]
     locations: dict[int, np.ndarray] = field(default_factory=dict)
     """class -> int array ``(K, 2)`` of ``(b, a)`` foreground pixels (seg mode only)."""
+    enface: list[Path | None] = field(default_factory=list)
+    """En-face input images in the loader's modality order (``None``: missing, read as zeros)."""
 
 
 def target_file(data_dir: Path, case: str, mode: str) -> Path:
@@ -160,6 +165,30 @@ def scan_cases(data_dir: str | Path, cases: list[str], mode: str = "seg") -> lis
     return records
 
 
+def attach_enface(data_dir: Path, records: list[CaseRecord], modalities: list[str], required: bool) -> int:
+    """Set each record's ``enface`` to its ``CASE_<MOD>.npy`` files (checked to be ``(B, A)`` of its
+    volume). A missing one is an :class:`FPNError` naming the case when ``required``, else ``None``
+    (read as zeros); returns how many were missing."""
+    missing = 0
+    for rec in records:
+        rec.enface = []
+        for mod in modalities:
+            path = data_dir / f"{rec.name}_{mod}.npy"
+            if not path.is_file():
+                if required:
+                    from fpnunet.training.enface_inputs import missing_message
+
+                    raise FPNError(missing_message(path, rec.name, mod, modalities))
+                rec.enface.append(None)
+                missing += 1
+                continue
+            shape, _ = _npy_shape(path)
+            if shape != rec.shape_ba:
+                raise FPNError(f"{path}: shape {shape} does not match the en-face plane {rec.shape_ba} of {rec.name}")
+            rec.enface.append(path)
+    return missing
+
+
 def batch_rngs(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, np.ndarray]:
     """The sampling generator and the augmentation seed (uint32 ``(4,)``) of batch ``index``."""
     ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)])
@@ -179,7 +208,111 @@ def _window(rng: np.random.Generator, size: int, patch: int, centre: int | None)
     return int(min(max(centre - patch // 2, lo), hi))
 
 
-class EnfaceDataLoader(SlimDataLoaderBase):
+def foreground_rows(rng: np.random.Generator, n: int, share: float) -> int:
+    """How many of ``n`` rows are centred on foreground: ``floor(n p)`` plus one more with
+    probability ``frac(n p)``."""
+    expected = n * share
+    return int(math.floor(expected)) + int(rng.random() < expected - math.floor(expected))
+
+
+def foreground_centre(rng: np.random.Generator, rec: CaseRecord) -> tuple[int, int] | tuple[None, None]:
+    """A random foreground pixel of ``rec`` (class first, uniformly among its classes), or no centre."""
+    if not rec.locations:
+        return (None, None)
+    classes = sorted(rec.locations)
+    locs = rec.locations[classes[int(rng.integers(len(classes)))]]
+    b, a = locs[int(rng.integers(len(locs)))]
+    return (int(b), int(a))
+
+
+class PatchLoader(SlimDataLoaderBase):
+    """What the en-face patch loaders share: the batch index sequence (seed, epoch, rank), lazily
+    memory-mapped arrays, and :meth:`read_patch`, which places one window and copies the volume,
+    target and en-face inputs of a case into row ``j`` of a batch."""
+
+    def setup(self, records: list[CaseRecord], patch_size: tuple[int, int], margin: tuple[int, int],
+              enface: list[str], seed: int, epoch: int, num_batches: int | None, rank: int, world_size: int) -> None:
+        if len(patch_size) != 2 or min(patch_size) < 1:
+            raise FPNError(f"patch_size must be an en-face size (B, A) of positive ints, got {patch_size}")
+        if not 0 <= rank < world_size:
+            raise FPNError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.patch_size = (int(patch_size[0]), int(patch_size[1]))
+        self.margin = (int(margin[0]), int(margin[1]))
+        self.load_size = (self.patch_size[0] + 2 * self.margin[0], self.patch_size[1] + 2 * self.margin[1])
+        self.enface_modalities = list(enface)
+        self.seed, self.epoch, self.num_batches = int(seed), int(epoch), num_batches
+        self.rank, self.world_size = int(rank), int(world_size)
+        vshape, _ = _npy_shape(records[0].volume)
+        self.num_channels, self.depth = int(vshape[0]), int(vshape[2])
+        self._count = 0  # batches made by this worker
+        self._arrays: dict[Path, np.ndarray] = {}
+        self._parent_pid = os.getpid()
+
+    def set_thread_id(self, thread_id: int) -> None:
+        """Called by batchgenerators first thing in each worker: the worker also learns to die with
+        the training process (:func:`fpnunet.lifeline.die_with_parent`), so ``kill -9`` leaves no orphan."""
+        super().set_thread_id(thread_id)
+        if os.getpid() != self._parent_pid:
+            die_with_parent(self._parent_pid)
+
+    def next_index(self) -> int:
+        """Index of the batch this worker makes next: ``thread_id + k * num_workers`` among this
+        rank's batches, i.e. ``(thread_id + k * num_workers) * world_size + rank`` in the sequence."""
+        return (self.thread_id + self._count * self.number_of_threads_in_multithreaded) * self.world_size + self.rank
+
+    def array(self, path: Path) -> np.ndarray:
+        if path not in self._arrays:  # opened lazily, so each worker maps its own files
+            try:
+                self._arrays[path] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise FPNError(f"{path}: cannot read as a .npy array ({exc})") from None
+        return self._arrays[path]
+
+    def empty_batch(self, n: int) -> dict[str, np.ndarray]:
+        """Zero arrays ``data``, ``target``, ``mask`` (and ``enface`` when the loader reads en-face inputs)."""
+        lb, la = self.load_size
+        out = {"data": np.zeros((n, self.num_channels, lb, self.depth, la), np.float32),
+               "target": np.zeros((n, 1, lb, la), np.float32), "mask": np.zeros((n, 1, lb, la), np.float32)}
+        if self.enface_modalities:
+            out["enface"] = np.zeros((n, len(self.enface_modalities), lb, la), np.float32)
+        return out
+
+    def read_patch(self, rng: np.random.Generator, rec: CaseRecord, centre: tuple[int, int] | tuple[None, None],
+                   batch: dict[str, np.ndarray], j: int, invert: bool = False) -> None:
+        """Place a window on ``rec`` (centred on ``centre`` where given) and fill row ``j`` of ``batch``."""
+        (lb, la), (pb, pa), (mb, ma) = self.load_size, self.patch_size, self.margin
+        sb, sa = rec.shape_ba
+        b0 = _window(rng, sb, pb, centre[0]) - mb
+        a0 = _window(rng, sa, pa, centre[1]) - ma
+        # intersection of the load window with the case, in case and in output coordinates
+        cb0, cb1, ca0, ca1 = max(b0, 0), min(b0 + lb, sb), max(a0, 0), min(a0 + la, sa)
+        if cb1 <= cb0 or ca1 <= ca0:
+            return
+        ob, oa = slice(cb0 - b0, cb1 - b0), slice(ca0 - a0, ca1 - a0)
+        batch["data"][j, :, ob, :, oa] = self.array(rec.volume)[:, cb0:cb1, :, ca0:ca1]
+        if rec.target is not None:
+            t = np.asarray(self.array(rec.target)[cb0:cb1, ca0:ca1], dtype=np.float32)
+            batch["target"][j, 0, ob, oa] = 1.0 - t if invert else t
+        for m, path in enumerate(rec.enface):
+            if path is not None:
+                batch["enface"][j, m, ob, oa] = self.array(path)[cb0:cb1, ca0:ca1]
+        batch["mask"][j, 0, ob, oa] = 1.0
+
+    def make_batch(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def generate_train_batch(self) -> dict[str, Any]:
+        index = self.next_index()
+        if self.num_batches is not None and index // self.world_size >= self.num_batches:
+            raise StopIteration
+        self._count += 1
+        try:
+            return self.make_batch(index)
+        except Exception as exc:  # noqa: BLE001  reported in the worker, re-raised in the main process
+            return worker_error(exc, f"data loading of batch {index} (worker {self.thread_id})")
+
+
+class EnfaceDataLoader(PatchLoader):
     """Infinite (or ``num_batches`` long) stream of random en-face patches at full depth.
 
     Parameters
@@ -192,6 +325,8 @@ class EnfaceDataLoader(SlimDataLoaderBase):
     invert: use ``1 - image`` as the target (default: True for FAF, else False; ignored for seg).
     oversample_foreground: expected share of each batch centred on foreground (seg mode only).
     margin: extra pixels ``(mB, mA)`` read on each side of the patch (see module docstring).
+    enface: en-face modalities read as network inputs into ``enface (N, M, Lb, La)`` (every case
+        must have them: :func:`attach_enface`); default none.
     seed, epoch: the batch sequence depends on these only.
     num_batches: stop after this many batches in total (None: infinite).
     num_workers: number of workers that will share the sequence (1 in-process).
@@ -209,6 +344,7 @@ class EnfaceDataLoader(SlimDataLoaderBase):
         invert: bool | None = None,
         oversample_foreground: float = 0.33,
         margin: tuple[int, int] = (0, 0),
+        enface: list[str] | tuple[str, ...] = (),
         seed: int = 0,
         epoch: int = 0,
         num_batches: int | None = None,
@@ -217,109 +353,39 @@ class EnfaceDataLoader(SlimDataLoaderBase):
         world_size: int = 1,
     ) -> None:
         records = scan_cases(data_dir, list(cases), mode)
+        attach_enface(Path(data_dir), records, list(enface), required=True)
         super().__init__(records, int(batch_size), max(1, int(num_workers)))
-        if len(patch_size) != 2 or min(patch_size) < 1:
-            raise FPNError(f"patch_size must be an en-face size (B, A) of positive ints, got {patch_size}")
         if batch_size < 1:
             raise FPNError(f"batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= oversample_foreground <= 1.0:
             raise FPNError(f"oversample_foreground must lie in [0, 1], got {oversample_foreground}")
+        self.setup(records, patch_size, margin, list(enface), seed, epoch, num_batches, rank, world_size)
         self.records = records
         self.data_dir = Path(data_dir)
-        self.patch_size = (int(patch_size[0]), int(patch_size[1]))
-        self.margin = (int(margin[0]), int(margin[1]))
-        self.load_size = (self.patch_size[0] + 2 * self.margin[0], self.patch_size[1] + 2 * self.margin[1])
         self.mode = mode
         self.invert = (mode.upper() == "FAF") if invert is None else bool(invert)
         if mode == "seg":
             self.invert = False
         self.oversample = float(oversample_foreground) if mode == "seg" else 0.0
-        self.seed = int(seed)
-        self.epoch = int(epoch)
-        self.num_batches = num_batches
-        if not 0 <= rank < world_size:
-            raise FPNError(f"rank {rank} is not in [0, world_size={world_size})")
-        self.rank, self.world_size = int(rank), int(world_size)
-        vshape, _ = _npy_shape(records[0].volume)
-        self.num_channels, self.depth = int(vshape[0]), int(vshape[2])
-        self._count = 0  # batches made by this worker
-        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._parent_pid = os.getpid()
-
-    def set_thread_id(self, thread_id: int) -> None:
-        """Called by batchgenerators first thing in each worker: the worker also learns to die with
-        the training process (:func:`fpnunet.lifeline.die_with_parent`), so ``kill -9`` leaves no orphan."""
-        super().set_thread_id(thread_id)
-        if os.getpid() != self._parent_pid:
-            die_with_parent(self._parent_pid)
 
     @property
     def case_names(self) -> list[str]:
         return [r.name for r in self.records]
 
-    # ------------------------------------------------------------------ sampling
-    def next_index(self) -> int:
-        """Index of the batch this worker makes next: ``thread_id + k * num_workers`` among this
-        rank's batches, i.e. ``(thread_id + k * num_workers) * world_size + rank`` in the sequence."""
-        return (self.thread_id + self._count * self.number_of_threads_in_multithreaded) * self.world_size + self.rank
-
-    def _open(self, rec: CaseRecord) -> tuple[np.ndarray, np.ndarray]:
-        if rec.name not in self._arrays:  # opened lazily, so each worker maps its own files
-            arrays = []
-            for path in (rec.volume, rec.target):
-                try:
-                    arrays.append(np.load(path, mmap_mode="r"))
-                except (OSError, ValueError) as exc:
-                    raise FPNError(f"{path}: cannot read as a .npy array ({exc})") from None
-            self._arrays[rec.name] = (arrays[0], arrays[1])
-        return self._arrays[rec.name]
-
     def make_batch(self, index: int) -> dict[str, Any]:
         """Batch number ``index`` of the sequence (a pure function of seed, epoch and index)."""
         rng, aug_seed = batch_rngs(self.seed, self.epoch, index)
-        n, (lb, la), (pb, pa), (mb, ma) = self.batch_size, self.load_size, self.patch_size, self.margin
-        n_cases = len(self.records)
+        n, n_cases = self.batch_size, len(self.records)
         picks = rng.choice(n_cases, size=n, replace=n_cases < n)
-        expected = n * self.oversample
-        n_fg = int(math.floor(expected)) + int(rng.random() < expected - math.floor(expected))
-        data = np.zeros((n, self.num_channels, lb, self.depth, la), np.float32)
-        target = np.zeros((n, 1, lb, la), np.float32)
-        mask = np.zeros((n, 1, lb, la), np.float32)
+        n_fg = foreground_rows(rng, n, self.oversample)
+        batch = self.empty_batch(n)
         keys = []
         for j, ci in enumerate(picks):
             rec = self.records[int(ci)]
             keys.append(rec.name)
-            centre: tuple[int, int] | tuple[None, None] = (None, None)
-            if j >= n - n_fg and rec.locations:
-                classes = sorted(rec.locations)
-                locs = rec.locations[classes[int(rng.integers(len(classes)))]]
-                b, a = locs[int(rng.integers(len(locs)))]
-                centre = (int(b), int(a))
-            sb, sa = rec.shape_ba
-            b0 = _window(rng, sb, pb, centre[0]) - mb
-            a0 = _window(rng, sa, pa, centre[1]) - ma
-            # intersection of the load window with the case, in case and in output coordinates
-            cb0, cb1, ca0, ca1 = max(b0, 0), min(b0 + lb, sb), max(a0, 0), min(a0 + la, sa)
-            if cb1 <= cb0 or ca1 <= ca0:
-                continue
-            ob, oa = slice(cb0 - b0, cb1 - b0), slice(ca0 - a0, ca1 - a0)
-            vol, tgt = self._open(rec)
-            data[j, :, ob, :, oa] = vol[:, cb0:cb1, :, ca0:ca1]
-            t = np.asarray(tgt[cb0:cb1, ca0:ca1], dtype=np.float32)
-            target[j, 0, ob, oa] = 1.0 - t if self.invert else t
-            mask[j, 0, ob, oa] = 1.0
-        return {"data": data, "target": target, "mask": mask, "keys": keys, "batch_index": index,
-                "aug_seed": aug_seed}
-
-    def generate_train_batch(self) -> dict[str, Any]:
-        index = self.next_index()
-        if self.num_batches is not None and index // self.world_size >= self.num_batches:
-            raise StopIteration
-        self._count += 1
-        try:
-            return self.make_batch(index)
-        except Exception as exc:  # noqa: BLE001  reported in the worker, re-raised in the main process
-            return worker_error(exc, f"data loading of batch {index} (worker {self.thread_id})")
+            centre = foreground_centre(rng, rec) if j >= n - n_fg else (None, None)
+            self.read_patch(rng, rec, centre, batch, j, self.invert)
+        return {**batch, "keys": keys, "batch_index": index, "aug_seed": aug_seed}
 
 
 def worker_error(exc: BaseException, where: str) -> dict[str, Any]:

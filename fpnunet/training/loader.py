@@ -162,6 +162,7 @@ def make_train_loader(
     pin_memory: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
+    enface: list[str] | tuple[str, ...] = (),
 ) -> TrainLoader:
     """Batches of random en-face patches at full depth from ``cases``, augmented in workers.
 
@@ -172,7 +173,9 @@ def make_train_loader(
     :func:`default_num_workers` (0: in-process). ``augment=False`` gives plain random crops.
     ``num_batches``: total length (None: infinite). ``pin_memory``: on CUDA, return pinned torch
     tensors instead of numpy arrays. ``rank``/``world_size``: this process's share of the sequence
-    (default: :mod:`fpnunet.distributed`'s, i.e. rank 0 of 1 outside torchrun).
+    (default: :mod:`fpnunet.distributed`'s, i.e. rank 0 of 1 outside torchrun). ``enface``: en-face
+    modalities the network takes as input channels (every case needs ``CASE_<MOD>.npy``): they get
+    the volume's spatial augmentation and are packed into ``data`` as ``M`` more channels.
 
     Yields dicts: ``data`` float32 ``(N, C, B_p, D, A_p)``, ``target`` and ``mask`` float32
     ``(N, 1, B_p, A_p)``, ``keys`` (case names), ``batch_index``. The sequence depends only on
@@ -188,7 +191,7 @@ def make_train_loader(
     params = (params or AugmentParams()) if augment else None
     loader = EnfaceDataLoader(
         folder, list(cases), patch, n, mode=mode, invert=invert, oversample_foreground=over,
-        margin=load_margin(patch, params), seed=seed, epoch=epoch, num_batches=num_batches,
+        margin=load_margin(patch, params), enface=list(enface), seed=seed, epoch=epoch, num_batches=num_batches,
         num_workers=max(1, workers),
         rank=fdist.rank() if rank is None else rank,
         world_size=fdist.world_size() if world_size is None else world_size,
@@ -196,7 +199,9 @@ def make_train_loader(
     if loader.depth != config.depth:
         raise FPNError(f"{loader.records[0].volume}: depth {loader.depth}, but configuration "
                        f"{config.data_identifier!r} of the plan expects {config.depth} (re-run preprocessing)")
-    transform = get_train_transforms(patch, mode, params) if augment else get_val_transforms(patch)
+    pack = bool(enface)
+    transform = (get_train_transforms(patch, mode, params, enface=pack, pack=pack) if augment
+                 else get_val_transforms(patch, pack=pack))
     return TrainLoader(loader, transform, workers, pin_memory=pin_memory)
 
 

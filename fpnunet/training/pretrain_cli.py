@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ from fpnunet.atomic import save_json
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
 from fpnunet.paths import results_root
+from fpnunet.plans.plan import NetworkSpec
 from fpnunet.training.cli_common import (
     OpenedRun,
     ResolvedContext,
@@ -143,6 +144,11 @@ def resolve_pretrain(args: PretrainArgs) -> PretrainContext:
 
     found = find_preprocessed(args.dataset, args.config)
     name, plan, data_dir = found.dataset, found.plan, found.data_dir
+    if found.config.network.kwargs.get("enface_channels"):  # the pretext reconstructs an en-face image from the
+        kwargs = {**found.config.network.kwargs, "enface_channels": []}  # volume alone: never as an input
+        found.config = replace(found.config, network=NetworkSpec(found.config.network.name, kwargs))
+        print("fpn_pretrain: the plan's enface_channels are not network inputs while pretraining "
+              "(the pretext reconstructs an en-face image from the volume)")
     known = {m.upper(): m for m in plan.enface_modalities}
     target = known.get(args.target.upper())
     if target is None:

@@ -80,6 +80,9 @@ def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True, ne
     if not path.is_file():
         raise FPNError(f"--pretrained {path}: file not found")
     source = load_state_dict_file(path)
+    widen = getattr(model, "expand_pretrained", None)  # omnia with en-face channels: zero weights for them
+    if callable(widen):
+        source = widen(source)
     own = model.state_dict()
     report = LoadReport(path=str(path), total=len(own))
     matched: dict[str, torch.Tensor] = {}

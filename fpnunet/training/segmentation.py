@@ -30,9 +30,11 @@ from fpnunet.evaluation import case_metrics, dice, evaluate_folders, summarize, 
 from fpnunet.inference.export import label_values, probabilities_to_segmentation, write_segmentation
 from fpnunet.inference.predictor import Predictor
 from fpnunet.io import EnfaceGeometry, resample_to_shape
+from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import Plan
 from fpnunet.plans.training_params import AugmentParams, LossParams
 from fpnunet.preprocessing.dataset_reader import open_preprocessed
+from fpnunet.training.enface_inputs import missing_message
 from fpnunet.training.losses import SegmentationLoss, logits_from_probabilities
 
 
@@ -57,6 +59,28 @@ def load_label(data_dir: Path, case: str) -> np.ndarray:
     if not path.is_file():
         raise FPNError(f"{path}: label map missing: case {case} is not labelled")
     return np.load(path)
+
+
+def load_enface_inputs(data_dir: Path, case: str, modalities: list[str]) -> np.ndarray:
+    """The preprocessed en-face images ``(M, B, A)`` a network takes as input channels; a missing
+    one is an :class:`FPNError` naming the case."""
+    images = []
+    for mod in modalities:
+        path = data_dir / f"{case}_{mod}.npy"
+        if not path.is_file():
+            raise FPNError(missing_message(path, case, mod, modalities))
+        images.append(np.load(path))
+    return np.stack(images).astype(np.float32)
+
+
+def predict_case(predictor: Predictor, data_dir: Path, case: str, modalities: list[str]) -> np.ndarray:
+    """Probabilities ``(K, B, A)`` of a preprocessed case, with its en-face inputs when the network takes some."""
+    volume = load_volume(data_dir, case)
+    if not modalities:
+        return predictor.predict_preprocessed(volume)
+    from fpnunet.inference.fused import predict_fused
+
+    return predict_fused(predictor, volume, load_enface_inputs(data_dir, case, modalities))
 
 
 def channel_lut(labels: dict[str, int], num_outputs: int) -> torch.Tensor:
@@ -88,8 +112,9 @@ def validate_volumes(
 ) -> dict[str, float]:
     """``{"val_loss", "val_dice"}``: means over ``cases`` of the whole-volume loss and Dice.
 
-    Each preprocessed volume is predicted whole (sliding window) and compared with its
-    preprocessed label map; ``{}`` when ``cases`` is empty. Under distributed training every rank
+    Each preprocessed volume (with its en-face images when the model takes some,
+    :func:`~fpnunet.networks.registry.enface_inputs`) is predicted whole (sliding window) and
+    compared with its preprocessed label map; ``{}`` when ``cases`` is empty. Under distributed training every rank
     predicts its share of the cases (:func:`fpnunet.distributed.shard`) and the per-case values
     are gathered in case order, so every rank returns what one process would.
     """
@@ -98,10 +123,11 @@ def validate_volumes(
     loss_fn = loss_fn or SegmentationLoss(plan.num_outputs)
     lut = channel_lut(plan.labels, plan.num_outputs)
     predictor = Predictor([model], plan, config_name, device=device, tta=tta)
+    modalities = enface_inputs(model)
     mine: dict[int, tuple[float, float]] = {}
     for i in tqdm(fdist.shard(len(cases)), desc="validation", unit="case", leave=False, disable=not progress):
         case = cases[i]
-        probs = predictor.predict_preprocessed(load_volume(data_dir, case))
+        probs = predict_case(predictor, data_dir, case, modalities)
         ref = load_label(data_dir, case)
         target = lut[torch.from_numpy(ref.astype(np.int64))][None, None]
         with torch.no_grad():
@@ -125,6 +151,8 @@ class SegmentationTask:
         seed: loader seed (batches are deterministic per ``(seed, epoch)``).
         device: where validation runs.
         batch_size, num_workers, oversample: loader overrides (``None``: plan / loader defaults).
+        enface: en-face modalities the network takes as input channels (read, augmented with the
+            volume and packed into the batches; validation reads them too).
     """
 
     plan: Plan
@@ -144,6 +172,7 @@ class SegmentationTask:
     score_column: str | None = "val_dice"
     distributed_validation: bool = True
     """:meth:`validate` splits the cases over the ranks of a distributed run and gathers them."""
+    enface: list[str] = field(default_factory=list)
     loss_fn: SegmentationLoss = field(init=False)
 
     def __post_init__(self) -> None:
@@ -162,6 +191,7 @@ class SegmentationTask:
             self.data_dir, self.train_cases, self.plan.configuration(self.config_name), mode="seg",
             batch_size=self.batch_size, seed=self.seed, epoch=epoch, num_workers=self.num_workers,
             oversample=self.oversample, pin_memory=str(self.device).startswith("cuda"), params=self.augment_params,
+            enface=self.enface,
         )
 
     def loss(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -206,10 +236,11 @@ def export_validation(
         if stale.name not in keep:
             stale.unlink()
     predictor = Predictor([model], plan, config_name, device=device, tta=tta)
+    modalities = enface_inputs(model)
     geometries: dict[str, EnfaceGeometry] = {}
     predictions: dict[str, np.ndarray] = {}
     for case in tqdm(cases, desc="final validation", unit="case", disable=not progress):
-        probs = predictor.predict_preprocessed(load_volume(data_dir, case))
+        probs = predict_case(predictor, data_dir, case, modalities)
         seg = predictions[case] = probabilities_to_segmentation(probs, labels=plan.labels)
         props_path = data_dir / f"{case}.json"
         if not props_path.is_file():

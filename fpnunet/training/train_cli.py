@@ -64,6 +64,7 @@ class TrainArgs:
     config: str | None = None
     pretrained: str = "auto"
     encoder_weights: str = "none"
+    enface_channels: list[str] | None = None
     trainer: str = "supervised"
     label_fraction: float = 1.0
     partial_load: bool = False
@@ -101,6 +102,8 @@ class RunContext(ResolvedContext):
     """2D encoder tensors from ``--encoder-weights`` (omnia/dsnet/dxnet), loaded before epoch 0."""
     trainer: SupervisedTrainer | None = None
     unlabelled_cases: list[str] = field(default_factory=list)
+    enface_inputs: list[str] = field(default_factory=list)
+    """En-face modalities the network takes as input channels (``--enface-channels``, else the plan's)."""
     """Training cases without a label, and labelled ones beyond --label-fraction (trainers that use them)."""
 
 
@@ -119,6 +122,10 @@ def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentPa
     p.add_argument("--encoder-weights", default="none", metavar="imagenet|none|PATH",
                    help="2D encoder init of omnia/dsnet/dxnet: imagenet, none, or a PATH to a state dict of the 2D "
                         "encoder (or an omnia/dsnet checkpoint) (default none)")
+    cli_args.add_enface_channels(p,
+                   help="omnia: the dataset's en-face modalities (e.g. SLO FAF, or all) as extra input channels, read "
+                        "for training, validation and prediction; none: the volume alone (default: the plan's "
+                        "network value enface_channels, [] = none)")
     cli_args.add_trainer(p, default="supervised",
                          help="trainer: supervised or cmc (default supervised; docs/training.md)")
     p.add_argument("--partial-load", action="store_true",
@@ -150,6 +157,7 @@ def resolve_run(args: TrainArgs) -> RunContext:
     from fpnunet.io import load_dataset_json
     from fpnunet.networks import network_class
     from fpnunet.networks.encoder_weights import resolve_encoder_weights
+    from fpnunet.training import enface_inputs
     from fpnunet.training.pretrained import resolve_pretrained
     from fpnunet.training.run_folder import fold_folder_name, model_folder_name
     from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
@@ -158,6 +166,9 @@ def resolve_run(args: TrainArgs) -> RunContext:
     trainer = get_trainer(args.trainer)
     found = find_preprocessed(args.dataset, args.config)
     trainer.check(found.plan)
+    found.config = enface_inputs.resolve(args.enface_channels, found.plan, found.config, trainer.name,
+                                         network_class(found.config.network.name))
+    modalities = enface_inputs.modalities_of(found.config)
     labelled = found.cases.labelled
     if not labelled:
         raise FPNError(f"{found.data_dir}: no labelled case (no CASE_seg.npy): add label maps to labelsTr of the raw "
@@ -182,12 +193,14 @@ def resolve_run(args: TrainArgs) -> RunContext:
             raise FPNError(f"--pretrained {args.pretrained} and --encoder-weights {args.encoder_weights} both "
                            "initialise the network: give one of them")
         tag, path, message = enc_tag, None, enc_message
-    model_dir = results / (model_folder_name(found.config_name, args.label_fraction, tag) + trainer.folder_suffix())
+    enface_inputs.check_cases(found.data_dir, train + val, modalities)
+    model_dir = results / (model_folder_name(found.config_name, args.label_fraction, tag)
+                           + enface_inputs.folder_suffix(modalities) + trainer.folder_suffix())
     return RunContext(dataset=found.dataset, preprocessed_dir=pre_dir, plan=found.plan, config_name=found.config_name,
                       config=found.config, data_dir=found.data_dir, train_cases=train, val_cases=val,
                       model_dir=model_dir, fold_dir=model_dir / fold_folder_name(args.fold), raw_dir=raw_dir, tag=tag,
                       pretrained_path=path, pretrained_message=message, encoder_state=enc_state, trainer=trainer,
-                      unlabelled_cases=unlabelled)
+                      unlabelled_cases=unlabelled, enface_inputs=modalities)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -195,6 +208,9 @@ def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[Epoch
     """Train (or resume, or only validate) the fold ``args`` names; returns the fold folder."""
     argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(args)  # every typed value, before anything is read, created or deleted
+    from fpnunet.training.enface_inputs import check_flag
+
+    check_flag(args.enface_channels)
     fdist.setup(args.device)  # under torchrun: join the job (a no-op for one process)
     main_rank = fdist.is_main()
     try:
@@ -216,6 +232,9 @@ def _open_and_train(args: TrainArgs, argv: list[str], callbacks: tuple[EpochCall
     trainer = ctx.trainer or get_trainer(args.trainer)
     loss, augment = trainer.params(ctx.config)
     record = trainer.record(ctx.plan, loss, augment)
+    if ctx.enface_inputs:  # the network itself needs them: prediction always reads them
+        record |= {"enface_modalities": list(ctx.enface_inputs), "fused_prediction": True,
+                   "enface_inputs": list(ctx.enface_inputs)}
     name, kwargs = trainer.network_spec(ctx.plan, ctx.config)
     spec, model = new_model(args.seed, ctx.config_name, replace(ctx.config, network=NetworkSpec(name, kwargs)),
                             ctx.plan.num_input_channels, ctx.plan.num_outputs)

@@ -74,7 +74,7 @@ class SupervisedTrainer:
         return SegmentationTask(ctx.plan, ctx.config_name, ctx.data_dir, ctx.train_cases, ctx.val_cases,
                                 seed=hp.seed, device=device, batch_size=hp.batch_size,
                                 num_workers=hp.num_workers, oversample=hp.foreground_oversample, loss_params=loss,
-                                augment_params=augment)
+                                augment_params=augment, enface=list(getattr(ctx, "enface_inputs", [])))
 
     def record(self, plan: Plan, loss: LossParams, augment: AugmentParams) -> dict[str, Any]:
         """What ``trainer.json`` and the checkpoints' ``args`` say about this trainer (plain types)."""

@@ -13,34 +13,10 @@ from typing import Any
 
 import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
-from batchgenerators.transforms.color_transforms import BrightnessTransform, ContrastAugmentationTransform
-from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
-from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 from scipy.ndimage import affine_transform
 
 from fpnunet.plans.training_params import AugmentParams
-from fpnunet.training.augment import MASK_VALID, Finalize, FoldDepth, SeededCompose, UnfoldDepth
-
-
-class StashEnface(AbstractTransform):
-    """After :class:`FoldDepth`: append ``enface (N, M, B, A)`` to the folded data channels."""
-
-    def __call__(self, **d: Any) -> dict[str, Any]:
-        enface = d.pop("enface")
-        d["enface_channels"] = enface.shape[1]
-        d["data"] = np.concatenate([d["data"], enface.astype(np.float32)], axis=1)
-        return d
-
-
-class UnstashEnface(AbstractTransform):
-    """Before :class:`UnfoldDepth`: split the en-face channels off the data again."""
-
-    def __call__(self, **d: Any) -> dict[str, Any]:
-        m = d.pop("enface_channels")
-        data = d["data"]
-        d["enface"] = np.ascontiguousarray(data[:, data.shape[1] - m:], dtype=np.float32)
-        d["data"] = data[:, : data.shape[1] - m]
-        return d
+from fpnunet.training.augment import MASK_VALID, SeededCompose, get_train_transforms
 
 
 def misalignment_matrix(shift: tuple[float, float], angle_deg: float, scale: float,
@@ -93,25 +69,9 @@ class MisalignEnface(AbstractTransform):
 
 
 def get_cmc_transforms(patch_size: Sequence[int], params: AugmentParams) -> SeededCompose:
-    """Training transforms for :class:`~fpnunet.training.cmc.data.CMCDataLoader` batches."""
-    p = params
-    patch = tuple(int(x) for x in patch_size)
-    ts: list[AbstractTransform] = [
-        FoldDepth(continuous=False), StashEnface(),
-        SpatialTransform(patch, patch_center_dist_from_border=None, do_elastic_deform=False, do_rotation=False,
-                         do_scale=p.spatial(), scale=tuple(p.scale), p_scale_per_sample=p.p_scale,
-                         border_mode_data="constant", border_cval_data=0, order_data=1,
-                         border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False),
-    ]
-    if p.mirror_axes:
-        ts.append(MirrorTransform(tuple(p.mirror_axes)))
-    ts += [UnstashEnface(), UnfoldDepth(continuous=False), MisalignEnface(p)]
-    if p.p_brightness > 0:
-        ts.append(BrightnessTransform(0.0, p.brightness_sigma, per_channel=True, p_per_sample=p.p_brightness))
-    if p.p_contrast > 0:
-        ts.append(ContrastAugmentationTransform(tuple(p.contrast_range), preserve_range=True, per_channel=True,
-                                                p_per_sample=p.p_contrast))
-    if p.p_noise > 0:
-        ts.append(GaussianNoiseTransform(tuple(p.noise_variance), p_per_sample=p.p_noise))
-    ts.append(Finalize())
-    return SeededCompose(ts)
+    """Training transforms for :class:`~fpnunet.training.cmc.data.CMCDataLoader` batches: the
+    shared spatial transforms with the en-face images, their misalignment, intensity on the volume,
+    then the (misaligned) en-face images packed into ``data`` as extra channels constant along depth,
+    so the generic loop's ``model(batch["data"])`` and BatchNorm recalibration see both modalities."""
+    return get_train_transforms(patch_size, "seg", params, enface=True, after_spatial=[MisalignEnface(params)],
+                                pack=True)

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from fpnunet.errors import FPNError
-from fpnunet.networks.cmc import pack_enface
 from fpnunet.training.cmc.losses import CMCLoss
 from fpnunet.training.segmentation import SegmentationTask
 
@@ -60,7 +59,7 @@ class CMCTask(SegmentationTask):
         if loader.depth != config.depth:
             raise FPNError(f"{loader.labelled[0].volume}: depth {loader.depth}, but configuration "
                            f"{config.data_identifier!r} expects {config.depth} (re-run preprocessing)")
-        return TrainLoader(loader, _Packed(get_cmc_transforms(patch, params)), workers)  # type: ignore[arg-type]
+        return TrainLoader(loader, get_cmc_transforms(patch, params), workers)  # type: ignore[arg-type]
 
     def loss(self, output: Any, batch: dict[str, Any]) -> torch.Tensor:
         if not isinstance(output, dict):
@@ -74,20 +73,3 @@ class CMCTask(SegmentationTask):
         total, self.last_parts = self.cmc_loss(output, target, batch.get("mask"), e_target, batch.get("enface_mask"),
                                                batch["labelled"], self.ramp())
         return total
-
-
-class _Packed:
-    """Run the cmc transforms, then pack the (misaligned) en-face images into ``data`` as extra
-    channels constant along depth (:func:`~fpnunet.networks.cmc.pack_enface`), so the generic loop's
-    ``model(batch["data"])`` and BatchNorm recalibration see both modalities."""
-
-    def __init__(self, transform: Any) -> None:
-        self.transform = transform
-
-    def __call__(self, **d: Any) -> dict[str, Any]:
-        d = self.transform(**d)
-        if "error" in d:
-            return d
-        volume, enface = torch.from_numpy(d["data"]), torch.from_numpy(d.pop("enface"))
-        d["data"] = pack_enface(volume, enface).contiguous().numpy()
-        return d
