@@ -9,12 +9,11 @@
 
 Inference never imports :mod:`fpnunet.training`: a model folder is all it needs.
 
-Names are imported lazily (:data:`_LAZY`): importing the package costs nothing heavy.
+Names are imported lazily (:data:`_LAZY`, :mod:`fpnunet.lazy`): importing the package costs nothing heavy.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fpnunet.lazy import lazy_exports
 
 _LAZY = {
     "label_values": "fpnunet.inference.export",
@@ -35,37 +34,9 @@ _LAZY = {
     "WindowPlan": "fpnunet.inference.windows",
     "plan_windows": "fpnunet.inference.windows",
 }
-"""Public name -> module: imported on first use, so that the command-line parsers of this package
-stay light (``fpn_* --help`` never imports torch)."""
+"""Public name -> module, imported on first use (:mod:`fpnunet.lazy`)."""
 
-__all__ = [
-    "CHECKPOINTS",
-    "Predictor",
-    "WindowPlan",
-    "fold_batchnorm",
-    "plan_windows",
-    "prepare_for_inference",
-    "gaussian_weights",
-    "label_values",
-    "lesion_areas",
-    "list_folds",
-    "load_checkpoint",
-    "network_divisors",
-    "predict_sliding_window",
-    "probabilities_to_segmentation",
-    "window_starts",
-    "write_probabilities",
-    "write_segmentation",
-]
+__all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

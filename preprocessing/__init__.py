@@ -4,12 +4,11 @@
 ``(C, B, depth, A)`` (also used by inference); ``preprocess_dataset`` writes a dataset's
 training cases into ``$FPN_PREPROCESSED/DatasetXXX/<data_identifier>/`` (see docs/layout.md).
 
-Names are imported lazily (:data:`_LAZY`): importing the package costs nothing heavy.
+Names are imported lazily (:data:`_LAZY`, :mod:`fpnunet.lazy`): importing the package costs nothing heavy.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fpnunet.lazy import lazy_exports
 
 _LAZY = {
     "load_case_raw": "fpnunet.preprocessing.preprocess",
@@ -17,24 +16,9 @@ _LAZY = {
     "preprocess_case": "fpnunet.preprocessing.storage",
     "preprocess_dataset": "fpnunet.preprocessing.storage",
 }
-"""Public name -> module: imported on first use, so that the command-line parsers of this package
-stay light (``fpn_* --help`` never imports torch)."""
+"""Public name -> module, imported on first use (:mod:`fpnunet.lazy`)."""
 
-__all__ = [
-    "load_case_raw",
-    "preprocess_case",
-    "preprocess_dataset",
-    "preprocess_volume",
-]
+__all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -3,6 +3,7 @@
 ``data_roots``: empty ``FPN_RAW`` / ``FPN_PREPROCESSED`` / ``FPN_RESULTS`` under ``tmp_path``.
 ``tiny_raw_dataset``: a tiny synthetic raw dataset (session-scoped, treat it as read-only; copy
 it with ``shutil.copytree`` before changing anything).
+``_quick_progress_png`` (autouse): ``progress.png`` is a stand-in unless a test is marked ``real_plots``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,29 @@ from fpnunet.synthetic import make_synthetic_dataset
 TINY_SHAPE: tuple[int, int, int] = (8, 96, 32)
 """``(B, D, A)`` of the tiny dataset's volumes: B-scans, depth, A-scans."""
 TINY_TRAIN, TINY_LABELLED, TINY_TEST = 8, 6, 2
+
+ONE_PIXEL_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108000000003a7e9b55"
+    "0000000a49444154789c636000000002000148afa4710000000049454e44ae426082")
+"""A valid 1 x 1 grey PNG (what Pillow writes for ``Image.new("L", (1, 1))``)."""
+
+
+@pytest.fixture(autouse=True)
+def _quick_progress_png(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training draws ``progress.png`` with matplotlib after every epoch (about a second on a CI core,
+    more than the tiny epochs themselves): in-process runs here get a stand-in that checks what it is
+    given and writes a 1-pixel PNG. Tests marked ``real_plots`` (those that look at the picture) and
+    every training in a subprocess draw the real one."""
+    if request.node.get_closest_marker("real_plots"):
+        return
+    from fpnunet.training import logger
+
+    def stand_in(df, metric_columns, path, title: str = "", final=None) -> None:
+        assert list(df.columns[:2]) == ["epoch", "train_loss"] and set(metric_columns) <= set(df.columns), df.columns
+        assert title and Path(path).suffix == ".png", (title, path)
+        Path(path).write_bytes(ONE_PIXEL_PNG)
+
+    monkeypatch.setattr(logger, "draw_progress", stand_in)
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
         name: Configuration(
             network=NetworkSpec(name, network_class(name).plan_kwargs(SHAPE_BA, DEPTH, SPACING)),
             patch_size=SHAPE_BA, batch_size=2, depth=DEPTH, data_identifier=f"depth{DEPTH}", precision="fp32",
-            training=TrainingDefaults(epochs=2, iterations_per_epoch=2, val_every=2))
+            training=TrainingDefaults(epochs=2, iterations_per_epoch=2, val_every=2, bn_recalibration=2))
         for name in NETWORKS
     }
     Plan(dataset_name=NAME, labels={"background": 0, "GA": 1}, file_ending=".nii.gz", enface_spacing=SPACING,

@@ -50,6 +50,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory):
     config.batch_size = 2
     config.training.val_every = 1
     config.training.iterations_per_epoch = 2
+    config.training.bn_recalibration = 2  # the plan's 25 would cost 12 x the 2 training steps per epoch
     plan.save(plan_path)
     yield root
 

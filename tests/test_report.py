@@ -5,6 +5,7 @@ import datetime as dt
 import io
 import json
 import math
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -245,10 +246,13 @@ def test_colour_from_dataset_json_is_used_and_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("FPN_RAW", str(raw.parent))
     from fpnunet.report.writers import write_prediction_overlays
 
-    files = {"eye_v0": pred / "eye_v0.nii.gz"}
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_text("not an image")
+    files = {"eye_v0": pred / "eye_v0.nii.gz", "broken": broken}
     info = json.loads((raw / "dataset.json").read_text())
     written, problems = write_prediction_overlays(files, info["labels"], tmp_path / "ov", info)
-    assert not problems and [p.name for p in written] == ["eye_v0.png"]
+    assert [p.name for p in written] == ["eye_v0.png"] and sorted(os.listdir(tmp_path / "ov")) == ["eye_v0.png"]
+    assert len(problems) == 1 and problems[0].startswith(f"{broken}: no overlay ("), problems  # skipped, said why
     rgb = np.asarray(Image.open(written[0]).convert("RGB"))
     assert np.all(rgb == (0, 0, 255), axis=-1).sum() > 100 and not np.all(rgb == GA, axis=-1).any()
     info["colors"] = {"GA": "not-a-colour"}

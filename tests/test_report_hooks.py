@@ -62,6 +62,7 @@ def test_evaluate_always_writes_overlays_with_both_outlines(tmp_path, capsys):
     assert np.all(rgb == (0, 255, 0), axis=-1).any() and np.all(rgb == (255, 48, 48), axis=-1).any()
 
 
+@pytest.mark.real_plots  # progress.png drawn by matplotlib (tests/conftest.py)
 def test_progress_png_title_final_validation_and_no_stretching(tmp_path):
     fold = tmp_path / "Dataset901_DemoGA" / "fpn__lf1__ssl-FAF" / "fold_0"
     log = TrainingLogger(fold, ("val_loss", "val_dice"), trainer="segmentation")

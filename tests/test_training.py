@@ -38,7 +38,8 @@ def tiny_kwargs() -> dict:
 
 @pytest.fixture()
 def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Raw labels + preprocessed arrays of 6 labelled cases, plan with a tiny FPN (2 epochs x 2 steps)."""
+    """Raw labels + preprocessed arrays of 6 labelled cases, plan with a tiny FPN (2 epochs x 2 steps,
+    BatchNorm recalibrated over 2 batches: the plan's 25 would cost 12 x the training steps)."""
     torch.set_num_threads(1)
     for var, sub in (("FPN_RAW", "raw"), ("FPN_PREPROCESSED", "preprocessed"), ("FPN_RESULTS", "results")):
         monkeypatch.setenv(var, str(tmp_path / sub))
@@ -71,7 +72,7 @@ def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     config = Configuration(
         network=NetworkSpec("fpn", tiny_kwargs()), patch_size=SHAPE_BA, batch_size=2, depth=DEPTH,
         data_identifier=f"depth{DEPTH}", precision="bf16",
-        training=TrainingDefaults(epochs=2, iterations_per_epoch=2, val_every=1),
+        training=TrainingDefaults(epochs=2, iterations_per_epoch=2, val_every=1, bn_recalibration=2),
     )
     Plan(dataset_name=NAME, labels={"background": 0, "GA": 1}, enface_modalities=["FAF"], file_ending=".nii.gz",
          enface_spacing=SPACING, median_shape=(8, 64, 32), configurations={"fpn": config}).save(pre / "plans.json")
@@ -96,6 +97,7 @@ def stop_after(n: int):
 
 
 # ----------------------------------------------------------------------------- full run
+@pytest.mark.real_plots  # progress.png drawn by matplotlib (tests/conftest.py)
 def test_two_epoch_run_writes_every_file(dataset, capsys):
     assert main(["901", "0", "--seed", "3"]) == 0
     model = dataset["results"] / "fpn__lf1__scratch"

@@ -5,12 +5,11 @@ pairs folders and writes nnU-Net-style ``summary.json`` plus a per-case CSV,
 :mod:`fpnunet.evaluation.crossval` builds cross-validation summaries and
 :mod:`fpnunet.evaluation.cli` is the ``fpn_evaluate`` command.
 
-Names are imported lazily (:data:`_LAZY`): importing the package costs nothing heavy.
+Names are imported lazily (:data:`_LAZY`, :mod:`fpnunet.lazy`): importing the package costs nothing heavy.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fpnunet.lazy import lazy_exports
 
 _LAZY = {
     "evaluate_crossval": "fpnunet.evaluation.crossval",
@@ -29,35 +28,9 @@ _LAZY = {
     "hd95": "fpnunet.evaluation.metrics",
     "iou": "fpnunet.evaluation.metrics",
 }
-"""Public name -> module: imported on first use, so that the command-line parsers of this package
-stay light (``fpn_* --help`` never imports torch)."""
+"""Public name -> module, imported on first use (:mod:`fpnunet.lazy`)."""
 
-__all__ = [
-    "METRIC_KEYS",
-    "area_mm2",
-    "case_metrics",
-    "dice",
-    "evaluate_crossval",
-    "evaluate_folders",
-    "find_model_folder",
-    "gather_crossval_predictions",
-    "hd95",
-    "iou",
-    "pair_files",
-    "per_case_table",
-    "read_label_map",
-    "summarize",
-    "write_summary",
-]
+__all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

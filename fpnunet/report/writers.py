@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from fpnunet.atomic import write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.io import strip_ending
-from fpnunet.report.cases import measure_case
+from fpnunet.report.cases import CaseResult, measure_case
 from fpnunet.report.overlay import class_colours
 
 __all__ = ["OVERLAY_DIR", "write_prediction_overlays", "write_evaluation_overlays"]
@@ -37,6 +37,24 @@ def _write_png(path: Path, data: bytes) -> None:
     write_atomic(path, _w, suffix=".png")
 
 
+def _write_overlays(
+    jobs: list[tuple[str, Path, Callable[[], CaseResult]]], out_dir: str | os.PathLike
+) -> tuple[list[Path], list[str]]:
+    """``out_dir/CASE.png`` for every ``(case, prediction file, measure)``: the PNGs written and,
+    for each case whose ``measure()`` raised an :class:`FPNError`, a message naming the file."""
+    written, problems = [], []
+    for case, f, measure in tqdm(jobs, desc="overlays", unit="case", file=sys.stderr, disable=len(jobs) < 8):
+        try:
+            r = measure()
+        except FPNError as exc:
+            problems.append(f"{f}: no overlay ({exc})")
+            continue
+        path = Path(out_dir) / f"{case}.png"
+        _write_png(path, r.overlay or b"")
+        written.append(path)
+    return written, problems
+
+
 def write_prediction_overlays(
     pred_files: Mapping[str, Path],
     labels: Mapping[str, int],
@@ -49,18 +67,11 @@ def write_prediction_overlays(
     written and the messages of cases skipped."""
     colours = class_colours(labels, dataset_json)
     folders = list(image_folders)
-    written, problems = [], []
-    for case, f in tqdm(sorted(pred_files.items()), desc="overlays", unit="case", file=sys.stderr,
-                        disable=len(pred_files) < 8):
-        try:
-            r = measure_case(case, f, labels, colours, folders, projection_axis=projection_axis)
-        except FPNError as exc:
-            problems.append(f"{f}: no overlay ({exc})")
-            continue
-        path = Path(out_dir) / f"{case}.png"
-        _write_png(path, r.overlay or b"")
-        written.append(path)
-    return written, problems
+
+    def measure(case: str, f: Path) -> Callable[[], CaseResult]:
+        return lambda: measure_case(case, f, labels, colours, folders, projection_axis=projection_axis)
+
+    return _write_overlays([(case, f, measure(case, f)) for case, f in sorted(pred_files.items())], out_dir)
 
 
 def write_evaluation_overlays(
@@ -74,21 +85,14 @@ def write_evaluation_overlays(
     (``labelsTs`` -> ``imagesTs``/``enfaceTs``) and in ``image_folders``."""
     labels = {str(k): int(v) for k, v in summary["labels"].items()}
     colours = class_colours(labels, dataset_json)
-    written, problems = [], []
-    entries = list(summary.get("metric_per_case", []))
-    for e in tqdm(entries, desc="overlays", unit="case", file=sys.stderr, disable=len(entries) < 8):
+    folders = list(image_folders)
+
+    def job(e: Mapping[str, Any]) -> tuple[str, Path, Callable[[], CaseResult]]:
         ref, pred = Path(e["reference_file"]), Path(e["prediction_file"])
         case = e.get("case") or strip_ending(ref.name)
-        folders = [*image_folders, ref.parent]
-        try:
-            r = measure_case(case, pred, labels, colours, folders, ref_file=ref)
-        except FPNError as exc:
-            problems.append(f"{pred}: no overlay ({exc})")
-            continue
-        path = Path(out_dir) / f"{case}.png"
-        _write_png(path, r.overlay or b"")
-        written.append(path)
-    return written, problems
+        return case, pred, lambda: measure_case(case, pred, labels, colours, [*folders, ref.parent], ref_file=ref)
+
+    return _write_overlays([job(e) for e in summary.get("metric_per_case", [])], out_dir)
 
 
 def pictures_after_prediction(

@@ -41,12 +41,11 @@ Modules (one idea each; everything public is re-exported here):
 * :mod:`.dataset`: :func:`make_synthetic_dataset`, the dataset folder writer.
 * :mod:`.cli`: :func:`main`, the ``fpn_make_synthetic`` command.
 
-Names are imported lazily (:data:`_LAZY`): importing the package costs nothing heavy.
+Names are imported lazily (:data:`_LAZY`, :mod:`fpnunet.lazy`): importing the package costs nothing heavy.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fpnunet.lazy import lazy_exports
 
 _LAZY = {
     "SyntheticCase": "fpnunet.synthetic.case",
@@ -64,34 +63,9 @@ _LAZY = {
     "assign_patients": "fpnunet.synthetic.patients",
     "patient_traits": "fpnunet.synthetic.patients",
 }
-"""Public name -> module: imported on first use, so that the command-line parsers of this package
-stay light (``fpn_* --help`` never imports torch)."""
+"""Public name -> module, imported on first use (:mod:`fpnunet.lazy`)."""
 
-__all__ = [
-    "DEFAULT_SHAPE",
-    "ENFACE_MODALITIES",
-    "FIELD_OF_VIEW_MM",
-    "GENERATOR_VERSION",
-    "VOLUME_ENDINGS",
-    "PatientTraits",
-    "SyntheticCase",
-    "assign_patients",
-    "generate_case",
-    "main",
-    "make_synthetic_dataset",
-    "oracle_threshold_dice",
-    "patient_traits",
-    "spacing_for_shape",
-]
+__all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

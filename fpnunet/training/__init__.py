@@ -3,8 +3,9 @@
 One idea per module (import them directly; this package imports nothing so that
 ``fpnunet.training.splits`` stays light):
 
-* :mod:`.loop`: the generic epoch loop (:class:`~.loop.EpochLoop`) and the
-  :class:`~.loop.TrainingTask` protocol a task implements; optimizer and schedule factories.
+* :mod:`.loop`: the generic epoch loop (:class:`~.loop.EpochLoop`, :class:`~.loop.LoopSettings`).
+* :mod:`.task`: the :class:`~.task.TrainingTask` protocol a task implements.
+* :mod:`.optim`: optimizer and schedule factories.
 * :mod:`.segmentation`: the segmentation task, whole-volume validation, final validation export.
 * :mod:`.losses`: (soft Dice + BCE) / 2 or Dice + CE, masked.
 * :mod:`.checkpoint`: the training state of a checkpoint (the format itself is

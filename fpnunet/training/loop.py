@@ -1,8 +1,9 @@
 """The generic epoch loop, shared by segmentation training and self-supervised pretraining.
 
-The loop knows nothing about labels or targets: a :class:`TrainingTask` supplies the batches of an
-epoch, the loss of a forward pass and the validation. Segmentation (:mod:`.segmentation`) and
-en-face reconstruction pretraining differ only in their task object.
+The loop knows nothing about labels or targets: a :class:`~.task.TrainingTask` (:mod:`.task`)
+supplies the batches of an epoch, the loss of a forward pass and the validation. Segmentation
+(:mod:`.segmentation`) and en-face reconstruction pretraining differ only in their task object.
+The optimizer and schedule are built by :mod:`.optim`.
 
 Per epoch ``e`` (0-based; the log and checkpoints count completed epochs, ``e + 1``):
 
@@ -39,10 +40,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,63 +53,21 @@ from tqdm.auto import tqdm
 from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.networks.layout import channels_last_input, to_channels_last
-from fpnunet.plans.plan import TrainingDefaults
 from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from fpnunet.training.checkpoint import BEST, FINAL, LATEST, restore_training_state, save_checkpoint, training_state
 from fpnunet.training.logger import TrainingLogger
+from fpnunet.training.optim import make_optimizer, make_scheduler
 from fpnunet.training.progress import RunClock
+from fpnunet.training.task import BatchSource, EpochCallback, TrainingTask, trainer_name
+
+__all__ = [  # the task interface and the optimizer factories are importable from here too
+    "METRIC_LABELS", "BatchSource", "EpochCallback", "EpochLoop", "LoopSettings", "TrainingTask", "batch_to_device",
+    "make_optimizer", "make_scheduler", "trainer_name",
+]
 
 METRIC_LABELS = {"val_dice": "val Dice (no TTA)"}
 """How the epoch line names the per-epoch validation columns: whole volumes, no flip TTA (the
 final validation after training uses flip TTA and says so)."""
-
-EpochCallback = Callable[[int, dict[str, Any]], None]
-"""``callback(epochs_done, record)``, called after the epoch's checkpoints are on disk."""
-
-
-# ----------------------------------------------------------------------------- the task interface
-@runtime_checkable
-class BatchSource(Protocol):
-    """An epoch's batches: iterable of dicts of numpy arrays (``data`` ``(N, C, B, D, A)`` ...)."""
-
-    def __iter__(self) -> Iterator[dict[str, Any]]: ...
-
-    def close(self) -> None: ...
-
-
-def trainer_name(task: object) -> str:
-    """The name a plot title shows: ``task.trainer_name``, else the task class without ``Task``."""
-    return str(getattr(task, "trainer_name", None) or type(task).__name__.removesuffix("Task").lower())
-
-
-@runtime_checkable
-class TrainingTask(Protocol):
-    """What the loop needs from a task (segmentation, en-face reconstruction, ...).
-
-    Attributes:
-        metric_columns: the validation columns :meth:`validate` returns, in log order,
-            e.g. ``("val_loss", "val_dice")``.
-        score_column: the column maximised for ``checkpoint_best.pth`` (``None``: no best).
-    """
-
-    metric_columns: tuple[str, ...]
-    score_column: str | None
-
-    def train_batches(self, epoch: int) -> BatchSource:
-        """A loader yielding at least ``iterations_per_epoch`` batches, deterministic per epoch."""
-        ...
-
-    def loss(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        """Scalar loss of ``output = model(batch["data"])``; ``batch`` holds device tensors."""
-        ...
-
-    def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
-        """Validation metrics (keys from :attr:`metric_columns`; ``{}`` when nothing to validate).
-
-        Called with the model in training mode; it may switch to eval (the loop switches back).
-        """
-        ...
-
 
 # ----------------------------------------------------------------------------- settings
 @dataclass
@@ -152,36 +111,6 @@ class LoopSettings:
         """Whether 0-based ``epoch`` ends with a validation (every ``val_every``, and the last)."""
         done = epoch + 1
         return done == self.epochs or (self.val_every > 0 and done % self.val_every == 0)
-
-
-# ----------------------------------------------------------------------------- optimiser, schedule
-def make_optimizer(model: nn.Module, defaults: TrainingDefaults, lr: float) -> torch.optim.Optimizer:
-    """SGD (``defaults.optimizer == "sgd"``) or AdamW with the plan's momentum / weight decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if defaults.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=defaults.momentum, weight_decay=defaults.weight_decay,
-                               nesterov=defaults.nesterov and defaults.momentum > 0)
-    if defaults.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=defaults.weight_decay)
-    raise FPNError(f"unknown optimizer {defaults.optimizer!r} in plans.json: expected sgd or adamw")
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: ``poly`` (``(1 - e / epochs) ** 0.9``, nnU-Net), ``cosine`` or ``constant``."""
-    if schedule == "poly":
-        def factor(e: int) -> float:
-            return (1.0 - min(e, epochs - 1) / epochs) ** 0.9
-    elif schedule == "cosine":
-        def factor(e: int) -> float:
-            return 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / epochs))
-    elif schedule == "constant":
-        def factor(e: int) -> float:
-            return 1.0
-    else:
-        raise FPNError(f"unknown lr_schedule {schedule!r} in plans.json: expected poly, cosine or constant")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # ----------------------------------------------------------------------------- device helpers
