@@ -140,9 +140,11 @@ class Sweep:
     def pretrain(self, only: Method | None = None) -> None:
         """Every pretraining the methods need (``only``: that method's), skipping finished ones."""
         a = self.args
+        seen: set[tuple[str, str]] = set()
         for m in self.methods if only is None else [only]:
-            if m.pretrain is None:
-                continue
+            if m.pretrain is None or (m.pretrain_network, m.pretrain) in seen:
+                continue  # several methods fine-tune from one pretraining: run (or list) it once
+            seen.add((m.pretrain_network, m.pretrain))
             fold = self.pretrain_dir(m.pretrain_network, m.pretrain)
             if (fold / "checkpoint_final.pth").is_file():
                 say(f"pretraining {m.pretrain_network} on {m.pretrain}: done, skipped")

@@ -274,3 +274,16 @@ def test_visits_as_fpn_import_writes_them():
 
     with pytest.raises(FPNError, match=r"dataset.json: visits\['a'\]: date '05/04/2023' is not an ISO date"):
         visits_from_dataset({"visits": {"a": {"date": "05/04/2023"}}}, "dataset.json")
+
+
+def test_overlay_bar_follows_progress(tmp_path, capsys):
+    """``--no-progress`` runs (training's final validation) print no overlay bar; 8 cases do otherwise."""
+    from fpnunet.report.writers import write_evaluation_overlays
+
+    entries = [{"case": f"c{i}", "reference_file": str(tmp_path / f"c{i}.nii.gz"),
+                "prediction_file": str(tmp_path / f"missing{i}.nii.gz")} for i in range(8)]
+    summary = {"labels": {"background": 0, "GA": 1}, "metric_per_case": entries}
+    for progress in (False, True):
+        written, problems = write_evaluation_overlays(summary, tmp_path / "ov", progress=progress)
+        assert written == [] and len(problems) == 8
+        assert ("overlays" in capsys.readouterr().err) is progress

@@ -38,12 +38,13 @@ def _write_png(path: Path, data: bytes) -> None:
 
 
 def _write_overlays(
-    jobs: list[tuple[str, Path, Callable[[], CaseResult]]], out_dir: str | os.PathLike
+    jobs: list[tuple[str, Path, Callable[[], CaseResult]]], out_dir: str | os.PathLike, progress: bool = True
 ) -> tuple[list[Path], list[str]]:
     """``out_dir/CASE.png`` for every ``(case, prediction file, measure)``: the PNGs written and,
     for each case whose ``measure()`` raised an :class:`FPNError`, a message naming the file."""
     written, problems = [], []
-    for case, f, measure in tqdm(jobs, desc="overlays", unit="case", file=sys.stderr, disable=len(jobs) < 8):
+    bar = tqdm(jobs, desc="overlays", unit="case", file=sys.stderr, disable=not progress or len(jobs) < 8)
+    for case, f, measure in bar:
         try:
             r = measure()
         except FPNError as exc:
@@ -62,16 +63,18 @@ def write_prediction_overlays(
     dataset_json: Mapping[str, Any] | None = None,
     image_folders: Iterable[str | os.PathLike | None] = (),
     projection_axis: int | str = "auto",
+    progress: bool = True,
 ) -> tuple[list[Path], list[str]]:
     """``out_dir/CASE.png`` for every ``{case: predicted label map file}``; returns the PNGs
-    written and the messages of cases skipped."""
+    written and the messages of cases skipped (``progress``: a bar from 8 cases on)."""
     colours = class_colours(labels, dataset_json)
     folders = list(image_folders)
 
     def measure(case: str, f: Path) -> Callable[[], CaseResult]:
         return lambda: measure_case(case, f, labels, colours, folders, projection_axis=projection_axis)
 
-    return _write_overlays([(case, f, measure(case, f)) for case, f in sorted(pred_files.items())], out_dir)
+    return _write_overlays([(case, f, measure(case, f)) for case, f in sorted(pred_files.items())], out_dir,
+                           progress)
 
 
 def write_evaluation_overlays(
@@ -79,10 +82,12 @@ def write_evaluation_overlays(
     out_dir: str | os.PathLike,
     dataset_json: Mapping[str, Any] | None = None,
     image_folders: Iterable[str | os.PathLike | None] = (),
+    progress: bool = True,
 ) -> tuple[list[Path], list[str]]:
     """``out_dir/CASE.png`` with prediction and reference outlines and the Dice, for every case
-    of an evaluation ``summary``. The en-face pictures are looked for beside the references
-    (``labelsTs`` -> ``imagesTs``/``enfaceTs``) and in ``image_folders``."""
+    of an evaluation ``summary`` (``progress``: a bar from 8 cases on). The en-face pictures are
+    looked for beside the references (``labelsTs`` -> ``imagesTs``/``enfaceTs``) and in
+    ``image_folders``."""
     labels = {str(k): int(v) for k, v in summary["labels"].items()}
     colours = class_colours(labels, dataset_json)
     folders = list(image_folders)
@@ -92,7 +97,7 @@ def write_evaluation_overlays(
         case = e.get("case") or strip_ending(ref.name)
         return case, pred, lambda: measure_case(case, pred, labels, colours, [*folders, ref.parent], ref_file=ref)
 
-    return _write_overlays([job(e) for e in summary.get("metric_per_case", [])], out_dir)
+    return _write_overlays([job(e) for e in summary.get("metric_per_case", [])], out_dir, progress)
 
 
 def pictures_after_prediction(

@@ -334,11 +334,11 @@ def _final_validation(model: Any, ctx: RunContext, device: str, checkpoint: str,
     dice = summary["foreground_mean"]["Dice"]
     print(f"final validation ({checkpoint}, {len(ctx.val_cases)} cases): mean Dice {dice:.4f} (flip TTA) "
           f"-> {out / 'summary.json'}")
-    validation_pictures(ctx.fold_dir, summary, ctx.raw_dir)
+    validation_pictures(ctx.fold_dir, summary, ctx.raw_dir, progress=progress)
 
 
 def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path | None,
-                        trainer: str = "segmentation") -> None:
+                        trainer: str = "segmentation", progress: bool = True) -> None:
     """``progress.png`` redrawn with the final validation, ``validation/overlays/CASE.png``
     (prediction and reference outlines, Dice); a picture that cannot be made is a warning."""
     from fpnunet.report.writers import OVERLAY_DIR, write_evaluation_overlays
@@ -351,7 +351,7 @@ def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path |
         dataset_json = load_json(raw_dir / "dataset.json")
     try:
         _, problems = write_evaluation_overlays(summary, fold_dir / VALIDATION_DIR / OVERLAY_DIR, dataset_json,
-                                                [raw_dir])
+                                                [raw_dir], progress=progress)
     except FPNError as exc:  # e.g. a bad colour in dataset.json: the trained fold stays valid
         problems = [str(exc)]
     if problems:
