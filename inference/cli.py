@@ -36,7 +36,6 @@ import queue
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +45,8 @@ from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, resolve_dataset, results_dir, results_root
 
+from .inputs import InputCase, Loaded, collect_inputs, min_raw_depth
+from .inputs import reader as read_ahead
 from .parts import check_part, merge_parts, part_csv_name, run_on_devices, select_part
 
 if TYPE_CHECKING:  # torch, numpy and SimpleITK are imported after parsing (fast --help)
@@ -56,25 +57,6 @@ if TYPE_CHECKING:  # torch, numpy and SimpleITK are imported after parsing (fast
     from .predictor import Predictor
 
 __all__ = ["main", "build_parser", "find_model_folder", "collect_inputs", "min_raw_depth", "InputCase"]
-
-_CHANNEL_SUFFIX_LEN = 5  # "_0000"
-
-
-@dataclass
-class InputCase:
-    """One case of the input folder: its channel files, or why it cannot be predicted."""
-
-    case: str
-    files: dict[int, list[Path]] = field(default_factory=dict)
-
-
-@dataclass
-class _Loaded:
-    case: str
-    volume: np.ndarray | None = None
-    geometry: EnfaceGeometry | None = None
-    error: str | None = None
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -153,123 +135,6 @@ def find_model_folder(dataset: str | None, model: str | None, network: str | Non
     if not root.is_dir():
         raise FPNError(f"{root}: no trained models for dataset {dataset} (FPN_RESULTS={results_root()})")
     return results_layout.find_model_folder(root, model, network)
-
-
-def collect_inputs(folder: Path) -> tuple[list[InputCase], list[str], list[str]]:
-    """Group ``CASE_XXXX<ending>`` files by case (any ending SimpleITK reads).
-
-    Returns the cases, error messages for image files whose name lacks the channel suffix, and
-    warnings for files that are not images by their ending (ignored).
-    """
-    from fpnunet.io import SUPPORTED_ENDINGS, file_ending
-
-    cases: dict[str, InputCase] = {}
-    errors: list[str] = []
-    warnings: list[str] = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
-            continue
-        end = file_ending(p)
-        if end not in SUPPORTED_ENDINGS:
-            warnings.append(f"{p}: not an image file by its ending (expected one of {', '.join(SUPPORTED_ENDINGS)}); "
-                            "ignored")
-            continue
-        stem = p.name[: -len(end)]
-        suffix = stem[-_CHANNEL_SUFFIX_LEN:]
-        if len(stem) <= _CHANNEL_SUFFIX_LEN or suffix[0] != "_" or not suffix[1:].isdigit():
-            errors.append(f"{p}: file name lacks the channel suffix _0000 (expected CASE_0000{end}, "
-                          f"CASE_0001{end} ... one file per channel)")
-            continue
-        case = stem[:-_CHANNEL_SUFFIX_LEN]
-        cases.setdefault(case, InputCase(case)).files.setdefault(int(suffix[1:]), []).append(p)
-    return [cases[c] for c in sorted(cases)], errors, warnings
-
-
-def min_raw_depth(predictor: Predictor) -> int:
-    """Smallest usable raw depth within the crop: a quarter of the configuration's depth."""
-    return max(1, -(-predictor.config.depth // 4))
-
-
-def _load_case(item: InputCase, predictor: Predictor, folder: Path) -> _Loaded:
-    """Read, check and preprocess one case (runs in the reader thread)."""
-    from fpnunet.io import enface_geometry, file_ending, read_image, to_bda
-    from fpnunet.plans.verify_content import check_nifti
-
-    plan = predictor.plan
-    n = plan.num_input_channels
-    dup = [files for files in item.files.values() if len(files) > 1]
-    if dup:
-        return _Loaded(item.case, error=f"{dup[0][0]}: several files for the same channel: "
-                                        f"{', '.join(p.name for p in dup[0])}")
-    extra = sorted(k for k in item.files if k >= n)
-    if extra:
-        f = item.files[extra[0]][0]
-        return _Loaded(item.case, error=f"{f}: channel {extra[0]} given but the model takes {n} channel(s) "
-                                        f"(_0000 to _{n - 1:04d})")
-    missing = [k for k in range(n) if k not in item.files]
-    if missing:
-        first = next(iter(item.files.values()))[0]
-        expected = folder / f"{item.case}_{missing[0]:04d}{file_ending(first)}"
-        return _Loaded(item.case, error=f"{expected}: channel {missing[0]} of case {item.case!r} is missing "
-                                        f"(the model takes {n} channel(s))")
-    axis = plan.projection_axis
-    channels = []
-    geometry = None
-    shape = None
-    for k in range(n):
-        path = item.files[k][0]
-        why, nonfinite = check_nifti(path)  # SimpleITK zero-fills truncated files and NaN/Inf voxels
-        if why:
-            return _Loaded(item.case, error=f"{path}: {why}")
-        if nonfinite:
-            return _Loaded(item.case, error=f"{path}: the volume has {nonfinite} NaN/Inf value(s)")
-        try:
-            img = read_image(path)
-        except FPNError as exc:
-            return _Loaded(item.case, error=str(exc))
-        if img.ndim != 3:
-            return _Loaded(item.case, error=f"{path}: expected a 3D OCT volume, got a {img.ndim}D image "
-                                            f"of shape {img.array.shape}")
-        if shape is not None and img.array.shape != shape:
-            return _Loaded(item.case, error=f"{path}: shape {img.array.shape} differs from channel 0's {shape}")
-        shape = img.array.shape
-        bda = to_bda(img.array, axis)
-        if k == 0:
-            geometry = enface_geometry(img, axis)
-            depth = bda.shape[1]
-            kept = min(depth, plan.depth_crop) if plan.depth_crop > 0 else depth
-            need = min_raw_depth(predictor)
-            if kept < need:
-                return _Loaded(item.case, error=(
-                    f"{path}: depth {depth} along projection axis {axis} (shape {shape}) is too small: "
-                    f"at least {need} rows are needed (a quarter of the model's depth {predictor.config.depth}); "
-                    "is this a 3D OCT volume in the orientation the model was trained on?"))
-        channels.append(bda)
-    from fpnunet.preprocessing.preprocess import preprocess_volume
-
-    try:
-        volume, _ = preprocess_volume(channels, plan, predictor.config)
-    except FPNError as exc:
-        return _Loaded(item.case, error=f"{item.files[0][0]}: {exc}")
-    return _Loaded(item.case, volume=volume, geometry=geometry)
-
-
-def _reader(
-    items: list[InputCase], predictor: Predictor, folder: Path, out: queue.Queue, stop: threading.Event
-) -> None:
-    for item in items:
-        try:
-            loaded = _load_case(item, predictor, folder)
-        except Exception as exc:  # noqa: BLE001  a bug must not hang the main thread: report it there
-            loaded = _Loaded(item.case, error=f"{folder / item.case}: unexpected {type(exc).__name__}: {exc}")
-        while not stop.is_set():
-            try:
-                out.put(loaded, timeout=0.2)
-                break
-            except queue.Full:
-                continue
-        if stop.is_set():
-            return
 
 
 def _write_case(
@@ -370,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     loaded_q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
-    reader = threading.Thread(target=_reader, args=(items, predictor, in_dir, loaded_q, stop), daemon=True,
+    reader = threading.Thread(target=read_ahead, args=(items, predictor, in_dir, loaded_q, stop), daemon=True,
                               name="fpn_predict-reader")
     reader.start()
     pending: list[tuple[str, Future]] = []
@@ -378,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fpn_predict-writer") as writer:
             for _ in tqdm(range(len(items)), desc="predict", unit="case", file=sys.stderr,
                           disable=len(items) < 2):
-                loaded: _Loaded = loaded_q.get()
+                loaded: Loaded = loaded_q.get()
                 if loaded.error is not None:
                     tqdm.write(f"error: {loaded.error}", file=sys.stderr)
                     failed[loaded.case] = loaded.error

@@ -42,151 +42,20 @@ import multiprocessing
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 
-from fpnunet.atomic import load_json
 from fpnunet.errors import FPNError
 from fpnunet.lifeline import die_with_parent
+from fpnunet.training.cases import CaseRecord, _npy_shape, attach_enface, scan_cases, target_file
+
+__all__ = ["CaseRecord", "scan_cases", "attach_enface", "target_file", "batch_rngs", "foreground_rows",
+           "foreground_centre", "PatchLoader", "EnfaceDataLoader", "worker_error", "raise_if_error"]
 
 logger = logging.getLogger(__name__)
-
-MAX_LOCATIONS = 1000
-"""Foreground pixels kept per class when ``class_locations`` must be computed from a label."""
-
-
-@dataclass
-class CaseRecord:
-    """One usable case: its files, en-face shape ``(B, A)`` and foreground pixels per class."""
-
-    name: str
-    volume: Path
-    target: Path | None
-    """The en-face target (label map or image); ``None``: an unlabelled case (cmc trainer)."""
-    shape_ba: tuple[int, int]
-    locations: dict[int, np.ndarray] = field(default_factory=dict)
-    """class -> int array ``(K, 2)`` of ``(b, a)`` foreground pixels (seg mode only)."""
-    enface: list[Path | None] = field(default_factory=list)
-    """En-face input images in the loader's modality order (``None``: missing, read as zeros)."""
-
-
-def target_file(data_dir: Path, case: str, mode: str) -> Path:
-    """The en-face target file of ``case`` for ``mode`` (``"seg"`` or a modality name)."""
-    return data_dir / (f"{case}_seg.npy" if mode == "seg" else f"{case}_{mode}.npy")
-
-
-def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    try:
-        arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise FPNError(f"{path}: cannot read as a .npy array ({exc})") from None
-    return tuple(arr.shape), arr.dtype
-
-
-def _locations(data_dir: Path, case: str, label_path: Path) -> dict[int, np.ndarray]:
-    props = data_dir / f"{case}.json"
-    if props.is_file():
-        try:
-            locs = load_json(props).get("class_locations")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FPNError(f"{props}: not valid JSON ({exc})") from None
-        if isinstance(locs, dict):
-            out: dict[int, np.ndarray] = {}
-            for k, v in locs.items():
-                arr = np.asarray(v, dtype=np.int64).reshape(-1, 2) if len(v) else np.zeros((0, 2), np.int64)
-                if len(arr):
-                    out[int(k)] = arr
-            return out
-    label = np.asarray(np.load(label_path, mmap_mode="r"))
-    rng = np.random.default_rng(0)
-    out = {}
-    for k in np.unique(label):
-        if k == 0:
-            continue
-        pix = np.argwhere(label == k)
-        if len(pix) > MAX_LOCATIONS:
-            pix = pix[np.sort(rng.choice(len(pix), MAX_LOCATIONS, replace=False))]
-        out[int(k)] = pix.astype(np.int64)
-    return out
-
-
-def scan_cases(data_dir: str | Path, cases: list[str], mode: str = "seg") -> list[CaseRecord]:
-    """Check the files of ``cases`` in ``data_dir`` (a ``<data_identifier>`` folder) for ``mode``.
-
-    Mode ``"seg"``: every case must have ``CASE_seg.npy`` (else :class:`FPNError` naming the file).
-    En-face modes: cases without ``CASE_<MOD>.npy`` are left out with a logged message (SSL uses
-    every case that has the modality); none left is an :class:`FPNError`. All volumes must share
-    channels and depth, and each target must be ``(B, A)`` of its volume.
-    """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FPNError(f"{data_dir}: preprocessed data folder not found; run fpn_plan_and_preprocess first")
-    if not cases:
-        raise FPNError(f"{data_dir}: no cases given to load")
-    records: list[CaseRecord] = []
-    missing: list[str] = []
-    cd: tuple[int, int] | None = None
-    first = ""
-    for case in cases:
-        vol = data_dir / f"{case}.npy"
-        if not vol.is_file():
-            raise FPNError(f"{vol}: preprocessed volume of case {case!r} not found (re-run preprocessing)")
-        tgt = target_file(data_dir, case, mode)
-        if not tgt.is_file():
-            if mode == "seg":
-                raise FPNError(f"{tgt}: label of case {case!r} not found (is the case labelled? re-run preprocessing)")
-            missing.append(case)
-            continue
-        vshape, _ = _npy_shape(vol)
-        if len(vshape) != 4:
-            raise FPNError(f"{vol}: expected a float32 volume (C, B, D, A), got shape {vshape}")
-        if cd is None:
-            cd, first = (vshape[0], vshape[2]), case
-        elif (vshape[0], vshape[2]) != cd:
-            raise FPNError(
-                f"{vol}: {vshape[0]} channel(s) and depth {vshape[2]}, but case {first!r} has {cd[0]} and {cd[1]}; "
-                "all cases of a data folder must share them (re-run preprocessing)"
-            )
-        tshape, _ = _npy_shape(tgt)
-        if tshape != (vshape[1], vshape[3]):
-            raise FPNError(f"{tgt}: shape {tshape} does not match the en-face plane (B, A) = "
-                           f"{(vshape[1], vshape[3])} of {vol.name}")
-        locs = _locations(data_dir, case, tgt) if mode == "seg" else {}
-        records.append(CaseRecord(case, vol, tgt, (vshape[1], vshape[3]), locs))
-    if missing:
-        logger.warning("%d of %d case(s) have no %s image and are left out: %s%s", len(missing), len(cases), mode,
-                       ", ".join(missing[:5]), " ..." if len(missing) > 5 else "")
-    if not records:
-        raise FPNError(f"{data_dir}: none of the {len(cases)} case(s) has a {mode} image ({mode}.npy files)")
-    return records
-
-
-def attach_enface(data_dir: Path, records: list[CaseRecord], modalities: list[str], required: bool) -> int:
-    """Set each record's ``enface`` to its ``CASE_<MOD>.npy`` files (checked to be ``(B, A)`` of its
-    volume). A missing one is an :class:`FPNError` naming the case when ``required``, else ``None``
-    (read as zeros); returns how many were missing."""
-    missing = 0
-    for rec in records:
-        rec.enface = []
-        for mod in modalities:
-            path = data_dir / f"{rec.name}_{mod}.npy"
-            if not path.is_file():
-                if required:
-                    from fpnunet.training.enface_inputs import missing_message
-
-                    raise FPNError(missing_message(path, rec.name, mod, modalities))
-                rec.enface.append(None)
-                missing += 1
-                continue
-            shape, _ = _npy_shape(path)
-            if shape != rec.shape_ba:
-                raise FPNError(f"{path}: shape {shape} does not match the en-face plane {rec.shape_ba} of {rec.name}")
-            rec.enface.append(path)
-    return missing
 
 
 def batch_rngs(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, np.ndarray]:
