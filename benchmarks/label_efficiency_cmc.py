@@ -126,6 +126,14 @@ def render(df: pd.DataFrame, args: argparse.Namespace, out: Path, argv: list[str
               "| method | fraction | " + " | ".join(cols[1:]) + " |", "|---|---|" + "---|" * (len(cols) - 1)]
     for (method, f), g in df.groupby(["method", "fraction"], sort=False):
         lines.append(f"| {method} | {f:g} | " + " | ".join(_pm(g[c] - g["oct"]) for c in cols[1:]) + " |")
+    shifted = [c for c in cols[1:] if c != "fused+0"]
+    if "fused+0" in cols and shifted:
+        lines += ["", "Shifted minus aligned fused prediction, paired per run (Dice points; runs within 2 points):", "",
+                  "| method | fraction | " + " | ".join(shifted) + " |", "|---|---|" + "---|" * len(shifted)]
+        for (method, f), g in df.groupby(["method", "fraction"], sort=False):
+            cells = [f"{_pm(g[c] - g['fused+0'])}, {int(((g[c] - g['fused+0']) > -0.02).sum())}/{len(g)}"
+                     for c in shifted]
+            lines.append(f"| {method} | {f:g} | " + " | ".join(cells) + " |")
     runs_csv = out / "runs.csv"
     if runs_csv.is_file():
         runs = pd.read_csv(runs_csv)

@@ -152,3 +152,37 @@ def test_encoder_ssl_methods_take_the_encoder_of_the_source_pretraining(tmp_path
     assert argv[argv.index("--encoder-weights") + 1] == source and argv[argv.index("--pretrained") + 1] == "none"
     assert sweep.fold_dir(sweep.runs[-1]).parent.name == "dxnet__lf0.05__enc-ssl-FAF"
     assert le.main(["--networks", "dxnet", "--encoder-ssl-networks", "dxnet", "--dry-run"]) == 2
+
+
+def test_cmc_report_pairs_shifted_with_aligned_fused_and_cmc_with_its_counterpart(tmp_path):
+    """benchmarks/label_efficiency_cmc.py's tables: fused - OCT, shifted - aligned fused (with the count of
+    runs within 2 points) and CMC - counterpart, each paired per run."""
+    import argparse
+    import importlib.util
+    import sys
+
+    import pandas as pd
+
+    _benchmark_module()  # label_efficiency must be importable by name
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "label_efficiency_cmc.py"
+    spec = importlib.util.spec_from_file_location("label_efficiency_cmc", path)
+    cmc = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = cmc
+    spec.loader.exec_module(cmc)
+
+    m = "FPN + FAF SSL + CMC"
+    df = pd.DataFrame([
+        {"method": m, "fraction": 0.05, "fold": 0, "seed": 0, "oct": 0.40, "fused+0": 0.50, "fused+8": 0.49},
+        {"method": m, "fraction": 0.05, "fold": 1, "seed": 0, "oct": 0.40, "fused+0": 0.50, "fused+8": 0.45},
+    ])
+    pd.DataFrame([
+        {"method": m, "fraction": 0.05, "fold": 0, "seed": 0, "dice": 0.60},
+        {"method": m, "fraction": 0.05, "fold": 1, "seed": 0, "dice": 0.50},
+        {"method": "FPN + FAF SSL", "fraction": 0.05, "fold": 0, "seed": 0, "dice": 0.50},
+        {"method": "FPN + FAF SSL", "fraction": 0.05, "fold": 1, "seed": 0, "dice": 0.54},
+    ]).to_csv(tmp_path / "runs.csv", index=False)
+    text = cmc.render(df, argparse.Namespace(shifts=[0, 8], tta=False), tmp_path, ["--shifts", "0", "8"])
+    assert f"| {m} | 0.05 | 40.00 +- 0.00 (n=2) | 50.00 +- 0.00 (n=2) | 47.00 +- 2.83 (n=2) |" in text
+    assert f"| {m} | 0.05 | 10.00 +- 0.00 (n=2) | 7.00 +- 2.83 (n=2) |" in text  # fused - OCT
+    assert f"| {m} | 0.05 | -3.00 +- 2.83 (n=2), 1/2 |" in text  # shift 8 - shift 0: one run within 2 points
+    assert f"* {m} - FPN + FAF SSL at 0.05: 3.00 +- 9.90 (n=2), wins 1/2" in text
