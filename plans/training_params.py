@@ -33,7 +33,7 @@ class LossParams:
     """cmc: coarse (pooled) agreement of each branch's prediction with the fused one."""
     temperature: float = 0.2
     """cmc: InfoNCE temperature of the contrastive term."""
-    branch_weight: float = 1.0
+    branch_weight: float = 0.5
     """cmc: weight of each branch's supervised loss (the fused output's has weight 1)."""
     consistency_rampup_epochs: int = 0
     """cmc: epochs over which the consistency weights ramp up linearly from 0 (0: full at once)."""
