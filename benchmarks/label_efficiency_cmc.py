@@ -131,8 +131,8 @@ def render(df: pd.DataFrame, args: argparse.Namespace, out: Path, argv: list[str
         lines += ["", "Shifted minus aligned fused prediction, paired per run (Dice points; runs within 2 points):", "",
                   "| method | fraction | " + " | ".join(shifted) + " |", "|---|---|" + "---|" * len(shifted)]
         for (method, f), g in df.groupby(["method", "fraction"], sort=False):
-            cells = [f"{_pm(g[c] - g['fused+0'])}, {int(((g[c] - g['fused+0']) > -0.02).sum())}/{len(g)}"
-                     for c in shifted]
+            drops = [g[c] - g["fused+0"] for c in shifted]
+            cells = [f"{_pm(d)}, {int((d > -0.02).sum())}/{len(g)}" for d in drops]
             lines.append(f"| {method} | {f:g} | " + " | ".join(cells) + " |")
     runs_csv = out / "runs.csv"
     if runs_csv.is_file():

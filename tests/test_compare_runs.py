@@ -1,22 +1,16 @@
 """benchmarks/compare_runs.py: runs from a sweep's runs.csv and from a model folder, paired by fold and seed."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from benchmark_modules import load_benchmark
 
 
 def _module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py"
-    spec = importlib.util.spec_from_file_location("compare_runs", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compare_runs")
 
 
 def _fold(model_dir: Path, fold: int, dice: float, seed: int | None) -> None:

@@ -158,17 +158,11 @@ def test_cmc_report_pairs_shifted_with_aligned_fused_and_cmc_with_its_counterpar
     """benchmarks/label_efficiency_cmc.py's tables: fused - OCT, shifted - aligned fused (with the count of
     runs within 2 points) and CMC - counterpart, each paired per run."""
     import argparse
-    import importlib.util
-    import sys
 
     import pandas as pd
+    from benchmark_modules import load_benchmark
 
-    _benchmark_module()  # label_efficiency must be importable by name
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "label_efficiency_cmc.py"
-    spec = importlib.util.spec_from_file_location("label_efficiency_cmc", path)
-    cmc = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = cmc
-    spec.loader.exec_module(cmc)
+    cmc = load_benchmark("label_efficiency_cmc")
 
     m = "FPN + FAF SSL + CMC"
     df = pd.DataFrame([

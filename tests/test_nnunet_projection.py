@@ -2,12 +2,11 @@
 channels, labels, geometry), the folds and label fractions it hands nnU-Net, and the missing-script error."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_modules import load_benchmark
 
 from fpnunet.atomic import load_json, save_json
 from fpnunet.errors import FPNError
@@ -20,12 +19,7 @@ SHAPE_BA, DEPTH, SPACING = (6, 10), 8, (0.12, 0.0113)
 
 
 def _module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "nnunet_projection.py"
-    spec = importlib.util.spec_from_file_location("nnunet_projection", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("nnunet_projection")
 
 
 @pytest.fixture()

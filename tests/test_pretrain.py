@@ -257,15 +257,9 @@ def test_reconstruction_task_targets_and_loss_ignore_padding(env):
 
 # ----------------------------------------------------------------------------- benchmark report
 def _benchmark_module():
-    import importlib.util
-    import sys
+    from benchmark_modules import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "label_efficiency.py"
-    spec = importlib.util.spec_from_file_location("label_efficiency", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("label_efficiency")
 
 
 def test_label_efficiency_table_markdown_and_plot(tmp_path):

@@ -2,8 +2,6 @@
 dataset of test_training.py."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from test_training import dataset, fold_dir  # noqa: F401  (dataset is a fixture)
@@ -34,14 +32,11 @@ def test_weight_decay_flag_reaches_the_optimizer_and_is_recorded(dataset, capsys
 def test_bn_recalibration_benchmark_restores_corrupted_statistics(dataset, capsys):  # noqa: F811
     """benchmarks/bn_recalibration.py recomputes exactly the statistics training saved (same loader,
     same batches), so a checkpoint whose statistics were spoiled gets its own Dice back."""
-    import importlib.util
+    from benchmark_modules import load_benchmark
 
     main(["901", "0", "--val-every", "0", "--bn-recalibration", "3", "--seed", "2", "--device", "cpu"])
     path = fold_dir(dataset["results"]) / "checkpoint_final.pth"
-    spec = importlib.util.spec_from_file_location(
-        "bn_recalibration", Path(__file__).resolve().parents[1] / "benchmarks" / "bn_recalibration.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bn_recalibration")
     before = bench.evaluate(path, 3, False, "cpu")
     assert before["batches"] == 3 and before["train_cases"] == 4 and before["val_cases"] == 2
     assert before["recalibrated"] == pytest.approx(before["saved"], abs=1e-6)
