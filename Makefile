@@ -7,7 +7,7 @@ export FPN_RAW          ?= $(CURDIR)/fpn_data/raw
 export FPN_PREPROCESSED ?= $(CURDIR)/fpn_data/preprocessed
 export FPN_RESULTS      ?= $(CURDIR)/fpn_data/results
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test test-bf16 demo bench lint clean
 
 $(STAMP): setup.py
 	@test -x $(VPY) || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q tests
+
+# the whole suite with --precision auto forced to bf16 (slow emulation on a CPU without native bf16)
+test-bf16: $(STAMP)
+	FPN_CPU_BF16=1 $(VPY) -m pytest -q tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -33,6 +33,7 @@ from fpnunet.paths import preprocessed_root
 from fpnunet.plans.plan import Plan
 from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from fpnunet.training.checkpoint import model_from_checkpoint
+from fpnunet.training.loop import batch_to_device
 from fpnunet.training.segmentation import SegmentationTask, labelled_cases, validate_volumes
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
 
@@ -46,6 +47,12 @@ def find_checkpoints(roots: list[Path], name: str) -> list[Path]:
         found += [p for p in root.rglob(f"checkpoint_{name}.pth") if p.parent.name.startswith("fold_")
                   and p.parent.name != "fold_all"]
     return sorted(set(found))
+
+
+def run_precision(ckpt: dict[str, Any]) -> str:
+    """The precision the run trained in (``bf16`` or ``fp32``): the statistics are recomputed in it."""
+    loop = (ckpt.get("args") or {}).get("loop") or {}
+    return str(loop.get("precision", "fp32"))
 
 
 def evaluate(path: Path, batches: int, tta: bool, device: str) -> dict[str, Any]:
@@ -67,18 +74,23 @@ def evaluate(path: Path, batches: int, tta: bool, device: str) -> dict[str, Any]
     train, val = fold_cases(splits, str(args.get("fold")))
     train = apply_label_fraction(train, float(args.get("label_fraction", 1.0)))
     seed = int(args.get("seed", 0))
-    saved = validate_volumes(model, plan, config_name, data_dir, val, device=device, tta=tta)["val_dice"]
+    precision = run_precision(ckpt)  # validated and recalibrated in the run's precision, whatever the CPU
+    channels_last = bool(((ckpt.get("args") or {}).get("loop") or {}).get("channels_last", True))  # as trained
+    saved = validate_volumes(model, plan, config_name, data_dir, val, device=device, tta=tta,
+                             precision=precision)["val_dice"]
     task = SegmentationTask(plan, config_name, data_dir, train, val, seed=seed, device=device,
                             oversample=plan.configuration(config_name).training.foreground_oversample)
     source = task.train_batches(max(int(ckpt.get("epoch", 1)) - 1, 0))
     try:
         used = recalibrate_batchnorm(model, source, batches,
-                                     prepare=lambda b: {"data": torch.as_tensor(b["data"]).to(device)})
+                                     prepare=lambda b: batch_to_device(b, torch.device(device), channels_last),
+                                     precision=precision)
     finally:
         close = getattr(source, "close", None)
         if close is not None:
             close()
-    recal = validate_volumes(model, plan, config_name, data_dir, val, device=device, tta=tta)["val_dice"]
+    recal = validate_volumes(model, plan, config_name, data_dir, val, device=device, tta=tta,
+                             precision=precision)["val_dice"]
     return row | {"train_cases": len(train), "val_cases": len(val), "batches": used, "saved": saved,
                   "recalibrated": recal, "change": recal - saved}
 

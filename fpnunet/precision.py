@@ -13,6 +13,11 @@ The result is cached per CPU model, torch version and thread count in
 machine. :attr:`Bf16Decision.reason` says which way it went and why; the training and
 prediction commands print it.
 
+The environment variable ``FPN_CPU_BF16`` overrides steps 1-2 (no probe, no cache): ``1`` forces
+bf16 (slow emulation on a CPU without native bf16), ``0`` forces fp32, unset or ``auto`` decides
+as above. The test suite pins it (``0`` unless the caller set it) so that no test's outcome
+depends on the CPU that runs it.
+
 Usage::
 
     decision = cpu_bf16_decision()
@@ -28,8 +33,16 @@ from pathlib import Path
 
 import torch
 
+from fpnunet.errors import FPNError
+
 __all__ = ["Bf16Decision", "cpu_bf16_decision", "cpu_bf16_native", "cpu_model", "probe_bf16_speed",
-           "BF16_MIN_SPEEDUP", "resolve_cpu_precision"]
+           "BF16_MIN_SPEEDUP", "ENV_CPU_BF16", "forced_cpu_bf16", "resolve_cpu_precision"]
+
+ENV_CPU_BF16 = "FPN_CPU_BF16"
+"""``1`` / ``0`` force bf16 / fp32 for ``--precision auto`` on the CPU; unset or ``auto``: decide."""
+
+_FORCE_VALUES = {"1": True, "on": True, "bf16": True, "true": True, "yes": True,
+                 "0": False, "off": False, "fp32": False, "false": False, "no": False}
 
 BF16_MIN_SPEEDUP = 0.9
 """bf16 is used when its probe time is below this fraction of the fp32 time (10 % faster at least:
@@ -107,8 +120,23 @@ def _cache_path() -> Path:
     return Path(root) / "fpnunet" / "precision_probe.json"
 
 
+def forced_cpu_bf16() -> bool | None:
+    """``True`` / ``False`` when ``FPN_CPU_BF16`` forces bf16 / fp32, ``None`` when unset or ``auto``."""
+    value = os.environ.get(ENV_CPU_BF16, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in _FORCE_VALUES:
+        raise FPNError(f"{ENV_CPU_BF16}={os.environ[ENV_CPU_BF16]!r}: expected 1 (force bf16), 0 (force fp32) "
+                       "or auto")
+    return _FORCE_VALUES[value]
+
+
 def cpu_bf16_decision(use_cache: bool = True) -> Bf16Decision:
     """Whether bf16 autocast should be used on this CPU (see the module notes)."""
+    forced = forced_cpu_bf16()
+    if forced is not None:
+        return Bf16Decision(forced, f"{'bf16' if forced else 'fp32'}: forced by {ENV_CPU_BF16}="
+                                    f"{os.environ[ENV_CPU_BF16].strip()}")
     model = cpu_model()
     native = cpu_bf16_native()
     if not native:

@@ -47,15 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def runtime_note(plan: Plan, device: str | None = None) -> str:
     """What training on this machine will actually use: the device ``auto`` picks and its precision
-    (the plan's precision applies on CUDA only; the CPU trains in fp32)."""
+    (the plan's precision applies on CUDA only; on the CPU ``--precision auto`` decides as
+    :func:`fpnunet.precision.resolve_cpu_precision` does, ``FPN_CPU_BF16`` included)."""
     from fpnunet.cli_utils import resolve_device
 
     device = device or resolve_device("auto")
     planned = sorted({c.precision for c in plan.configurations.values()})
     if device.startswith("cuda"):
         return f"training on this machine: device {device}, precision {'/'.join(planned)} (the plan's)"
-    return (f"training on this machine: device {device}, precision fp32 (no CUDA here: the plan's "
-            f"{'/'.join(planned)} applies on a CUDA GPU, as do its batch and patch for the GPU memory above)")
+    from fpnunet.precision import resolve_cpu_precision  # lazy: start-up time
+
+    precision, reason = resolve_cpu_precision("bf16" if "bf16" in planned else "fp32")
+    return (f"training on this machine: device {device}, precision {precision} (no CUDA here: the plan's "
+            f"{'/'.join(planned)} applies on a CUDA GPU, as do its batch and patch for the GPU memory above; "
+            f"--precision auto on this CPU: {reason})")
 
 
 @run_cli

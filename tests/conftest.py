@@ -7,9 +7,29 @@ it with ``shutil.copytree`` before changing anything).
 """
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# ---------------------------------------------------------------- machine-independent outcomes
+# Every choice the tool makes from the machine it runs on is pinned here, before anything is
+# imported, for this process and the commands the tests run in subprocesses, so that no test's
+# outcome depends on the CPU, the number of cores, the home folder's caches or an earlier run:
+# * --precision auto on the CPU: FPN_CPU_BF16=0 (fp32) unless the caller set it; run the suite
+#   with FPN_CPU_BF16=1 to take the bf16 path everywhere (`make test-bf16`). Tests that compare
+#   numbers run in a stated precision (tests/precision_cases.py).
+# * the bf16 probe's cache and any other cache under XDG_CACHE_HOME: a fresh folder per session.
+# * intra-op threads: 1 (OMP_NUM_THREADS for subprocesses, set_num_threads here); augmentation
+#   workers: FPN_N_PROC_DA=1 unless set (the default is the machine's cores minus one).
+os.environ.setdefault("FPN_CPU_BF16", "0")
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fpnunet-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("FPN_N_PROC_DA", "1")
 
 try:  # the test machine is small and shared: one intra-op thread keeps torch tests predictable
     import torch
@@ -18,7 +38,7 @@ try:  # the test machine is small and shared: one intra-op thread keeps torch te
 except ImportError:  # pragma: no cover - torch is a hard dependency, but conftest must not need it
     pass
 
-from fpnunet.synthetic import make_synthetic_dataset
+from fpnunet.synthetic import make_synthetic_dataset  # noqa: E402  (after the environment is pinned)
 
 TINY_SHAPE: tuple[int, int, int] = (8, 96, 32)
 """``(B, D, A)`` of the tiny dataset's volumes: B-scans, depth, A-scans."""

@@ -88,13 +88,21 @@ def test_fpn_paths_without_datasets_says_how_to_make_one(data_roots, capsys):
     assert f"FPN_PREPROCESSED {data_roots[1]}  (does not exist yet)" in out
 
 
-def test_plan_says_what_this_machine_trains_with():
+def test_plan_says_what_this_machine_trains_with(monkeypatch):
+    """The note states the precision training will really pick on this CPU (FPN_CPU_BF16 forces it
+    here, so the outcome does not depend on the CPU running the test)."""
     from fpnunet.plans.plan import Configuration, Plan
     from fpnunet.preprocessing.cli import runtime_note
 
     plan = Plan(dataset_name="Dataset900_X", configurations={"fpn": Configuration(precision="bf16")})
+    monkeypatch.setenv("FPN_CPU_BF16", "0")
     note = runtime_note(plan, device="cpu")
     assert note.startswith("training on this machine: device cpu, precision fp32 (no CUDA here: the plan's bf16")
+    assert note.endswith("--precision auto on this CPU: fp32: forced by FPN_CPU_BF16=0)")
+    monkeypatch.setenv("FPN_CPU_BF16", "1")
+    assert runtime_note(plan, device="cpu").startswith("training on this machine: device cpu, precision bf16 (")
+    fp32_plan = Plan(dataset_name="Dataset900_X", configurations={"fpn": Configuration(precision="fp32")})
+    assert "precision fp32 (" in runtime_note(fp32_plan, device="cpu")  # an fp32 plan stays fp32
     assert runtime_note(plan, device="cuda") == "training on this machine: device cuda, precision bf16 (the plan's)"
 
 

@@ -232,6 +232,7 @@ def test_inference_estimate_scales_with_the_plane():
 # ----------------------------------------------------------------------------- bf16 decision
 def test_bf16_needs_native_support_and_a_faster_probe(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("FPN_CPU_BF16")  # the suite pins it (conftest); here the decision itself is tested
     calls = []
 
     def fake_probe(repeats: int = 3) -> float:
@@ -253,3 +254,36 @@ def test_bf16_needs_native_support_and_a_faster_probe(monkeypatch, tmp_path):
     d = precision.cpu_bf16_decision(use_cache=False)
     assert not d.use_bf16 and "2.00x" in d.reason and len(calls) == 2
     assert precision.resolve_cpu_precision("fp32") == ("fp32", "fp32: the plan's precision")
+
+
+def test_fpn_cpu_bf16_forces_the_decision_without_probe_or_cache(monkeypatch, tmp_path):
+    """FPN_CPU_BF16=1/0 forces bf16/fp32 whatever the CPU (no probe, nothing cached); auto or unset
+    decides; anything else is a one-line error naming the variable."""
+    from fpnunet.errors import FPNError
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(precision, "probe_bf16_speed", lambda repeats=3: pytest.fail("probed"))
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: [])
+    for value, use in (("1", True), ("bf16", True), ("0", False), ("off", False)):
+        monkeypatch.setenv("FPN_CPU_BF16", value)
+        d = precision.cpu_bf16_decision()
+        assert d.use_bf16 is use and d.reason == f"{'bf16' if use else 'fp32'}: forced by FPN_CPU_BF16={value}"
+        assert precision.resolve_cpu_precision("bf16")[0] == ("bf16" if use else "fp32")
+    assert precision.resolve_cpu_precision("fp32")[0] == "fp32"  # an fp32 plan is never forced to bf16
+    assert not (tmp_path / "fpnunet").exists()
+    monkeypatch.setenv("FPN_CPU_BF16", "auto")
+    assert "no native bf16" in precision.cpu_bf16_decision().reason
+    monkeypatch.setenv("FPN_CPU_BF16", "maybe")
+    with pytest.raises(FPNError, match=r"^FPN_CPU_BF16='maybe': expected 1 \(force bf16\), 0 \(force fp32\) or auto$"):
+        precision.cpu_bf16_decision()
+
+
+def test_the_suite_runs_machine_independent():
+    """conftest pins what the tool would otherwise pick from the machine (tests/conftest.py)."""
+    import os
+
+    assert os.environ["FPN_CPU_BF16"] in ("0", "1")
+    assert precision.forced_cpu_bf16() is not None
+    assert precision._cache_path().parent.parent.name.startswith("fpnunet-test-cache-")
+    assert os.environ["OMP_NUM_THREADS"] and os.environ["FPN_N_PROC_DA"]
+    assert torch.get_num_threads() == 1

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from precision_cases import PRECISIONS
 
 from fpnunet.atomic import save_json
 from fpnunet.io import EnfaceGeometry, read_image, write_image
@@ -17,7 +18,7 @@ from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefault
 from fpnunet.preprocessing.dataset_reader import write_completion_record
 from fpnunet.results_layout import pretrained_tag
 from fpnunet.training.checkpoint import load_checkpoint, model_spec, save_checkpoint
-from fpnunet.training.loop import LoopSettings, make_optimizer, make_scheduler
+from fpnunet.training.loop import LoopSettings, batch_to_device, make_optimizer, make_scheduler
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
 from fpnunet.training.train_cli import main, parse_args, train
 
@@ -308,15 +309,18 @@ def test_poly_schedule_and_lr_column(dataset):
     assert LoopSettings(epochs=10, iterations_per_epoch=1, val_every=0).validates_at(9)
 
 
-def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeypatch):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeypatch, precision):
     """--bn-recalibration N: the final checkpoint's BN statistics are the average over N batches of
-    the last epoch's loader with the final weights; the weights are those of a run without it."""
-    # on the CPU: the check below recomputes the statistics in fp32, which a bf16 CUDA run does not
-    # reproduce to 1e-5 (seen on an H100: 0.0155 vs 0.0156)
-    main(["901", "0", "--val-every", "0", "--bn-recalibration", "3", "--seed", "2", "--device", "cpu"])
+    the last epoch's loader with the final weights; the weights are those of a run without it.
+    Run in each precision, pinned: the check recomputes the statistics as the loop does (channels-last
+    batches, the run's precision)."""
+    flags = ["--val-every", "0", "--seed", "2", "--device", "cpu", "--precision", precision]
+    main(["901", "0", "--bn-recalibration", "3", *flags])
     ckpt = load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
+    assert ckpt["args"]["loop"]["precision"] == precision
     monkeypatch.setenv("FPN_RESULTS", str(dataset["tmp"] / "results_b"))
-    main(["901", "0", "--val-every", "0", "--bn-recalibration", "0", "--seed", "2", "--device", "cpu"])
+    main(["901", "0", "--bn-recalibration", "0", *flags])
     plain = load_checkpoint(fold_dir(dataset["tmp"] / "results_b" / NAME) / "checkpoint_final.pth")
     stats = [k for k in ckpt["state_dict"] if k.endswith(("running_mean", "running_var"))]
     assert stats
@@ -338,7 +342,8 @@ def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeyp
     model, _ = model_from_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
     source = task.train_batches(1)
     try:
-        assert recalibrate_batchnorm(model, source, 3) == 3
+        assert recalibrate_batchnorm(model, source, 3, precision=precision,  # as the loop does it
+                                     prepare=lambda b: batch_to_device(b, torch.device("cpu"), True)) == 3
     finally:
         source.close()
     for k in stats:

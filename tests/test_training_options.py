@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from precision_cases import PRECISIONS
 from test_training import dataset, fold_dir  # noqa: F401  (dataset is a fixture)
 
 from fpnunet.training.checkpoint import load_checkpoint
@@ -29,14 +30,18 @@ def test_weight_decay_flag_reaches_the_optimizer_and_is_recorded(dataset, capsys
     assert (fold_dir(dataset["results"]) / "checkpoint_final.pth").is_file()  # --overwrite deleted nothing
 
 
-def test_bn_recalibration_benchmark_restores_corrupted_statistics(dataset, capsys):  # noqa: F811
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_bn_recalibration_benchmark_restores_corrupted_statistics(dataset, capsys, precision):  # noqa: F811
     """benchmarks/bn_recalibration.py recomputes exactly the statistics training saved (same loader,
-    same batches), so a checkpoint whose statistics were spoiled gets its own Dice back."""
+    same batches, channels-last and the run's precision, as the loop), so a checkpoint whose
+    statistics were spoiled gets its own Dice back, to 1e-6 in either precision (pinned per run)."""
     from benchmark_modules import load_benchmark
 
-    main(["901", "0", "--val-every", "0", "--bn-recalibration", "3", "--seed", "2", "--device", "cpu"])
+    main(["901", "0", "--val-every", "0", "--bn-recalibration", "3", "--seed", "2", "--device", "cpu",
+          "--precision", precision])
     path = fold_dir(dataset["results"]) / "checkpoint_final.pth"
     bench = load_benchmark("bn_recalibration")
+    assert bench.run_precision(torch.load(path, weights_only=True)) == precision
     before = bench.evaluate(path, 3, False, "cpu")
     assert before["batches"] == 3 and before["train_cases"] == 4 and before["val_cases"] == 2
     assert before["recalibrated"] == pytest.approx(before["saved"], abs=1e-6)
@@ -72,6 +77,7 @@ def test_compile_flag_routes_the_training_forward_and_auto_precision_says_why(da
         return forward
 
     monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.delenv("FPN_CPU_BF16")  # the suite pins it (conftest); here auto decides from the (stubbed) CPU
     monkeypatch.setattr(precision, "cpu_bf16_native", lambda: [])
     main(["901", "0", "--val-every", "0", "--device", "cpu", "--compile", "--iterations-per-epoch", "2",
           "--epochs", "1"])

@@ -109,8 +109,12 @@ def validate_volumes(
     tta: bool = False,
     loss_fn: SegmentationLoss | None = None,
     progress: bool = False,
+    precision: str | None = None,
 ) -> dict[str, float]:
     """``{"val_loss", "val_dice"}``: means over ``cases`` of the whole-volume loss and Dice.
+
+    ``precision`` (``bf16``/``fp32``) pins the forward's precision; ``None``: the predictor's
+    ``auto`` (on the CPU :func:`fpnunet.precision.cpu_bf16_decision`).
 
     Each preprocessed volume (with its en-face images when the model takes some,
     :func:`~fpnunet.networks.registry.enface_inputs`) is predicted whole (sliding window) and
@@ -122,7 +126,8 @@ def validate_volumes(
         return {}
     loss_fn = loss_fn or SegmentationLoss(plan.num_outputs)
     lut = channel_lut(plan.labels, plan.num_outputs)
-    predictor = Predictor([model], plan, config_name, device=device, tta=tta)
+    amp = None if precision is None else precision == "bf16"
+    predictor = Predictor([model], plan, config_name, device=device, tta=tta, amp=amp)
     modalities = enface_inputs(model)
     mine: dict[int, tuple[float, float]] = {}
     for i in tqdm(fdist.shard(len(cases)), desc="validation", unit="case", leave=False, disable=not progress):
