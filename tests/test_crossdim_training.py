@@ -11,12 +11,13 @@ import torch
 
 from fpnunet.atomic import save_json
 from fpnunet.inference.cli import main as predict_main
-from fpnunet.io import DatasetInfo, EnfaceGeometry, read_image, write_image
+from fpnunet.io import EnfaceGeometry, read_image, write_image
 from fpnunet.networks import network_class
 from fpnunet.networks.encoders2d import ResNetEncoder
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefaults
 from fpnunet.plans.planner import memory_budget_bytes, plan_dataset
 from fpnunet.preprocessing.dataset_reader import write_completion_record
+from fpnunet.raw_dataset import DatasetInfo
 from fpnunet.training.checkpoint import load_checkpoint
 from fpnunet.training.train_cli import main, parse_args, train
 
