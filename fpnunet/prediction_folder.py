@@ -153,6 +153,8 @@ def read_label_map(path: str | os.PathLike, labels: Mapping[str, int] | None = N
     :class:`LabelMapError` naming the file when it is unreadable, not 2D, holds NaN/Inf or
     non-integer values, or (with ``labels``) a value that is not one of the labels.
     """
+    if not Path(path).is_file():
+        raise LabelMapError(f"{path}: file not found")
     why, nonfinite = check_nifti(path)  # SimpleITK reads NaN voxels as 0 and zero-fills truncated files
     if why:
         raise LabelMapError(f"{path}: {why}")
