@@ -19,13 +19,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from fpnunet.atomic import write_atomic
 from fpnunet.errors import FPNError
-from fpnunet.io import SUPPORTED_ENDINGS, check_nifti, file_ending, read_image, squeeze_2d, strip_ending
+
+if TYPE_CHECKING:  # numpy and fpnunet.io (SimpleITK) are imported where files are listed or read, so
+    import numpy as np  # that fpn_predict and fpn_report stay light until they run (their --help)
 
 AREAS_FILE = "lesion_areas.csv"
 FAILED_FILE = "failed_cases.csv"
@@ -73,6 +73,8 @@ class PredictionFolder:
     # ------------------------------------------------------------------ masks
     def masks(self) -> dict[str, Path]:
         """Label-map files by case (top level; a ``.png`` only when no other file has its name)."""
+        from fpnunet.io import SUPPORTED_ENDINGS, file_ending, strip_ending  # lazy: see the imports
+
         if not self.folder.is_dir():
             raise FPNError(f"{self.folder}: folder not found")
         out: dict[str, Path] = {}
@@ -153,6 +155,9 @@ def read_label_map(path: str | os.PathLike, labels: Mapping[str, int] | None = N
     :class:`LabelMapError` naming the file when it is unreadable, not 2D, holds NaN/Inf or
     non-integer values, or (with ``labels``) a value that is not one of the labels.
     """
+    import numpy as np  # lazy: see the imports
+
+    from fpnunet.io import check_nifti, read_image, squeeze_2d
     if not Path(path).is_file():
         raise LabelMapError(f"{path}: file not found")
     why, nonfinite = check_nifti(path)  # SimpleITK reads NaN voxels as 0 and zero-fills truncated files
@@ -189,6 +194,8 @@ def read_label_map(path: str | os.PathLike, labels: Mapping[str, int] | None = N
 
 def check_label_values(arr: np.ndarray, path: str | os.PathLike, labels: Mapping[str, int]) -> None:
     """:class:`LabelMapError` naming ``path`` and the value when ``arr`` holds a value that is not a label."""
+    import numpy as np  # lazy: see the imports
+
     allowed = {int(v) for v in labels.values()}
     bad = sorted({int(v) for v in np.unique(arr)} - allowed)
     if bad:
@@ -200,6 +207,8 @@ def check_label_values(arr: np.ndarray, path: str | os.PathLike, labels: Mapping
 def labels_present(files: Iterable[Path]) -> dict[str, int]:
     """``{"background": 0, "1": 1, ...}``: the positive values found in ``files`` (named by value),
     for folders read without a dataset.json (a negative value is then refused per file)."""
+    import numpy as np  # lazy: see the imports
+
     values: set[int] = set()
     for f in files:
         values |= {int(v) for v in np.unique(read_label_map(f)[0])}
