@@ -1,4 +1,4 @@
-"""Image I/O through SimpleITK and the raw dataset layout (nnU-Net's, extended for 3D-to-2D).
+"""Image I/O through SimpleITK and the en-face geometry of a volume.
 
 Axis conventions (numpy order everywhere in fpnunet):
 
@@ -10,31 +10,24 @@ Axis conventions (numpy order everywhere in fpnunet):
   scanners); origins and directions stay in SimpleITK's (x, y, z) order since they are only
   ever handed back to SimpleITK.
 
-Raw dataset folder::
-
-    DatasetXXX_Name/
-      dataset.json
-      imagesTr/CASE_0000.nii.gz      one file per channel (_0000, _0001, ...)
-      enfaceTr/CASE_FAF.nii.gz       paired en-face images, names from "enface_modalities"
-      labelsTr/CASE.nii.gz           en-face label map; a case without one is unlabelled
-      imagesTs/CASE_0000.nii.gz      optional test cases
+The raw dataset folder (``dataset.json`` and its sub-folders) is :mod:`fpnunet.raw_dataset`.
 """
 from __future__ import annotations
 
+import gzip
 import os
-import re
-from dataclasses import dataclass, field
+import struct
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from fpnunet.atomic import atomic_path, load_json
+from fpnunet.atomic import atomic_path
 from fpnunet.errors import FPNError
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".bmp", ".jpg")
-REQUIRED_DATASET_KEYS = ("channel_names", "labels", "file_ending")
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 
 # ----------------------------------------------------------------------------- images
@@ -121,6 +114,55 @@ def write_image(
         sitk.WriteImage(img, str(tmp), useCompression=end in (".nii.gz", ".mha", ".nrrd"))
 
 
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def check_nifti(path: str | os.PathLike) -> tuple[str | None, int]:
+    """``(why the file is incomplete or None, number of NaN/Inf voxels)`` of a ``.nii``/``.nii.gz``;
+    ``(None, 0)`` for other formats.
+
+    SimpleITK reads a truncated NIfTI without complaint, filling the missing voxels with zeros
+    (an interrupted copy looks like a volume whose last B-scans are black), and it turns NaN and
+    Inf voxels into 0. So verification decompresses the file once, compares its length with what
+    the header promises and counts the non-finite values of float data itself.
+    """
+    end = file_ending(path)
+    if end not in (".nii", ".nii.gz"):
+        return None, 0
+    opener = gzip.open if end == ".nii.gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        return f"file is truncated or corrupt ({exc})", 0
+    if len(data) < 348:
+        return f"file is truncated ({len(data)} bytes, less than a NIfTI header)", 0
+    for order in "<>":
+        size = struct.unpack(order + "i", data[:4])[0]
+        if size == 348:
+            dims = struct.unpack(order + "8h", data[40:56])
+            dtype, bitpix = struct.unpack(order + "2h", data[70:74])
+            offset = int(struct.unpack(order + "f", data[108:112])[0])
+            break
+        if size == 540 and len(data) >= 540:
+            dims = struct.unpack(order + "8q", data[16:80])
+            dtype, bitpix = struct.unpack(order + "2h", data[12:16])
+            offset = int(struct.unpack(order + "q", data[168:176])[0])
+            break
+    else:
+        return None, 0  # not a header we know: leave it to SimpleITK
+    n = int(np.prod([max(1, int(d)) for d in dims[1 : 1 + max(0, min(7, dims[0]))]], dtype=np.int64))
+    offset = max(offset, size)
+    expected = offset + n * max(1, bitpix) // 8
+    if len(data) < expected:
+        return f"file is truncated: {len(data)} bytes where the header promises {expected}", 0
+    bad = 0
+    if dtype in _NIFTI_FLOAT_TYPES:
+        values = np.frombuffer(data, dtype=order + _NIFTI_FLOAT_TYPES[dtype], count=n, offset=offset)
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+    return None, bad
+
+
 # ----------------------------------------------------------------------------- geometry
 def find_projection_axis(volume_shape: tuple[int, ...], enface_shape: tuple[int, ...]) -> int | None:
     """The numpy axis of a 3D volume whose removal makes its shape equal ``enface_shape``.
@@ -196,158 +238,3 @@ def squeeze_2d(array: np.ndarray) -> np.ndarray:
         if squeezed.ndim == 2:
             return squeezed
     return array
-
-
-# ----------------------------------------------------------------------------- dataset.json
-@dataclass
-class DatasetInfo:
-    """The parsed ``dataset.json``."""
-
-    name: str
-    channel_names: dict[str, str]
-    labels: dict[str, int]
-    file_ending: str
-    enface_modalities: list[str] = field(default_factory=list)
-    projection_axis: int | str = "auto"
-    patients: dict[str, str] = field(default_factory=dict)
-    raw: dict = field(default_factory=dict)
-
-    @property
-    def num_channels(self) -> int:
-        return len(self.channel_names)
-
-    @property
-    def foreground_labels(self) -> dict[str, int]:
-        return {k: v for k, v in self.labels.items() if v != 0}
-
-    @property
-    def num_outputs(self) -> int:
-        """Network output channels: 1 (sigmoid) for one foreground class, else one per label."""
-        return 1 if len(self.foreground_labels) == 1 else len(self.labels)
-
-
-def load_dataset_json(folder: str | os.PathLike) -> DatasetInfo:
-    """Parse and check ``folder/dataset.json``; every problem is reported with the file's path."""
-    path = Path(folder) / "dataset.json"
-    if not path.is_file():
-        raise FPNError(f"{path}: dataset.json is missing (every dataset folder needs one)")
-    try:
-        d = load_json(path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FPNError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(d, dict):
-        raise FPNError(f"{path}: expected a JSON object at the top level")
-    problems = [f"{path}: required key {k!r} is missing" for k in REQUIRED_DATASET_KEYS if k not in d]
-    if problems:
-        from fpnunet.errors import DatasetError
-
-        raise DatasetError(problems, header=f"{path} is incomplete")
-    labels = d["labels"]
-    if not isinstance(labels, dict) or not labels:
-        raise FPNError(f"{path}: 'labels' must be a non-empty object like {{\"background\": 0, \"GA\": 1}}")
-    try:
-        labels = {str(k): int(v) for k, v in labels.items()}
-    except (TypeError, ValueError):
-        raise FPNError(f"{path}: 'labels' values must be integers, got {d['labels']}") from None
-    if 0 not in labels.values():
-        raise FPNError(f"{path}: 'labels' must map a background class to 0, got {labels}")
-    if len(set(labels.values())) != len(labels):
-        raise FPNError(f"{path}: 'labels' has repeated values: {labels}")
-    ch = d["channel_names"]
-    if not isinstance(ch, dict) or not ch:
-        raise FPNError(f"{path}: 'channel_names' must be a non-empty object like {{\"0\": \"OCT\"}}")
-    ending = str(d["file_ending"])
-    if not ending.startswith("."):
-        raise FPNError(f"{path}: 'file_ending' must start with a dot, e.g. \".nii.gz\"; got {ending!r}")
-    axis = d.get("projection_axis", "auto")
-    if axis != "auto" and axis not in (0, 1, 2):
-        raise FPNError(f"{path}: 'projection_axis' must be \"auto\" or 0, 1, 2; got {axis!r}")
-    mods = d.get("enface_modalities", [])
-    if not isinstance(mods, list) or not all(isinstance(m, str) for m in mods):
-        raise FPNError(f"{path}: 'enface_modalities' must be a list of names like [\"FAF\", \"SLO\"]")
-    return DatasetInfo(
-        name=str(d.get("name", Path(folder).name)),
-        channel_names={str(k): str(v) for k, v in ch.items()},
-        labels=labels,
-        file_ending=ending,
-        enface_modalities=list(mods),
-        projection_axis=axis,
-        patients={str(k): str(v) for k, v in d.get("patients", {}).items()},
-        raw=d,
-    )
-
-
-# ----------------------------------------------------------------------------- cases
-@dataclass
-class CaseFiles:
-    """The files of one case. ``images[i]`` is channel ``i``; missing channels are ``None``."""
-
-    case: str
-    images: list[Path | None]
-    enface: dict[str, Path] = field(default_factory=dict)
-    label: Path | None = None
-
-    @property
-    def labelled(self) -> bool:
-        return self.label is not None
-
-
-def _find_with_ending(folder: Path, stem: str, ending: str) -> Path | None:
-    p = folder / f"{stem}{ending}"
-    if p.is_file():
-        return p
-    for end in SUPPORTED_ENDINGS:
-        q = folder / f"{stem}{end}"
-        if q.is_file():
-            return q
-    return None
-
-
-def list_image_files(folder: Path, ending: str) -> tuple[dict[str, dict[int, Path]], list[Path]]:
-    """Group ``CASE_XXXX<ending>`` files in ``folder`` by case. Also returns files whose name
-    lacks the ``_XXXX`` channel suffix (reported by verification)."""
-    cases: dict[str, dict[int, Path]] = {}
-    bad: list[Path] = []
-    if not folder.is_dir():
-        return cases, bad
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
-            continue
-        if not p.name.lower().endswith(ending.lower()):
-            bad.append(p)
-            continue
-        m = _CHANNEL_RE.match(p.name[: -len(ending)])
-        if not m:
-            bad.append(p)
-            continue
-        cases.setdefault(m.group("case"), {})[int(m.group("ch"))] = p
-    return cases, bad
-
-
-def list_cases(folder: str | os.PathLike, info: DatasetInfo, split: str = "Tr") -> list[CaseFiles]:
-    """All cases of ``imagesTr`` (``split='Tr'``) or ``imagesTs`` with their en-face images and labels.
-
-    Cases listed only in ``labelsTr`` or ``enfaceTr`` (no volume) appear with ``images == [None...]``
-    so verification can name them.
-    """
-    folder = Path(folder)
-    grouped, _ = list_image_files(folder / f"images{split}", info.file_ending)
-    names = set(grouped)
-    labels_dir = folder / f"labels{split}"
-    enface_dir = folder / f"enface{split}"
-    if split == "Tr" and labels_dir.is_dir():
-        for p in labels_dir.iterdir():
-            if p.is_file() and not p.name.startswith("."):
-                names.add(strip_ending(p.name))
-    out = []
-    for case in sorted(names):
-        chans = grouped.get(case, {})
-        images = [chans.get(i) for i in range(info.num_channels)]
-        enface = {}
-        for mod in info.enface_modalities:
-            q = _find_with_ending(enface_dir, f"{case}_{mod}", info.file_ending)
-            if q is not None:
-                enface[mod] = q
-        label = _find_with_ending(labels_dir, case, info.file_ending) if split == "Tr" else None
-        out.append(CaseFiles(case, images, enface, label))
-    return out

@@ -31,17 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _count(folder: Path, pattern: str) -> int:
-    return sum(1 for _ in folder.glob(pattern)) if folder.is_dir() else 0
-
-
 def raw_summary(folder: Path) -> str:
     """``60 training cases (45 labelled), 12 test``, or ``-``."""
     if not folder.is_dir():
         return "-"
-    cases = _count(folder / "imagesTr", "*_0000.*")
-    text = f"{cases} training cases ({_count(folder / 'labelsTr', '*.*')} labelled)"
-    test = _count(folder / "imagesTs", "*_0000.*")
+    from fpnunet.raw_dataset import count_labels, count_volumes  # lazy: SimpleITK only when listing
+
+    cases = count_volumes(folder, "Tr")
+    text = f"{cases} training cases ({count_labels(folder, 'Tr')} labelled)"
+    test = count_volumes(folder, "Ts")
     return text + (f", {test} test" if test else "")
 
 
@@ -54,10 +52,13 @@ def preprocessed_summary(folder: Path) -> str:
             plan = json.load(f)
     except (OSError, ValueError):
         return "no plans.json"
+    from fpnunet.preprocessed_dataset import PreprocessedDataset  # lazy: numpy only when listing
+
     parts = []
     for name, config in (plan.get("configurations") or {}).items():
         ident = str(config.get("data_identifier", ""))
-        parts.append(f"{name} ({ident}/: {_count(folder / ident, '*_seg.npy')} labelled cases)" if ident else name)
+        labelled = len(PreprocessedDataset(folder / ident).labelled_files()) if ident else 0
+        parts.append(f"{name} ({ident}/: {labelled} labelled cases)" if ident else name)
     return "plans.json: " + (", ".join(parts) or "no configuration")
 
 

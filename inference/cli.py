@@ -23,7 +23,9 @@ cuda:1 ...`` runs one part per device and merges (:mod:`.parts`).
 Reading (and preprocessing) the next case, predicting and writing overlap: a reader thread
 prefetches, a writer pool writes. A bad case (unreadable or not 3D, depth too small, a missing
 channel, a file name without the ``_0000`` channel suffix) is reported on stderr naming the file;
-the other cases are still predicted and the exit status is 1, with the number of failures.
+the other cases are still predicted and the exit status is 1, with the number of failures; the
+failed cases and their errors go into ``OUT_DIR/failed_cases.csv`` (``case,error``; removed when
+none failed), which ``fpn_report`` shows. The folder's names: :mod:`fpnunet.prediction_folder`.
 
 Depth rule: a volume is rejected when its depth (along the plan's projection axis) within the
 plan's depth crop, ``min(D, depth_crop)``, is below a quarter of the configuration's depth (it
@@ -40,14 +42,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fpnunet import cli_args, results_layout
-from fpnunet.atomic import write_atomic
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, resolve_dataset, results_dir, results_root
+from fpnunet.raw_dataset import DATASET_FILE, enface_dir
 
 from .inputs import InputCase, Loaded, collect_inputs, min_raw_depth
 from .inputs import reader as read_ahead
-from .parts import check_part, merge_parts, part_csv_name, run_on_devices, select_part
+from .parts import check_part, merge_parts, run_on_devices, select_part
 
 if TYPE_CHECKING:  # torch, numpy and SimpleITK are imported after parsing (fast --help)
     import numpy as np
@@ -141,12 +143,15 @@ def _write_case(
     case: str, probs: np.ndarray, geometry: EnfaceGeometry, out_dir: Path, ending: str, save_probs: bool,
     labels: dict[str, int], threshold: float, visit: dict[str, str | None] | None = None,
 ) -> list[dict[str, Any]]:
+    from fpnunet.prediction_folder import PredictionFolder
+
     from .export import lesion_rows, probabilities_to_segmentation, write_probabilities, write_segmentation
 
+    folder = PredictionFolder(out_dir)
     seg = probabilities_to_segmentation(probs, threshold=threshold, labels=labels)
-    write_segmentation(seg, geometry, out_dir / f"{case}{ending}")
+    write_segmentation(seg, geometry, folder.mask_file(case, ending))
     if save_probs:
-        write_probabilities(probs, out_dir / f"{case}.npz", labels=labels)
+        write_probabilities(probs, folder.probabilities_file(case), labels=labels)
     return lesion_rows(case, seg, geometry.spacing, labels, visit)
 
 
@@ -211,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         from .fused import find_enface_files, model_modalities
 
         modalities = model_modalities(predictor)
-        enface_dir = Path(args.enface_dir) if args.enface_dir else in_dir.parent / "enfaceTs"
+        enface_folder = Path(args.enface_dir) if args.enface_dir else enface_dir(in_dir.parent, "Ts")
         need = "which the model needs as an input channel" if predictor.enface_inputs else "which --fused needs"
-        enface_files = {item.case: find_enface_files(enface_dir, item.case, modalities, need) for item in items}
+        enface_files = {item.case: find_enface_files(enface_folder, item.case, modalities, need) for item in items}
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     for e in errors:
@@ -282,12 +287,18 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         reader.join(timeout=5)
 
+    from fpnunet.prediction_folder import PredictionFolder
+
+    from .export import LESION_COLUMNS
+
+    folder = PredictionFolder(out_dir)
     if rows or args.num_parts > 1:  # a failed prediction writes no (header-only) table; a part always
-        _write_areas(rows, out_dir / part_csv_name(args.part_id, args.num_parts))  # does (--merge-parts needs it)
+        folder.write_areas(rows, LESION_COLUMNS, args.part_id, args.num_parts)  # does (--merge-parts needs it)
+    folder.write_failed(failed, args.part_id, args.num_parts)
     if args.overlays or args.report:
         from fpnunet.report.writers import pictures_after_prediction
 
-        pictures_after_prediction(out_dir, {c: out_dir / f"{c}{ending}" for c, _ in pending if c not in failed},
+        pictures_after_prediction(out_dir, {c: folder.mask_file(c, ending) for c, _ in pending if c not in failed},
                                   labels, dataset_json, in_dir, failed, args.overlays, args.report,
                                   plan.projection_axis)
     total = len(items) + len(errors)
@@ -299,15 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write_areas(rows: list[dict[str, Any]], path: Path) -> None:
-    import pandas as pd
-
-    from .export import LESION_COLUMNS
-
-    df = pd.DataFrame(rows, columns=list(LESION_COLUMNS))
-    write_atomic(path, lambda tmp: df.to_csv(tmp, index=False), suffix=".csv")
-
-
 def _dataset_json(predictor: Predictor, dataset: str | None) -> dict[str, Any]:
     """The model folder's dataset.json, completed by the raw dataset's (visits of new cases) under -d."""
     out = dict(predictor.dataset_info.raw) if predictor.dataset_info else {}
@@ -315,7 +317,7 @@ def _dataset_json(predictor: Predictor, dataset: str | None) -> dict[str, Any]:
         from fpnunet.paths import raw_dir
 
         try:
-            from fpnunet.io import load_dataset_json
+            from fpnunet.raw_dataset import load_dataset_json
 
             raw = load_dataset_json(raw_dir(dataset)).raw
         except FPNError:
@@ -330,7 +332,7 @@ def _visit_columns(dataset_json: dict[str, Any]) -> dict[str, dict[str, str | No
     from fpnunet.report.visits import visits_from_dataset
 
     return {c: {"patient": v.patient, "eye": v.eye, "visit": v.date.isoformat() if v.date else None}
-            for c, v in visits_from_dataset(dataset_json, "dataset.json").items()}
+            for c, v in visits_from_dataset(dataset_json, DATASET_FILE).items()}
 
 
 def _case_of_message(message: str) -> str:

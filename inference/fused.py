@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from fpnunet.errors import FPNError
-from fpnunet.io import SUPPORTED_ENDINGS, read_image, squeeze_2d
+from fpnunet.io import read_image, squeeze_2d
+from fpnunet.raw_dataset import enface_stem, image_files
 
 from .predictor import Predictor
 
@@ -44,8 +45,7 @@ def find_enface_files(enface_dir: Path, case: str, modalities: list[str], need: 
     (``need`` says why it is needed)."""
     out: dict[str, Path] = {}
     for mod in modalities:
-        hits = [enface_dir / f"{case}_{mod}{end}" for end in SUPPORTED_ENDINGS
-                if (enface_dir / f"{case}_{mod}{end}").is_file()]
+        hits = image_files(enface_dir, enface_stem(case, mod))
         if not hits:
             raise FPNError(f"{enface_dir / f'{case}_{mod}'}.*: case {case!r} has no {mod} image, {need} "
                            f"(the model takes {', '.join(modalities)}; images elsewhere: --enface-dir)")

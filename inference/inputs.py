@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fpnunet.errors import FPNError
+from fpnunet.raw_dataset import volume_name
 
 if TYPE_CHECKING:  # numpy is imported by the caller after parsing (fast --help)
     import numpy as np
@@ -82,8 +83,7 @@ def min_raw_depth(predictor: Predictor) -> int:
 
 def load_case(item: InputCase, predictor: Predictor, folder: Path) -> Loaded:
     """Read, check and preprocess one case (runs in the reader thread)."""
-    from fpnunet.io import enface_geometry, file_ending, read_image, to_bda
-    from fpnunet.plans.verify_content import check_nifti
+    from fpnunet.io import check_nifti, enface_geometry, file_ending, read_image, to_bda
 
     plan = predictor.plan
     n = plan.num_input_channels
@@ -99,7 +99,7 @@ def load_case(item: InputCase, predictor: Predictor, folder: Path) -> Loaded:
     missing = [k for k in range(n) if k not in item.files]
     if missing:
         first = next(iter(item.files.values()))[0]
-        expected = folder / f"{item.case}_{missing[0]:04d}{file_ending(first)}"
+        expected = folder / volume_name(item.case, file_ending(first), missing[0])
         return Loaded(item.case, error=f"{expected}: channel {missing[0]} of case {item.case!r} is missing "
                                         f"(the model takes {n} channel(s))")
     axis = plan.projection_axis

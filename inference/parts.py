@@ -4,18 +4,18 @@
   the input folder's cases sorted by name, so the parts are disjoint, cover every case, and do not
   depend on where or when they run (Slurm array tasks, several nodes).
 * Each part writes its masks (and ``.npz``) into the output folder as one run would, and its lesion
-  areas into ``lesion_areas.part-I-of-K.csv`` (:func:`part_csv_name`) instead of
-  ``lesion_areas.csv``, so parts never overwrite each other's table.
+  areas into ``lesion_areas.part-I-of-K.csv`` instead of ``lesion_areas.csv`` (and its failed
+  inputs, if any, into ``failed_cases.part-I-of-K.csv``), so parts never overwrite each other's
+  tables (names: :class:`fpnunet.prediction_folder.PredictionFolder`).
 * :func:`merge_parts` (``fpn_predict -o OUT --merge-parts``) checks that all ``K`` part tables are
-  there, joins them in case order into ``lesion_areas.csv`` (the file one run writes) and removes
-  the part tables.
+  there, joins them in case order into ``lesion_areas.csv`` (the file one run writes), joins the
+  failed-case part tables into ``failed_cases.csv`` and removes the part tables.
 * :func:`run_on_devices` (``fpn_predict ... --devices cuda:0 cuda:1``): one process per device, each
   a part, their output streamed with a ``[part I @ DEVICE]`` prefix, then the merge.
 """
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -25,10 +25,9 @@ from typing import TypeVar
 
 from fpnunet.atomic import write_atomic
 from fpnunet.errors import FPNError
+from fpnunet.prediction_folder import AREAS_FILE, FAILED_FILE, PredictionFolder
 
 T = TypeVar("T")
-AREAS = "lesion_areas.csv"
-_PART_RE = re.compile(r"^lesion_areas\.part-(\d+)-of-(\d+)\.csv$")
 
 
 def check_part(num_parts: int, part_id: int) -> None:
@@ -44,11 +43,6 @@ def select_part(items: Sequence[T], num_parts: int, part_id: int) -> list[T]:
     return list(items[part_id::num_parts])
 
 
-def part_csv_name(part_id: int, num_parts: int) -> str:
-    """The lesion-area table of one part (``lesion_areas.csv`` for a single run)."""
-    return AREAS if num_parts == 1 else f"lesion_areas.part-{part_id}-of-{num_parts}.csv"
-
-
 def merge_parts(out_dir: str | Path, keep: bool = False) -> Path:
     """Join ``out_dir``'s part tables into ``lesion_areas.csv`` (rows in case order, as one run
     writes them); removes the part tables unless ``keep``. Missing parts are an error naming them."""
@@ -57,11 +51,8 @@ def merge_parts(out_dir: str | Path, keep: bool = False) -> Path:
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FPNError(f"{out_dir}: output folder not found")
-    parts: dict[int, dict[int, Path]] = {}
-    for p in out_dir.iterdir():
-        m = _PART_RE.match(p.name)
-        if m:
-            parts.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    folder = PredictionFolder(out_dir)
+    parts = folder.part_tables(AREAS_FILE)
     if not parts:
         raise FPNError(f"{out_dir}: no part tables lesion_areas.part-I-of-K.csv to merge "
                        "(written by fpn_predict --num-parts K --part-id I)")
@@ -80,12 +71,17 @@ def merge_parts(out_dir: str | Path, keep: bool = False) -> Path:
         except (OSError, ValueError) as exc:
             raise FPNError(f"{found[i]}: not a readable lesion_areas table ({exc})") from None
     rows = [f for f in frames if len(f)]  # a part without cases has only the header
-    target = out_dir / AREAS
+    target = folder.areas_file()
     if rows:  # no lesion table at all when no case was predicted, as for one run
         table = pd.concat(rows, ignore_index=True).sort_values("case", kind="mergesort", ignore_index=True)
         write_atomic(target, lambda tmp: table.to_csv(tmp, index=False), suffix=".csv")  # stable: class order kept
+    failed_parts = folder.part_tables(FAILED_FILE).get(k, {})
+    failed: dict[str, str] = {}
+    for p in failed_parts.values():
+        failed.update(PredictionFolder.read_failed_table(p))
+    folder.write_failed(failed)
     if not keep:
-        for p in found.values():
+        for p in [*found.values(), *failed_parts.values()]:
             p.unlink()
     return target
 

@@ -27,9 +27,9 @@ from torch import nn
 from fpnunet.checkpoint import build_model, finite_weights, load_checkpoint
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError, ShapeError
-from fpnunet.io import DatasetInfo, load_dataset_json
 from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import Configuration, Plan
+from fpnunet.raw_dataset import DatasetInfo, has_dataset_json, load_dataset_json
 from fpnunet.results_layout import CHECKPOINTS, fold_checkpoint, list_folds
 
 from .fast import example_input, prepare_for_inference
@@ -153,7 +153,7 @@ class Predictor:
         if checkpoint not in CHECKPOINTS:
             raise FPNError(f"unknown checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINTS)}")
         plan = Plan.load(model_dir / "plans.json")
-        info = load_dataset_json(model_dir) if (model_dir / "dataset.json").is_file() else None
+        info = load_dataset_json(model_dir) if has_dataset_json(model_dir) else None
         if folds is None:
             fold_names = list_folds(model_dir)
             if not fold_names:

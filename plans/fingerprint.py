@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from fpnunet.io import CaseFiles, DatasetInfo
 from fpnunet.parallel import parallel_map
 from fpnunet.plans.geometry import bda_order, squeeze_3d, volume_spacing
 from fpnunet.plans.verify import check_files
 from fpnunet.plans.verify_content import check_case_content
+from fpnunet.raw_dataset import CaseFiles, DatasetInfo
 from fpnunet.retina import detect_retina_band
 
 # re-exported: these lived here before verification and parallel_map got their own modules

@@ -36,7 +36,6 @@ from typing import Any
 import torch
 
 from fpnunet.errors import FPNError
-from fpnunet.io import DatasetInfo
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.memory import calibrate_cuda, estimate_training_memory
 from fpnunet.plans.plan import Configuration, MemoryEstimate, NetworkSpec, Plan, TrainingDefaults
@@ -55,6 +54,7 @@ from fpnunet.plans.planning_rules import (  # the rules; tests and callers also 
     shrunk_patch,
     training_enface_area,
 )
+from fpnunet.raw_dataset import DatasetInfo
 
 
 # ----------------------------------------------------------------------------- one network

@@ -22,16 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fpnunet.errors import DatasetError, FPNError
-from fpnunet.io import (
-    SUPPORTED_ENDINGS,
+from fpnunet.io import SUPPORTED_ENDINGS, file_ending, strip_ending
+from fpnunet.plans.verify_headers import CaseCheck, check_headers, resolve_axis
+from fpnunet.raw_dataset import (
     DatasetInfo,
-    file_ending,
+    enface_dir,
+    images_dir,
+    labels_dir,
     list_cases,
     list_image_files,
     load_dataset_json,
-    strip_ending,
 )
-from fpnunet.plans.verify_headers import CaseCheck, check_headers, resolve_axis
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _check_dataset_json(rep: Report, info: DatasetInfo) -> None:
 
 def _check_images_folder(rep: Report, info: DatasetInfo, split: str) -> dict[str, dict[int, Path]]:
     """File names and channels of ``images{split}``; returns ``{case: {channel: path}}`` of named files."""
-    folder = rep.raw / f"images{split}"
+    folder = images_dir(rep.raw, split)
     if not folder.is_dir():
         if split == "Tr":
             rep.add(f"images{split}/: folder is missing (volumes go in imagesTr/CASE_0000{info.file_ending})")
@@ -103,9 +104,8 @@ def _check_images_folder(rep: Report, info: DatasetInfo, split: str) -> dict[str
     return grouped
 
 
-def _check_side_folder(rep: Report, info: DatasetInfo, folder_name: str, cases: set[str]) -> None:
+def _check_side_folder(rep: Report, info: DatasetInfo, folder: Path, cases: set[str]) -> None:
     """``labelsTr``/``enfaceTr``: every file must be an image belonging to an ``imagesTr`` case."""
-    folder = rep.raw / folder_name
     if not folder.is_dir():
         return
     seen: dict[str, Path] = {}
@@ -117,7 +117,7 @@ def _check_side_folder(rep: Report, info: DatasetInfo, folder_name: str, cases: 
             rep.add(f"{rep.rel(p)}: not an image file (supported endings: {', '.join(SUPPORTED_ENDINGS)})")
             continue
         stem = strip_ending(p.name)
-        if folder_name.startswith("labels"):
+        if folder == labels_dir(rep.raw, "Tr"):
             case, what = stem, "label"
         else:
             mod = next((m for m in mods if stem.endswith(f"_{m}") and len(stem) > len(m) + 1), None)
@@ -172,8 +172,8 @@ def check_files(raw_folder: str | os.PathLike) -> FileChecks:
     rep = Report(raw)
     _check_dataset_json(rep, info)
     grouped = _check_images_folder(rep, info, "Tr")
-    _check_side_folder(rep, info, "labelsTr", set(grouped))
-    _check_side_folder(rep, info, "enfaceTr", set(grouped))
+    _check_side_folder(rep, info, labels_dir(raw, "Tr"), set(grouped))
+    _check_side_folder(rep, info, enface_dir(raw, "Tr"), set(grouped))
     test_grouped = _check_images_folder(rep, info, "Ts")
 
     explicit = info.projection_axis if isinstance(info.projection_axis, int) else None

@@ -2,71 +2,21 @@
 
 :func:`check_case_content` reads one case's files (one case per task in a process pool) and
 returns its problems, one line each naming the file, and, when there are none, the arrays the
-fingerprint's statistics need. :func:`check_nifti` catches what SimpleITK lets through in
+fingerprint's statistics need. :func:`fpnunet.io.check_nifti` catches what SimpleITK lets through in
 NIfTI files (truncated data, NaN/Inf).
 """
 from __future__ import annotations
 
-import gzip
 import os
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fpnunet.errors import FPNError
-from fpnunet.io import CaseFiles, Image, file_ending, read_image, squeeze_2d, to_bda
+from fpnunet.io import Image, check_nifti, read_image, squeeze_2d, to_bda
 from fpnunet.plans.geometry import bda_order, squeeze_3d, volume_spacing
-
-_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
-
-
-def check_nifti(path: str | os.PathLike) -> tuple[str | None, int]:
-    """``(why the file is incomplete or None, number of NaN/Inf voxels)`` of a ``.nii``/``.nii.gz``;
-    ``(None, 0)`` for other formats.
-
-    SimpleITK reads a truncated NIfTI without complaint, filling the missing voxels with zeros
-    (an interrupted copy looks like a volume whose last B-scans are black), and it turns NaN and
-    Inf voxels into 0. So verification decompresses the file once, compares its length with what
-    the header promises and counts the non-finite values of float data itself.
-    """
-    end = file_ending(path)
-    if end not in (".nii", ".nii.gz"):
-        return None, 0
-    opener = gzip.open if end == ".nii.gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        return f"file is truncated or corrupt ({exc})", 0
-    if len(data) < 348:
-        return f"file is truncated ({len(data)} bytes, less than a NIfTI header)", 0
-    for order in "<>":
-        size = struct.unpack(order + "i", data[:4])[0]
-        if size == 348:
-            dims = struct.unpack(order + "8h", data[40:56])
-            dtype, bitpix = struct.unpack(order + "2h", data[70:74])
-            offset = int(struct.unpack(order + "f", data[108:112])[0])
-            break
-        if size == 540 and len(data) >= 540:
-            dims = struct.unpack(order + "8q", data[16:80])
-            dtype, bitpix = struct.unpack(order + "2h", data[12:16])
-            offset = int(struct.unpack(order + "q", data[168:176])[0])
-            break
-    else:
-        return None, 0  # not a header we know: leave it to SimpleITK
-    n = int(np.prod([max(1, int(d)) for d in dims[1 : 1 + max(0, min(7, dims[0]))]], dtype=np.int64))
-    offset = max(offset, size)
-    expected = offset + n * max(1, bitpix) // 8
-    if len(data) < expected:
-        return f"file is truncated: {len(data)} bytes where the header promises {expected}", 0
-    bad = 0
-    if dtype in _NIFTI_FLOAT_TYPES:
-        values = np.frombuffer(data, dtype=order + _NIFTI_FLOAT_TYPES[dtype], count=n, offset=offset)
-        bad = int(np.count_nonzero(~np.isfinite(values)))
-    return None, bad
+from fpnunet.raw_dataset import CaseFiles
 
 
 @dataclass

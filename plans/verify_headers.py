@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import SimpleITK as sitk
 
 from fpnunet.errors import FPNError
-from fpnunet.io import CaseFiles, DatasetInfo
 from fpnunet.plans.geometry import plane_shape, squeeze_shape
+from fpnunet.raw_dataset import CaseFiles, DatasetInfo
 
 if TYPE_CHECKING:
     from fpnunet.plans.verify import Report

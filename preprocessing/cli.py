@@ -13,11 +13,10 @@ to the preprocessed folder then. Otherwise it writes ``dataset.json`` (a copy),
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 
 from fpnunet import cli_args, paths
-from fpnunet.atomic import save_json, write_atomic
+from fpnunet.atomic import save_json
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Plan
@@ -69,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_processes < 1:
         raise FPNError(f"-np must be at least 1, got {args.num_processes}")
     cli_args.print_data_roots()
-    from fpnunet.io import load_dataset_json
     from fpnunet.plans.fingerprint import fingerprint_summary, verify_and_fingerprint
+    from fpnunet.raw_dataset import copy_dataset_json, load_dataset_json
 
     name = paths.resolve_dataset(args.dataset)
     raw = paths.raw_root() / name
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     info = load_dataset_json(raw)
     out = paths.preprocessed_root() / name
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "dataset.json", lambda tmp: shutil.copyfile(raw / "dataset.json", tmp), suffix=".json")
+    copy_dataset_json(raw, out)
     save_json(fp, out / "dataset_fingerprint.json")
 
     from fpnunet.plans.planner import plan_dataset

@@ -7,7 +7,8 @@ Per case and configuration (``docs/layout.md``)::
     CASE_<MOD>.npy  float32 (B, A)            en-face image scaled to [0, 1] (per modality present)
     CASE.json       properties; written last, so its presence marks a finished case
     preprocessing_complete.json   the completion record: deleted first, written after the last case
-                                  (read by :mod:`fpnunet.preprocessing.dataset_reader`)
+
+(file names and the writing itself: :class:`fpnunet.preprocessed_dataset.PreprocessedDataset`).
 
 :func:`preprocess_case` turns a raw case into these files with the transforms of
 :mod:`fpnunet.preprocessing.preprocess`; :func:`preprocess_dataset` does every training case in
@@ -30,23 +31,18 @@ from typing import Any
 import numpy as np
 
 from fpnunet import paths
-from fpnunet.atomic import load_json, save_json, save_npy
 from fpnunet.errors import FPNError
-from fpnunet.io import CaseFiles, DatasetInfo, list_cases, load_dataset_json
 from fpnunet.parallel import parallel_map
 from fpnunet.plans.plan import Configuration, Plan
-from fpnunet.preprocessing.dataset_reader import RECORD_FILE, remove_completion_record, write_completion_record
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.preprocessing.depth import resample_depth
 from fpnunet.preprocessing.preprocess import class_locations, normalised_crop, read_case
+from fpnunet.raw_dataset import CaseFiles, DatasetInfo, list_cases, load_dataset_json
 
 PREPROCESS_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- one case
-def _case_paths(folder: Path, case: str, modalities: list[str]) -> list[Path]:
-    return [folder / f"{case}.npy", folder / f"{case}_seg.npy"] + [folder / f"{case}_{m}.npy" for m in modalities]
-
-
 def preprocess_case(
     case_files: CaseFiles,
     info: DatasetInfo,
@@ -68,36 +64,23 @@ def preprocess_case(
     out: dict[str, dict[str, Any]] = {}
     for ident, (config, folder) in targets.items():
         folder.mkdir(parents=True, exist_ok=True)
-        props_path = folder / f"{case}.json"
-        props_path.unlink(missing_ok=True)  # unfinished until the new properties land
+        store = PreprocessedDataset(folder)
+        store.start_case(case)  # unfinished until the new properties land
         data = np.stack([resample_depth(c, int(config.depth)) for c in cropped]).astype(np.float32, copy=False)
-        try:
-            save_npy(data, folder / f"{case}.npy")
-            if raw.label is not None:
-                save_npy(raw.label, folder / f"{case}_seg.npy")
-            else:
-                (folder / f"{case}_seg.npy").unlink(missing_ok=True)
-            for mod in plan.enface_modalities:
-                if mod in raw.enface:
-                    save_npy(raw.enface[mod], folder / f"{case}_{mod}.npy")
-                else:
-                    (folder / f"{case}_{mod}.npy").unlink(missing_ok=True)
-            props = {
-                "case": case,
-                "labelled": raw.label is not None,
-                "enface": sorted(raw.enface),
-                "raw_shape": list(raw.raw_shape),
-                "shape_bda": [int(s) for s in raw.channels[0].shape],
-                "spacing_bda": list(raw.spacing_bda),
-                "geometry": raw.geometry.to_dict(),
-                "retina_band": [int(band[0]), int(band[1])],
-                "crop": [int(window[0]), int(window[1])],
-                "class_locations": locations,
-                "signature": (signatures or {}).get(ident, ""),
-            }
-            save_json(props, props_path)
-        except OSError as exc:
-            raise FPNError(f"case {case}: cannot write to {folder} ({exc})") from None
+        props = {
+            "case": case,
+            "labelled": raw.label is not None,
+            "enface": sorted(raw.enface),
+            "raw_shape": list(raw.raw_shape),
+            "shape_bda": [int(s) for s in raw.channels[0].shape],
+            "spacing_bda": list(raw.spacing_bda),
+            "geometry": raw.geometry.to_dict(),
+            "retina_band": [int(band[0]), int(band[1])],
+            "crop": [int(window[0]), int(window[1])],
+            "class_locations": locations,
+            "signature": (signatures or {}).get(ident, ""),
+        }
+        store.write_case(case, data, raw.label, raw.enface, list(plan.enface_modalities), props)
         out[ident] = props
     return out
 
@@ -137,28 +120,6 @@ def case_signature(case_files: CaseFiles, plan: Plan, config: Configuration) -> 
         "files": stat,
     }
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _tidy_folder(folder: Path, cases: set[str], modalities: list[str]) -> None:
-    """Remove temporary files of an interrupted run and the outputs of cases no longer in the dataset."""
-    if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        if p.name.startswith(".") and p.is_file() and p.suffix in (".npy", ".json"):
-            p.unlink(missing_ok=True)
-        elif p.suffix == ".json" and p.is_file() and p.stem not in cases and p.name != RECORD_FILE:
-            p.unlink(missing_ok=True)
-            for q in _case_paths(folder, p.stem, modalities):
-                q.unlink(missing_ok=True)
-
-
-def _is_done(props_path: Path, signature: str) -> bool:
-    if not props_path.is_file():
-        return False
-    try:
-        return load_json(props_path).get("signature") == signature
-    except (ValueError, OSError, AttributeError):
-        return False
 
 
 def preprocess_dataset(
@@ -208,10 +169,10 @@ def preprocess_dataset(
     case_names = {cf.case for cf in cases}
     for ident in by_ident:
         folder = out_root / ident
-        remove_completion_record(folder)  # incomplete from here until the record is written again, last
+        PreprocessedDataset(folder).remove_completion_record()  # incomplete until the record is written, last
         if clean and folder.exists():
             shutil.rmtree(folder)
-        _tidy_folder(folder, case_names, list(plan.enface_modalities))
+        PreprocessedDataset(folder).tidy(case_names, list(plan.enface_modalities))
 
     summary = {ident: {"folder": str(out_root / ident), "written": 0, "skipped": 0, "seconds": 0.0}
                for ident in by_ident}
@@ -223,7 +184,7 @@ def preprocess_dataset(
         for ident, config in by_ident.items():
             sig = case_signature(cf, plan, config)
             folder = out_root / ident
-            if _is_done(folder / f"{cf.case}.json", sig):
+            if PreprocessedDataset(folder).is_done(cf.case, sig):
                 summary[ident]["skipped"] += 1
                 continue
             targets[ident] = (config, folder)
@@ -237,5 +198,5 @@ def preprocess_dataset(
     seconds = time.perf_counter() - t0
     for ident in summary:
         summary[ident]["seconds"] = seconds
-        write_completion_record(out_root / ident, sorted(case_names))
+        PreprocessedDataset(out_root / ident).write_completion_record(sorted(case_names))
     return summary

@@ -20,7 +20,7 @@ from fpnunet.networks import available_networks, build_network, network_class
 from fpnunet.networks.cmc import pack_enface
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefaults
 from fpnunet.plans.training_params import AugmentParams, LossParams
-from fpnunet.preprocessing.dataset_reader import write_completion_record
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.training.checkpoint import load_checkpoint
 from fpnunet.training.cmc.augment import MisalignEnface, shift_image
 from fpnunet.training.cmc.losses import CMCLoss, coarse_agreement, prototype_contrastive, semantic_consistency
@@ -191,7 +191,7 @@ def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     Plan(dataset_name=NAME, labels={"background": 0, "GA": 1}, enface_modalities=MODS, file_ending=".nii.gz",
          enface_spacing=SPACING, depth_crop=0, median_shape=(8, DEPTH, 32),
          configurations={"fpn": config}).save(pre / "plans.json")
-    write_completion_record(data)
+    PreprocessedDataset(data).write_completion_record()
     return {"tmp": tmp_path, "raw": raw, "results": tmp_path / "results" / NAME}
 
 

@@ -11,12 +11,13 @@ import torch
 
 from fpnunet.atomic import save_json
 from fpnunet.inference.cli import main as predict_main
-from fpnunet.io import DatasetInfo, EnfaceGeometry, read_image, write_image
+from fpnunet.io import EnfaceGeometry, read_image, write_image
 from fpnunet.networks import network_class
 from fpnunet.networks.encoders2d import ResNetEncoder
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefaults
 from fpnunet.plans.planner import memory_budget_bytes, plan_dataset
-from fpnunet.preprocessing.dataset_reader import write_completion_record
+from fpnunet.preprocessed_dataset import PreprocessedDataset
+from fpnunet.raw_dataset import DatasetInfo
 from fpnunet.training.checkpoint import load_checkpoint
 from fpnunet.training.train_cli import main, parse_args, train
 
@@ -54,7 +55,7 @@ def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
                    "shape_bda": [8, DEPTH, 32], "spacing_bda": [SPACING[0], 0.004, SPACING[1]],
                    "geometry": geometry.to_dict(), "retina_band": [0, DEPTH], "crop": [0, DEPTH],
                    "class_locations": {"1": np.argwhere(seg == 1).tolist()}}, data / f"{case}.json")
-    write_completion_record(data)
+    PreprocessedDataset(data).write_completion_record()
     configs = {
         name: Configuration(
             network=NetworkSpec(name, network_class(name).plan_kwargs(SHAPE_BA, DEPTH, SPACING)),

@@ -18,12 +18,12 @@ from fpnunet.evaluation import (
     evaluate_folders,
     hd95,
     iou,
-    read_label_map,
 )
 from fpnunet.evaluation.cli import main
 from fpnunet.evaluation.crossval import evaluate_crossval
 from fpnunet.evaluation.evaluate import CSV_COLUMNS
 from fpnunet.io import write_image
+from fpnunet.prediction_folder import read_label_map
 
 SP = (2.0, 0.5)  # (sB, sA) mm: B-scans four times coarser than A-scans
 

@@ -8,18 +8,11 @@ import pytest
 from raw_dataset import SHAPE, SPACING, make_label, make_raw_dataset, make_volume
 
 from fpnunet.errors import FPNError
-from fpnunet.io import (
-    find_projection_axis,
-    list_cases,
-    load_dataset_json,
-    read_image,
-    resample_to_shape,
-    to_bda,
-    write_image,
-)
+from fpnunet.io import find_projection_axis, read_image, resample_to_shape, to_bda, write_image
 from fpnunet.plans.fingerprint import verify_and_fingerprint
 from fpnunet.plans.plan import Plan
 from fpnunet.preprocessing import load_case_raw
+from fpnunet.raw_dataset import list_cases, load_dataset_json
 
 
 # ----------------------------------------------------------------------------- round trips

@@ -12,7 +12,7 @@ from fpnunet.atomic import load_json, save_json
 from fpnunet.errors import FPNError
 from fpnunet.io import EnfaceGeometry, read_image
 from fpnunet.plans.plan import Plan
-from fpnunet.preprocessing.dataset_reader import write_completion_record
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.training.splits import apply_label_fraction, fold_cases
 
 SHAPE_BA, DEPTH, SPACING = (6, 10), 8, (0.12, 0.0113)
@@ -38,7 +38,7 @@ def preprocessed(data_roots) -> Path:
         np.save(data / f"{case}_FAF.npy", rng.random(SHAPE_BA).astype(np.float32))
         save_json({"case": case, "labelled": True, "enface": ["FAF"], "geometry": geometry.to_dict(),
                    "shape_bda": [SHAPE_BA[0], DEPTH, SHAPE_BA[1]]}, data / f"{case}.json")
-    write_completion_record(data)
+    PreprocessedDataset(data).write_completion_record()
     Plan(dataset_name="Dataset905_Proj", labels={"background": 0, "GA": 1}, enface_modalities=["FAF"],
          enface_spacing=SPACING).save(pre / "plans.json")
     return pre

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from fpnunet.errors import FPNError
-from fpnunet.io import DatasetInfo
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.memory import estimate_training_memory
 from fpnunet.plans.plan import Plan
@@ -23,6 +22,7 @@ from fpnunet.plans.planner import (
     plan_dataset,
     training_enface_area,
 )
+from fpnunet.raw_dataset import DatasetInfo
 
 torch.set_num_threads(1)
 

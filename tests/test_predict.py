@@ -187,8 +187,11 @@ def test_bad_inputs_are_reported_and_others_still_written(tmp_path, capsys):
     assert "half_0001.nii.gz" in err and "missing" in err
     assert "notes.txt" in err and "ignored" in err
     assert "7 of 9 input(s) failed" in err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["good1.nii.gz", "good2.nii.gz", "lesion_areas.csv"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["failed_cases.csv", "good1.nii.gz", "good2.nii.gz",
+                                                         "lesion_areas.csv"]
     assert sorted(pd.read_csv(out_dir / "lesion_areas.csv")["case"]) == ["good1", "good2"]
+    failed = pd.read_csv(out_dir / "failed_cases.csv", dtype=str, keep_default_na=False).set_index("case")["error"]
+    assert len(failed) == 7 and "file is truncated" in failed["cut"] and "NaN/Inf" in failed["nan"]
 
 
 def test_model_folder_from_results_by_dataset(tmp_path, monkeypatch):

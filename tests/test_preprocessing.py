@@ -222,7 +222,7 @@ def test_rerun_skips_clean_redoes_and_changes_redo(env):
 
 
 def test_atomic_writes_and_interrupted_run(env, monkeypatch):
-    import fpnunet.preprocessing.storage as pp
+    import fpnunet.preprocessed_dataset as pp  # the case files are written by their owner
 
     raw, pre = env
     make_raw_dataset(raw, n=2, labelled=(0, 1))

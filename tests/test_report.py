@@ -158,9 +158,9 @@ def test_growth_rate_of_a_known_series_within_one_percent(tmp_path, monkeypatch)
     assert row["area_rate_mm2_per_year"] == pytest.approx(1.8, rel=0.01)
     assert row["area_rate_se"] < 0.05
     # the square-root rate is the slope through the square roots of the measured areas
-    from fpnunet.report.cases import read_mask
+    from fpnunet.prediction_folder import read_label_map
 
-    areas = [lesion_stats(*read_mask(pred / f"eye_v{i}.nii.gz"), {"background": 0, "GA": 1})["GA"].area_mm2
+    areas = [lesion_stats(*read_label_map(pred / f"eye_v{i}.nii.gz"), {"background": 0, "GA": 1})["GA"].area_mm2
              for i in range(6)]
     expected = fit_rate(years_since(dates), np.sqrt(areas)).slope
     assert row["sqrt_area_rate_mm_per_year"] == pytest.approx(expected, rel=1e-9)

@@ -13,6 +13,7 @@ from test_report import _Collect, _run
 from fpnunet.evaluation.cli import main as evaluate_main
 from fpnunet.inference.cli import main as predict_main
 from fpnunet.io import write_image
+from fpnunet.report.cli import main as report_main
 from fpnunet.training.logger import TrainingLogger, default_title, progress_figure, redraw_progress
 
 
@@ -48,6 +49,42 @@ def test_predict_overlays_report_and_patient_columns(tmp_path):
     assert pd.isna(areas.loc["good2", "patient"])
     assert set(areas["focality"]) <= {"none", "unifocal", "multifocal"}
     assert (areas["sqrt_area_mm"] ** 2).to_numpy() == pytest.approx(areas["area_mm2"].to_numpy())
+    failed = pd.read_csv(out_dir / "failed_cases.csv")  # written by fpn_predict, read by fpn_report
+    assert list(failed.columns) == ["case", "error"] and list(failed["case"]) == ["broken"]
+    assert "broken_0000.nii.gz" in failed["error"][0]
+    assert _run(report_main, ["-p", str(out_dir), "-i", str(in_dir), "-o", str(tmp_path / "again.html")]) == 0
+    p = _Collect()
+    p.feed((tmp_path / "again.html").read_text())
+    assert [r["class"] for r in p.rows] == ["failed", "ok", "ok"]
+    assert "broken_0000.nii.gz" in "".join(p.rows[0]["text"])
+    (in_dir / "broken_0000.nii.gz").unlink()  # nothing fails: the old table goes
+    assert _run(predict_main, ["-i", str(in_dir), "-o", str(out_dir), "-m", str(model_dir), "--device", "cpu"]) == 0
+    assert not (out_dir / "failed_cases.csv").exists()
+
+
+@pytest.mark.parametrize("bad, why", [
+    (np.full((8, 32), np.nan, np.float32), "NaN/Inf"),
+    (np.full((8, 32), 0.5, np.float32), "non-integer"),
+    (np.full((8, 32), 7, np.uint8), "label value 7 is not one of the dataset's labels"),
+])
+def test_report_and_evaluate_refuse_the_same_bad_mask(tmp_path, monkeypatch, capsys, bad, why):
+    raw = tmp_path / "raw" / "Dataset952_Bad"
+    raw.mkdir(parents=True)
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "OCT"}, "labels": {"background": 0, "GA": 1},
+                                                  "file_ending": ".nii.gz"}))
+    monkeypatch.setenv("FPN_RAW", str(raw.parent))
+    ref, pred = tmp_path / "labelsTs", tmp_path / "pred"
+    seg = np.zeros((8, 32), np.uint8)
+    seg[2:6, 4:14] = 1
+    write_image(ref / "c0.nii.gz", seg, (0.375, 0.1875))
+    write_image(pred / "c0.nii.gz", bad, (0.375, 0.1875))
+    capsys.readouterr()
+    for main in (report_main, evaluate_main):
+        assert _run(main, ["-r", str(ref), "-p", str(pred), "-d", "952"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error:") and str(pred / "c0.nii.gz") in err[-1] and why in err[-1]
+        assert "Traceback" not in "\n".join(err)
+    assert not (pred / "report.html").exists() and not (pred / "summary.json").exists()
 
 
 def test_evaluate_always_writes_overlays_with_both_outlines(tmp_path, capsys):

@@ -9,7 +9,8 @@ import SimpleITK as sitk
 
 from fpnunet.atomic import load_json
 from fpnunet.errors import FPNError
-from fpnunet.io import find_projection_axis, list_cases, load_dataset_json, read_image
+from fpnunet.io import find_projection_axis, read_image
+from fpnunet.raw_dataset import list_cases, load_dataset_json
 from fpnunet.synthetic import (
     DEFAULT_SHAPE,
     FIELD_OF_VIEW_MM,

@@ -15,7 +15,7 @@ from fpnunet.atomic import save_json
 from fpnunet.io import EnfaceGeometry, read_image, write_image
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefaults
-from fpnunet.preprocessing.dataset_reader import write_completion_record
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.results_layout import pretrained_tag
 from fpnunet.training.checkpoint import load_checkpoint, model_spec, save_checkpoint
 from fpnunet.training.loop import LoopSettings, batch_to_device, make_optimizer, make_scheduler
@@ -77,7 +77,7 @@ def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     )
     Plan(dataset_name=NAME, labels={"background": 0, "GA": 1}, enface_modalities=["FAF"], file_ending=".nii.gz",
          enface_spacing=SPACING, median_shape=(8, 64, 32), configurations={"fpn": config}).save(pre / "plans.json")
-    write_completion_record(data)
+    PreprocessedDataset(data).write_completion_record()
     return {"tmp": tmp_path, "raw": raw, "pre": pre, "data": data, "results": tmp_path / "results" / NAME}
 
 
@@ -287,7 +287,7 @@ def test_cli_errors_cleanly(dataset, capsys):
         p.unlink()
         props = dataset["data"] / p.name.replace("_seg.npy", ".json")
         save_json(json.loads(props.read_text()) | {"labelled": False}, props)
-    write_completion_record(dataset["data"])  # a complete folder of unlabelled cases
+    PreprocessedDataset(dataset["data"]).write_completion_record()  # a complete folder of unlabelled cases
     with pytest.raises(SystemExit):
         main(["901", "0"])
     assert "no labelled case" in capsys.readouterr().err

@@ -10,8 +10,8 @@ from test_preprocessing import make_plan
 from test_training import dataset  # noqa: F401  (a fixture)
 
 from fpnunet.errors import FPNError
+from fpnunet.preprocessed_dataset import RECORD_FILE, PreprocessedDataset
 from fpnunet.preprocessing import preprocess_dataset
-from fpnunet.preprocessing.dataset_reader import RECORD_FILE, open_preprocessed
 from fpnunet.training.pretrain_cli import main as pretrain_main
 from fpnunet.training.train_cli import main as train_main
 
@@ -48,7 +48,7 @@ def test_killed_preprocessing_leaves_no_completion_record(data_roots, monkeypatc
     record = json.loads((folder / RECORD_FILE).read_text())
     assert sorted(record["cases"]) == ["case_000", "case_001", "case_002"]
     assert record["cases"]["case_002"] == {"labelled": False, "enface": ["FAF"]}
-    assert open_preprocessed(folder).labelled == ["case_000", "case_001"]
+    assert PreprocessedDataset.open(folder).labelled == ["case_000", "case_001"]
 
     def killed_after_one(func, tasks, *args, **kwargs):
         yield func(tasks[0])
@@ -60,7 +60,7 @@ def test_killed_preprocessing_leaves_no_completion_record(data_roots, monkeypatc
     assert (folder / "case_000.json").is_file() and not (folder / "case_001.json").exists()
     assert not (folder / RECORD_FILE).exists()
     with pytest.raises(FPNError, match="preprocessing did not finish"):
-        open_preprocessed(folder)
+        PreprocessedDataset.open(folder)
 
 
 def test_stale_generated_splits_over_fewer_cases_are_refused(dataset, capsys):  # noqa: F811
@@ -75,5 +75,5 @@ def test_stale_generated_splits_over_fewer_cases_are_refused(dataset, capsys):  
 
 
 def test_reader_lists_cases_of_a_complete_folder(dataset):  # noqa: F811
-    folder = open_preprocessed(Path(dataset["data"]))
+    folder = PreprocessedDataset.open(Path(dataset["data"]))
     assert folder.labelled == [f"tiny_{i:03d}" for i in range(6)] == folder.with_enface("FAF")

@@ -18,7 +18,6 @@ _LAZY = {
     "evaluate_folders": "fpnunet.evaluation.evaluate",
     "pair_files": "fpnunet.evaluation.evaluate",
     "per_case_table": "fpnunet.evaluation.evaluate",
-    "read_label_map": "fpnunet.evaluation.evaluate",
     "summarize": "fpnunet.evaluation.evaluate",
     "write_summary": "fpnunet.evaluation.evaluate",
     "METRIC_KEYS": "fpnunet.evaluation.metrics",

@@ -89,8 +89,8 @@ def _overlays(summary: Mapping[str, Any], dataset: str | None) -> None:
 
     dataset_json, folders = None, []
     if dataset is not None:
-        from fpnunet.io import load_dataset_json
         from fpnunet.paths import raw_dir
+        from fpnunet.raw_dataset import load_dataset_json
 
         dataset_json, folders = load_dataset_json(raw_dir(dataset)).raw, [raw_dir(dataset)]
     out = Path(summary["summary_file"]).parent / OVERLAY_DIR
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FPNError("give the reference and prediction folders: -r REF_DIR -p PRED_DIR (or --crossval -d D)")
         labels = ending = None
         if args.dataset is not None:
-            from fpnunet.io import load_dataset_json
             from fpnunet.paths import raw_dir
+            from fpnunet.raw_dataset import load_dataset_json
 
             info = load_dataset_json(raw_dir(args.dataset))
             labels = info.labels

@@ -17,7 +17,8 @@ from typing import Any
 from fpnunet import results_layout
 from fpnunet.errors import FPNError
 from fpnunet.evaluation.evaluate import evaluate_folders, list_label_files, pick_file, write_summary
-from fpnunet.io import load_dataset_json
+from fpnunet.raw_dataset import labels_dir as raw_labels_dir
+from fpnunet.raw_dataset import load_dataset_json
 
 
 def model_folders(results_dataset_dir: str | os.PathLike) -> list[Path]:
@@ -92,7 +93,7 @@ def evaluate_crossval(
 
     raw = raw_dir(dataset)
     info = load_dataset_json(raw)
-    labels_dir = raw / "labelsTr"
+    labels_dir = raw_labels_dir(raw, "Tr")
     if not labels_dir.is_dir():
         raise FPNError(f"{labels_dir}: folder not found (the raw dataset's references)")
     model_dir = find_model_folder(results_dir(dataset), model)

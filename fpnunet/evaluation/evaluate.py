@@ -11,7 +11,8 @@
 * ``summary_per_case.csv`` beside it (``<stem>_per_case.csv`` for another output name): one row
   per case and foreground class.
 
-The spacing (mm, numpy order ``(sB, sA)``) always comes from the reference file.
+The spacing (mm, numpy order ``(sB, sA)``) always comes from the reference file. Both files are
+read by the prediction folder's one rule (:func:`fpnunet.prediction_folder.read_label_map`).
 
 Cross-validation summaries (:func:`evaluate_crossval`) are :mod:`fpnunet.evaluation.crossval`.
 """
@@ -32,8 +33,9 @@ import pandas as pd
 from fpnunet.atomic import save_json, write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.evaluation.metrics import METRIC_KEYS, case_metrics
-from fpnunet.io import SUPPORTED_ENDINGS, read_image, squeeze_2d, strip_ending
+from fpnunet.io import SUPPORTED_ENDINGS, strip_ending
 from fpnunet.io import file_ending as ending_of
+from fpnunet.prediction_folder import read_label_map
 
 CSV_COLUMNS = (
     "case", "class", "label", "dice", "iou", "hd95_mm", "ref_area_mm2", "pred_area_mm2", "area_abs_error_mm2",
@@ -123,51 +125,7 @@ def pair_files(
     return pairs, ignored
 
 
-def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Read an en-face label map: ``(int64 array (B, A), spacing (sB, sA))``.
-
-    Singleton axes (``(1, B, A)`` exports) are dropped along with their spacing. Raises
-    :class:`FPNError` naming the file when it is not 2D or holds non-integer values.
-    """
-    from fpnunet.plans.verify_content import check_nifti  # SimpleITK reads NaN voxels as 0
-
-    why, nonfinite = check_nifti(path)
-    if why:
-        raise FPNError(f"{path}: {why}")
-    if nonfinite:
-        raise FPNError(f"{path}: a label map must hold integer class values, found {nonfinite} NaN/Inf value(s)")
-    img = read_image(path)
-    arr, spacing = img.array, tuple(img.spacing)
-    if arr.ndim > 2:
-        squeezed = squeeze_2d(arr)
-        if squeezed.ndim == 2:
-            spacing = tuple(s for s, n in zip(spacing, arr.shape) if n != 1)
-            if len(spacing) != 2:  # (1, 1, A) and the like: keep the last two
-                spacing = tuple(img.spacing[-2:])
-            arr = squeezed
-    if arr.ndim != 2:
-        raise FPNError(f"{path}: expected a 2D en-face label map, got an array of shape {arr.shape}")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)):
-            raise FPNError(f"{path}: a label map must hold integer class values, found NaN/Inf")
-        if not np.all(arr == np.round(arr)):
-            raise FPNError(f"{path}: a label map must hold integer class values, found non-integer values")
-    elif arr.dtype.kind not in "iub":
-        raise FPNError(f"{path}: a label map must hold integer class values, got dtype {arr.dtype}")
-    return arr.astype(np.int64), spacing
-
-
 # ----------------------------------------------------------------------------- workers
-def check_label_values(arr: np.ndarray, path: str | os.PathLike, labels: Mapping[str, int]) -> None:
-    """:class:`FPNError` naming ``path`` and the value when ``arr`` holds a value that is not a label."""
-    allowed = {int(v) for v in labels.values()}
-    bad = sorted({int(v) for v in np.unique(arr)} - allowed)
-    if bad:
-        names = ", ".join(f"{n}={v}" for n, v in labels.items())
-        raise FPNError(f"{path}: label value {bad[0]} is not one of the dataset's labels ({names})"
-                       + (f"; {len(bad) - 1} more unknown value(s)" if len(bad) > 1 else ""))
-
-
 def _values_present(path: Path) -> set[int]:
     arr, _ = read_label_map(path)
     return {int(v) for v in np.unique(arr)}
@@ -175,10 +133,8 @@ def _values_present(path: Path) -> set[int]:
 
 def _evaluate_case(args: tuple[str, Path, Path, dict[str, int]]) -> dict[str, Any]:
     case, ref_path, pred_path, labels = args
-    ref, spacing = read_label_map(ref_path)
-    pred, _ = read_label_map(pred_path)
-    check_label_values(ref, ref_path, labels)
-    check_label_values(pred, pred_path, labels)
+    ref, spacing = read_label_map(ref_path, labels)
+    pred, _ = read_label_map(pred_path, labels)
     if ref.shape != pred.shape:
         raise FPNError(
             f"shape mismatch for case {case}: reference {ref_path} is {ref.shape} (B, A) but "

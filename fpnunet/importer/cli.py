@@ -63,15 +63,12 @@ def options_from_args(args: argparse.Namespace):
     if out.exists() and not out.is_dir():
         raise FPNError(f"-o {out}: exists and is not a folder")
     if args.append:
-        ds = out / "dataset.json"
+        from fpnunet.raw_dataset import dataset_file, read_dataset_json
+
+        ds = dataset_file(out)
         if not ds.is_file():
             raise FPNError(f"--append: {ds} does not exist; import without --append first")
-        from fpnunet.atomic import load_json
-
-        try:
-            meta = load_json(ds)
-        except ValueError:
-            raise FPNError(f"{ds}: not valid JSON") from None
+        meta = read_dataset_json(out)
         if not isinstance(meta, dict) or "import" not in meta:
             raise FPNError(f"--append: {out} was not written by fpn_import")
         if bool(meta["import"].get("mirror_os")) != args.mirror_os:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fpnunet.atomic import load_json, save_json
 from fpnunet.errors import DatasetError, FPNError
 from fpnunet.importer import privacy
 from fpnunet.importer.detect import find_exports
@@ -25,6 +24,16 @@ from fpnunet.importer.localizer import register_localizer
 from fpnunet.importer.report import read_report, write_report
 from fpnunet.importer.scan import Scan
 from fpnunet.io import write_image
+from fpnunet.raw_dataset import (
+    enface_dir,
+    enface_name,
+    images_dir,
+    label_name,
+    labels_dir,
+    read_dataset_json,
+    volume_name,
+    write_dataset_json,
+)
 
 ENDING = ".nii.gz"
 
@@ -119,7 +128,7 @@ class Importer:
         self.labels = index_folder(opts.labels) if opts.labels else {}
         self.enface_index = {m: index_folder(d) for m, d in opts.enface.items()}
         self.enface_dicom: dict[str, list] = {}
-        self.existing: dict = load_json(opts.output / "dataset.json") if opts.append else {}
+        self.existing: dict = read_dataset_json(opts.output) if opts.append else {}
         self.known_cases = set(self.existing.get("visits", {}))
         self.label_values = list(range(len(opts.classes) + 1))
         self.sources: list[tuple[str, str, str]] = []
@@ -156,9 +165,9 @@ class Importer:
             write_image(path, mirror_a(arr) if mirrored else arr, spacing)
             files.append((kind, path, name))
 
-        put("volume", f"{case}_0000{ENDING}", vol, sp)
+        put("volume", volume_name(case, ENDING), vol, sp)
         if slo is not None:
-            put("enface", f"{case}_SLO{ENDING}", slo.astype(np.float32), sp2)
+            put("enface", enface_name(case, "SLO", ENDING), slo.astype(np.float32), sp2)
         names = [case, f"{scan.source.stem}_{scan.series}" if scan.series else scan.source.stem]
         if scan.format == "heyex-xml":  # an XML export is a folder: its name names the scan
             names.append(scan.source.parent.name)
@@ -166,7 +175,7 @@ class Importer:
         lab_path = match(self.labels, names) if self.labels else None
         if lab_path is not None:
             lab = load_label(lab_path, scan, raster.affine, shape_ba, self.label_values)
-            put("label", f"{case}{ENDING}", lab, sp2)
+            put("label", label_name(case, ENDING), lab, sp2)
             label_state = "written"
         row = {"case": case, "source": privacy.source_token(self.key, rel_source), "format": scan.format,
                "reader": scan.reader, "shape_bda": "x".join(map(str, scan.volume.shape)),
@@ -180,7 +189,7 @@ class Importer:
             for mod, (arr, check, cols) in stage_enface(self, scan, raster, slo, names, shape_ba, case).items():
                 row.update(cols)
                 if arr is not None:
-                    put("enface", f"{case}_{mod}{ENDING}", arr, sp2)
+                    put("enface", enface_name(case, mod, ENDING), arr, sp2)
                 if check is not None:
                     files.append(("check", check, check.name))
         visit = {"patient": patient, "eye": scan.laterality or "unknown", "date": scan.visit_date,
@@ -300,8 +309,8 @@ class Importer:
                     continue
                 if split == "Ts" and kind == "enface":
                     continue  # the raw layout has no en-face folder for test cases
-                sub = {"volume": "images", "enface": "enface", "label": "labels"}[kind] + split
-                moves.append((path, out / sub / name))
+                folder = {"volume": images_dir, "enface": enface_dir, "label": labels_dir}[kind](out, split)
+                moves.append((path, folder / name))
             rows.append(st.row)
         rows.extend(rows_skipped)
         rows.extend(skipped)
@@ -315,7 +324,7 @@ class Importer:
             os.replace(src, dst)
         write_report(out / "import_report.csv", rows)
         self._write_sources_map()
-        save_json(ds, out / "dataset.json")
+        write_dataset_json(out, ds)
         n_slo = sum(1 for s in staged if s.row["slo"] == "written")
         n_lab = sum(1 for s in staged if s.row["label"] == "written")
         n_ts = sum(1 for s in staged if s.patient in test)

@@ -4,20 +4,20 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fpnunet.atomic import load_json
 from fpnunet.errors import FPNError
 from fpnunet.importer.geometry import mirror_a
 from fpnunet.io import SUPPORTED_ENDINGS, read_image, strip_ending, write_image
+from fpnunet.raw_dataset import dataset_file, read_dataset_json
 
 
 def mirror_back(predictions: Path, raw_dataset: Path, output: Path) -> tuple[int, int]:
     """Copy every prediction ``CASE<ending>`` of ``predictions`` to ``output``, flipping the A-scan
     axis of the cases ``dataset.json`` ``visits`` marks ``"mirrored": true``. Returns
     ``(flipped, copied)``."""
-    ds_path = raw_dataset / "dataset.json"
+    ds_path = dataset_file(raw_dataset)
     if not ds_path.is_file():
         raise FPNError(f"{ds_path}: missing; --mirror-back needs the dataset fpn_import wrote")
-    visits = load_json(ds_path).get("visits")
+    visits = read_dataset_json(raw_dataset).get("visits")
     if not isinstance(visits, dict):
         raise FPNError(f"{ds_path}: no 'visits' (was this dataset written by fpn_import?)")
     if not predictions.is_dir():

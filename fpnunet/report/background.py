@@ -23,7 +23,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from fpnunet.errors import FPNError
-from fpnunet.io import SUPPORTED_ENDINGS, find_projection_axis, read_image, resample_to_shape, squeeze_2d, to_bda
+from fpnunet.io import find_projection_axis, read_image, resample_to_shape, squeeze_2d, to_bda
+from fpnunet.raw_dataset import enface_dir, enface_stem, find_image, images_dir, layout_split, volume_stem
 from fpnunet.retina import detect_retina_band
 
 __all__ = ["search_folders", "find_sources", "enface_background", "projection"]
@@ -39,29 +40,20 @@ def search_folders(folders: Iterable[str | os.PathLike | None]) -> list[Path]:
             continue
         f = Path(f)
         cands = [f]
-        for prefix in ("images", "labels", "enface"):
-            if f.name.startswith(prefix):
-                split = f.name[len(prefix):]
-                cands += [f.parent / f"enface{split}", f.parent / f"images{split}"]
-        cands += [f / f"{kind}{s}" for s in _SPLITS for kind in ("enface", "images")]
+        split = layout_split(f)
+        if split is not None:
+            cands += [enface_dir(f.parent, split), images_dir(f.parent, split)]
+        cands += [d(f, s) for s in _SPLITS for d in (enface_dir, images_dir)]
         out += [c for c in cands if c.is_dir() and c not in out]
     return out
-
-
-def _first(folder: Path, stem: str) -> Path | None:
-    for end in SUPPORTED_ENDINGS:
-        p = folder / f"{stem}{end}"
-        if p.is_file():
-            return p
-    return None
 
 
 def find_sources(case: str, folders: Iterable[Path]) -> tuple[Path | None, Path | None]:
     """``(SLO file, channel-0 volume file)`` of ``case`` in ``folders`` (first hit each)."""
     slo = vol = None
     for f in folders:
-        slo = slo or _first(f, f"{case}_SLO")
-        vol = vol or _first(f, f"{case}_0000")
+        slo = slo or find_image(f, enface_stem(case, "SLO"))
+        vol = vol or find_image(f, volume_stem(case))
     return slo, vol
 
 

@@ -1,15 +1,16 @@
 """Gather a report: every predicted case measured and drawn, failed cases, visits and growth.
 
-Inputs are folders written by the other stages: the prediction folder (label maps ``CASE<ending>``
-and, when a prediction failed, ``failed_cases.csv`` with ``case,error``), an optional reference
-folder, optional en-face pictures (SLO or volumes) and the dataset's ``dataset.json``.
+Inputs are folders written by the other stages: the prediction folder
+(:class:`fpnunet.prediction_folder.PredictionFolder`: label maps and, when a prediction failed, the
+failed-case table ``fpn_predict`` writes), an optional reference folder, optional en-face pictures
+(SLO or volumes) and the dataset's ``dataset.json``.
 
-A case counts as failed when ``failed_cases.csv`` (or the caller) says so, or when it has a
-reference or an input volume but no prediction.
+A case counts as failed when the failed-case table (or the caller) says so, or when it has a
+reference or an input volume but no prediction. A label map that breaks the reading rule
+(:func:`fpnunet.prediction_folder.read_label_map`) is refused, as ``fpn_evaluate`` refuses it.
 """
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import os
 import sys
@@ -18,19 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from fpnunet.errors import FPNError
 from fpnunet.io import SUPPORTED_ENDINGS, file_ending, strip_ending
-from fpnunet.report.cases import CaseResult, measure_case, read_mask
+from fpnunet.prediction_folder import LabelMapError, PredictionFolder, labels_present
+from fpnunet.raw_dataset import DATASET_FILE
+from fpnunet.report.cases import CaseResult, measure_case
 from fpnunet.report.growth import EyeSeries, GrowthRow, build_series, draw_series, growth_rows
 from fpnunet.report.overlay import RGB, class_colours
 from fpnunet.report.visits import Visit, merge_visits, read_visits_csv, visits_from_dataset
 
-__all__ = ["Report", "collect_report", "FAILED_CSV", "list_masks"]
-
-FAILED_CSV = "failed_cases.csv"
+__all__ = ["Report", "collect_report"]
 
 
 @dataclass
@@ -53,33 +53,6 @@ class Report:
         return list(self.colours)
 
 
-def list_masks(folder: str | os.PathLike) -> dict[str, Path]:
-    """Label-map files of a folder by case (top level; a ``.png`` only when no other file has its name)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FPNError(f"{folder}: folder not found")
-    out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or file_ending(p) not in SUPPORTED_ENDINGS:
-            continue
-        case = strip_ending(p.name)
-        if case not in out or file_ending(out[case]) == ".png":
-            out[case] = p
-    return out
-
-
-def read_failed_csv(folder: Path) -> dict[str, str]:
-    """``{case: error}`` of ``folder/failed_cases.csv`` (header ``case,error``), if present."""
-    path = folder / FAILED_CSV
-    if not path.is_file():
-        return {}
-    try:
-        with open(path, newline="") as f:
-            return {row["case"]: row.get("error", "") for row in csv.DictReader(f) if row.get("case")}
-    except (OSError, KeyError) as exc:
-        raise FPNError(f"{path}: cannot read the failed-case list ({exc})") from None
-
-
 def _input_cases(folder: Path) -> set[str]:
     cases = set()
     for p in folder.iterdir():
@@ -89,18 +62,11 @@ def _input_cases(folder: Path) -> set[str]:
     return cases
 
 
-def _labels_present(files: Iterable[Path]) -> dict[str, int]:
-    values: set[int] = set()
-    for f in files:
-        values |= {int(v) for v in np.unique(read_mask(f)[0])}
-    return {"background": 0} | {str(v): v for v in sorted(values) if v > 0}
-
-
 def collect_report(
     pred_dir: str | os.PathLike,
     ref_dir: str | os.PathLike | None = None,
     dataset_json: Mapping[str, Any] | None = None,
-    dataset_source: str = "dataset.json",
+    dataset_source: str = DATASET_FILE,
     image_folders: Iterable[str | os.PathLike | None] = (),
     visits_csv: str | os.PathLike | None = None,
     failures: Mapping[str, str] | None = None,
@@ -109,17 +75,17 @@ def collect_report(
 ) -> Report:
     """Measure and draw every case of ``pred_dir`` (and list the failed ones); fit growth per eye."""
     pred_dir = Path(pred_dir)
-    preds = list_masks(pred_dir)
-    refs = list_masks(ref_dir) if ref_dir is not None else {}
+    preds = PredictionFolder(pred_dir).masks()
+    refs = PredictionFolder(ref_dir).masks() if ref_dir is not None else {}
     folders = [*image_folders, *([ref_dir] if ref_dir else [])]
     if dataset_json is not None and "labels" in dataset_json:
         labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
     else:
-        labels = _labels_present([*preds.values(), *refs.values()])
+        labels = labels_present([*preds.values(), *refs.values()])
     colours = class_colours(labels, dataset_json, dataset_source)
     visits = merge_visits(read_visits_csv(visits_csv) if visits_csv else {},
                           visits_from_dataset(dataset_json or {}, dataset_source))
-    failed = dict(read_failed_csv(pred_dir))
+    failed = PredictionFolder(pred_dir).read_failed()
     failed.update(failures or {})
     for case in refs:
         if case not in preds and case not in failed:
@@ -139,6 +105,8 @@ def collect_report(
         try:
             results.append(measure_case(case, f, labels, colours, folders, ref_file=refs.get(case),
                                         projection_axis=projection_axis, visit=visits.get(case)))
+        except LabelMapError:
+            raise  # a broken label map is refused, not reported as a failed case
         except FPNError as exc:
             results.append(CaseResult(case, visits.get(case, Visit()), error=str(exc)))
     for case, err in failed.items():

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from fpnunet.errors import FPNError
-from fpnunet.io import read_image, squeeze_2d
 from fpnunet.lesions import LesionStats, lesion_stats
+from fpnunet.prediction_folder import read_label_map
 from fpnunet.report.background import enface_background
 from fpnunet.report.overlay import REFERENCE_COLOUR, RGB, Layer, render_overlay, render_thumbnail
 from fpnunet.report.visits import Visit
 
-__all__ = ["CaseResult", "read_mask", "measure_case"]
+__all__ = ["CaseResult", "measure_case"]
 
 
 @dataclass
@@ -43,17 +43,6 @@ class CaseResult:
         return self.error is not None
 
 
-def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
-    """An en-face label map ``(B, A)`` int64 and its spacing ``(sB, sA)``; :class:`FPNError` if not 2D."""
-    img = read_image(path)
-    arr = squeeze_2d(img.array)
-    if arr.ndim != 2:
-        raise FPNError(f"{path}: expected a 2D en-face label map, got shape {img.array.shape}")
-    spacing = tuple(img.spacing[-2:]) if img.array.ndim == 2 else tuple(
-        s for s, n in zip(img.spacing, img.array.shape) if n != 1)[-2:]
-    return arr.astype(np.int64), (float(spacing[0]), float(spacing[1]))
-
-
 def _fmt_area(name: str, s: LesionStats) -> str:
     n = f", {s.lesions} lesion{'s' if s.lesions != 1 else ''}" if s.lesions else ""
     return f"{name} {s.area_mm2:.2f} mm\u00b2{n}"
@@ -71,13 +60,15 @@ def measure_case(
     visit: Visit | None = None,
 ) -> CaseResult:
     """Stats (and Dice/HD95 against ``ref_file``) of one predicted label map, with its overlay PNG
-    and thumbnail when ``pictures``. Raises :class:`FPNError` for unreadable or mismatched files."""
-    pred, spacing = read_mask(pred_file)
+    and thumbnail when ``pictures``. Both maps are read by the prediction folder's rule
+    (:func:`fpnunet.prediction_folder.read_label_map`: a :class:`~fpnunet.prediction_folder.LabelMapError`
+    for a file breaking it, e.g. a value not in ``labels``); a shape mismatch is an :class:`FPNError`."""
+    pred, spacing = read_label_map(pred_file, labels)
     result = CaseResult(case, visit or Visit(), stats=lesion_stats(pred, spacing, labels))
     ref = None
     fg = {n: int(v) for n, v in labels.items() if int(v) != 0}
     if ref_file is not None:
-        ref, _ = read_mask(ref_file)
+        ref, _ = read_label_map(ref_file, labels)
         if ref.shape != pred.shape:
             raise FPNError(f"shape mismatch for case {case}: reference {ref_file} is {ref.shape} (B, A) but "
                            f"prediction {pred_file} is {pred.shape}")

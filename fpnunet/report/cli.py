@@ -25,6 +25,7 @@ from typing import Any
 from fpnunet import cli_args
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
+from fpnunet.raw_dataset import DATASET_FILE, dataset_file
 
 __all__ = ["main", "build_parser", "make_report"]
 
@@ -54,7 +55,7 @@ def make_report(
     output: str | os.PathLike | None = None,
     ref_dir: str | os.PathLike | None = None,
     dataset_json: Mapping[str, Any] | None = None,
-    dataset_source: str = "dataset.json",
+    dataset_source: str = DATASET_FILE,
     image_folders: list[str | os.PathLike | None] | None = None,
     visits_csv: str | os.PathLike | None = None,
     failures: Mapping[str, str] | None = None,
@@ -91,16 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     if out.is_dir():
         raise FPNError(f"-o {out}: is a folder; give a file name ending in .html")
     dataset_json = None
-    source = "dataset.json"
+    source = DATASET_FILE
     folders: list[str | os.PathLike | None] = [args.input] if args.input else []
     axis: int | str = "auto"
     if args.dataset is not None:
-        from fpnunet.io import load_dataset_json
         from fpnunet.paths import raw_dir
+        from fpnunet.raw_dataset import load_dataset_json
 
         raw = raw_dir(args.dataset)
         info = load_dataset_json(raw)
-        dataset_json, source, axis = info.raw, str(raw / "dataset.json"), info.projection_axis
+        dataset_json, source, axis = info.raw, str(dataset_file(raw)), info.projection_axis
         if not args.input:
             folders.append(raw)
     html, csv = make_report(pred, out, args.ref, dataset_json, source, folders, args.visits,

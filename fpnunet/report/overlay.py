@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from fpnunet.errors import FPNError
+from fpnunet.raw_dataset import DATASET_FILE
 
 __all__ = ["Layer", "class_colours", "display_factors", "outline", "compose", "render_overlay",
            "render_thumbnail", "REFERENCE_COLOUR", "FOOTER_PX"]
@@ -62,7 +63,7 @@ def _rgb(value: object, where: str) -> RGB:
 
 
 def class_colours(labels: Mapping[str, int], dataset_json: Mapping | None = None,
-                  source: str = "dataset.json") -> dict[str, RGB]:
+                  source: str = DATASET_FILE) -> dict[str, RGB]:
     """Colour of each foreground class: ``dataset_json["colors"][name]`` when given, else the palette."""
     given = (dataset_json or {}).get("colors", {}) or {}
     if not isinstance(given, dict):

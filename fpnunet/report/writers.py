@@ -22,6 +22,7 @@ from tqdm import tqdm
 from fpnunet.atomic import write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.io import strip_ending
+from fpnunet.raw_dataset import DATASET_FILE
 from fpnunet.report.cases import CaseResult, measure_case
 from fpnunet.report.overlay import class_colours
 
@@ -122,6 +123,6 @@ def pictures_after_prediction(
     if report:
         from fpnunet.report.cli import make_report
 
-        html, csv = make_report(out_dir, out_dir / "report.html", None, dataset_json, "dataset.json", [in_dir],
+        html, csv = make_report(out_dir, out_dir / "report.html", None, dataset_json, DATASET_FILE, [in_dir],
                                 failures=failed, projection_axis=projection_axis)
         print(f"fpn_predict: report {html}" + (f", growth rates {csv}" if csv else ""), file=sys.stderr)

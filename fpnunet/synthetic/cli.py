@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from fpnunet import cli_args
-from fpnunet.atomic import load_json
 from fpnunet.cli_utils import run_cli
+from fpnunet.raw_dataset import read_dataset_json
 from fpnunet.synthetic.geometry import DEFAULT_SHAPE, VOLUME_ENDINGS, spacing_for_shape
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     out = make_synthetic_dataset(args.output, n=args.num_cases, labelled_fraction=args.labelled_fraction,
                                  seed=args.seed, shape=tuple(args.shape), num_test=args.num_test,
                                  file_ending=args.file_ending, name=args.name, show_progress=args.progress)
-    meta = load_json(out / "dataset.json")["synthetic"]
+    meta = read_dataset_json(out)["synthetic"]
     b, d, a = meta["shape_bda"]
     sb, sd, sa = spacing_for_shape((b, d, a))
     print(f"wrote {out}")

@@ -7,9 +7,20 @@ from pathlib import Path
 
 import numpy as np
 
-from fpnunet.atomic import load_json, save_json
 from fpnunet.errors import FPNError
 from fpnunet.io import write_image
+from fpnunet.raw_dataset import (
+    dataset_file,
+    enface_dir,
+    enface_name,
+    images_dir,
+    label_name,
+    labels_dir,
+    layout_dirs,
+    read_dataset_json,
+    volume_name,
+    write_dataset_json,
+)
 from fpnunet.synthetic.case import generate_case
 from fpnunet.synthetic.enface import ENFACE_MODALITIES
 from fpnunet.synthetic.geometry import DEFAULT_SHAPE, FIELD_OF_VIEW_MM, VOLUME_ENDINGS
@@ -20,7 +31,8 @@ GENERATOR_VERSION = 1
 
 def _case_names(prefix: str, count: int, test: bool) -> list[str]:
     width = max(3, len(str(max(count - 1, 0))))
-    return [f"{prefix}_{'T' if test else ''}{i:0{width}d}" for i in range(count)]
+    tag = "T" if test else ""
+    return [f"{prefix}_{tag}{i:0{width}d}" for i in range(count)]
 
 
 def _validate(n: int, labelled_fraction: float, seed: int, shape: tuple[int, ...], num_test: int,
@@ -86,12 +98,11 @@ def make_synthetic_dataset(
         raise FPNError(f"--name {name!r}: use letters, digits and '-' only (it prefixes the case names)")
     if out_dir.exists() and not out_dir.is_dir():
         raise FPNError(f"-o {out_dir}: exists and is not a folder")
-    ds_json = out_dir / "dataset.json"
     prefixes = {name}
     if out_dir.is_dir() and any(out_dir.iterdir()):
         try:
-            previous = load_json(ds_json) if ds_json.is_file() else None
-        except ValueError:
+            previous = read_dataset_json(out_dir) if dataset_file(out_dir).is_file() else None
+        except FPNError:
             previous = None
         if not (isinstance(previous, dict) and "synthetic" in previous):
             raise FPNError(f"-o {out_dir}: folder is not empty and holds no synthetic dataset written by "
@@ -118,7 +129,7 @@ def make_synthetic_dataset(
         "synthetic": {**params, "complete": False},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_json(meta, ds_json)
+    write_dataset_json(out_dir, meta)
     written: set[Path] = set()
 
     def put(path: Path, arr: np.ndarray, sp: tuple[float, ...]) -> None:
@@ -134,27 +145,21 @@ def make_synthetic_dataset(
             right = traits.first_eye_right if eye == 0 else not traits.first_eye_right
             cs = generate_case(shape, np.random.default_rng([seed, split, idx]), traits, right)  # type: ignore[arg-type]
             sp2 = (cs.spacing[0], cs.spacing[2])
-            if split == _TRAIN:
-                put(out_dir / "imagesTr" / f"{case}_0000{file_ending}", cs.volume, cs.spacing)
-                for mod, img in cs.enface.items():
-                    put(out_dir / "enfaceTr" / f"{case}_{mod}{file_ending}", img, sp2)
-                if idx < n_lab:
-                    put(out_dir / "labelsTr" / f"{case}{file_ending}", cs.label, sp2)
-            else:
-                put(out_dir / "imagesTs" / f"{case}_0000{file_ending}", cs.volume, cs.spacing)
-                for mod, img in cs.enface.items():
-                    put(out_dir / "enfaceTs" / f"{case}_{mod}{file_ending}", img, sp2)
-                put(out_dir / "labelsTs" / f"{case}{file_ending}", cs.label, sp2)
+            part = "Tr" if split == _TRAIN else "Ts"
+            put(images_dir(out_dir, part) / volume_name(case, file_ending), cs.volume, cs.spacing)
+            for mod, img in cs.enface.items():
+                put(enface_dir(out_dir, part) / enface_name(case, mod, file_ending), img, sp2)
+            if split != _TRAIN or idx < n_lab:
+                put(labels_dir(out_dir, part) / label_name(case, file_ending), cs.label, sp2)
             bar.update(1)
     # remove stale case files of an earlier generation (other n, ending or labelled share)
     alternatives = "|".join(re.escape(p) for p in sorted(prefixes))
     pattern = re.compile(rf"^({alternatives})_T?\d+(_\d{{4}}|_FAF|_SLO)?\.")
-    for sub in ("imagesTr", "enfaceTr", "labelsTr", "imagesTs", "enfaceTs", "labelsTs"):
-        folder = out_dir / sub
+    for folder in layout_dirs(out_dir):
         if folder.is_dir():
             for p in folder.iterdir():
                 if p.is_file() and p not in written and pattern.match(p.name):
                     p.unlink()
     meta["synthetic"]["complete"] = True
-    save_json(meta, ds_json)
+    write_dataset_json(out_dir, meta)
     return out_dir

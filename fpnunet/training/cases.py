@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fpnunet.atomic import load_json
 from fpnunet.errors import FPNError
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 
 logger = logging.getLogger("fpnunet.training.data")  # the loaders' logger, as before the split
 
@@ -40,7 +40,7 @@ class CaseRecord:
 
 def target_file(data_dir: Path, case: str, mode: str) -> Path:
     """The en-face target file of ``case`` for ``mode`` (``"seg"`` or a modality name)."""
-    return data_dir / (f"{case}_seg.npy" if mode == "seg" else f"{case}_{mode}.npy")
+    return PreprocessedDataset(data_dir).target_file(case, mode)
 
 
 def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -52,19 +52,9 @@ def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _locations(data_dir: Path, case: str, label_path: Path) -> dict[int, np.ndarray]:
-    props = data_dir / f"{case}.json"
-    if props.is_file():
-        try:
-            locs = load_json(props).get("class_locations")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FPNError(f"{props}: not valid JSON ({exc})") from None
-        if isinstance(locs, dict):
-            out: dict[int, np.ndarray] = {}
-            for k, v in locs.items():
-                arr = np.asarray(v, dtype=np.int64).reshape(-1, 2) if len(v) else np.zeros((0, 2), np.int64)
-                if len(arr):
-                    out[int(k)] = arr
-            return out
+    stored = PreprocessedDataset(data_dir).class_locations(case)
+    if stored is not None:
+        return stored
     label = np.asarray(np.load(label_path, mmap_mode="r"))
     rng = np.random.default_rng(0)
     out = {}
@@ -96,7 +86,7 @@ def scan_cases(data_dir: str | Path, cases: list[str], mode: str = "seg") -> lis
     cd: tuple[int, int] | None = None
     first = ""
     for case in cases:
-        vol = data_dir / f"{case}.npy"
+        vol = PreprocessedDataset(data_dir).volume_file(case)
         if not vol.is_file():
             raise FPNError(f"{vol}: preprocessed volume of case {case!r} not found (re-run preprocessing)")
         tgt = target_file(data_dir, case, mode)
@@ -137,7 +127,7 @@ def attach_enface(data_dir: Path, records: list[CaseRecord], modalities: list[st
     for rec in records:
         rec.enface = []
         for mod in modalities:
-            path = data_dir / f"{rec.name}_{mod}.npy"
+            path = PreprocessedDataset(data_dir).enface_file(rec.name, mod)
             if not path.is_file():
                 if required:
                     from fpnunet.training.enface_inputs import missing_message

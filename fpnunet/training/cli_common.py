@@ -27,7 +27,7 @@ from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, resolve_dataset
 from fpnunet.plans.plan import Configuration, Plan, TrainingDefaults
-from fpnunet.preprocessing.dataset_reader import PreprocessedFolder, open_preprocessed
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.results_layout import FoldLock, clean_temp_files
 from fpnunet.training.hyperparameters import Hyperparameters, resolve_hyperparameters
 
@@ -126,8 +126,8 @@ class PreprocessedData:
     data_dir: Path
     hint: str
     """What to run when something is missing (``run fpn_plan_and_preprocess -d X first``)."""
-    cases: PreprocessedFolder
-    """The complete data folder's cases (:mod:`fpnunet.preprocessing.dataset_reader`)."""
+    cases: PreprocessedDataset
+    """The complete data folder and its cases (:meth:`PreprocessedDataset.open`)."""
 
 
 def find_preprocessed(dataset: str, config: str | None) -> PreprocessedData:
@@ -143,7 +143,7 @@ def find_preprocessed(dataset: str, config: str | None) -> PreprocessedData:
     data_dir = pre_dir / configuration.data_identifier
     if not data_dir.is_dir():
         raise FPNError(f"{data_dir}: no preprocessed data for configuration {config_name!r}: {hint}")
-    cases = open_preprocessed(data_dir, f"rerun fpn_plan_and_preprocess -d {dataset}")
+    cases = PreprocessedDataset.open(data_dir, f"rerun fpn_plan_and_preprocess -d {dataset}")
     return PreprocessedData(name, pre_dir, plan, config_name, configuration, data_dir, hint, cases)
 
 

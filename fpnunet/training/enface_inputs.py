@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 
 KWARG = "enface_channels"
 """The network kwarg (and plans.json key) holding the modalities."""
@@ -91,7 +92,7 @@ def check_cases(data_dir: Path, cases: list[str], modalities: list[str]) -> None
     """Every case has its preprocessed ``CASE_<MOD>.npy``; else a one-line error naming the case."""
     for case in cases:
         for mod in modalities:
-            path = Path(data_dir) / f"{case}_{mod}.npy"
+            path = PreprocessedDataset(data_dir).enface_file(case, mod)
             if not path.is_file():
                 raise FPNError(missing_message(path, case, mod, modalities))
 

@@ -33,7 +33,7 @@ from fpnunet.atomic import atomic_path
 from fpnunet.errors import FPNError
 from fpnunet.inference.predictor import Predictor
 from fpnunet.plans.plan import Plan
-from fpnunet.preprocessing.dataset_reader import open_preprocessed
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.training.segmentation import load_volume
 from fpnunet.training.ssim import SSIMLoss, ssim
 
@@ -50,14 +50,14 @@ def inverts(modality: str, invert: bool | None = None) -> bool:
 
 def preprocessed_cases(data_dir: str | Path, hint: str | None = None) -> list[str]:
     """Every case of a complete preprocessed ``<data_identifier>`` folder, labelled or not
-    (:func:`fpnunet.preprocessing.dataset_reader.open_preprocessed`). Only training cases
+    (:meth:`fpnunet.preprocessed_dataset.PreprocessedDataset.open`). Only training cases
     (``imagesTr``) are ever preprocessed into it."""
-    return open_preprocessed(data_dir, hint).case_names
+    return PreprocessedDataset.open(data_dir, hint).case_names
 
 
 def cases_with_modality(data_dir: str | Path, modality: str, hint: str | None = None) -> list[str]:
     """The preprocessed cases that have the en-face image ``CASE_<modality>.npy``."""
-    return open_preprocessed(data_dir, hint).with_enface(modality)
+    return PreprocessedDataset.open(data_dir, hint).with_enface(modality)
 
 
 def split_holdout(cases: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -190,10 +190,7 @@ class ReconstructionTask:
     # ------------------------------------------------------------------ validation
     def load_target(self, case: str) -> np.ndarray:
         """The reconstruction target ``(B, A)`` float32 in ``[0, 1]`` of ``case`` (inverted for FAF)."""
-        path = self.data_dir / f"{case}_{self.modality}.npy"
-        if not path.is_file():
-            raise FPNError(f"{path}: {self.modality} image of case {case!r} not found (re-run preprocessing)")
-        image = np.load(path).astype(np.float32)
+        image = PreprocessedDataset(self.data_dir).load_enface(case, self.modality).astype(np.float32)
         return 1.0 - image if self.inverted else image
 
     def reconstruct(self, model: nn.Module, cases: Sequence[str]) -> dict[str, np.ndarray]:
@@ -215,7 +212,7 @@ class ReconstructionTask:
                 s = float(ssim(torch.from_numpy(recon)[None, None], torch.from_numpy(target)[None, None])[0])
             scores[case] = s
             if self.picture_dir is not None and i < self.n_pictures:
-                volume = np.load(self.data_dir / f"{case}.npy", mmap_mode="r")
+                volume = PreprocessedDataset(self.data_dir).load_volume(case, mmap=True)
                 rows.append((case, mean_projection(volume), target, recon, s))
         finite = [v for v in scores.values() if math.isfinite(v)]
         mean_ssim = float(np.mean(finite)) if finite else math.nan

@@ -17,8 +17,10 @@ from fpnunet.errors import FPNError
 from fpnunet.results_layout import (  # noqa: F401  names re-exported for the training commands
     BEST,
     COMMAND_FILE,
+    DATASET_FILE,
     FINAL,
     LATEST,
+    PLANS_FILE,
     PRETRAINED_FILE,
     VALIDATION_DIR,
     fold_folder_name,
@@ -77,7 +79,7 @@ def write_command(fold_dir: Path, argv: list[str], program: str, append: bool) -
 def copy_model_files(preprocessed_dataset_dir: Path, model_dir: Path) -> None:
     """Copy ``plans.json`` and ``dataset.json`` of the preprocessed dataset into the model folder."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("plans.json", "dataset.json"):
+    for name in (PLANS_FILE, DATASET_FILE):
         src = preprocessed_dataset_dir / name
         if not src.is_file():
             raise FPNError(f"{src}: missing; run fpn_plan_and_preprocess first")

@@ -24,8 +24,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fpnunet import distributed as fdist
-from fpnunet.atomic import load_json
-from fpnunet.errors import FPNError
 from fpnunet.evaluation import case_metrics, dice, evaluate_folders, summarize, write_summary
 from fpnunet.inference.export import label_values, probabilities_to_segmentation, write_segmentation
 from fpnunet.inference.predictor import Predictor
@@ -33,7 +31,10 @@ from fpnunet.io import EnfaceGeometry, resample_to_shape
 from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import Plan
 from fpnunet.plans.training_params import AugmentParams, LossParams
-from fpnunet.preprocessing.dataset_reader import open_preprocessed
+from fpnunet.prediction_folder import PredictionFolder
+from fpnunet.preprocessed_dataset import PreprocessedDataset
+from fpnunet.raw_dataset import label_name
+from fpnunet.raw_dataset import labels_dir as raw_labels_dir
 from fpnunet.training.enface_inputs import missing_message
 from fpnunet.training.losses import SegmentationLoss, logits_from_probabilities
 
@@ -41,35 +42,26 @@ from fpnunet.training.losses import SegmentationLoss, logits_from_probabilities
 # ----------------------------------------------------------------------------- preprocessed cases
 def labelled_cases(data_dir: str | Path, hint: str | None = None) -> list[str]:
     """Labelled cases of a complete preprocessed ``data_identifier`` folder
-    (:func:`fpnunet.preprocessing.dataset_reader.open_preprocessed`; an incomplete one is refused)."""
-    return open_preprocessed(data_dir, hint).labelled
+    (:meth:`fpnunet.preprocessed_dataset.PreprocessedDataset.open`; an incomplete one is refused)."""
+    return PreprocessedDataset.open(data_dir, hint).labelled
 
 
 def load_volume(data_dir: Path, case: str) -> np.ndarray:
     """The preprocessed volume ``(C, B, depth, A)`` float32."""
-    path = data_dir / f"{case}.npy"
-    if not path.is_file():
-        raise FPNError(f"{path}: preprocessed volume missing (re-run fpn_plan_and_preprocess)")
-    return np.load(path)
+    return PreprocessedDataset(data_dir).load_volume(case)
 
 
 def load_label(data_dir: Path, case: str) -> np.ndarray:
     """The preprocessed label map ``(B, A)``."""
-    path = data_dir / f"{case}_seg.npy"
-    if not path.is_file():
-        raise FPNError(f"{path}: label map missing: case {case} is not labelled")
-    return np.load(path)
+    return PreprocessedDataset(data_dir).load_label(case)
 
 
 def load_enface_inputs(data_dir: Path, case: str, modalities: list[str]) -> np.ndarray:
     """The preprocessed en-face images ``(M, B, A)`` a network takes as input channels; a missing
     one is an :class:`FPNError` naming the case."""
-    images = []
-    for mod in modalities:
-        path = data_dir / f"{case}_{mod}.npy"
-        if not path.is_file():
-            raise FPNError(missing_message(path, case, mod, modalities))
-        images.append(np.load(path))
+    store = PreprocessedDataset(data_dir)
+    images = [store.load_enface(case, mod, missing_message(store.enface_file(case, mod), case, mod, modalities))
+              for mod in modalities]
     return np.stack(images).astype(np.float32)
 
 
@@ -236,10 +228,8 @@ def export_validation(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ending = plan.file_ending
-    keep = {f"{c}{ending}" for c in cases}
-    for stale in out_dir.glob(f"*{ending}"):
-        if stale.name not in keep:
-            stale.unlink()
+    folder = PredictionFolder(out_dir)
+    folder.remove_masks_except(cases, ending)
     predictor = Predictor([model], plan, config_name, device=device, tta=tta)
     modalities = enface_inputs(model)
     geometries: dict[str, EnfaceGeometry] = {}
@@ -247,17 +237,14 @@ def export_validation(
     for case in tqdm(cases, desc="final validation", unit="case", disable=not progress):
         probs = predict_case(predictor, data_dir, case, modalities)
         seg = predictions[case] = probabilities_to_segmentation(probs, labels=plan.labels)
-        props_path = data_dir / f"{case}.json"
-        if not props_path.is_file():
-            raise FPNError(f"{props_path}: properties missing (re-run fpn_plan_and_preprocess)")
-        geometry = EnfaceGeometry.from_dict(load_json(props_path)["geometry"])
+        geometry = PreprocessedDataset(data_dir).geometry(case)
         if tuple(seg.shape) != tuple(geometry.shape):
             seg = resample_to_shape(seg, tuple(geometry.shape), is_label=True)
-        write_segmentation(seg, geometry, out_dir / f"{case}{ending}")
+        write_segmentation(seg, geometry, folder.mask_file(case, ending))
         geometries[case] = geometry
     summary_file = out_dir / "summary.json"
-    labels_dir = Path(raw_dir) / "labelsTr" if raw_dir is not None else None
-    if labels_dir is not None and all((labels_dir / f"{c}{ending}").is_file() for c in cases):
+    labels_dir = raw_labels_dir(raw_dir, "Tr") if raw_dir is not None else None
+    if labels_dir is not None and all((labels_dir / label_name(c, ending)).is_file() for c in cases):
         summary = evaluate_folders(labels_dir, out_dir, labels=plan.labels, file_ending=ending,
                                    output_file=summary_file, cases=cases, write=False)
     else:
@@ -265,8 +252,8 @@ def export_validation(
         for case in cases:
             metrics = case_metrics(load_label(data_dir, case), predictions[case], geometries[case].spacing,
                                    plan.labels)
-            entries.append({"case": case, "reference_file": str(data_dir / f"{case}_seg.npy"),
-                            "prediction_file": str(out_dir / f"{case}{ending}"), "metrics": metrics})
+            entries.append({"case": case, "reference_file": str(PreprocessedDataset(data_dir).label_file(case)),
+                            "prediction_file": str(folder.mask_file(case, ending)), "metrics": metrics})
         summary = summarize(entries, plan.labels)
     summary.update(extra or {})
     write_summary(summary, summary_file)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from fpnunet import cli_args
 from fpnunet import distributed as fdist
-from fpnunet.atomic import load_json, save_json
+from fpnunet.atomic import save_json
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.paths import raw_root, results_root
@@ -154,9 +154,9 @@ def parse_args(argv: list[str]) -> TrainArgs:
 # ----------------------------------------------------------------------------- resolution
 def resolve_run(args: TrainArgs) -> RunContext:
     """Find the dataset, plan, configuration, fold cases and the run folder; clear errors otherwise."""
-    from fpnunet.io import load_dataset_json
     from fpnunet.networks import network_class
     from fpnunet.networks.encoder_weights import resolve_encoder_weights
+    from fpnunet.raw_dataset import has_dataset_json, load_dataset_json
     from fpnunet.training import enface_inputs
     from fpnunet.training.pretrained import resolve_pretrained
     from fpnunet.training.run_folder import fold_folder_name, model_folder_name
@@ -176,7 +176,7 @@ def resolve_run(args: TrainArgs) -> RunContext:
     raw_dir = raw_root() / found.dataset
     raw_dir = raw_dir if raw_dir.is_dir() else None
     pre_dir = found.preprocessed_dir
-    patients = load_dataset_json(pre_dir).patients if (pre_dir / "dataset.json").is_file() else {}
+    patients = load_dataset_json(pre_dir).patients if has_dataset_json(pre_dir) else {}
     splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients, all_cases=found.cases.case_names)
     train, val = fold_cases(splits, args.fold)
     full_train = train
@@ -346,9 +346,11 @@ def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path |
     from fpnunet.training.run_folder import VALIDATION_DIR
 
     redraw_progress(fold_dir, trainer)
+    from fpnunet.raw_dataset import has_dataset_json, read_dataset_json
+
     dataset_json = None
-    if raw_dir is not None and (raw_dir / "dataset.json").is_file():
-        dataset_json = load_json(raw_dir / "dataset.json")
+    if raw_dir is not None and has_dataset_json(raw_dir):
+        dataset_json = read_dataset_json(raw_dir)
     try:
         _, problems = write_evaluation_overlays(summary, fold_dir / VALIDATION_DIR / OVERLAY_DIR, dataset_json,
                                                 [raw_dir], progress=progress)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fpnunet.errors import FPNError
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.training.data import (
     CaseRecord,
     PatchLoader,
@@ -44,7 +45,7 @@ def scan_cmc_cases(data_dir: Path, labelled: list[str], unlabelled: list[str],
     lab = scan_cases(data_dir, labelled, "seg") if labelled else []
     unl = []
     for case in unlabelled:
-        vol = data_dir / f"{case}.npy"
+        vol = PreprocessedDataset(data_dir).volume_file(case)
         if not vol.is_file():
             raise FPNError(f"{vol}: preprocessed volume of case {case!r} not found (re-run preprocessing)")
         shape, _ = _npy_shape(vol)
