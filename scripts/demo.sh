@@ -60,7 +60,7 @@ PRED="$FPN_RESULTS/$NAME/demo_test_predictions"
 "$VENV_BIN/python" - "$PRED/summary.json" "$PRECISION" <<'PY'
 import json, sys
 summary = json.load(open(sys.argv[1]))
-dice, precision = summary["foreground_mean"]["dice"], sys.argv[2]
+dice, precision = summary["foreground_mean"]["Dice"], sys.argv[2]
 if precision == "auto":  # say what auto chose on this machine
     import torch
     from fpnunet.precision import resolve_cpu_precision
