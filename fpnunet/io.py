@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from fpnunet.atomic import atomic_path, load_json
-from fpnunet.errors import FPNError
+from fpnunet.errors import DatasetError, FPNError
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".bmp", ".jpg")
 REQUIRED_DATASET_KEYS = ("channel_names", "labels", "file_ending")
@@ -239,8 +239,6 @@ def load_dataset_json(folder: str | os.PathLike) -> DatasetInfo:
         raise FPNError(f"{path}: expected a JSON object at the top level")
     problems = [f"{path}: required key {k!r} is missing" for k in REQUIRED_DATASET_KEYS if k not in d]
     if problems:
-        from fpnunet.errors import DatasetError
-
         raise DatasetError(problems, header=f"{path} is incomplete")
     labels = d["labels"]
     if not isinstance(labels, dict) or not labels:

@@ -24,12 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from fpnunet.checkpoint import build_model, finite_weights, load_checkpoint
+from fpnunet.checkpoint import finite_weights, load_checkpoint
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.io import DatasetInfo, load_dataset_json
+from fpnunet.networks.rebuild import build_model
 from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import Configuration, Plan
+from fpnunet.precision import cpu_bf16_decision
+from fpnunet.preprocessing.preprocess import preprocess_volume
 from fpnunet.results_layout import CHECKPOINTS, fold_checkpoint, list_folds
 
 from .fast import example_input, prepare_for_inference
@@ -109,8 +112,6 @@ class Predictor:
             if cuda:
                 amp = self.config.precision != "fp32"
             else:
-                from fpnunet.precision import cpu_bf16_decision
-
                 amp = self.config.precision != "fp32" and cpu_bf16_decision().use_bf16
         self.amp = amp
         self.channels_last = channels_last
@@ -248,8 +249,6 @@ class Predictor:
         Returns the probabilities ``(K, B, A)`` on the volume's en-face grid and the
         preprocessing properties (``retina_band``, ``crop``).
         """
-        from fpnunet.preprocessing.preprocess import preprocess_volume
-
         if len(channels) != self.plan.num_input_channels:
             raise ShapeError(f"the model takes {self.plan.num_input_channels} channel(s), got {len(channels)}")
         shapes = {tuple(np.shape(ch)) for ch in channels}

@@ -10,19 +10,11 @@ import pandas as pd
 import pytest
 
 from fpnunet.atomic import save_json
+from fpnunet.commands.evaluate import main
 from fpnunet.errors import FPNError
-from fpnunet.evaluation import (
-    area_mm2,
-    case_metrics,
-    dice,
-    evaluate_folders,
-    hd95,
-    iou,
-    read_label_map,
-)
-from fpnunet.evaluation.cli import main
 from fpnunet.evaluation.crossval import evaluate_crossval
-from fpnunet.evaluation.evaluate import CSV_COLUMNS
+from fpnunet.evaluation.evaluate import CSV_COLUMNS, evaluate_folders, read_label_map
+from fpnunet.evaluation.metrics import area_mm2, case_metrics, dice, hd95, iou
 from fpnunet.io import write_image
 
 SP = (2.0, 0.5)  # (sB, sA) mm: B-scans four times coarser than A-scans

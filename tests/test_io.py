@@ -19,7 +19,7 @@ from fpnunet.io import (
 )
 from fpnunet.plans.fingerprint import verify_and_fingerprint
 from fpnunet.plans.plan import Plan
-from fpnunet.preprocessing import load_case_raw
+from fpnunet.preprocessing.preprocess import load_case_raw
 
 
 # ----------------------------------------------------------------------------- round trips

@@ -10,8 +10,8 @@ from test_preprocessing import make_plan
 from test_training import dataset  # noqa: F401  (a fixture)
 
 from fpnunet.errors import FPNError
-from fpnunet.preprocessing import preprocess_dataset
 from fpnunet.preprocessing.dataset_reader import RECORD_FILE, open_preprocessed
+from fpnunet.preprocessing.storage import preprocess_dataset
 from fpnunet.training.pretrain_cli import main as pretrain_main
 from fpnunet.training.train_cli import main as train_main
 

@@ -18,6 +18,7 @@ from fpnunet import results_layout
 from fpnunet.errors import FPNError
 from fpnunet.evaluation.evaluate import evaluate_folders, list_label_files, pick_file, write_summary
 from fpnunet.io import load_dataset_json
+from fpnunet.paths import raw_dir, results_dir
 
 
 def model_folders(results_dataset_dir: str | os.PathLike) -> list[Path]:
@@ -88,8 +89,6 @@ def evaluate_crossval(
     against the raw ``labelsTr`` with the raw ``dataset.json`` labels. Writes
     ``crossval_results/summary.json`` (or ``output_file``) and its per-case CSV.
     """
-    from fpnunet.paths import raw_dir, results_dir
-
     raw = raw_dir(dataset)
     info = load_dataset_json(raw)
     labels_dir = raw / "labelsTr"

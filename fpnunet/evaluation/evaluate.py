@@ -34,6 +34,7 @@ from fpnunet.errors import FPNError
 from fpnunet.evaluation.metrics import METRIC_KEYS, case_metrics
 from fpnunet.io import SUPPORTED_ENDINGS, read_image, squeeze_2d, strip_ending
 from fpnunet.io import file_ending as ending_of
+from fpnunet.plans.verify_content import check_nifti
 
 CSV_COLUMNS = (
     "case", "class", "label", "dice", "iou", "hd95_mm", "ref_area_mm2", "pred_area_mm2", "area_abs_error_mm2",
@@ -129,9 +130,7 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ..
     Singleton axes (``(1, B, A)`` exports) are dropped along with their spacing. Raises
     :class:`FPNError` naming the file when it is not 2D or holds non-integer values.
     """
-    from fpnunet.plans.verify_content import check_nifti  # SimpleITK reads NaN voxels as 0
-
-    why, nonfinite = check_nifti(path)
+    why, nonfinite = check_nifti(path)  # SimpleITK reads NaN voxels as 0: checked before reading
     if why:
         raise FPNError(f"{path}: {why}")
     if nonfinite:

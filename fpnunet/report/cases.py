@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from fpnunet.errors import FPNError
-from fpnunet.io import read_image, squeeze_2d
+from fpnunet.evaluation.metrics import case_metrics
+from fpnunet.io import read_image, squeeze_2d, strip_ending
 from fpnunet.lesions import LesionStats, lesion_stats
 from fpnunet.report.background import enface_background
 from fpnunet.report.overlay import REFERENCE_COLOUR, RGB, Layer, render_overlay, render_thumbnail
@@ -81,8 +82,6 @@ def measure_case(
         if ref.shape != pred.shape:
             raise FPNError(f"shape mismatch for case {case}: reference {ref_file} is {ref.shape} (B, A) but "
                            f"prediction {pred_file} is {pred.shape}")
-        from fpnunet.evaluation.metrics import case_metrics
-
         metrics = case_metrics(ref, pred, spacing, dict(labels))
         for name, value in fg.items():
             m = metrics[str(value)]
@@ -109,6 +108,4 @@ def measure_case(
 
 
 def case_of(path: Path) -> str:
-    from fpnunet.io import strip_ending
-
     return strip_ending(path.name)
