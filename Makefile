@@ -23,6 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VPY) scripts/lint_imports.py
 
 demo: $(STAMP)
 	bash scripts/demo.sh
