@@ -39,7 +39,7 @@ from .fast import example_input, prepare_for_inference
 from .sliding_window import network_divisors, predict_sliding_window
 from .windows import MEMORY_SHARE, WINDOW_MODES, WindowPlan, available_memory, inference_bytes_per_pixel, plan_windows
 
-__all__ = ["Predictor", "CHECKPOINTS", "list_folds", "load_checkpoint"]
+__all__ = ["Predictor"]
 
 class Predictor:
     """Networks of one configuration (usually the folds of one model folder) and their plan.

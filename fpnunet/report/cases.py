@@ -10,13 +10,12 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from fpnunet.errors import FPNError
 from fpnunet.evaluation.metrics import case_metrics
-from fpnunet.io import read_image, squeeze_2d, strip_ending
+from fpnunet.io import read_image, squeeze_2d
 from fpnunet.lesions import LesionStats, lesion_stats
 from fpnunet.report.background import enface_background
 from fpnunet.report.overlay import REFERENCE_COLOUR, RGB, Layer, render_overlay, render_thumbnail
@@ -106,6 +105,3 @@ def measure_case(
     result.thumbnail = render_thumbnail(background, spacing, layers)
     return result
 
-
-def case_of(path: Path) -> str:
-    return strip_ending(path.name)
