@@ -27,6 +27,7 @@ test-bf16: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VPY) scripts/lint_imports.py
 
 demo: $(STAMP)
 	bash scripts/demo.sh

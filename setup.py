@@ -8,6 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "fpnunet",
+        "fpnunet.commands",
         "fpnunet.synthetic",
         "fpnunet.networks",
         "fpnunet.training",
@@ -36,7 +37,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.4", "eyepy>=0.21", "pydicom>=3.0"],
+        "dev": ["pytest>=7", "ruff>=0.4", "import-linter>=2.1", "eyepy>=0.21", "pydicom>=3.0"],
         # fpn_import: device exports (HEYEX VOL/XML/E2E, Topcon FDA via eyepy; DICOM OPT/OP via pydicom)
         "import": ["eyepy>=0.21", "pydicom>=3.0"],
         # any timm CNN as the 2D encoder of omnia/dsnet/dxnet, and --encoder-weights imagenet
@@ -47,17 +48,17 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "fpn_make_synthetic=fpnunet.synthetic.cli:main",
-            "fpn_plan_and_preprocess=fpnunet.preprocessing.cli:main",
+            "fpn_make_synthetic=fpnunet.commands.make_synthetic:main",
+            "fpn_plan_and_preprocess=fpnunet.commands.plan_and_preprocess:main",
             "fpn_pretrain=fpnunet.training.pretrain_cli:main",
             "fpn_train=fpnunet.training.train_cli:main",
             "fpn_train_folds=fpnunet.training.folds_cli:main",
-            "fpn_predict=fpnunet.inference.cli:main",
-            "fpn_evaluate=fpnunet.evaluation.cli:main",
-            "fpn_paths=fpnunet.paths_cli:main",
-            "fpn_report=fpnunet.report.cli:main",
+            "fpn_predict=fpnunet.commands.predict:main",
+            "fpn_evaluate=fpnunet.commands.evaluate:main",
+            "fpn_paths=fpnunet.commands.paths:main",
+            "fpn_report=fpnunet.commands.report:main",
             "fpn_import=fpnunet.importer.cli:main",
-            "fpn_convert_checkpoint=fpnunet.checkpoint_convert:main",
+            "fpn_convert_checkpoint=fpnunet.commands.convert_checkpoint:main",
         ]
     },
 )

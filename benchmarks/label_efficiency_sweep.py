@@ -27,7 +27,8 @@ from fpnunet.atomic import atomic_path, load_json, save_json, write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, raw_root, results_root
 
-CONSOLE_SCRIPTS = {"fpnunet.synthetic": "fpn_make_synthetic", "fpnunet.preprocessing.cli": "fpn_plan_and_preprocess",
+CONSOLE_SCRIPTS = {"fpnunet.commands.make_synthetic": "fpn_make_synthetic",
+                   "fpnunet.commands.plan_and_preprocess": "fpn_plan_and_preprocess",
                    "fpnunet.training.pretrain_cli": "fpn_pretrain", "fpnunet.training.train_cli": "fpn_train"}
 
 
@@ -101,8 +102,9 @@ class Sweep:
         if not (raw / "dataset.json").is_file() or not load_json(raw / "dataset.json").get("synthetic", {}).get(
                 "complete", False):
             say(f"creating the synthetic dataset {raw}")
-            self._call("fpnunet.synthetic", ["-o", str(raw), "-n", str(a.num_cases), "--seed", str(a.data_seed),
-                                             "--shape", *map(str, a.shape), "--no-progress"], "make_synthetic")
+            self._call("fpnunet.commands.make_synthetic",
+                       ["-o", str(raw), "-n", str(a.num_cases), "--seed", str(a.data_seed),
+                        "--shape", *map(str, a.shape), "--no-progress"], "make_synthetic")
         made = load_json(raw / "dataset.json").get("synthetic", {}) if not a.dry_run else {}
         wanted = {"n": a.num_cases, "shape_bda": list(a.shape), "seed": a.data_seed}
         differ = {k: made[k] for k, v in wanted.items() if k in made and made[k] != v}
@@ -116,7 +118,7 @@ class Sweep:
             argv = ["-d", self.name, "-np", str(a.num_processes), "--network", *a.networks, "--no-progress"]
             if a.gpu_memory_gb is not None:
                 argv += ["--gpu-memory-gb", str(a.gpu_memory_gb)]
-            self._call("fpnunet.preprocessing.cli", argv, "plan_and_preprocess")
+            self._call("fpnunet.commands.plan_and_preprocess", argv, "plan_and_preprocess")
 
     def _preprocessed(self) -> bool:
         from fpnunet.plans.plan import Plan

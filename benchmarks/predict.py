@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from fpnunet.inference import Predictor
+from fpnunet.inference.predictor import Predictor
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan
 

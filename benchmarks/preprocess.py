@@ -44,11 +44,11 @@ def main() -> None:
 
     from fpnunet.plans.fingerprint import verify_and_fingerprint
     from fpnunet.plans.plan import Configuration, Plan
-    from fpnunet.preprocessing import preprocess_dataset
+    from fpnunet.preprocessing.storage import preprocess_dataset
 
     ds = raw_root / name
     if not _cached(ds):
-        from fpnunet.synthetic import make_synthetic_dataset
+        from fpnunet.synthetic.dataset import make_synthetic_dataset
 
         t0 = time.perf_counter()
         make_synthetic_dataset(ds, n=args.cases, labelled_fraction=0.5, seed=0, shape=(b, d, a), num_test=0)

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from fpnunet.atomic import atomic_path
 from fpnunet.errors import FPNError
@@ -98,35 +97,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- model spec
 def model_spec(network_name: str, network_kwargs: dict, in_channels: int, num_outputs: int,
                configuration: str) -> dict[str, Any]:
-    """The part of a checkpoint that rebuilds the network (see :func:`build_model`)."""
+    """The part of a checkpoint that rebuilds the network (see :func:`fpnunet.networks.rebuild.build_model`)."""
     return {
         "network": {"name": network_name, "kwargs": to_plain(dict(network_kwargs))},
         "in_channels": int(in_channels),
         "num_outputs": int(num_outputs),
         "configuration": configuration,
     }
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Instantiate the network a checkpoint (or :func:`model_spec`) describes, untrained."""
-    from fpnunet.networks import build_network
-
-    net = spec["network"]
-    return build_network(net["name"], int(spec["in_channels"]), int(spec["num_outputs"]),
-                         **dict(net.get("kwargs", {})))
-
-
-def model_from_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """``(model with the checkpoint's weights on device, checkpoint dict)``."""
-    ckpt = load_checkpoint(path, device)
-    model = build_model(ckpt)
-    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise FPNError(f"{path}: weights do not fit network {ckpt['network'].get('name')!r} ({first})") from None
-    return model.to(device), ckpt
 
 
 # ----------------------------------------------------------------------------- save

@@ -1,4 +1,5 @@
-"""``fpn_convert_checkpoint PATH [PATH ...]``: convert checkpoints of an older fpnunet, once.
+"""Converting checkpoints of an older fpnunet, once (the ``fpn_convert_checkpoint`` command is
+:mod:`fpnunet.commands.convert_checkpoint`).
 
 Checkpoints written before checkpoint format 2 pickled numpy's RNG state (arrays, dtypes,
 scalars), so ``torch.load(weights_only=True)`` refuses them. This command reads such a file with
@@ -9,12 +10,14 @@ trust: they come from your own older runs.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 from pathlib import Path
 from typing import Any
 
-from fpnunet.cli_utils import run_cli
+import numpy as np
+import torch
+
+from fpnunet.checkpoint import FORMAT, FORMAT_NAME, SPEC_KEYS, is_old_format_global, save_checkpoint, to_plain
 from fpnunet.errors import FPNError
 
 
@@ -24,11 +27,6 @@ def _resolve(name: str) -> Any:
 
 
 def _load_old(path: Path) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    from fpnunet.checkpoint import SPEC_KEYS, is_old_format_global
-
     if not path.is_file():
         raise FPNError(f"{path}: checkpoint not found")
     try:
@@ -52,9 +50,6 @@ def _load_old(path: Path) -> dict[str, Any]:
 
 
 def _numpy_free(obj: Any) -> Any:
-    import numpy as np  # here, not at the top: the parser is built without torch/numpy (fast --help)
-    import torch
-
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.array(obj))
     if isinstance(obj, np.generic):
@@ -69,9 +64,6 @@ def _numpy_free(obj: Any) -> Any:
 
 def _convert_rng(rng: Any) -> Any:
     """Format-1 RNG states (numpy / python tuples) -> format 2 (see fpnunet.checkpoint.rng_state)."""
-    import numpy as np
-    import torch
-
     if not isinstance(rng, dict):
         return rng
     out = dict(rng)
@@ -88,8 +80,6 @@ def _convert_rng(rng: Any) -> Any:
 
 def convert_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
     """Convert one format-1 checkpoint; returns where the converted file was written."""
-    from fpnunet.checkpoint import FORMAT, FORMAT_NAME, save_checkpoint, to_plain
-
     path = Path(path)
     obj = _load_old(path)
     fmt = obj.get("format")
@@ -106,26 +96,3 @@ def convert_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
         raise FPNError(f"{path}: cannot be converted ({exc})") from None
     print(f"{path}: converted to checkpoint format {FORMAT['version']} -> {target}")
     return target
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fpn_convert_checkpoint",
-                                description="Convert checkpoints written by an older fpnunet (format 1) into the "
-                                            "weights-only format, in place. Only for files you trust.")
-    p.add_argument("paths", nargs="+", help="checkpoint files (.pth)")
-    p.add_argument("-o", "--output", help="write the converted file here (one PATH only; default: in place)")
-    return p
-
-
-@run_cli
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.output and len(args.paths) != 1:
-        raise FPNError("-o/--output takes a single input PATH")
-    for path in args.paths:
-        convert_checkpoint(path, args.output)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

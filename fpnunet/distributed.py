@@ -14,7 +14,7 @@ with ``WORLD_SIZE=1``, nothing is initialised and every helper here behaves as f
   rank 0's message (printed by rank 0 only).
 * :func:`broadcast_object`, :func:`gather_indexed`, :func:`all_reduce_mean`, :func:`shard`: small
   collectives for the loop (loss for the log, validation split over the ranks and gathered).
-* :func:`wrap_model`: SyncBatchNorm (:mod:`fpnunet.training.sync_batchnorm`) and
+* :func:`wrap_model`: SyncBatchNorm (:mod:`fpnunet.sync_batchnorm`) and
   ``DistributedDataParallel``; :func:`broadcast_buffers` copies rank 0's BatchNorm statistics.
 * :func:`peer_failure_guard`: a collective that fails because another rank died or timed out
   becomes one :class:`FPNError` line instead of a traceback; the process group's timeout
@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError
 
 T = TypeVar("T")
@@ -101,8 +102,6 @@ def rank_device(device: str) -> str:
     Several ranks: ``auto``/``cuda`` -> ``cuda:LOCAL_RANK``, ``cpu`` -> ``cpu``; an explicit
     ``cuda:N`` is refused (torchrun places the ranks). One process: the device as given.
     """
-    from fpnunet.cli_utils import resolve_device
-
     if launched_world_size() == 1:
         return resolve_device(device)
     if device not in ("auto", "cpu", "cuda"):
@@ -237,7 +236,7 @@ def wrap_model(model: Any, device: str, sync_bn: bool = True) -> Any:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    from fpnunet.training.sync_batchnorm import convert_sync_batchnorm
+    from fpnunet.sync_batchnorm import convert_sync_batchnorm  # lazy: start-up time (torch)
 
     if sync_bn:
         convert_sync_batchnorm(model, device)

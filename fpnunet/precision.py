@@ -92,15 +92,13 @@ def probe_bf16_speed(repeats: int = 3) -> float:
     (median of ``repeats`` interleaved pairs after one warm-up each)."""
     from torch import nn
 
-    from fpnunet.networks.layout import channels_last_input, to_channels_last
-
     torch.manual_seed(0)
     block = nn.Sequential(
         nn.Conv3d(32, 32, (1, 3, 3), padding=(0, 1, 1), bias=False), nn.BatchNorm3d(32), nn.ReLU(),
         nn.Conv3d(32, 32, (3, 1, 1), padding=(1, 0, 0), bias=False), nn.BatchNorm3d(32), nn.ReLU(),
     )
-    to_channels_last(block)
-    x = channels_last_input(torch.randn(2, 32, 8, 32, 32))
+    block.to(memory_format=torch.channels_last_3d)  # every weight is 5D: the plain call works
+    x = torch.randn(2, 32, 8, 32, 32).contiguous(memory_format=torch.channels_last_3d)
 
     def step(bf16: bool) -> float:
         t0 = time.perf_counter()

@@ -73,7 +73,7 @@ class PredictionFolder:
     # ------------------------------------------------------------------ masks
     def masks(self) -> dict[str, Path]:
         """Label-map files by case (top level; a ``.png`` only when no other file has its name)."""
-        from fpnunet.io import SUPPORTED_ENDINGS, file_ending, strip_ending  # lazy: see the imports
+        from fpnunet.io import SUPPORTED_ENDINGS, file_ending, strip_ending  # lazy: start-up time (SimpleITK)
 
         if not self.folder.is_dir():
             raise FPNError(f"{self.folder}: folder not found")
@@ -155,9 +155,9 @@ def read_label_map(path: str | os.PathLike, labels: Mapping[str, int] | None = N
     :class:`LabelMapError` naming the file when it is unreadable, not 2D, holds NaN/Inf or
     non-integer values, or (with ``labels``) a value that is not one of the labels.
     """
-    import numpy as np  # lazy: see the imports
+    import numpy as np  # lazy: start-up time (SimpleITK)
 
-    from fpnunet.io import check_nifti, read_image, squeeze_2d
+    from fpnunet.io import check_nifti, read_image, squeeze_2d  # lazy: start-up time (SimpleITK)
     if not Path(path).is_file():
         raise LabelMapError(f"{path}: file not found")
     why, nonfinite = check_nifti(path)  # SimpleITK reads NaN voxels as 0 and zero-fills truncated files
@@ -194,7 +194,7 @@ def read_label_map(path: str | os.PathLike, labels: Mapping[str, int] | None = N
 
 def check_label_values(arr: np.ndarray, path: str | os.PathLike, labels: Mapping[str, int]) -> None:
     """:class:`LabelMapError` naming ``path`` and the value when ``arr`` holds a value that is not a label."""
-    import numpy as np  # lazy: see the imports
+    import numpy as np  # lazy: start-up time (SimpleITK)
 
     allowed = {int(v) for v in labels.values()}
     bad = sorted({int(v) for v in np.unique(arr)} - allowed)
@@ -207,7 +207,7 @@ def check_label_values(arr: np.ndarray, path: str | os.PathLike, labels: Mapping
 def labels_present(files: Iterable[Path]) -> dict[str, int]:
     """``{"background": 0, "1": 1, ...}``: the positive values found in ``files`` (named by value),
     for folders read without a dataset.json (a negative value is then refused per file)."""
-    import numpy as np  # lazy: see the imports
+    import numpy as np  # lazy: start-up time (SimpleITK)
 
     values: set[int] = set()
     for f in files:

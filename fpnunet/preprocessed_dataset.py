@@ -216,7 +216,7 @@ class PreprocessedDataset:
 
     def geometry(self, case: str) -> EnfaceGeometry:
         """The en-face grid of the raw case (``geometry`` of its properties)."""
-        from fpnunet.io import EnfaceGeometry  # lazy: see the imports
+        from fpnunet.io import EnfaceGeometry  # lazy: start-up time (SimpleITK)
 
         try:
             return EnfaceGeometry.from_dict(self.properties(case)["geometry"])
@@ -229,7 +229,7 @@ class PreprocessedDataset:
         without any left out); ``None`` when the properties file or its ``class_locations`` is absent."""
         if not self.properties_file(case).is_file():
             return None
-        import numpy as np  # lazy: see the imports
+        import numpy as np  # lazy: start-up time (SimpleITK)
 
         locs = self.properties(case).get("class_locations")
         if not isinstance(locs, dict):
@@ -243,7 +243,7 @@ class PreprocessedDataset:
 
     def load_volume(self, case: str, mmap: bool = False) -> np.ndarray:
         """The preprocessed volume ``(C, B, depth, A)`` float32 (``mmap``: memory-mapped, read-only)."""
-        import numpy as np  # lazy: see the imports
+        import numpy as np  # lazy: start-up time (SimpleITK)
 
         path = self.volume_file(case)
         if not path.is_file():
@@ -252,7 +252,7 @@ class PreprocessedDataset:
 
     def load_label(self, case: str) -> np.ndarray:
         """The preprocessed label map ``(B, A)``."""
-        import numpy as np  # lazy: see the imports
+        import numpy as np  # lazy: start-up time (SimpleITK)
 
         path = self.label_file(case)
         if not path.is_file():
@@ -261,7 +261,7 @@ class PreprocessedDataset:
 
     def load_enface(self, case: str, modality: str, missing: str | None = None) -> np.ndarray:
         """The en-face image ``modality`` of ``case`` ``(B, A)``; ``missing``: the message when absent."""
-        import numpy as np  # lazy: see the imports
+        import numpy as np  # lazy: start-up time (SimpleITK)
 
         path = self.enface_file(case, modality)
         if not path.is_file():

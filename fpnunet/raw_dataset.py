@@ -236,7 +236,7 @@ class CaseFiles:
 def image_files(folder: str | os.PathLike, stem: str, endings: tuple[str, ...] | None = None) -> list[Path]:
     """The files ``folder/<stem><ending>`` that exist, one per ending of ``endings`` (default: every
     supported ending) in that order."""
-    from fpnunet.io import SUPPORTED_ENDINGS  # lazy: see the imports
+    from fpnunet.io import SUPPORTED_ENDINGS  # lazy: start-up time (SimpleITK)
 
     endings = SUPPORTED_ENDINGS if endings is None else endings
     return [Path(folder) / (stem + end) for end in endings if (Path(folder) / (stem + end)).is_file()]
@@ -244,7 +244,7 @@ def image_files(folder: str | os.PathLike, stem: str, endings: tuple[str, ...] |
 
 def find_image(folder: str | os.PathLike, stem: str, ending: str | None = None) -> Path | None:
     """``folder/<stem><ending>``, else the first ``<stem>`` file with a supported ending; ``None`` if none."""
-    from fpnunet.io import SUPPORTED_ENDINGS  # lazy: see the imports
+    from fpnunet.io import SUPPORTED_ENDINGS  # lazy: start-up time (SimpleITK)
 
     hits = image_files(folder, stem, ((ending,) if ending else ()) + SUPPORTED_ENDINGS)
     return hits[0] if hits else None
@@ -277,7 +277,7 @@ def list_cases(folder: str | os.PathLike, info: DatasetInfo, split: str = "Tr") 
     Cases listed only in ``labelsTr`` or ``enfaceTr`` (no volume) appear with ``images == [None...]``
     so verification can name them.
     """
-    from fpnunet.io import strip_ending  # lazy: see the imports
+    from fpnunet.io import strip_ending  # lazy: start-up time (SimpleITK)
 
     folder = Path(folder)
     grouped, _ = list_image_files(images_dir(folder, split), info.file_ending)

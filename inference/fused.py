@@ -20,6 +20,7 @@ import torch
 
 from fpnunet.errors import FPNError
 from fpnunet.io import read_image, squeeze_2d
+from fpnunet.preprocessing.preprocess import resample_enface, scale_enface
 from fpnunet.raw_dataset import enface_stem, image_files
 
 from .predictor import Predictor
@@ -55,8 +56,6 @@ def find_enface_files(enface_dir: Path, case: str, modalities: list[str], need: 
 
 def read_enface(files: dict[str, Path], modalities: list[str], grid: tuple[int, int]) -> np.ndarray:
     """``(M, B, A)`` float32 in [0, 1]: each image resampled onto ``grid`` and scaled as preprocessing does."""
-    from fpnunet.preprocessing.preprocess import resample_enface, scale_enface
-
     images = []
     for mod in modalities:
         path = files[mod]

@@ -52,7 +52,7 @@ def collect_inputs(folder: Path) -> tuple[list[InputCase], list[str], list[str]]
     Returns the cases, error messages for image files whose name lacks the channel suffix, and
     warnings for files that are not images by their ending (ignored).
     """
-    from fpnunet.io import SUPPORTED_ENDINGS, file_ending
+    from fpnunet.io import SUPPORTED_ENDINGS, file_ending  # lazy: start-up time
 
     cases: dict[str, InputCase] = {}
     errors: list[str] = []
@@ -83,7 +83,7 @@ def min_raw_depth(predictor: Predictor) -> int:
 
 def load_case(item: InputCase, predictor: Predictor, folder: Path) -> Loaded:
     """Read, check and preprocess one case (runs in the reader thread)."""
-    from fpnunet.io import check_nifti, enface_geometry, file_ending, read_image, to_bda
+    from fpnunet.io import check_nifti, enface_geometry, file_ending, read_image, to_bda  # lazy: start-up time
 
     plan = predictor.plan
     n = plan.num_input_channels
@@ -135,7 +135,7 @@ def load_case(item: InputCase, predictor: Predictor, folder: Path) -> Loaded:
                     f"at least {need} rows are needed (a quarter of the model's depth {predictor.config.depth}); "
                     "is this a 3D OCT volume in the orientation the model was trained on?"))
         channels.append(bda)
-    from fpnunet.preprocessing.preprocess import preprocess_volume
+    from fpnunet.preprocessing.preprocess import preprocess_volume  # lazy: start-up time
 
     try:
         volume, _ = preprocess_volume(channels, plan, predictor.config)

@@ -105,7 +105,7 @@ def part_commands(argv: Sequence[str], devices: Sequence[str]) -> list[list[str]
     """The ``fpn_predict`` command of each part when ``argv`` says ``--devices ...``."""
     base = strip_devices(argv)
     k = len(devices)
-    return [[sys.executable, "-m", "fpnunet.inference.cli", *base, "--num-parts", str(k), "--part-id", str(i),
+    return [[sys.executable, "-m", "fpnunet.commands.predict", *base, "--num-parts", str(k), "--part-id", str(i),
              "--device", device] for i, device in enumerate(devices)]
 
 

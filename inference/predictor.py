@@ -24,11 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fpnunet.checkpoint import build_model, finite_weights, load_checkpoint
+from fpnunet.checkpoint import finite_weights, load_checkpoint
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError, ShapeError
+from fpnunet.networks.rebuild import build_model
 from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import Configuration, Plan
+from fpnunet.precision import cpu_bf16_decision
+from fpnunet.preprocessing.preprocess import preprocess_volume
 from fpnunet.raw_dataset import DatasetInfo, has_dataset_json, load_dataset_json
 from fpnunet.results_layout import CHECKPOINTS, fold_checkpoint, list_folds
 
@@ -36,7 +39,7 @@ from .fast import example_input, prepare_for_inference
 from .sliding_window import network_divisors, predict_sliding_window
 from .windows import MEMORY_SHARE, WINDOW_MODES, WindowPlan, available_memory, inference_bytes_per_pixel, plan_windows
 
-__all__ = ["Predictor", "CHECKPOINTS", "list_folds", "load_checkpoint"]
+__all__ = ["Predictor"]
 
 class Predictor:
     """Networks of one configuration (usually the folds of one model folder) and their plan.
@@ -109,8 +112,6 @@ class Predictor:
             if cuda:
                 amp = self.config.precision != "fp32"
             else:
-                from fpnunet.precision import cpu_bf16_decision
-
                 amp = self.config.precision != "fp32" and cpu_bf16_decision().use_bf16
         self.amp = amp
         self.channels_last = channels_last
@@ -248,8 +249,6 @@ class Predictor:
         Returns the probabilities ``(K, B, A)`` on the volume's en-face grid and the
         preprocessing properties (``retina_band``, ``crop``).
         """
-        from fpnunet.preprocessing.preprocess import preprocess_volume
-
         if len(channels) != self.plan.num_input_channels:
             raise ShapeError(f"the model takes {self.plan.num_input_channels} channel(s), got {len(channels)}")
         shapes = {tuple(np.shape(ch)) for ch in channels}

@@ -28,9 +28,9 @@ from torch import nn
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.networks.layout import channels_last_input
 
-from .windows import WindowPlan, overlap_weights
+from .windows import WindowPlan, overlap_weights, window_starts
 
-__all__ = ["gaussian_weights", "window_starts", "network_divisors", "predict_sliding_window"]
+__all__ = ["gaussian_weights", "network_divisors", "predict_sliding_window"]
 
 _MIN_WEIGHT = 1e-4
 
@@ -53,23 +53,6 @@ def gaussian_weights(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) ->
     w = axes[0][:, None] * axes[1][None, :]
     w = w / w.max()
     return w.clamp_min(_MIN_WEIGHT).to(torch.float32)
-
-
-def window_starts(size: int, patch: int, step_fraction: float = 0.5) -> list[int]:
-    """Start offsets of windows of length ``patch`` covering ``[0, size)`` with overlap.
-
-    The step is at most ``patch * step_fraction``; windows are spread evenly so that the first
-    starts at 0 and the last ends at ``size`` (nnU-Net's rule). ``size <= patch`` gives ``[0]``
-    (the caller pads the volume up to the patch).
-    """
-    if not 0 < step_fraction <= 1:
-        raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction}")
-    if size <= patch:
-        return [0]
-    target_step = max(patch * step_fraction, 1.0)
-    num = math.ceil((size - patch) / target_step) + 1
-    actual = (size - patch) / (num - 1)
-    return [int(round(actual * i)) for i in range(num)]
 
 
 def network_divisors(network: nn.Module) -> tuple[int, int]:

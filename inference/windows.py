@@ -37,6 +37,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from fpnunet.plans.memory import copy_to_device
+
 __all__ = ["WindowPlan", "plan_windows", "overlap_weights", "inference_bytes_per_pixel", "available_memory",
            "WINDOW_MODES", "MEMORY_SHARE"]
 
@@ -87,8 +89,6 @@ class _LiveBytes(TorchDispatchMode):
 def forward_peak_bytes(network: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
     """Peak bytes of the live tensors (input included, weights excluded) of one inference forward
     of ``network`` on ``input_shape`` ``(N, C, B, D, A)``, counted on the ``meta`` device."""
-    from fpnunet.plans.memory import copy_to_device
-
     net = copy_to_device(network, "meta").to(dtype).eval()
     x = torch.empty(tuple(int(s) for s in input_shape), dtype=dtype, device="meta")
     mode = _LiveBytes()
@@ -204,6 +204,23 @@ def _split(total: int, parts: int, overlap: int, div: int) -> tuple[int, list[in
     return size, [int(round(step * k)) for k in range(parts)]
 
 
+def window_starts(size: int, patch: int, step_fraction: float = 0.5) -> list[int]:
+    """Start offsets of windows of length ``patch`` covering ``[0, size)`` with overlap.
+
+    The step is at most ``patch * step_fraction``; windows are spread evenly so that the first
+    starts at 0 and the last ends at ``size`` (nnU-Net's rule). ``size <= patch`` gives ``[0]``
+    (the caller pads the volume up to the patch).
+    """
+    if not 0 < step_fraction <= 1:
+        raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction}")
+    if size <= patch:
+        return [0]
+    target_step = max(patch * step_fraction, 1.0)
+    num = math.ceil((size - patch) / target_step) + 1
+    actual = (size - patch) / (num - 1)
+    return [int(round(actual * i)) for i in range(num)]
+
+
 def plan_windows(
     plane: tuple[int, int],
     patch: tuple[int, int],
@@ -226,8 +243,6 @@ def plan_windows(
     """
     if mode not in WINDOW_MODES:
         raise ValueError(f"window mode must be one of {WINDOW_MODES}, got {mode!r}")
-    from .sliding_window import window_starts
-
     b, a = int(plane[0]), int(plane[1])
     db, da = int(divisors[0]), int(divisors[1])
     pb, pa = max(b, int(patch[0])), max(a, int(patch[1]))  # the plane is padded up to the patch at least

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from fpnunet.parallel import parallel_map
-from fpnunet.plans.geometry import bda_order, squeeze_3d, volume_spacing
 from fpnunet.plans.verify import check_files
 from fpnunet.plans.verify_content import check_case_content
 from fpnunet.raw_dataset import CaseFiles, DatasetInfo
@@ -43,14 +42,10 @@ from fpnunet.retina import detect_retina_band
 # re-exported: these lived here before verification and parallel_map got their own modules
 __all__ = [
     "SAMPLES_PER_CASE",
-    "bda_order",
     "case_seed",
     "case_statistics",
     "fingerprint_summary",
-    "parallel_map",
-    "squeeze_3d",
     "verify_and_fingerprint",
-    "volume_spacing",
 ]
 
 SAMPLES_PER_CASE = 10_000

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpnunet.errors import FPNError
+from fpnunet.networks.layout import channels_last_input, to_channels_last
 from fpnunet.plans.plan import MemoryEstimate
 
 PRECISIONS = ("fp32", "bf16")
@@ -360,8 +361,6 @@ def calibrate_cuda(
         net = copy_to_device(network, device)
         net.train()
         if channels_last:  # as training runs it (nn.Module.to raises on the 2D decoders' 4D weights)
-            from fpnunet.networks.layout import to_channels_last
-
             net = to_channels_last(net)
         if optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
@@ -371,8 +370,6 @@ def calibrate_cuda(
             opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
         x = torch.randn(shape, device=device)
         if channels_last:
-            from fpnunet.networks.layout import channels_last_input
-
             x = channels_last_input(x)
         _train_step(net, x, opt, precision)  # warm-up: cuDNN algorithm search, optimizer state
         torch.cuda.synchronize(device)

@@ -18,12 +18,13 @@ statistics) and raises the :class:`~fpnunet.errors.DatasetError` listing them al
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fpnunet.errors import DatasetError, FPNError
 from fpnunet.io import SUPPORTED_ENDINGS, file_ending, strip_ending
 from fpnunet.plans.verify_headers import CaseCheck, check_headers, resolve_axis
+from fpnunet.plans.verify_report import Report
 from fpnunet.raw_dataset import (
     DatasetInfo,
     enface_dir,
@@ -33,28 +34,6 @@ from fpnunet.raw_dataset import (
     list_image_files,
     load_dataset_json,
 )
-
-
-@dataclass
-class Report:
-    """The problems found in the raw dataset ``raw``, one line each (paths relative to ``raw``)."""
-
-    raw: Path
-    problems: list[str] = field(default_factory=list)
-
-    def rel(self, path: str | os.PathLike) -> str:
-        try:
-            return str(Path(path).relative_to(self.raw))
-        except ValueError:
-            return str(path)
-
-    def add(self, msg: str) -> None:
-        self.problems.append(msg.replace(str(self.raw) + os.sep, ""))
-
-    def raise_if_any(self) -> None:
-        """Raise the :class:`DatasetError` listing every problem, if there is any."""
-        if self.problems:
-            raise DatasetError(self.problems, header=f"{self.raw} failed verification")
 
 
 def _check_dataset_json(rep: Report, info: DatasetInfo) -> None:

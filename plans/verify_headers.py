@@ -5,7 +5,7 @@ SimpleITK reads only the image information (:func:`read_header`). Per ``imagesTr
 (depth) axes the label (or, for an unlabelled case, the en-face images) fit: a label is an
 en-face plane ``(B, A)`` of the volume, i.e. the volume's shape with the depth axis removed.
 :func:`resolve_axis` takes dataset.json's ``projection_axis`` or the consensus of the cases.
-Problems go into the :class:`~fpnunet.plans.verify.Report`.
+Problems go into the :class:`~fpnunet.plans.verify_report.Report`.
 """
 from __future__ import annotations
 
@@ -14,16 +14,13 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 
 from fpnunet.errors import FPNError
 from fpnunet.plans.geometry import plane_shape, squeeze_shape
+from fpnunet.plans.verify_report import Report
 from fpnunet.raw_dataset import CaseFiles, DatasetInfo
-
-if TYPE_CHECKING:
-    from fpnunet.plans.verify import Report
 
 
 @dataclass

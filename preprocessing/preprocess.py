@@ -31,16 +31,6 @@ from fpnunet.retina import detect_retina_band
 
 MAX_CLASS_LOCATIONS = 1000
 ENFACE_PERCENTILES = (0.5, 99.5)
-_MOVED_TO_STORAGE = ("PREPROCESS_VERSION", "case_signature", "preprocess_case", "preprocess_dataset")
-
-
-def __getattr__(name: str) -> Any:
-    """Names that moved to :mod:`fpnunet.preprocessing.storage`, still importable from here."""
-    if name in _MOVED_TO_STORAGE:
-        from fpnunet.preprocessing import storage
-
-        return getattr(storage, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- volumes

@@ -38,7 +38,7 @@ try:  # the test machine is small and shared: one intra-op thread keeps torch te
 except ImportError:  # pragma: no cover - torch is a hard dependency, but conftest must not need it
     pass
 
-from fpnunet.synthetic import make_synthetic_dataset  # noqa: E402  (after the environment is pinned)
+from fpnunet.synthetic.dataset import make_synthetic_dataset  # noqa: E402  (after the environment is pinned)
 
 TINY_SHAPE: tuple[int, int, int] = (8, 96, 32)
 """``(B, D, A)`` of the tiny dataset's volumes: B-scans, depth, A-scans."""

@@ -217,8 +217,8 @@ def test_train_dataset_errors(argv, message, capsys):
 
 
 def test_predict_and_evaluate_spellings():
-    from fpnunet.evaluation.cli import build_parser as evaluate_parser
-    from fpnunet.inference.cli import build_parser as predict_parser
+    from fpnunet.commands.evaluate import build_parser as evaluate_parser
+    from fpnunet.commands.predict import build_parser as predict_parser
 
     base = ["-i", "in", "-o", "out", "-d", "900"]
     old = predict_parser().parse_args([*base, "--network", "ipn", "--checkpoint", "best", "--save-probabilities",
@@ -233,7 +233,7 @@ def test_predict_and_evaluate_spellings():
 
 
 def test_plan_and_preprocess_spellings():
-    from fpnunet.preprocessing.cli import build_parser
+    from fpnunet.commands.plan_and_preprocess import build_parser
 
     p = build_parser()
     assert p.parse_args(["-d", "9", "--network", "fpn", "ipn"]).config == ["fpn", "ipn"]

@@ -229,9 +229,9 @@ def test_cmc_trains_resumes_exactly_and_predicts_oct_only_and_fused(dataset, mon
     assert [r["train_loss"] for r in resumed["log"]] == [r["train_loss"] for r in final["log"]]
 
     # the model folder alone rebuilds the model: OCT-only by default, fused with --fused
-    from fpnunet.inference import Predictor
-    from fpnunet.inference.cli import main as predict_main
+    from fpnunet.commands.predict import main as predict_main
     from fpnunet.inference.fused import model_modalities, predict_fused
+    from fpnunet.inference.predictor import Predictor
 
     predictor = Predictor.from_model_folder(model_dir, folds=[0], device="cpu", tta=False)
     assert model_modalities(predictor) == MODS

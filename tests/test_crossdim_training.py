@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fpnunet.atomic import save_json
-from fpnunet.inference.cli import main as predict_main
+from fpnunet.commands.predict import main as predict_main
 from fpnunet.io import EnfaceGeometry, read_image, write_image
 from fpnunet.networks import network_class
 from fpnunet.networks.encoders2d import ResNetEncoder

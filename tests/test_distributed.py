@@ -12,8 +12,8 @@ from test_training import dataset  # noqa: F401  the fixture
 
 from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
+from fpnunet.sync_batchnorm import AllReduceBatchNorm, convert_sync_batchnorm
 from fpnunet.training.cli_common import check_world_size
-from fpnunet.training.sync_batchnorm import AllReduceBatchNorm, convert_sync_batchnorm
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+from fpnunet.commands.plan_and_preprocess import main as preprocess_main
+from fpnunet.commands.predict import main as predict_main
 from fpnunet.errors import FPNError, ShapeError
-from fpnunet.inference.cli import main as predict_main
 from fpnunet.networks import build_network, network_class
 from fpnunet.networks.cmc import pack_enface
 from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import NetworkSpec, Plan
 from fpnunet.plans.training_params import AugmentParams
-from fpnunet.preprocessing.cli import main as preprocess_main
-from fpnunet.synthetic import make_synthetic_dataset
+from fpnunet.synthetic.dataset import make_synthetic_dataset
 from fpnunet.training import enface_inputs as resolution
 from fpnunet.training.augment import get_train_transforms
 from fpnunet.training.checkpoint import load_checkpoint

@@ -10,18 +10,11 @@ import pandas as pd
 import pytest
 
 from fpnunet.atomic import save_json
+from fpnunet.commands.evaluate import main
 from fpnunet.errors import FPNError
-from fpnunet.evaluation import (
-    area_mm2,
-    case_metrics,
-    dice,
-    evaluate_folders,
-    hd95,
-    iou,
-)
-from fpnunet.evaluation.cli import main
 from fpnunet.evaluation.crossval import evaluate_crossval
-from fpnunet.evaluation.evaluate import CSV_COLUMNS
+from fpnunet.evaluation.evaluate import CSV_COLUMNS, evaluate_folders
+from fpnunet.evaluation.metrics import area_mm2, case_metrics, dice, hd95, iou
 from fpnunet.io import write_image
 from fpnunet.prediction_folder import read_label_map
 

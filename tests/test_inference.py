@@ -8,14 +8,9 @@ import pytest
 import torch
 from inference_nets import DEPTH, ColumnNet, ConstNet, DivisorCheckNet, SkewNet, _column_truth, _seeded
 
-from fpnunet.inference import (
-    gaussian_weights,
-    lesion_areas,
-    predict_sliding_window,
-    probabilities_to_segmentation,
-    window_starts,
-    write_probabilities,
-)
+from fpnunet.inference.export import lesion_areas, probabilities_to_segmentation, write_probabilities
+from fpnunet.inference.sliding_window import gaussian_weights, predict_sliding_window
+from fpnunet.inference.windows import window_starts
 
 
 # ----------------------------------------------------------------------------- sliding window

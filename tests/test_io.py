@@ -11,7 +11,7 @@ from fpnunet.errors import FPNError
 from fpnunet.io import find_projection_axis, read_image, resample_to_shape, to_bda, write_image
 from fpnunet.plans.fingerprint import verify_and_fingerprint
 from fpnunet.plans.plan import Plan
-from fpnunet.preprocessing import load_case_raw
+from fpnunet.preprocessing.preprocess import load_case_raw
 from fpnunet.raw_dataset import list_cases, load_dataset_json
 
 

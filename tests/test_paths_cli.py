@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fpnunet import paths
-from fpnunet.paths_cli import main as paths_main
+from fpnunet.commands.paths import main as paths_main
 
 VARIABLES = ("FPN_RAW", "FPN_PREPROCESSED", "FPN_RESULTS")
 
@@ -43,7 +43,7 @@ def test_default_roots_are_the_nearest_fpn_data_upwards(tmp_path, monkeypatch, n
 
 
 def test_every_command_prints_the_roots_first(data_roots, capsys):
-    from fpnunet.evaluation.cli import main as evaluate_main
+    from fpnunet.commands.evaluate import main as evaluate_main
 
     raw, pre = data_roots
     with pytest.raises(SystemExit):
@@ -91,8 +91,8 @@ def test_fpn_paths_without_datasets_says_how_to_make_one(data_roots, capsys):
 def test_plan_says_what_this_machine_trains_with(monkeypatch):
     """The note states the precision training will really pick on this CPU (FPN_CPU_BF16 forces it
     here, so the outcome does not depend on the CPU running the test)."""
+    from fpnunet.commands.plan_and_preprocess import runtime_note
     from fpnunet.plans.plan import Configuration, Plan
-    from fpnunet.preprocessing.cli import runtime_note
 
     plan = Plan(dataset_name="Dataset900_X", configurations={"fpn": Configuration(precision="bf16")})
     monkeypatch.setenv("FPN_CPU_BF16", "0")

@@ -12,9 +12,9 @@ import torch
 from inference_nets import DEPTH  # also registers the '_inference_test_column' network
 
 from fpnunet.atomic import save_json
+from fpnunet.commands.predict import main as predict_main
 from fpnunet.errors import FPNError
-from fpnunet.inference import Predictor
-from fpnunet.inference.cli import main as predict_main
+from fpnunet.inference.predictor import Predictor
 from fpnunet.io import read_image, write_image
 from fpnunet.networks import build_network
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan
@@ -206,7 +206,7 @@ def test_model_folder_from_results_by_dataset(tmp_path, monkeypatch):
 
     _make_model_folder(results, folds=1, name="fpn__lf0.05__ssl-FAF")
     with pytest.raises(FPNError, match="several model folders"):
-        from fpnunet.inference.cli import find_model_folder
+        from fpnunet.commands.predict import find_model_folder
 
         find_model_folder("999", None, "fpn")
     assert _run(["-i", str(in_dir), "-o", str(tmp_path / "o2"), "-d", "Dataset999_Test",
@@ -240,6 +240,6 @@ def test_inference_never_imports_training():
     import subprocess
     import sys
 
-    code = ("import sys, fpnunet.inference, fpnunet.inference.cli; "
+    code = ("import sys, fpnunet.inference, fpnunet.commands.predict; "
             "bad = [m for m in sys.modules if m.startswith('fpnunet.training')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

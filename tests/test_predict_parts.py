@@ -62,5 +62,5 @@ def test_part_selection_and_flags(inputs, capsys):
     argv = ["-i", "in", "--devices", "cuda:0", "cuda:1", "-o", "out", "--disable-tta"]
     assert strip_devices(argv) == ["-i", "in", "-o", "out", "--disable-tta"]
     assert part_commands(argv, ["cuda:0", "cuda:1"])[1] == [
-        sys.executable, "-m", "fpnunet.inference.cli", "-i", "in", "-o", "out", "--disable-tta", "--num-parts", "2",
+        sys.executable, "-m", "fpnunet.commands.predict", "-i", "in", "-o", "out", "--disable-tta", "--num-parts", "2",
         "--part-id", "1", "--device", "cuda:1"]

@@ -12,9 +12,10 @@ from raw_dataset import BAND, SHAPE, SPACING, make_label, make_raw_dataset, make
 from fpnunet.errors import FPNError
 from fpnunet.io import write_image
 from fpnunet.plans.plan import Configuration, Plan
-from fpnunet.preprocessing import preprocess_dataset, preprocess_volume
 from fpnunet.preprocessing.depth import crop_depth, linear_resample_matrix, resample_depth
 from fpnunet.preprocessing.normalization import normalize
+from fpnunet.preprocessing.preprocess import preprocess_volume
+from fpnunet.preprocessing.storage import preprocess_dataset
 
 PROPS_KEYS = {"case", "labelled", "enface", "raw_shape", "shape_bda", "spacing_bda", "geometry", "retina_band",
               "crop", "class_locations", "signature"}
@@ -278,8 +279,8 @@ def test_two_identifiers_in_one_pass(env):
 # ----------------------------------------------------------------------------- CLI
 def test_cli_end_to_end(env, capsys, monkeypatch):
     import fpnunet.plans.planner as planner
+    from fpnunet.commands.plan_and_preprocess import main
     from fpnunet.plans.plan import Plan as PlanCls
-    from fpnunet.preprocessing.cli import main
 
     raw, pre = env
     make_raw_dataset(raw, n=3, labelled=(0, 1), num_test=1)

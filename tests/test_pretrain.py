@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from fpnunet.atomic import load_json
+from fpnunet.commands.plan_and_preprocess import main as preprocess_main
 from fpnunet.errors import FPNError
 from fpnunet.networks import network_class
 from fpnunet.plans.plan import Plan
-from fpnunet.preprocessing.cli import main as preprocess_main
-from fpnunet.synthetic import make_synthetic_dataset
+from fpnunet.synthetic.dataset import make_synthetic_dataset
 from fpnunet.training.checkpoint import build_model, load_checkpoint, model_spec, seed_everything
 from fpnunet.training.losses import SegmentationLoss
 from fpnunet.training.pretrain_cli import main as pretrain_main

@@ -16,9 +16,9 @@ from PIL import Image
 from scipy import ndimage
 
 from fpnunet.atomic import save_json
+from fpnunet.commands.report import main as report_main
 from fpnunet.io import write_image
 from fpnunet.lesions import lesion_stats
-from fpnunet.report.cli import main as report_main
 from fpnunet.report.growth import fit_rate, years_since
 from fpnunet.report.overlay import FOOTER_PX, REFERENCE_COLOUR, Layer, display_factors, render_overlay
 

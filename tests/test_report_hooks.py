@@ -10,10 +10,10 @@ from PIL import Image
 from test_predict import _make_model_folder, _volume_file
 from test_report import _Collect, _run
 
-from fpnunet.evaluation.cli import main as evaluate_main
-from fpnunet.inference.cli import main as predict_main
+from fpnunet.commands.evaluate import main as evaluate_main
+from fpnunet.commands.predict import main as predict_main
+from fpnunet.commands.report import main as report_main
 from fpnunet.io import write_image
-from fpnunet.report.cli import main as report_main
 from fpnunet.training.logger import TrainingLogger, default_title, progress_figure, redraw_progress
 
 

@@ -9,8 +9,8 @@ from inference_nets import DEPTH, ColumnNet, _seeded
 from torch import nn
 
 from fpnunet import precision
-from fpnunet.inference import predict_sliding_window
 from fpnunet.inference.fast import fold_batchnorm, prepare_for_inference
+from fpnunet.inference.sliding_window import predict_sliding_window
 from fpnunet.inference.windows import forward_peak_bytes, overlap_weights, plan_windows
 from fpnunet.networks import available_networks, build_network, network_class
 from fpnunet.networks.layout import LayoutChecker, channels_last_input, to_channels_last
@@ -160,7 +160,7 @@ def test_folding_is_abandoned_when_the_conv_output_is_used_twice():
 
 
 def test_predictor_leaves_the_training_model_alone():
-    from fpnunet.inference import Predictor
+    from fpnunet.inference.predictor import Predictor
     from fpnunet.plans.plan import Configuration, NetworkSpec, Plan
 
     net = _net("ipn")

@@ -8,18 +8,14 @@ import pytest
 import SimpleITK as sitk
 
 from fpnunet.atomic import load_json
+from fpnunet.commands.make_synthetic import main
 from fpnunet.errors import FPNError
 from fpnunet.io import find_projection_axis, read_image
 from fpnunet.raw_dataset import list_cases, load_dataset_json
-from fpnunet.synthetic import (
-    DEFAULT_SHAPE,
-    FIELD_OF_VIEW_MM,
-    generate_case,
-    main,
-    make_synthetic_dataset,
-    oracle_threshold_dice,
-    spacing_for_shape,
-)
+from fpnunet.synthetic.case import generate_case
+from fpnunet.synthetic.dataset import make_synthetic_dataset
+from fpnunet.synthetic.difficulty import oracle_threshold_dice
+from fpnunet.synthetic.geometry import DEFAULT_SHAPE, FIELD_OF_VIEW_MM, spacing_for_shape
 
 TINY = (8, 96, 32)
 

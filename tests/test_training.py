@@ -353,8 +353,8 @@ def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeyp
 # ----------------------------------------------------------------------------- end to end
 def test_end_to_end_through_synthetic_and_preprocessing(tmp_path, monkeypatch, capsys):
     """fpn_make_synthetic -> fpn_plan_and_preprocess -> fpn_train on a tiny shape (planner's own plan)."""
-    from fpnunet.preprocessing.cli import main as plan_and_preprocess
-    from fpnunet.synthetic import make_synthetic_dataset
+    from fpnunet.commands.plan_and_preprocess import main as plan_and_preprocess
+    from fpnunet.synthetic.dataset import make_synthetic_dataset
 
     torch.set_num_threads(1)
     for var, sub in (("FPN_RAW", "raw"), ("FPN_PREPROCESSED", "pre"), ("FPN_RESULTS", "res")):

@@ -15,11 +15,11 @@ from test_training import dataset, tiny_kwargs  # noqa: F401  (dataset is a fixt
 
 from fpnunet.atomic import save_json
 from fpnunet.checkpoint import model_spec, save_checkpoint
-from fpnunet.evaluation.cli import main as evaluate_main
-from fpnunet.inference.cli import main as predict_main
+from fpnunet.commands.evaluate import main as evaluate_main
+from fpnunet.commands.plan_and_preprocess import main as preprocess_main
+from fpnunet.commands.predict import main as predict_main
 from fpnunet.io import write_image
 from fpnunet.networks import build_network
-from fpnunet.preprocessing.cli import main as preprocess_main
 from fpnunet.training.train_cli import main as train_main
 
 SPACING = (0.1, 0.01)

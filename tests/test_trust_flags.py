@@ -14,8 +14,8 @@ import torch
 from test_training import dataset, fold_dir, tiny_kwargs  # noqa: F401  (dataset is a fixture)
 
 from fpnunet.checkpoint import load_checkpoint, model_spec, save_checkpoint
+from fpnunet.commands.predict import main as predict_main
 from fpnunet.errors import FPNError
-from fpnunet.inference.cli import main as predict_main
 from fpnunet.networks import build_network, network_class
 from fpnunet.results_layout import LOCK_FILE, FoldLock
 from fpnunet.training.loop import EpochLoop

@@ -11,7 +11,7 @@ from test_training import dataset  # noqa: F401  (a fixture)
 
 from fpnunet.errors import FPNError
 from fpnunet.preprocessed_dataset import RECORD_FILE, PreprocessedDataset
-from fpnunet.preprocessing import preprocess_dataset
+from fpnunet.preprocessing.storage import preprocess_dataset
 from fpnunet.training.pretrain_cli import main as pretrain_main
 from fpnunet.training.train_cli import main as train_main
 

@@ -305,7 +305,7 @@ def test_many_problems_reported_together(ds: Path):
 # ----------------------------------------------------------------------------- CLI
 @pytest.mark.parametrize("breakage", ["nan", "label_value", "ghost"])
 def test_cli_broken_dataset_exits_nonzero_and_writes_nothing(data_roots, capsys, breakage):
-    from fpnunet.preprocessing.cli import main
+    from fpnunet.commands.plan_and_preprocess import main
 
     raw, pre = data_roots
     ds = make_raw_dataset(raw)
@@ -329,7 +329,7 @@ def test_cli_broken_dataset_exits_nonzero_and_writes_nothing(data_roots, capsys,
 
 
 def test_cli_verify_only_writes_nothing(data_roots, capsys):
-    from fpnunet.preprocessing.cli import main
+    from fpnunet.commands.plan_and_preprocess import main
 
     raw, pre = data_roots
     make_raw_dataset(raw, n=3, labelled=(0, 1))

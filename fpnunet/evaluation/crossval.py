@@ -17,6 +17,7 @@ from typing import Any
 from fpnunet import results_layout
 from fpnunet.errors import FPNError
 from fpnunet.evaluation.evaluate import evaluate_folders, list_label_files, pick_file, write_summary
+from fpnunet.paths import raw_dir, results_dir
 from fpnunet.raw_dataset import labels_dir as raw_labels_dir
 from fpnunet.raw_dataset import load_dataset_json
 
@@ -89,8 +90,6 @@ def evaluate_crossval(
     against the raw ``labelsTr`` with the raw ``dataset.json`` labels. Writes
     ``crossval_results/summary.json`` (or ``output_file``) and its per-case CSV.
     """
-    from fpnunet.paths import raw_dir, results_dir
-
     raw = raw_dir(dataset)
     info = load_dataset_json(raw)
     labels_dir = raw_labels_dir(raw, "Tr")

@@ -8,6 +8,9 @@ from pathlib import Path
 from fpnunet import cli_args
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
+from fpnunet.importer.privacy import check_key_location, default_key_path
+from fpnunet.paths import raw_dir
+from fpnunet.raw_dataset import dataset_file, read_dataset_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,8 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace):
     """Validate every flag (before any folder is touched) into :class:`ImportOptions`."""
-    from fpnunet.importer.dataset import ImportOptions
-    from fpnunet.importer.privacy import check_key_location, default_key_path
+    from fpnunet.importer.dataset import ImportOptions  # lazy: start-up time
 
     inp, out = Path(args.input).expanduser(), Path(args.output).expanduser()
     if not inp.exists():
@@ -63,8 +65,6 @@ def options_from_args(args: argparse.Namespace):
     if out.exists() and not out.is_dir():
         raise FPNError(f"-o {out}: exists and is not a folder")
     if args.append:
-        from fpnunet.raw_dataset import dataset_file, read_dataset_json
-
         ds = dataset_file(out)
         if not ds.is_file():
             raise FPNError(f"--append: {ds} does not exist; import without --append first")
@@ -118,8 +118,7 @@ def import_exports(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cli_args.print_data_roots()
     if args.mirror_back:
-        from fpnunet.importer.mirror_back import mirror_back
-        from fpnunet.paths import raw_dir
+        from fpnunet.importer.mirror_back import mirror_back  # lazy: start-up time
 
         if not args.dataset:
             raise FPNError("--mirror-back needs -d DATASET (the dataset fpn_import wrote)")
@@ -130,7 +129,7 @@ def import_exports(argv: list[str] | None = None) -> int:
     if not args.input:
         raise FPNError("-i/--input is required (the export file or folder)")
     opts = options_from_args(args)
-    from fpnunet.importer.dataset import Importer
+    from fpnunet.importer.dataset import Importer  # lazy: start-up time
 
     imp = Importer(opts)
     if imp.key_created:

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from fpnunet.errors import DatasetError, FPNError
-from fpnunet.importer import privacy
+from fpnunet.importer import heyex, privacy
 from fpnunet.importer.detect import find_exports
+from fpnunet.importer.dicom import kind_of, read_header, read_opt
+from fpnunet.importer.enface import stage_enface
 from fpnunet.importer.geometry import mirror_a, raster_geometry
 from fpnunet.importer.labels import index_folder, load_label, match
 from fpnunet.importer.localizer import register_localizer
@@ -77,11 +79,7 @@ def _file_digest(path: Path) -> str:
 def read_all(path: Path, fmt: str, localizers: dict[str, Path], opts: ImportOptions) -> list[Scan]:
     """The scans of one export file (a one-line :class:`FPNError` when it cannot be imported)."""
     if fmt == "dicom":
-        from fpnunet.importer.dicom import read_opt
-
         return read_opt(path, localizers)
-    from fpnunet.importer import heyex
-
     if fmt == "heyex-vol":
         return heyex.read_vol(path)
     if fmt == "heyex-xml":
@@ -97,8 +95,6 @@ def _sort_dicom(files: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], 
                                                        list[tuple[Path, str]]]:
     """Keep OPT volumes, index OP localizers by SOPInstanceUID, list unreadable DICOM files
     (``(path, message)``)."""
-    from fpnunet.importer.dicom import kind_of, read_header
-
     keep: list[tuple[Path, str]] = []
     localizers: dict[str, Path] = {}
     problems: list[tuple[Path, str]] = []
@@ -184,8 +180,6 @@ class Importer:
                "slo": "written" if slo is not None else f"not written: {slo_why}", "label": label_state,
                "notes": "; ".join(raster.notes)}
         if opts.enface:
-            from fpnunet.importer.enface import stage_enface
-
             for mod, (arr, check, cols) in stage_enface(self, scan, raster, slo, names, shape_ba, case).items():
                 row.update(cols)
                 if arr is not None:

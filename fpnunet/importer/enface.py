@@ -14,20 +14,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
 
 from fpnunet.errors import FPNError
+from fpnunet.importer.dicom import _pixel_spacing, _pixels, read_header
 from fpnunet.importer.geometry import Raster
 from fpnunet.importer.labels import match
 from fpnunet.importer.localizer import localizer_image, resample_onto_enface
 from fpnunet.importer.scan import Scan, iso_date, laterality_of
-from fpnunet.io import read_image, squeeze_2d
+from fpnunet.io import read_image, squeeze_2d, write_image
 
-if TYPE_CHECKING:
-    from fpnunet.importer.dataset import Importer
+
+class Importer(Protocol):
+    """What this module reads of the running import (:class:`fpnunet.importer.dataset.Importer`)."""
+
+    opts: Any  # ImportOptions: .enface maps a modality to its folder
+    enface_index: dict[str, dict[str, Path]]  # modality -> {file name without ending: path}
+    enface_dicom: dict[str, list]  # modality -> (patient, eye, date, path) of its DICOM files, once read
+    staging: Path
 
 MAX_ITERATIONS = 300
 
@@ -82,8 +89,6 @@ def register(fixed: sitk.Image, moving: sitk.Image, seed: int = 0) -> Registrati
 def _moving_image(path: Path, loc: sitk.Image) -> sitk.Image:
     """The en-face image as SimpleITK float; without a pixel size it is assumed to span the localizer's field."""
     if path.suffix.lower() in (".dcm", ".dicom"):
-        from fpnunet.importer.dicom import _pixel_spacing, _pixels
-
         ds, arr = _pixels(path)
         arr = arr[..., :3].mean(axis=-1) if arr.ndim == 3 else arr
         sp = _pixel_spacing(ds)
@@ -104,8 +109,6 @@ def _moving_image(path: Path, loc: sitk.Image) -> sitk.Image:
 
 def _dicom_index(folder: Path) -> list[tuple[str, str, str, Path]]:
     """``(patient key, eye, date, path)`` of the DICOM images in ``folder``."""
-    from fpnunet.importer.dicom import read_header
-
     out = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in (".dcm", ".dicom"):
@@ -134,8 +137,6 @@ def _find(imp: Importer, mod: str, scan: Scan, names: list[str]) -> Path | None:
 def check_picture(path: Path, fixed: sitk.Image, registered: sitk.Image) -> None:
     """One grey PNG, three panels on the localizer grid: SLO | registered image | checkerboard of the two
     (edges that continue across the tiles mean a good registration). Small images are enlarged."""
-    from fpnunet.io import write_image
-
     def norm(a: np.ndarray) -> np.ndarray:
         lo, hi = np.percentile(a, [1, 99])
         return np.clip((a - lo) / (hi - lo + 1e-9), 0, 1)

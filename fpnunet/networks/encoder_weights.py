@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from fpnunet.errors import FPNError
+from fpnunet.networks.dxnet import inflate_kernel
 from fpnunet.networks.encoders2d import BUILTIN_RESNETS, import_timm
 
 CHOICES_HELP = "imagenet, none, or a PATH to a state dict of the 2D encoder (or an omnia/dsnet checkpoint)"
@@ -153,8 +154,6 @@ def load_encoder_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], so
     kind = getattr(net, "encoder_input", None)
     if kind is None:
         raise FPNError(f"{type(net).__name__} has no 2D encoder to load weights into")
-    from fpnunet.networks.dxnet import inflate_kernel
-
     own = net.encoder.state_dict()
     report = EncoderLoadReport(source=source, total=len(own))
     report.unexpected = sum(1 for k in state_dict if k not in own)

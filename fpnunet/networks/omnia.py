@@ -30,8 +30,7 @@ from fpnunet.networks.encoders2d import check_encoder_args, encoder_channels, ma
 from fpnunet.networks.registry import SegNetwork, register
 from fpnunet.networks.unet2d import DEFAULT_DECODER, DEFAULT_ENCODER, DEFAULT_LEVELS, UNetDecoder2d, enface_levels
 
-__all__ = ["DEFAULT_DECODER", "DEFAULT_ENCODER", "DEFAULT_LEVELS", "DEFAULT_SLABS", "OmniaNet", "UNetDecoder2d",
-           "enface_levels", "largest_divisor_at_most", "slab_means"]
+__all__ = ["DEFAULT_SLABS", "OmniaNet", "largest_divisor_at_most", "slab_means"]
 
 DEFAULT_SLABS = 8
 

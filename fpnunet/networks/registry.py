@@ -85,14 +85,12 @@ def register(name: str, *, listed: bool = True) -> Callable[[type[SegNetwork]], 
 
 
 def network_class(name: str) -> type[SegNetwork]:
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise FPNError(f"unknown network {name!r}; registered: {available_networks()}")
     return _REGISTRY[name]
 
 
 def available_networks() -> list[str]:
-    _ensure_loaded()
     return sorted(n for n in _REGISTRY if n not in _UNLISTED)
 
 
@@ -113,8 +111,3 @@ def enface_inputs(model: nn.Module) -> list[str]:
         if not isinstance(inner, nn.Module):
             return list(getattr(model, "enface_inputs", ()) or ())
         model = inner
-
-
-def _ensure_loaded() -> None:
-    # importing the package registers every model module
-    import fpnunet.networks  # noqa: F401

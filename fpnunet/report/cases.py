@@ -10,11 +10,11 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from fpnunet.errors import FPNError
+from fpnunet.evaluation.metrics import case_metrics
 from fpnunet.lesions import LesionStats, lesion_stats
 from fpnunet.prediction_folder import read_label_map
 from fpnunet.report.background import enface_background
@@ -72,8 +72,6 @@ def measure_case(
         if ref.shape != pred.shape:
             raise FPNError(f"shape mismatch for case {case}: reference {ref_file} is {ref.shape} (B, A) but "
                            f"prediction {pred_file} is {pred.shape}")
-        from fpnunet.evaluation.metrics import case_metrics
-
         metrics = case_metrics(ref, pred, spacing, dict(labels))
         for name, value in fg.items():
             m = metrics[str(value)]
@@ -98,8 +96,3 @@ def measure_case(
     result.thumbnail = render_thumbnail(background, spacing, layers)
     return result
 
-
-def case_of(path: Path) -> str:
-    from fpnunet.io import strip_ending
-
-    return strip_ending(path.name)

@@ -12,14 +12,19 @@ from __future__ import annotations
 import base64
 import math
 import os
+from collections.abc import Mapping
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from fpnunet.atomic import write_atomic
-from fpnunet.report.build import Report
+from fpnunet.errors import FPNError
+from fpnunet.raw_dataset import DATASET_FILE
+from fpnunet.report.build import Report, collect_report
 from fpnunet.report.cases import CaseResult
+from fpnunet.report.growth import GROWTH_COLUMNS
 
-__all__ = ["render_html", "write_report", "growth_csv_path"]
+__all__ = ["render_html", "write_report", "growth_csv_path", "make_report"]
 
 _CSS = """
 body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;color:#222}
@@ -182,10 +187,29 @@ def write_report(report: Report, html_path: str | os.PathLike) -> tuple[Path, Pa
     if csv_path is not None:
         import pandas as pd
 
-        from fpnunet.report.growth import GROWTH_COLUMNS
-
         df = pd.DataFrame([g.to_dict() for g in report.growth], columns=list(GROWTH_COLUMNS))
         write_atomic(csv_path, lambda tmp: df.to_csv(tmp, index=False), suffix=".csv")
     text = render_html(report, csv_path.name if csv_path else None)
     write_atomic(html_path, lambda tmp: tmp.write_text(text, encoding="utf-8"), suffix=".html")
     return html_path, csv_path
+
+
+def make_report(
+    pred_dir: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    ref_dir: str | os.PathLike | None = None,
+    dataset_json: Mapping[str, Any] | None = None,
+    dataset_source: str = DATASET_FILE,
+    image_folders: list[str | os.PathLike | None] | None = None,
+    visits_csv: str | os.PathLike | None = None,
+    failures: Mapping[str, str] | None = None,
+    projection_axis: int | str = "auto",
+) -> tuple[Path, Path | None]:
+    """Collect and write the report; returns ``(html file, growth CSV or None)``."""
+    report = collect_report(pred_dir, ref_dir, dataset_json, dataset_source, image_folders or [], visits_csv,
+                            failures, projection_axis=projection_axis)
+    out = Path(output) if output is not None else Path(pred_dir) / "report.html"
+    try:
+        return write_report(report, out)
+    except OSError as exc:
+        raise FPNError(f"{out}: cannot write the report ({exc.strerror or exc})") from None

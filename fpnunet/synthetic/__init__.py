@@ -27,7 +27,7 @@ Randomness: case ``i`` of the training set is drawn from ``np.random.default_rng
 case never changes with ``n``. Patients hold one or two eyes (a right and a left eye, with the
 optic disc on opposite sides, sharing GA severity, retinal thickness and brightness).
 
-Modules (one idea each; everything public is re-exported here):
+Modules (one idea each):
 
 * :mod:`.geometry`: default shape, field of view, :func:`spacing_for_shape`.
 * :mod:`.noise`: smooth random fields and the sigmoid the maps are built from.
@@ -39,33 +39,7 @@ Modules (one idea each; everything public is re-exported here):
 * :mod:`.case`: :func:`generate_case`: volume rendering, acquisition degradation, label.
 * :mod:`.difficulty`: :func:`oracle_threshold_dice`.
 * :mod:`.dataset`: :func:`make_synthetic_dataset`, the dataset folder writer.
-* :mod:`.cli`: :func:`main`, the ``fpn_make_synthetic`` command.
+The ``fpn_make_synthetic`` command is :mod:`fpnunet.commands.make_synthetic`.
 
-Names are imported lazily (:data:`_LAZY`, :mod:`fpnunet.lazy`): importing the package costs nothing heavy.
+The package imports nothing: import a name from the module that defines it.
 """
-from __future__ import annotations
-
-from fpnunet.lazy import lazy_exports
-
-_LAZY = {
-    "SyntheticCase": "fpnunet.synthetic.case",
-    "generate_case": "fpnunet.synthetic.case",
-    "main": "fpnunet.synthetic.cli",
-    "GENERATOR_VERSION": "fpnunet.synthetic.dataset",
-    "VOLUME_ENDINGS": "fpnunet.synthetic.dataset",
-    "make_synthetic_dataset": "fpnunet.synthetic.dataset",
-    "oracle_threshold_dice": "fpnunet.synthetic.difficulty",
-    "ENFACE_MODALITIES": "fpnunet.synthetic.enface",
-    "DEFAULT_SHAPE": "fpnunet.synthetic.geometry",
-    "FIELD_OF_VIEW_MM": "fpnunet.synthetic.geometry",
-    "spacing_for_shape": "fpnunet.synthetic.geometry",
-    "PatientTraits": "fpnunet.synthetic.patients",
-    "assign_patients": "fpnunet.synthetic.patients",
-    "patient_traits": "fpnunet.synthetic.patients",
-}
-"""Public name -> module, imported on first use (:mod:`fpnunet.lazy`)."""
-
-__all__ = sorted(_LAZY)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

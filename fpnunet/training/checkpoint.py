@@ -13,15 +13,14 @@ import torch
 from torch import nn
 
 from fpnunet.checkpoint import (  # noqa: F401  re-exported for the training modules
-    build_model,
     load_checkpoint,
-    model_from_checkpoint,
     model_spec,
     rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
 )
+from fpnunet.networks.rebuild import build_model, model_from_checkpoint  # noqa: F401  re-exported
 from fpnunet.results_layout import BEST, FINAL, LATEST  # noqa: F401
 
 

@@ -24,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fpnunet import distributed as fdist
-from fpnunet.evaluation import case_metrics, dice, evaluate_folders, summarize, write_summary
+from fpnunet.evaluation.evaluate import evaluate_folders, summarize, write_summary
+from fpnunet.evaluation.metrics import case_metrics, dice
 from fpnunet.inference.export import label_values, probabilities_to_segmentation, write_segmentation
 from fpnunet.inference.predictor import Predictor
 from fpnunet.io import EnfaceGeometry, resample_to_shape

@@ -14,12 +14,28 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 from fpnunet import cli_args, paths
 from fpnunet.atomic import save_json
-from fpnunet.cli_utils import run_cli
+from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Plan
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The checked flags of ``fpn_plan_and_preprocess``."""
+
+    dataset: str
+    num_processes: int
+    verify_only: bool = False
+    clean: bool = False
+    gpu_memory_gb: float | None = None
+    configs: tuple[str, ...] = ("fpn",)
+    calibrate: bool = False
+    no_preprocess: bool = False
+    progress: bool = True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +64,6 @@ def runtime_note(plan: Plan, device: str | None = None) -> str:
     """What training on this machine will actually use: the device ``auto`` picks and its precision
     (the plan's precision applies on CUDA only; on the CPU ``--precision auto`` decides as
     :func:`fpnunet.precision.resolve_cpu_precision` does, ``FPN_CPU_BF16`` included)."""
-    from fpnunet.cli_utils import resolve_device
-
     device = device or resolve_device("auto")
     planned = sorted({c.precision for c in plan.configurations.values()})
     if device.startswith("cuda"):
@@ -62,25 +76,29 @@ def runtime_note(plan: Plan, device: str | None = None) -> str:
             f"--precision auto on this CPU: {reason})")
 
 
-@run_cli
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     if args.num_processes < 1:
         raise FPNError(f"-np must be at least 1, got {args.num_processes}")
-    cli_args.print_data_roots()
-    from fpnunet.plans.fingerprint import fingerprint_summary, verify_and_fingerprint
-    from fpnunet.raw_dataset import copy_dataset_json, load_dataset_json
+    return PreprocessConfig(args.dataset, args.num_processes, args.verify_only, args.clean, args.gpu_memory_gb,
+                            tuple(args.config), args.calibrate, args.no_preprocess, args.progress)
 
-    name = paths.resolve_dataset(args.dataset)
+
+def run(config: PreprocessConfig) -> int:
+    from fpnunet.plans.fingerprint import fingerprint_summary, verify_and_fingerprint  # lazy: start-up time
+    from fpnunet.plans.planner import plan_dataset  # lazy: start-up time
+    from fpnunet.preprocessing.storage import preprocess_dataset  # lazy: start-up time
+    from fpnunet.raw_dataset import copy_dataset_json, load_dataset_json  # lazy: start-up time
+
+    name = paths.resolve_dataset(config.dataset)
     raw = paths.raw_root() / name
     if not raw.is_dir():
         raise FPNError(f"{raw}: raw dataset folder not found (FPN_RAW={paths.raw_root()})")
-    show = args.progress
+    show = config.progress
     t0 = time.perf_counter()
-    fp = verify_and_fingerprint(raw, num_processes=args.num_processes, show_progress=show)
+    fp = verify_and_fingerprint(raw, num_processes=config.num_processes, show_progress=show)
     print(f"verified {raw} in {time.perf_counter() - t0:.1f} s")
     print(fingerprint_summary(fp))
-    if args.verify_only:
+    if config.verify_only:
         return 0
 
     info = load_dataset_json(raw)
@@ -89,29 +107,32 @@ def main(argv: list[str] | None = None) -> int:
     copy_dataset_json(raw, out)
     save_json(fp, out / "dataset_fingerprint.json")
 
-    from fpnunet.plans.planner import plan_dataset
-
     plans_path = out / "plans.json"
     existing = Plan.load(plans_path) if plans_path.is_file() else None
-    extra = {"calibrate": True} if args.calibrate else {}
-    plan = plan_dataset(fp, info, gpu_memory_gb=args.gpu_memory_gb, networks=list(args.config), existing=existing,
+    extra = {"calibrate": True} if config.calibrate else {}
+    plan = plan_dataset(fp, info, gpu_memory_gb=config.gpu_memory_gb, networks=list(config.configs), existing=existing,
                         **extra)
     plan.save(plans_path)
     idents = ", ".join(f"{n} -> {c.data_identifier}/ (depth {c.depth})" for n, c in plan.configurations.items())
     print(f"wrote {plans_path}: depth crop {plan.depth_crop} raw rows; {idents}")
     print(runtime_note(plan))
-    if args.no_preprocess:
+    if config.no_preprocess:
         return 0
 
-    from fpnunet.preprocessing.storage import preprocess_dataset
-
-    summary = preprocess_dataset(name, plan, num_processes=args.num_processes, clean=args.clean,
+    summary = preprocess_dataset(name, plan, num_processes=config.num_processes, clean=config.clean,
                                  show_progress=show, fingerprint=fp)
     for ident, s in summary.items():
         print(f"preprocessed {ident}: {s['written']} case(s) written, {s['skipped']} up to date "
               f"({s['seconds']:.1f} s) -> {s['folder']}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    config = config_from_args(build_parser().parse_args(argv))
+    cli_args.print_data_roots()
+    return run(config)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from fpnunet import cli_args, paths
@@ -18,6 +19,13 @@ from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
 
 PROGRAM = "fpn_paths"
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """What ``fpn_paths`` lists: every dataset, or one."""
+
+    dataset: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +43,7 @@ def raw_summary(folder: Path) -> str:
     """``60 training cases (45 labelled), 12 test``, or ``-``."""
     if not folder.is_dir():
         return "-"
-    from fpnunet.raw_dataset import count_labels, count_volumes  # lazy: SimpleITK only when listing
+    from fpnunet.raw_dataset import count_labels, count_volumes  # lazy: start-up time (SimpleITK only when listing)
 
     cases = count_volumes(folder, "Tr")
     text = f"{cases} training cases ({count_labels(folder, 'Tr')} labelled)"
@@ -52,7 +60,7 @@ def preprocessed_summary(folder: Path) -> str:
             plan = json.load(f)
     except (OSError, ValueError):
         return "no plans.json"
-    from fpnunet.preprocessed_dataset import PreprocessedDataset  # lazy: numpy only when listing
+    from fpnunet.preprocessed_dataset import PreprocessedDataset  # lazy: start-up time (numpy only when listing)
 
     parts = []
     for name, config in (plan.get("configurations") or {}).items():
@@ -105,14 +113,23 @@ def report(dataset: str | None = None) -> str:
     return "\n".join(lines)
 
 
-@run_cli
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def config_from_args(args: argparse.Namespace) -> PathsConfig:
+    return PathsConfig(args.dataset)
+
+
+def run(config: PathsConfig) -> int:
+    """Print the roots block (this command's data-roots line, with where each root comes from) and
+    the datasets."""
     try:
-        print(report(args.dataset))
+        print(report(config.dataset))
     except OSError as exc:
         raise FPNError(f"{exc.filename}: cannot list ({exc.strerror})") from None
     return 0
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    return run(config_from_args(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,27 +38,28 @@ import queue
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fpnunet import cli_args, results_layout
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
-from fpnunet.paths import preprocessed_root, resolve_dataset, results_dir, results_root
+from fpnunet.inference.inputs import Loaded, collect_inputs
+from fpnunet.inference.inputs import reader as read_ahead
+from fpnunet.inference.parts import check_part, merge_parts, run_on_devices, select_part
+from fpnunet.paths import preprocessed_root, raw_dir, resolve_dataset, results_dir, results_root
+from fpnunet.prediction_folder import PredictionFolder
 from fpnunet.raw_dataset import DATASET_FILE, enface_dir
-
-from .inputs import InputCase, Loaded, collect_inputs, min_raw_depth
-from .inputs import reader as read_ahead
-from .parts import check_part, merge_parts, run_on_devices, select_part
+from fpnunet.report.visits import visits_from_dataset
 
 if TYPE_CHECKING:  # torch, numpy and SimpleITK are imported after parsing (fast --help)
     import numpy as np
 
+    from fpnunet.inference.predictor import Predictor
     from fpnunet.io import EnfaceGeometry
 
-    from .predictor import Predictor
-
-__all__ = ["main", "build_parser", "find_model_folder", "collect_inputs", "min_raw_depth", "InputCase"]
+__all__ = ["main", "build_parser", "find_model_folder"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -143,9 +144,12 @@ def _write_case(
     case: str, probs: np.ndarray, geometry: EnfaceGeometry, out_dir: Path, ending: str, save_probs: bool,
     labels: dict[str, int], threshold: float, visit: dict[str, str | None] | None = None,
 ) -> list[dict[str, Any]]:
-    from fpnunet.prediction_folder import PredictionFolder
-
-    from .export import lesion_rows, probabilities_to_segmentation, write_probabilities, write_segmentation
+    from fpnunet.inference.export import (  # lazy: start-up time
+        lesion_rows,
+        probabilities_to_segmentation,
+        write_probabilities,
+        write_segmentation,
+    )
 
     folder = PredictionFolder(out_dir)
     seg = probabilities_to_segmentation(probs, threshold=threshold, labels=labels)
@@ -155,19 +159,46 @@ def _write_case(
     return lesion_rows(case, seg, geometry.spacing, labels, visit)
 
 
-@run_cli
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+@dataclass(frozen=True)
+class PredictConfig:
+    """The checked flags of ``fpn_predict`` (field names are the flags'); ``argv`` is kept for
+    ``--devices``, which starts one ``fpn_predict`` per device with the same flags."""
+
+    output: Path
+    argv: tuple[str, ...] = ()
+    merge_parts: bool = False
+    input: Path | None = None
+    model_dir: Path | None = None
+    dataset: str | None = None
+    folds: list[str] | None = None
+    checkpoint: str = "final"
+    device: str = "auto"
+    disable_tta: bool = False
+    whole_plane: bool = False
+    step: float = 0.5
+    window: str = "auto"
+    precision: str = "auto"
+    file_ending: str | None = None
+    save_probabilities: bool = False
+    threshold: float = 0.5
+    fused: bool = False
+    enface_dir: str | None = None
+    overlays: bool = False
+    report: bool = False
+    num_parts: int = 1
+    part_id: int = 0
+    devices: tuple[str, ...] = ()
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig:
+    """Every flag checked, and the model folder found, before any folder is written."""
     if not 0 < args.threshold < 1:  # also false for nan
         raise FPNError(f"--threshold {args.threshold}: must be a probability strictly between 0 and 1")
     if not 0 < args.step <= 1:
         raise FPNError(f"--step {args.step}: must be in (0, 1]")
-    cli_args.print_data_roots()
     out_dir = Path(args.output)
     if args.merge_parts:
-        print(f"fpn_predict: merged into {merge_parts(out_dir)}", file=sys.stderr)
-        return 0
+        return PredictConfig(out_dir, tuple(argv), merge_parts=True)
     if args.input is None:
         raise FPNError("-i/--input is required (the folder with CASE_0000<ending> volumes)")
     check_part(args.num_parts, args.part_id)
@@ -177,46 +208,68 @@ def main(argv: list[str] | None = None) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise FPNError(f"{out_dir}: -o must name a folder, but this is a file")
     model_dir = Path(args.model_dir) if args.model_dir else find_model_folder(args.dataset, args.model, args.config)
-    folds = list(args.folds) if args.folds else None  # checked by the -f type (cli_args.fold_name)
     if args.devices:
         if args.num_parts != 1 or "--device" in argv:
             raise FPNError("--devices makes one part per device: leave out --num-parts/--part-id and --device")
         for device in args.devices:
             resolve_device(device)
-        return run_on_devices(argv, args.devices, out_dir)
+    return PredictConfig(
+        out_dir, tuple(argv), False, in_dir, model_dir, args.dataset,
+        list(args.folds) if args.folds else None,  # checked by the -f type (cli_args.fold_name)
+        args.checkpoint, args.device, args.disable_tta, args.whole_plane, args.step, args.window, args.precision,
+        args.file_ending, args.save_probabilities, args.threshold, args.fused, args.enface_dir, args.overlays,
+        args.report, args.num_parts, args.part_id, tuple(args.devices or ()))
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = config_from_args(build_parser().parse_args(argv), argv)
+    cli_args.print_data_roots()
+    return run(config)
+
+
+def run(config: PredictConfig) -> int:
+    out_dir = config.output
+    if config.merge_parts:
+        print(f"fpn_predict: merged into {merge_parts(out_dir)}", file=sys.stderr)
+        return 0
+    in_dir, model_dir, folds = config.input, config.model_dir, config.folds
+    if config.devices:
+        return run_on_devices(list(config.argv), list(config.devices), out_dir)
     from tqdm import tqdm
 
-    from .predictor import Predictor
+    from fpnunet.inference.predictor import Predictor  # lazy: start-up time
 
-    predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=args.checkpoint, device=args.device,
-                                            tta=not args.disable_tta, whole_plane=args.whole_plane,
-                                            step_fraction=args.step, window=args.window,
-                                            amp={"auto": None, "bf16": True, "fp32": False}[args.precision])
+    predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=config.checkpoint, device=config.device,
+                                            tta=not config.disable_tta, whole_plane=config.whole_plane,
+                                            step_fraction=config.step, window=config.window,
+                                            amp={"auto": None, "bf16": True, "fp32": False}[config.precision])
     plan = predictor.plan
-    ending = args.file_ending or (predictor.dataset_info.file_ending if predictor.dataset_info else plan.file_ending)
+    ending = config.file_ending or (predictor.dataset_info.file_ending if predictor.dataset_info else plan.file_ending)
     if not ending.startswith("."):
         raise FPNError(f"--file-ending {ending!r}: must start with a dot, e.g. .nii.gz")
     labels = predictor.dataset_info.labels if predictor.dataset_info else plan.labels
-    dataset_json = _dataset_json(predictor, args.dataset)
+    dataset_json = _dataset_json(predictor, config.dataset)
     visits = _visit_columns(dataset_json)
-    if args.overlays or args.report:  # a bad colour in dataset.json stops here, before any output
-        from fpnunet.report.overlay import class_colours
+    if config.overlays or config.report:  # a bad colour in dataset.json stops here, before any output
+        from fpnunet.report.overlay import class_colours  # lazy: start-up time
 
         class_colours(labels, dataset_json)
 
     items, errors, warnings = collect_inputs(in_dir)
     if not items and not errors:
         raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
-    if args.num_parts > 1:  # this part's cases, and its share of the misnamed files' errors
-        items = select_part(items, args.num_parts, args.part_id)
-        errors = select_part(errors, args.num_parts, args.part_id)
+    if config.num_parts > 1:  # this part's cases, and its share of the misnamed files' errors
+        items = select_part(items, config.num_parts, config.part_id)
+        errors = select_part(errors, config.num_parts, config.part_id)
     enface_files: dict[str, dict[str, Path]] = {}
-    fused = args.fused or bool(predictor.enface_inputs)  # a network with en-face input channels always reads them
+    fused = config.fused or bool(predictor.enface_inputs)  # a network with en-face input channels always reads them
     if fused:  # every case's en-face images are checked before anything is written
-        from .fused import find_enface_files, model_modalities
+        from fpnunet.inference.fused import find_enface_files, model_modalities  # lazy: start-up time
 
         modalities = model_modalities(predictor)
-        enface_folder = Path(args.enface_dir) if args.enface_dir else enface_dir(in_dir.parent, "Ts")
+        enface_folder = Path(config.enface_dir) if config.enface_dir else enface_dir(in_dir.parent, "Ts")
         need = "which the model needs as an input channel" if predictor.enface_inputs else "which --fused needs"
         enface_files = {item.case: find_enface_files(enface_folder, item.case, modalities, need) for item in items}
     for w in warnings:
@@ -225,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
-          f"({args.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}, "
+          f"({config.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}, "
           f"{'bf16' if predictor.amp else 'fp32'}, channels-last, "
           f"{sum(len(n.fold_report.folded) for n in predictor.networks)} BatchNorm(s) folded"
           f"{', fused with ' + ' + '.join(modalities) if fused else ''}"
-          + (f", part {args.part_id} of {args.num_parts}" if args.num_parts > 1 else ""), file=sys.stderr)
-    if args.precision == "auto" and predictor.device.type == "cpu" and predictor.config.precision != "fp32":
-        from fpnunet.precision import cpu_bf16_decision
+          + (f", part {config.part_id} of {config.num_parts}" if config.num_parts > 1 else ""), file=sys.stderr)
+    if config.precision == "auto" and predictor.device.type == "cpu" and predictor.config.precision != "fp32":
+        from fpnunet.precision import cpu_bf16_decision  # lazy: start-up time
 
         print(f"fpn_predict: --precision auto on the CPU: {cpu_bf16_decision().reason}", file=sys.stderr)
 
@@ -257,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     known = len(predictor.window_plans)
                     if fused:
-                        from .fused import predict_fused, read_enface
+                        from fpnunet.inference.fused import predict_fused, read_enface  # lazy: start-up time
 
                         grid = (loaded.volume.shape[1], loaded.volume.shape[3])
                         probs = predict_fused(predictor, loaded.volume,
@@ -274,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                     failures += 1
                     continue
                 pending.append((loaded.case, writer.submit(
-                    _write_case, loaded.case, probs, loaded.geometry, out_dir, ending, args.save_probabilities,
-                    labels, args.threshold, visits.get(loaded.case))))
+                    _write_case, loaded.case, probs, loaded.geometry, out_dir, ending, config.save_probabilities,
+                    labels, config.threshold, visits.get(loaded.case))))
             for case, fut in pending:
                 try:
                     rows.extend(fut.result())
@@ -287,19 +340,17 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         reader.join(timeout=5)
 
-    from fpnunet.prediction_folder import PredictionFolder
-
-    from .export import LESION_COLUMNS
+    from fpnunet.inference.export import LESION_COLUMNS  # lazy: start-up time
 
     folder = PredictionFolder(out_dir)
-    if rows or args.num_parts > 1:  # a failed prediction writes no (header-only) table; a part always
-        folder.write_areas(rows, LESION_COLUMNS, args.part_id, args.num_parts)  # does (--merge-parts needs it)
-    folder.write_failed(failed, args.part_id, args.num_parts)
-    if args.overlays or args.report:
-        from fpnunet.report.writers import pictures_after_prediction
+    if rows or config.num_parts > 1:  # a failed prediction writes no (header-only) table; a part always
+        folder.write_areas(rows, LESION_COLUMNS, config.part_id, config.num_parts)  # does (--merge-parts needs it)
+    folder.write_failed(failed, config.part_id, config.num_parts)
+    if config.overlays or config.report:
+        from fpnunet.report.writers import pictures_after_prediction  # lazy: start-up time
 
         pictures_after_prediction(out_dir, {c: folder.mask_file(c, ending) for c, _ in pending if c not in failed},
-                                  labels, dataset_json, in_dir, failed, args.overlays, args.report,
+                                  labels, dataset_json, in_dir, failed, config.overlays, config.report,
                                   plan.projection_axis)
     total = len(items) + len(errors)
     done = total - failures
@@ -314,11 +365,9 @@ def _dataset_json(predictor: Predictor, dataset: str | None) -> dict[str, Any]:
     """The model folder's dataset.json, completed by the raw dataset's (visits of new cases) under -d."""
     out = dict(predictor.dataset_info.raw) if predictor.dataset_info else {}
     if dataset is not None:
-        from fpnunet.paths import raw_dir
+        from fpnunet.raw_dataset import load_dataset_json  # lazy: start-up time
 
         try:
-            from fpnunet.raw_dataset import load_dataset_json
-
             raw = load_dataset_json(raw_dir(dataset)).raw
         except FPNError:
             return out
@@ -329,15 +378,13 @@ def _dataset_json(predictor: Predictor, dataset: str | None) -> dict[str, Any]:
 
 def _visit_columns(dataset_json: dict[str, Any]) -> dict[str, dict[str, str | None]]:
     """``{case: {"patient", "eye", "visit"}}`` from dataset.json (pseudonymised fields only)."""
-    from fpnunet.report.visits import visits_from_dataset
-
     return {c: {"patient": v.patient, "eye": v.eye, "visit": v.date.isoformat() if v.date else None}
             for c, v in visits_from_dataset(dataset_json, DATASET_FILE).items()}
 
 
 def _case_of_message(message: str) -> str:
     """The case an input error names (its file name without ending and channel suffix)."""
-    from fpnunet.io import strip_ending
+    from fpnunet.io import strip_ending  # lazy: start-up time
 
     stem = strip_ending(Path(message.split(": ", 1)[0]).name)
     return stem[:-5] if stem[-5:-4] == "_" and stem[-4:].isdigit() else stem

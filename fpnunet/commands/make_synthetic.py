@@ -2,11 +2,28 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from pathlib import Path
 
 from fpnunet import cli_args
 from fpnunet.cli_utils import run_cli
 from fpnunet.raw_dataset import read_dataset_json
 from fpnunet.synthetic.geometry import DEFAULT_SHAPE, VOLUME_ENDINGS, spacing_for_shape
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The dataset ``fpn_make_synthetic`` writes (see :func:`fpnunet.synthetic.dataset.make_synthetic_dataset`)."""
+
+    output: Path
+    num_cases: int
+    labelled_fraction: float
+    seed: int
+    shape: tuple[int, int, int]
+    num_test: int | None
+    file_ending: str
+    name: str | None
+    progress: bool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,16 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@run_cli
-def main(argv: list[str] | None = None) -> int:
-    """``fpn_make_synthetic -o DIR [-n N] [--labelled-fraction F] [--seed S] [--shape B D A] ...``."""
-    args = build_parser().parse_args(argv)
-    cli_args.print_data_roots()
-    from fpnunet.synthetic.dataset import make_synthetic_dataset
+def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
+    """The flags as a config (the generator checks their values before it writes anything)."""
+    return SyntheticConfig(Path(args.output), args.num_cases, args.labelled_fraction, args.seed, tuple(args.shape),
+                           args.num_test, args.file_ending, args.name, args.progress)
 
-    out = make_synthetic_dataset(args.output, n=args.num_cases, labelled_fraction=args.labelled_fraction,
-                                 seed=args.seed, shape=tuple(args.shape), num_test=args.num_test,
-                                 file_ending=args.file_ending, name=args.name, show_progress=args.progress)
+
+def run(config: SyntheticConfig) -> int:
+    from fpnunet.synthetic.dataset import make_synthetic_dataset  # lazy: start-up time
+
+    out = make_synthetic_dataset(config.output, n=config.num_cases, labelled_fraction=config.labelled_fraction,
+                                 seed=config.seed, shape=config.shape, num_test=config.num_test,
+                                 file_ending=config.file_ending, name=config.name, show_progress=config.progress)
     meta = read_dataset_json(out)["synthetic"]
     b, d, a = meta["shape_bda"]
     sb, sd, sa = spacing_for_shape((b, d, a))
@@ -48,3 +67,15 @@ def main(argv: list[str] | None = None) -> int:
           f"volume {b}x{d}x{a} (B x D x A), spacing {sb * 1000:.0f} x {sd * 1000:.1f} x {sa * 1000:.1f} um, "
           f"en-face FAF + SLO, seed {meta['seed']}")
     return 0
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    """``fpn_make_synthetic -o DIR [-n N] [--labelled-fraction F] [--seed S] [--shape B D A] ...``."""
+    config = config_from_args(build_parser().parse_args(argv))
+    cli_args.print_data_roots()
+    return run(config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -18,16 +18,27 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fpnunet import cli_args
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
-from fpnunet.raw_dataset import DATASET_FILE, dataset_file
+from fpnunet.paths import raw_dir
 
-__all__ = ["main", "build_parser", "make_report"]
+__all__ = ["main", "build_parser"]
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The checked flags of ``fpn_report``."""
+
+    pred: Path
+    output: Path
+    ref: str | None = None
+    dataset: str | None = None
+    input: str | None = None
+    visits: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,33 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_report(
-    pred_dir: str | os.PathLike,
-    output: str | os.PathLike | None = None,
-    ref_dir: str | os.PathLike | None = None,
-    dataset_json: Mapping[str, Any] | None = None,
-    dataset_source: str = DATASET_FILE,
-    image_folders: list[str | os.PathLike | None] | None = None,
-    visits_csv: str | os.PathLike | None = None,
-    failures: Mapping[str, str] | None = None,
-    projection_axis: int | str = "auto",
-) -> tuple[Path, Path | None]:
-    """Collect and write the report; returns ``(html file, growth CSV or None)``."""
-    from fpnunet.report.build import collect_report
-    from fpnunet.report.html import write_report
-
-    report = collect_report(pred_dir, ref_dir, dataset_json, dataset_source, image_folders or [], visits_csv,
-                            failures, projection_axis=projection_axis)
-    out = Path(output) if output is not None else Path(pred_dir) / "report.html"
-    try:
-        return write_report(report, out)
-    except OSError as exc:
-        raise FPNError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
-
-
-@run_cli
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def config_from_args(args: argparse.Namespace) -> ReportConfig:
+    """Every folder and file checked before anything is read or written."""
     pred = Path(args.pred)
     if not pred.is_dir():
         raise FPNError(f"{pred}: prediction folder not found")
@@ -91,25 +77,36 @@ def main(argv: list[str] | None = None) -> int:
         raise FPNError(f"-o {out}: the report is an HTML file; give a name ending in .html")
     if out.is_dir():
         raise FPNError(f"-o {out}: is a folder; give a file name ending in .html")
+    return ReportConfig(pred, out, args.ref, args.dataset, args.input, args.visits)
+
+
+def run(config: ReportConfig) -> int:
+    from fpnunet.raw_dataset import DATASET_FILE, dataset_file, load_dataset_json  # lazy: start-up time
+    from fpnunet.report.html import make_report  # lazy: start-up time
+
     dataset_json = None
     source = DATASET_FILE
-    folders: list[str | os.PathLike | None] = [args.input] if args.input else []
+    folders: list[str | os.PathLike | None] = [config.input] if config.input else []
     axis: int | str = "auto"
-    if args.dataset is not None:
-        from fpnunet.paths import raw_dir
-        from fpnunet.raw_dataset import load_dataset_json
-
-        raw = raw_dir(args.dataset)
+    if config.dataset is not None:
+        raw = raw_dir(config.dataset)
         info = load_dataset_json(raw)
         dataset_json, source, axis = info.raw, str(dataset_file(raw)), info.projection_axis
-        if not args.input:
+        if not config.input:
             folders.append(raw)
-    html, csv = make_report(pred, out, args.ref, dataset_json, source, folders, args.visits,
+    html, csv = make_report(config.pred, config.output, config.ref, dataset_json, source, folders, config.visits,
                             projection_axis=axis)
     print(f"report: {html}")
     if csv is not None:
         print(f"growth rates: {csv}")
     return 0
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    config = config_from_args(build_parser().parse_args(argv))
+    cli_args.print_data_roots()
+    return run(config)
 
 
 if __name__ == "__main__":  # pragma: no cover

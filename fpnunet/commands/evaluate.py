@@ -18,15 +18,31 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fpnunet import cli_args
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
+from fpnunet.paths import raw_dir
 
 if TYPE_CHECKING:  # pandas, SimpleITK and the metrics are imported after parsing (fast --help)
     import pandas as pd
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The checked flags of ``fpn_evaluate``: two folders, or the cross-validation of a model folder."""
+
+    num_processes: int
+    output: str | None = None
+    dataset: str | None = None
+    ref: str | None = None
+    pred: str | None = None
+    crossval: bool = False
+    model: str | None = None
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,13 +101,11 @@ def _print_summary(summary: Mapping[str, Any]) -> None:
 
 def _overlays(summary: Mapping[str, Any], dataset: str | None) -> None:
     """``overlays/CASE.png`` beside the summary; a picture that cannot be made is a warning."""
-    from fpnunet.report.writers import OVERLAY_DIR, write_evaluation_overlays
+    from fpnunet.raw_dataset import load_dataset_json  # lazy: start-up time
+    from fpnunet.report.writers import OVERLAY_DIR, write_evaluation_overlays  # lazy: start-up time
 
     dataset_json, folders = None, []
     if dataset is not None:
-        from fpnunet.paths import raw_dir
-        from fpnunet.raw_dataset import load_dataset_json
-
         dataset_json, folders = load_dataset_json(raw_dir(dataset)).raw, [raw_dir(dataset)]
     out = Path(summary["summary_file"]).parent / OVERLAY_DIR
     try:
@@ -103,45 +117,56 @@ def _overlays(summary: Mapping[str, Any], dataset: str | None) -> None:
     print(f"overlays: {out} ({len(written)} case(s))")
 
 
-@run_cli
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
+    """Every flag checked before any folder is read."""
     if args.num_processes < 1:
         raise FPNError(f"-np must be at least 1, got {args.num_processes}")
     if args.folds is not None and "all" in args.folds:
         raise FPNError("-f all: --crossval gathers the validation predictions of numbered folds (0 1 2 3 4)")
-    cli_args.print_data_roots()
-    from fpnunet.evaluation.crossval import evaluate_crossval
-    from fpnunet.evaluation.evaluate import evaluate_folders
-
     if args.crossval:
         if args.dataset is None:
             raise FPNError("--crossval needs the dataset: -d DATASET")
         if args.ref or args.pred:
             raise FPNError("--crossval takes its references and predictions from the dataset; drop -r/-p")
-        folds = [int(f) for f in args.folds] if args.folds is not None else [0, 1, 2, 3, 4]
-        summary = evaluate_crossval(args.dataset, args.model, folds, args.num_processes, args.output)
-    else:
-        if args.model is not None or args.folds is not None:
-            raise FPNError("--model and --folds only apply with --crossval")
-        if not args.ref or not args.pred:
-            raise FPNError("give the reference and prediction folders: -r REF_DIR -p PRED_DIR (or --crossval -d D)")
-        labels = ending = None
-        if args.dataset is not None:
-            from fpnunet.paths import raw_dir
-            from fpnunet.raw_dataset import load_dataset_json
+        folds = tuple(int(f) for f in args.folds) if args.folds is not None else (0, 1, 2, 3, 4)
+        return EvaluateConfig(args.num_processes, args.output, args.dataset, crossval=True, model=args.model,
+                              folds=folds)
+    if args.model is not None or args.folds is not None:
+        raise FPNError("--model and --folds only apply with --crossval")
+    if not args.ref or not args.pred:
+        raise FPNError("give the reference and prediction folders: -r REF_DIR -p PRED_DIR (or --crossval -d D)")
+    return EvaluateConfig(args.num_processes, args.output, args.dataset, args.ref, args.pred)
 
-            info = load_dataset_json(raw_dir(args.dataset))
+
+def run(config: EvaluateConfig) -> int:
+    from fpnunet.evaluation.crossval import evaluate_crossval  # lazy: start-up time
+    from fpnunet.evaluation.evaluate import evaluate_folders  # lazy: start-up time
+    from fpnunet.raw_dataset import load_dataset_json  # lazy: start-up time
+
+    if config.crossval:
+        summary = evaluate_crossval(config.dataset, config.model, list(config.folds), config.num_processes,
+                                    config.output)
+    else:
+        labels = ending = None
+        if config.dataset is not None:
+            info = load_dataset_json(raw_dir(config.dataset))
             labels = info.labels
             # the dataset's ending only when the folder holds such files (-r may point elsewhere)
-            ref = Path(args.ref)
+            ref = Path(config.ref)
             if ref.is_dir() and any(p.name.lower().endswith(info.file_ending.lower()) for p in ref.iterdir()):
                 ending = info.file_ending
-        summary = evaluate_folders(args.ref, args.pred, labels, ending, args.num_processes, args.output)
+        summary = evaluate_folders(config.ref, config.pred, labels, ending, config.num_processes, config.output)
     _print_summary(summary)
-    _overlays(summary, args.dataset)
+    _overlays(summary, config.dataset)
     sys.stdout.flush()
     return 0
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    config = config_from_args(build_parser().parse_args(argv))
+    cli_args.print_data_roots()
+    return run(config)
 
 
 if __name__ == "__main__":  # pragma: no cover
