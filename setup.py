@@ -18,6 +18,7 @@ setup(
         "fpnunet.plans",
         "fpnunet.preprocessing",
         "fpnunet.inference",
+        "fpnunet.commands",
     ],
     package_dir={
         "fpnunet": "fpnunet",
@@ -49,9 +50,9 @@ setup(
         "console_scripts": [
             "fpn_make_synthetic=fpnunet.synthetic.cli:main",
             "fpn_plan_and_preprocess=fpnunet.preprocessing.cli:main",
-            "fpn_pretrain=fpnunet.training.pretrain_cli:main",
-            "fpn_train=fpnunet.training.train_cli:main",
-            "fpn_train_folds=fpnunet.training.folds_cli:main",
+            "fpn_pretrain=fpnunet.commands.pretrain:main",
+            "fpn_train=fpnunet.commands.train:main",
+            "fpn_train_folds=fpnunet.commands.train_folds:main",
             "fpn_predict=fpnunet.inference.cli:main",
             "fpn_evaluate=fpnunet.evaluation.cli:main",
             "fpn_paths=fpnunet.paths_cli:main",

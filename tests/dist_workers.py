@@ -122,7 +122,7 @@ def train_worker(rank: int, port: int, argv: list[str], kill_after: int | None, 
     that epoch's checkpoints are on disk, and rank 1 writes the error it then gets to ``report``."""
     import signal
 
-    from fpnunet.training.train_cli import parse_args, train
+    from fpnunet.commands.train import parse_args, train
 
     def kill(epoch: int, record: dict) -> None:
         if rank == 0 and epoch == kill_after:

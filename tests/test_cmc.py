@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fpnunet.atomic import save_json
+from fpnunet.commands.train import main, parse_args, train
 from fpnunet.errors import FPNError
 from fpnunet.io import EnfaceGeometry, write_image
 from fpnunet.networks import available_networks, build_network, network_class
@@ -25,7 +26,6 @@ from fpnunet.training.checkpoint import load_checkpoint
 from fpnunet.training.cmc.augment import MisalignEnface, shift_image
 from fpnunet.training.cmc.losses import CMCLoss, coarse_agreement, prototype_contrastive, semantic_consistency
 from fpnunet.training.losses import SegmentationLoss
-from fpnunet.training.train_cli import main, parse_args, train
 from fpnunet.training.trainers import get_trainer, read_trainer_file
 
 NAME = "Dataset931_CmcTiny"

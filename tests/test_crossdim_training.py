@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fpnunet.atomic import save_json
+from fpnunet.commands.train import main, parse_args, train
 from fpnunet.inference.cli import main as predict_main
 from fpnunet.io import DatasetInfo, EnfaceGeometry, read_image, write_image
 from fpnunet.networks import network_class
@@ -18,7 +19,6 @@ from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefault
 from fpnunet.plans.planner import memory_budget_bytes, plan_dataset
 from fpnunet.preprocessing.dataset_reader import write_completion_record
 from fpnunet.training.checkpoint import load_checkpoint
-from fpnunet.training.train_cli import main, parse_args, train
 
 NAME = "Dataset903_CrossDim"
 SHAPE_BA = (8, 32)

@@ -77,9 +77,9 @@ def test_single_process_helpers():
     assert fdist.main_first(lambda x: x + 1, 1) == 2
     assert fdist.strip_flag(["900", "0", "--gpus", "2", "--seed", "1", "--gpus=3"], "--gpus") == \
         ["900", "0", "--seed", "1"]
-    cmd = fdist.launch_command("fpnunet.training.train_cli", ["900", "0", "--gpus", "2"], 2)
+    cmd = fdist.launch_command("fpnunet.commands.train", ["900", "0", "--gpus", "2"], 2)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                       "fpnunet.training.train_cli", "900", "0"]
+                       "fpnunet.commands.train", "900", "0"]
 
 
 def test_launch_and_resume_checks(monkeypatch):
@@ -125,9 +125,9 @@ def test_fpn_train_two_processes_kill_and_continue(dataset, monkeypatch, capfd):
     import pandas as pd
     from test_training import NAME, fold_dir
 
+    from fpnunet.commands.train import main
     from fpnunet.inference.predictor import Predictor
     from fpnunet.training.checkpoint import load_checkpoint
-    from fpnunet.training.train_cli import main
 
     argv = ["901", "0", "--no-progress", "--seed", "1"]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from fpnunet.commands.train import main as train_main
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.inference.cli import main as predict_main
 from fpnunet.networks import build_network, network_class
@@ -29,7 +30,6 @@ from fpnunet.training.augment import get_train_transforms
 from fpnunet.training.checkpoint import load_checkpoint
 from fpnunet.training.data import EnfaceDataLoader
 from fpnunet.training.pretrained import load_pretrained
-from fpnunet.training.train_cli import main as train_main
 from fpnunet.training.trainers import read_trainer_file
 
 NAME = "Dataset905_EnfCh"

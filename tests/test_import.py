@@ -141,12 +141,12 @@ def test_import_then_plan_pretrain_on_slo_train_and_predict(tmp_path, monkeypatc
     import imageio.v3 as iio
     import torch
 
+    from fpnunet.commands.pretrain import main as pretrain_main
+    from fpnunet.commands.train import main as train_main
     from fpnunet.inference.cli import main as predict_main
     from fpnunet.networks import network_class
     from fpnunet.plans.plan import Plan
     from fpnunet.preprocessing.cli import main as preprocess_main
-    from fpnunet.training.pretrain_cli import main as pretrain_main
-    from fpnunet.training.train_cli import main as train_main
 
     torch.set_num_threads(1)
     for k, v in (("FPN_RAW", "raw"), ("FPN_PREPROCESSED", "pre"), ("FPN_RESULTS", "results")):

@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from fpnunet.atomic import load_json
+from fpnunet.commands.pretrain import main as pretrain_main
+from fpnunet.commands.pretrain import parse_args, pretrain
+from fpnunet.commands.train import main as train_main
 from fpnunet.errors import FPNError
 from fpnunet.networks import network_class
 from fpnunet.plans.plan import Plan
@@ -17,11 +20,8 @@ from fpnunet.preprocessing.cli import main as preprocess_main
 from fpnunet.synthetic import make_synthetic_dataset
 from fpnunet.training.checkpoint import build_model, load_checkpoint, model_spec, seed_everything
 from fpnunet.training.losses import SegmentationLoss
-from fpnunet.training.pretrain_cli import main as pretrain_main
-from fpnunet.training.pretrain_cli import parse_args, pretrain
 from fpnunet.training.pretrained import load_pretrained
 from fpnunet.training.reconstruction import ReconstructionTask, split_holdout
-from fpnunet.training.train_cli import main as train_main
 
 NAME = "Dataset907_PreTiny"
 SHAPE = (16, 64, 48)  # (B, D, A): B >= 11 so that SSIM has full 11 x 11 windows

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fpnunet.atomic import save_json
+from fpnunet.commands.train import main, parse_args, train
 from fpnunet.io import EnfaceGeometry, read_image, write_image
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefaults
@@ -19,7 +20,6 @@ from fpnunet.results_layout import pretrained_tag
 from fpnunet.training.checkpoint import load_checkpoint, model_spec, save_checkpoint
 from fpnunet.training.loop import LoopSettings, make_optimizer, make_scheduler
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
-from fpnunet.training.train_cli import main, parse_args, train
 
 NAME = "Dataset901_Tiny"
 SHAPE_BA = (8, 32)

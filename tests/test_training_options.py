@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_training import dataset, fold_dir  # noqa: F401  (dataset is a fixture)
 
+from fpnunet.commands.train import main
 from fpnunet.training.checkpoint import load_checkpoint
-from fpnunet.training.train_cli import main
 
 
 def test_weight_decay_flag_reaches_the_optimizer_and_is_recorded(dataset, capsys):  # noqa: F811

@@ -15,12 +15,12 @@ from test_training import dataset, tiny_kwargs  # noqa: F401  (dataset is a fixt
 
 from fpnunet.atomic import save_json
 from fpnunet.checkpoint import model_spec, save_checkpoint
+from fpnunet.commands.train import main as train_main
 from fpnunet.evaluation.cli import main as evaluate_main
 from fpnunet.inference.cli import main as predict_main
 from fpnunet.io import write_image
 from fpnunet.networks import build_network
 from fpnunet.preprocessing.cli import main as preprocess_main
-from fpnunet.training.train_cli import main as train_main
 
 SPACING = (0.1, 0.01)
 LABELS = {"background": 0, "GA": 1}

@@ -14,14 +14,14 @@ import torch
 from test_training import dataset, fold_dir, tiny_kwargs  # noqa: F401  (dataset is a fixture)
 
 from fpnunet.checkpoint import load_checkpoint, model_spec, save_checkpoint
+from fpnunet.commands.pretrain import main as pretrain_main
+from fpnunet.commands.train import main as train_main
 from fpnunet.errors import FPNError
 from fpnunet.inference.cli import main as predict_main
 from fpnunet.networks import build_network, network_class
 from fpnunet.results_layout import LOCK_FILE, FoldLock
 from fpnunet.training.loop import EpochLoop
-from fpnunet.training.pretrain_cli import main as pretrain_main
 from fpnunet.training.pretrained import load_pretrained
-from fpnunet.training.train_cli import main as train_main
 
 BASE = ["--device", "cpu", "--num-workers", "0", "--no-progress"]
 SHORT = ["--epochs", "1", "--iterations-per-epoch", "1"]

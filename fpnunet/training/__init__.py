@@ -20,5 +20,5 @@ One idea per module (import them directly; this package imports nothing so that
 * :mod:`.augment`, :mod:`.data`: in-plane augmentation (volume and label together) and batch sampling.
 * :mod:`.ssim`, :mod:`.reconstruction`: the 1 - SSIM loss and the self-supervised reconstruction task.
 * :mod:`.cli_common`: what ``fpn_train`` and ``fpn_pretrain`` share (flags, run folder, loop).
-* :mod:`.train_cli`, :mod:`.pretrain_cli`: the ``fpn_train`` and ``fpn_pretrain`` commands.
+The commands themselves live in :mod:`fpnunet.commands` (``train``, ``pretrain``, ``train_folds``).
 """

@@ -81,7 +81,7 @@ def default_devices() -> list[str]:
 def check_arguments(dataset: str, folds: list[str], devices: list[str], rest: list[str]) -> None:
     """Every flag checked before any fold starts: folds, devices, the flags passed to fpn_train."""
     from fpnunet.cli_utils import resolve_device
-    from fpnunet.training.train_cli import build_parser as train_parser
+    from fpnunet.commands.train import build_parser as train_parser
 
     for fold in folds:
         if not (fold.isdigit() or fold == "all"):
@@ -106,7 +106,7 @@ def check_arguments(dataset: str, folds: list[str], devices: list[str], rest: li
 
 
 def fold_command(dataset: str, fold: str, device: str, rest: list[str]) -> list[str]:
-    return [sys.executable, "-m", "fpnunet.training.train_cli", dataset, fold, *rest, "--device", device,
+    return [sys.executable, "-m", "fpnunet.commands.train", dataset, fold, *rest, "--device", device,
             "--no-progress"]
 
 

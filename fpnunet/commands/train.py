@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.gpus != 1:
         fdist.check_launch(args.gpus, args.device)
-        return fdist.launch("fpnunet.training.train_cli", argv, args.gpus)
+        return fdist.launch("fpnunet.commands.train", argv, args.gpus)
     if fdist.is_main():  # once, not per torchrun rank
         cli_args.print_data_roots()
     train(args, argv)

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.gpus != 1:
         fdist.check_launch(args.gpus, args.device)
-        return fdist.launch("fpnunet.training.pretrain_cli", argv, args.gpus)
+        return fdist.launch("fpnunet.commands.pretrain", argv, args.gpus)
     if fdist.is_main():  # once, not per torchrun rank
         cli_args.print_data_roots()
     pretrain(args, argv)
