@@ -33,8 +33,11 @@ from fpnunet.paths import preprocessed_root
 from fpnunet.plans.plan import Plan
 from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from fpnunet.training.checkpoint import model_from_checkpoint
-from fpnunet.training.segmentation import SegmentationTask, labelled_cases, validate_volumes
+from fpnunet.training.loader import default_num_workers
+from fpnunet.training.run_config import RunConfig, saved_settings
+from fpnunet.training.segmentation import labelled_cases, validate_volumes
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
+from fpnunet.training.supervised import SupervisedTrainer
 
 
 def find_checkpoints(roots: list[Path], name: str) -> list[Path]:
@@ -50,7 +53,7 @@ def find_checkpoints(roots: list[Path], name: str) -> list[Path]:
 
 def evaluate(path: Path, batches: int, tta: bool, device: str) -> dict[str, Any]:
     model, ckpt = model_from_checkpoint(path, device)
-    args = ckpt.get("args") or {}
+    args = saved_settings(ckpt)
     row: dict[str, Any] = {"run": f"{path.parent.parent.name}/{path.parent.name}",
                            "network": ckpt["network"]["name"], "fraction": args.get("label_fraction")}
     if not batchnorm_layers(model):
@@ -68,8 +71,11 @@ def evaluate(path: Path, batches: int, tta: bool, device: str) -> dict[str, Any]
     train = apply_label_fraction(train, float(args.get("label_fraction", 1.0)))
     seed = int(args.get("seed", 0))
     saved = validate_volumes(model, plan, config_name, data_dir, val, device=device, tta=tta)["val_dice"]
-    task = SegmentationTask(plan, config_name, data_dir, train, val, seed=seed, device=device,
-                            oversample=plan.configuration(config_name).training.foreground_oversample)
+    configuration = plan.configuration(config_name)
+    task = SupervisedTrainer(RunConfig(config=config_name, data_dir=str(data_dir), train_cases=tuple(train),
+                                       val_cases=tuple(val), seed=seed, device=device,
+                                       num_workers=default_num_workers(), batch_size=configuration.batch_size,
+                                       foreground_oversample=configuration.training.foreground_oversample), plan)
     source = task.train_batches(max(int(ckpt.get("epoch", 1)) - 1, 0))
     try:
         used = recalibrate_batchnorm(model, source, batches,

@@ -12,7 +12,7 @@ from test_training import dataset  # noqa: F401  the fixture
 
 from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
-from fpnunet.training.cli_common import check_world_size
+from fpnunet.training.run import check_world_size
 from fpnunet.training.sync_batchnorm import AllReduceBatchNorm, convert_sync_batchnorm
 
 
@@ -143,8 +143,8 @@ def test_fpn_train_two_processes_kill_and_continue(dataset, monkeypatch, capfd):
     log = pd.read_csv(fold / "training_log.csv")
     assert list(log["epoch"]) == [1, 2] and log["val_dice"].notna().all()
     reference = load_checkpoint(fold / "checkpoint_final.pth")
-    assert (reference["args"]["world_size"], reference["args"]["global_batch"], reference["args"]["lr_rule"]) == \
-        (2, 4, "none")
+    saved = reference["run_config"]
+    assert (saved["world_size"], saved["global_batch"], saved["lr_rule"]) == (2, 4, "none")
     assert (fold / "validation" / "summary.json").is_file()
 
     # the same run, rank 0 killed with SIGKILL after epoch 1, then resumed over 2 ranks

@@ -18,7 +18,8 @@ from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefault
 from fpnunet.preprocessing.dataset_reader import write_completion_record
 from fpnunet.results_layout import pretrained_tag
 from fpnunet.training.checkpoint import load_checkpoint, model_spec, save_checkpoint
-from fpnunet.training.loop import LoopSettings, make_optimizer, make_scheduler
+from fpnunet.training.optim import make_optimizer, make_scheduler
+from fpnunet.training.run_config import RunConfig
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
 
 NAME = "Dataset901_Tiny"
@@ -119,12 +120,12 @@ def test_two_epoch_run_writes_every_file(dataset, capsys):
 
     ckpt = load_checkpoint(fold / "checkpoint_final.pth")
     for key in ("network", "in_channels", "num_outputs", "configuration", "state_dict", "epoch", "optimizer",
-                "scheduler", "scaler", "rng", "log", "args"):
+                "scheduler", "scaler", "rng", "log", "run_config"):
         assert key in ckpt, key
     assert ckpt["network"] == {"name": "fpn", "kwargs": tiny_kwargs()}
     assert (ckpt["in_channels"], ckpt["num_outputs"], ckpt["configuration"], ckpt["epoch"]) == (1, 1, "fpn", 2)
     assert set(ckpt["rng"]) == {"torch", "numpy", "python", "cuda"}
-    assert len(ckpt["log"]) == 2 and ckpt["args"]["seed"] == 3
+    assert len(ckpt["log"]) == 2 and ckpt["run_config"]["seed"] == 3
     best = load_checkpoint(fold / "checkpoint_best.pth")
     assert best["best_score"] == pytest.approx(log["val_dice"].max())
 
@@ -262,7 +263,7 @@ def test_pretrained_auto_finds_the_pretraining_run(dataset, capsys):
     fold = fold_dir(results, "fpn__lf0.5__ssl-FAF")
     assert json.loads((fold / "pretrained_from.json").read_text())["path"] == str(faf)
     ckpt = load_checkpoint(fold / "checkpoint_final.pth")
-    assert len(ckpt["args"]["train_cases"]) == 2  # ceil(0.5 x 4)
+    assert len(ckpt["run_config"]["train_cases"]) == 2  # ceil(0.5 x 4)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -303,9 +304,9 @@ def test_poly_schedule_and_lr_column(dataset):
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.1 * (1 - e / 4) ** 0.9 for e in range(4)])
-    assert LoopSettings(epochs=10, iterations_per_epoch=1, val_every=4).validates_at(3)
-    assert not LoopSettings(epochs=10, iterations_per_epoch=1, val_every=4).validates_at(4)
-    assert LoopSettings(epochs=10, iterations_per_epoch=1, val_every=0).validates_at(9)
+    assert RunConfig(epochs=10, iterations_per_epoch=1, val_every=4).validates_at(3)
+    assert not RunConfig(epochs=10, iterations_per_epoch=1, val_every=4).validates_at(4)
+    assert RunConfig(epochs=10, iterations_per_epoch=1, val_every=0).validates_at(9)
 
 
 def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeypatch):
@@ -328,13 +329,14 @@ def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeyp
 
     from fpnunet.training.batchnorm import recalibrate_batchnorm
     from fpnunet.training.checkpoint import model_from_checkpoint
-    from fpnunet.training.segmentation import SegmentationTask
+    from fpnunet.training.supervised import SupervisedTrainer
     from fpnunet.training.splits import apply_label_fraction
 
     plan = Plan.load(dataset["pre"] / "plans.json")
     train_cases = apply_label_fraction(json.loads((dataset["pre"] / "splits_final.json").read_text())[0]["train"], 1)
-    task = SegmentationTask(plan, "fpn", dataset["data"], train_cases, [], seed=2,
-                            oversample=plan.configurations["fpn"].training.foreground_oversample)
+    oversample = plan.configurations["fpn"].training.foreground_oversample
+    task = SupervisedTrainer(RunConfig(config="fpn", data_dir=str(dataset["data"]), train_cases=tuple(train_cases),
+                                       seed=2, foreground_oversample=oversample), plan)
     model, _ = model_from_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
     source = task.train_batches(1)
     try:

@@ -124,7 +124,7 @@ def test_diverging_training_stops_and_keeps_the_last_good_checkpoint(dataset, mo
     ckpt = load_checkpoint(fold / "checkpoint_latest.pth")
     assert ckpt["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values()
                                       if t.is_floating_point())
-    assert ckpt["hyperparameters"]["epochs"] == 3 and ckpt["hyperparameters"]["lr"] == 0.1
+    assert ckpt["run_config"]["epochs"] == 3 and ckpt["run_config"]["lr"] == 0.1
     assert not (fold / "checkpoint_final.pth").exists() and not (fold / LOCK_FILE).exists()
     monkeypatch.setattr(EpochLoop, "step", original)
     # an absurd learning rate: stopped with the same clear error, never a NaN model with exit 0

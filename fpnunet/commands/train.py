@@ -15,96 +15,26 @@ overridden here. Results go to
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fpnunet import cli_args
 from fpnunet import distributed as fdist
-from fpnunet.atomic import load_json, save_json
-from fpnunet.cli_utils import resolve_device, run_cli
+from fpnunet.atomic import load_json
+from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
-from fpnunet.paths import raw_root, results_root
-from fpnunet.plans.plan import NetworkSpec, Plan
-from fpnunet.results_layout import FoldLock, clean_temp_files
-from fpnunet.training.cli_common import (
-    OpenedRun,
-    ResolvedContext,
+from fpnunet.results_layout import VALIDATION_DIR
+from fpnunet.training.flags import (
     add_config_argument,
     add_dataset_argument,
     add_resume_arguments,
     add_runtime_arguments,
     add_schedule_arguments,
-    find_preprocessed,
-    make_loop,
-    new_model,
-    open_run,
-    print_settings,
+    check_flags,
 )
-from fpnunet.training.hyperparameters import check_flags, resolve_hyperparameters
-
-if TYPE_CHECKING:  # torch and the data stack are imported by the functions that run, after parsing
-    from fpnunet.training.loop import EpochCallback
-    from fpnunet.training.trainers import SupervisedTrainer
 
 PROGRAM = "fpn_train"
-WATCHED = ("trainer", "lr", "weight_decay", "batch_size", "iterations_per_epoch", "seed", "train_cases",
-           "label_fraction", "precision")
-"""Arguments whose change on ``--continue`` is warned about."""
-
-
-@dataclass
-class TrainArgs:
-    """The command line, parsed (``None``: the plan's default)."""
-
-    dataset: str
-    fold: str
-    config: str | None = None
-    pretrained: str = "auto"
-    encoder_weights: str = "none"
-    enface_channels: list[str] | None = None
-    trainer: str = "supervised"
-    label_fraction: float = 1.0
-    partial_load: bool = False
-    epochs: int | None = None
-    iterations_per_epoch: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    batch_size: int | None = None
-    val_every: int | None = None
-    bn_recalibration: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    val_only: bool = False
-    val_checkpoint: str = "final"
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    seed: int = 0
-    num_workers: int | None = None
-    progress: bool = True
-    heartbeat: float = 60.0
-    gpus: int = 1
-    sync_bn: bool = True
-
-
-@dataclass
-class RunContext(ResolvedContext):
-    """Everything resolved from the arguments before training starts."""
-
-    raw_dir: Path | None
-    tag: str
-    pretrained_path: Path | None
-    pretrained_message: str
-    encoder_state: dict | None = None
-    """2D encoder tensors from ``--encoder-weights`` (omnia/dsnet/dxnet), loaded before epoch 0."""
-    trainer: SupervisedTrainer | None = None
-    unlabelled_cases: list[str] = field(default_factory=list)
-    enface_inputs: list[str] = field(default_factory=list)
-    """En-face modalities the network takes as input channels (``--enface-channels``, else the plan's)."""
-    """Training cases without a label, and labelled ones beyond --label-fraction (trainers that use them)."""
 
 
 def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentParser:
@@ -144,206 +74,39 @@ def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentPa
     return p
 
 
-def parse_args(argv: list[str]) -> TrainArgs:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     plan = cli_args.plan_values(argv, positional=True) if cli_args.wants_help(argv) else None
     p = build_parser(plan)
-    ns = cli_args.take_dataset(p, p.parse_intermixed_args(argv), shift="fold", shift_type=cli_args.fold_name)
-    return TrainArgs(**vars(ns))
+    return cli_args.take_dataset(p, p.parse_intermixed_args(argv), shift="fold", shift_type=cli_args.fold_name)
 
 
-# ----------------------------------------------------------------------------- resolution
-def resolve_run(args: TrainArgs) -> RunContext:
-    """Find the dataset, plan, configuration, fold cases and the run folder; clear errors otherwise."""
-    from fpnunet.io import load_dataset_json
-    from fpnunet.networks import network_class
-    from fpnunet.networks.encoder_weights import resolve_encoder_weights
-    from fpnunet.training import enface_inputs
-    from fpnunet.training.pretrained import resolve_pretrained
-    from fpnunet.training.run_folder import fold_folder_name, model_folder_name
-    from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
-    from fpnunet.training.trainers import get_trainer
-
-    trainer = get_trainer(args.trainer)
-    found = find_preprocessed(args.dataset, args.config)
-    trainer.check(found.plan)
-    found.config = enface_inputs.resolve(args.enface_channels, found.plan, found.config, trainer.name,
-                                         network_class(found.config.network.name))
-    modalities = enface_inputs.modalities_of(found.config)
-    labelled = found.cases.labelled
-    if not labelled:
-        raise FPNError(f"{found.data_dir}: no labelled case (no CASE_seg.npy): add label maps to labelsTr of the raw "
-                       f"dataset and re-run fpn_plan_and_preprocess, or use fpn_pretrain, which needs no labels")
-    raw_dir = raw_root() / found.dataset
-    raw_dir = raw_dir if raw_dir.is_dir() else None
-    pre_dir = found.preprocessed_dir
-    patients = load_dataset_json(pre_dir).patients if (pre_dir / "dataset.json").is_file() else {}
-    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients, all_cases=found.cases.case_names)
-    train, val = fold_cases(splits, args.fold)
-    full_train = train
-    train = apply_label_fraction(train, args.label_fraction)
-    unlabelled = ([c for c in full_train if c not in set(train)]
-                  + [c for c in found.cases.case_names if c not in set(labelled)] if trainer.uses_unlabelled else [])
-    results = results_root() / found.dataset
-    tag, path, message = resolve_pretrained(args.pretrained, results, found.config_name)
-    enc_tag, enc_state, enc_message = resolve_encoder_weights(
-        args.encoder_weights, found.config.network.name, network_class(found.config.network.name),
-        found.config.network.kwargs, fetch=not (args.resume or args.val_only))
-    if enc_tag is not None:
-        if args.pretrained not in ("auto", "none"):
-            raise FPNError(f"--pretrained {args.pretrained} and --encoder-weights {args.encoder_weights} both "
-                           "initialise the network: give one of them")
-        tag, path, message = enc_tag, None, enc_message
-    enface_inputs.check_cases(found.data_dir, train + val, modalities)
-    model_dir = results / (model_folder_name(found.config_name, args.label_fraction, tag)
-                           + enface_inputs.folder_suffix(modalities) + trainer.folder_suffix())
-    return RunContext(dataset=found.dataset, preprocessed_dir=pre_dir, plan=found.plan, config_name=found.config_name,
-                      config=found.config, data_dir=found.data_dir, train_cases=train, val_cases=val,
-                      model_dir=model_dir, fold_dir=model_dir / fold_folder_name(args.fold), raw_dir=raw_dir, tag=tag,
-                      pretrained_path=path, pretrained_message=message, encoder_state=enc_state, trainer=trainer,
-                      unlabelled_cases=unlabelled, enface_inputs=modalities)
-
-
-# ----------------------------------------------------------------------------- actions
-def train(args: TrainArgs, argv: list[str] | None = None, callbacks: tuple[EpochCallback, ...] = ()) -> Path:
+def train(args: argparse.Namespace, argv: list[str] | None = None, callbacks: tuple = ()) -> Path:
     """Train (or resume, or only validate) the fold ``args`` names; returns the fold folder."""
+    from fpnunet.training.configure import build_run_config  # lazy: start-up time (torch)
+    from fpnunet.training.run import run  # lazy: start-up time (torch)
+
     argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(args)  # every typed value, before anything is read, created or deleted
-    from fpnunet.training.enface_inputs import check_flag
-
-    check_flag(args.enface_channels)
     fdist.setup(args.device)  # under torchrun: join the job (a no-op for one process)
-    main_rank = fdist.is_main()
     try:
-        return _open_and_train(args, argv, callbacks, main_rank)
+        config = fdist.main_first(build_run_config, args, PROGRAM)  # rank 0 may create the split file
+        summary = run(config, argv, callbacks)
     except fdist.MirroredError:
         raise SystemExit(1) from None  # rank 0 prints the error
     finally:
         fdist.shutdown()
-
-
-def _open_and_train(args: TrainArgs, argv: list[str], callbacks: tuple[EpochCallback, ...], main_rank: bool) -> Path:
-    from fpnunet.training.pretrained import load_pretrained
-    from fpnunet.training.trainers import get_trainer, write_trainer_file
-
-    ctx = fdist.main_first(resolve_run, args)  # rank 0 may create the split file
-    if args.val_only:
-        return validate_only(args, ctx, argv) if main_rank else ctx.fold_dir
-    hp = resolve_hyperparameters(args, ctx.config, fdist.rank_device(args.device))
-    trainer = ctx.trainer or get_trainer(args.trainer)
-    loss, augment = trainer.params(ctx.config)
-    record = trainer.record(ctx.plan, loss, augment)
-    if ctx.enface_inputs:  # the network itself needs them: prediction always reads them
-        record |= {"enface_modalities": list(ctx.enface_inputs), "fused_prediction": True,
-                   "enface_inputs": list(ctx.enface_inputs)}
-    name, kwargs = trainer.network_spec(ctx.plan, ctx.config)
-    spec, model = new_model(args.seed, ctx.config_name, replace(ctx.config, network=NetworkSpec(name, kwargs)),
-                            ctx.plan.num_input_channels, ctx.plan.num_outputs)
-    report = None
-    if ctx.pretrained_path is not None and not args.resume:  # a bad file fails before --overwrite deletes
-        fdist.say(ctx.pretrained_message)
-        report = load_pretrained(trainer.pretrained_module(model), ctx.pretrained_path,
-                                 network=ctx.config.network.name, partial=args.partial_load)
-    run = fdist.main_first(open_run, ctx, args, argv, PROGRAM,
-                           extra={"tag": ctx.tag, **record, "unlabelled_cases": ctx.unlabelled_cases},
-                           watched=WATCHED, hp=hp)
-    try:
-        if main_rank:
-            write_trainer_file(ctx.model_dir, record)
-        return _train(args, ctx, run, spec, model, report, argv, callbacks, trainer, (loss, augment), main_rank)
-    finally:
-        run.release()
-
-
-def _train(args: TrainArgs, ctx: RunContext, run: OpenedRun, spec: dict[str, Any], model: Any, report: Any,
-           argv: list[str], callbacks: tuple[EpochCallback, ...], trainer: SupervisedTrainer,
-           params: tuple[Any, Any], main_rank: bool = True) -> Path:
-    from fpnunet.networks.encoder_weights import load_encoder_weights
-    from fpnunet.training.checkpoint import FINAL, LATEST
-    from fpnunet.training.pretrained import load_pretrained
-    from fpnunet.training.run_folder import PRETRAINED_FILE
-
-    if main_rank:
-        _print_header(ctx, run)
-    if run.checkpoint is None:
-        if report is None:
-            fdist.say(ctx.pretrained_message)
-            if ctx.pretrained_path is not None:
-                report = load_pretrained(trainer.pretrained_module(model), ctx.pretrained_path,
-                                         network=ctx.config.network.name, partial=args.partial_load)
-        enc = (load_encoder_weights(model, ctx.encoder_state, args.encoder_weights)
-               if ctx.encoder_state is not None else None)
-        if main_rank:
-            save_json({"choice": args.pretrained, "tag": ctx.tag,
-                       "path": str(ctx.pretrained_path) if ctx.pretrained_path else None,
-                       "partial_load": args.partial_load,
-                       "report": report.to_dict() if report else None,
-                       "encoder_weights": args.encoder_weights, "encoder_report": enc.to_dict() if enc else None},
-                      ctx.fold_dir / PRETRAINED_FILE)
-    model = model.to(run.device)
-    hp = run.hp
-    task = trainer.make_task(ctx, hp, run.device, *params)
-    loop = make_loop(task, model, spec, run, ctx.config.training, ctx.fold_dir, callbacks)
-    try:
-        loop.run()
-    except KeyboardInterrupt:
-        if main_rank and (ctx.fold_dir / LATEST).is_file():
-            again = shlex.join([PROGRAM, *argv, *([] if "--continue" in argv else ["--continue"])])
-            print(f"\ninterrupted after the last saved epoch; resume with: {again}", file=sys.stderr)
-        raise
-    fdist.barrier()
-    fdist.shutdown()  # the final validation (flip TTA, files, summary.json) runs on rank 0 alone
-    if main_rank:
-        _final_validation(model, ctx, run.device, FINAL, run.settings.epochs, progress=args.progress)
-    return ctx.fold_dir
-
-
-def validate_only(args: TrainArgs, ctx: RunContext, argv: list[str]) -> Path:
-    """``--val``: predict the fold's validation cases with a saved checkpoint, write summary.json."""
-    from fpnunet.training.checkpoint import model_from_checkpoint
-    from fpnunet.training.run_folder import write_command
-
-    path = ctx.fold_dir / f"checkpoint_{args.val_checkpoint}.pth"
-    if not path.is_file():
-        others = sorted(p.parent.name + "/" + p.name for p in ctx.model_dir.parent.glob(f"*/{ctx.fold_dir.name}/*.pth"))
-        raise FPNError(f"{path}: no checkpoint to validate. Checkpoints of this dataset and fold: "
-                       f"{others or 'none'} (the folder depends on --config, --label-fraction and --pretrained)")
-    device = resolve_device(args.device)
-    model, ckpt = model_from_checkpoint(path, device)
-    plan_file = ctx.model_dir / "plans.json"
-    if plan_file.is_file():
-        ctx.plan = Plan.load(plan_file)
-    with FoldLock(ctx.fold_dir, PROGRAM):
-        clean_temp_files(ctx.fold_dir)
-        write_command(ctx.fold_dir, argv, PROGRAM, append=True)
-        _final_validation(model, ctx, device, path.name, int(ckpt.get("epoch", 0)), progress=args.progress)
-    return ctx.fold_dir
-
-
-def _final_validation(model: Any, ctx: RunContext, device: str, checkpoint: str, epoch: int,
-                      progress: bool = True) -> None:
-    from fpnunet.training.run_folder import VALIDATION_DIR
-    from fpnunet.training.segmentation import export_validation
-
-    if not ctx.val_cases:
-        print("no validation cases in this fold: final validation skipped")
-        return
-    out = ctx.fold_dir / VALIDATION_DIR
-    summary = export_validation(model, ctx.plan, ctx.config_name, ctx.data_dir, ctx.val_cases, out, ctx.raw_dir,
-                                device=device, tta=True, extra={"checkpoint": checkpoint, "epoch": epoch, "tta": True},
-                                progress=progress)
-    dice = summary["foreground_mean"]["Dice"]
-    print(f"final validation ({checkpoint}, {len(ctx.val_cases)} cases): mean Dice {dice:.4f} (flip TTA) "
-          f"-> {out / 'summary.json'}")
-    validation_pictures(ctx.fold_dir, summary, ctx.raw_dir, progress=progress)
+    if summary is not None:
+        validation_pictures(Path(config.fold_dir), summary, None if config.raw_dir is None else Path(config.raw_dir),
+                            trainer=config.trainer, progress=config.progress)
+    return Path(config.fold_dir)
 
 
 def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path | None,
                         trainer: str = "segmentation", progress: bool = True) -> None:
     """``progress.png`` redrawn with the final validation, ``validation/overlays/CASE.png``
     (prediction and reference outlines, Dice); a picture that cannot be made is a warning."""
-    from fpnunet.report.writers import OVERLAY_DIR, write_evaluation_overlays
-    from fpnunet.training.logger import redraw_progress
-    from fpnunet.training.run_folder import VALIDATION_DIR
+    from fpnunet.report.writers import OVERLAY_DIR, write_evaluation_overlays  # lazy: start-up time (matplotlib)
+    from fpnunet.training.logger import redraw_progress  # lazy: start-up time (pandas)
 
     redraw_progress(fold_dir, trainer)
     dataset_json = None
@@ -356,14 +119,6 @@ def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path |
         problems = [str(exc)]
     if problems:
         print(f"warning: no overlay for {len(problems)} validation case(s): {problems[0]}", file=sys.stderr)
-
-
-def _print_header(ctx: RunContext, run: OpenedRun) -> None:
-    unlabelled = f", {len(ctx.unlabelled_cases)} unlabelled" if ctx.trainer and ctx.trainer.uses_unlabelled else ""
-    print(f"{ctx.dataset} / {ctx.config_name} / {ctx.fold_dir.name}: {len(ctx.train_cases)} training cases "
-          f"(label fraction {run.resolved['label_fraction']:g}){unlabelled}, {len(ctx.val_cases)} validation cases, "
-          f"trainer {run.resolved['trainer']}")
-    print_settings(ctx.config, run, ctx.fold_dir)
 
 
 @run_cli

@@ -33,11 +33,13 @@ def training_state(
     scaler: Any,
     epoch: int,
     log: list[dict[str, Any]],
-    args: dict[str, Any],
+    run_config: dict[str, Any],
     best_score: float | None,
-    hyperparameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything a resumed run needs, as one dict (tensors are referenced, not copied)."""
+    """Everything a resumed run needs, as one dict (tensors are referenced, not copied);
+    ``run_config``: :meth:`fpnunet.training.run_config.RunConfig.to_dict` (checkpoints written
+    before it carry ``args`` and ``hyperparameters`` instead, read by
+    :func:`fpnunet.training.run_config.saved_settings`)."""
     state = {
         **spec,
         "state_dict": model.state_dict(),
@@ -47,11 +49,9 @@ def training_state(
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
         "log": [dict(r) for r in log],
-        "args": dict(args),
+        "run_config": dict(run_config),
         "best_score": best_score,
     }
-    if hyperparameters is not None:
-        state["hyperparameters"] = dict(hyperparameters)
     return state
 
 
