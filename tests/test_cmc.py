@@ -274,5 +274,5 @@ def test_cmc_trains_resumes_exactly_and_predicts_oct_only_and_fused(dataset, mon
 def test_fused_needs_a_model_with_enface_inputs_and_bad_trainer_fails_first(dataset, capsys):
     with pytest.raises(SystemExit):
         main(["931", "0", "-tr", "nope"])
-    assert "registered: cmc, supervised" in capsys.readouterr().err
+    assert "registered: cmc, reconstruction, supervised" in capsys.readouterr().err
     assert not dataset["results"].exists()  # validated before any folder is touched

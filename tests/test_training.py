@@ -19,8 +19,8 @@ from fpnunet.preprocessing.dataset_reader import write_completion_record
 from fpnunet.results_layout import pretrained_tag
 from fpnunet.training.checkpoint import load_checkpoint, model_spec, save_checkpoint
 from fpnunet.training.optim import make_optimizer, make_scheduler
-from fpnunet.training.run_config import RunConfig
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
+from fpnunet.training.run_config import RunConfig
 
 NAME = "Dataset901_Tiny"
 SHAPE_BA = (8, 32)
@@ -329,8 +329,8 @@ def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeyp
 
     from fpnunet.training.batchnorm import recalibrate_batchnorm
     from fpnunet.training.checkpoint import model_from_checkpoint
-    from fpnunet.training.supervised import SupervisedTrainer
     from fpnunet.training.splits import apply_label_fraction
+    from fpnunet.training.supervised import SupervisedTrainer
 
     plan = Plan.load(dataset["pre"] / "plans.json")
     train_cases = apply_label_fraction(json.loads((dataset["pre"] / "splits_final.json").read_text())[0]["train"], 1)

@@ -37,10 +37,6 @@ class SupervisedTrainer(Trainer):
         self._lut = channel_lut(plan.labels, plan.num_outputs)
         self._identity = bool(torch.equal(self._lut, torch.arange(len(self._lut))))
 
-    @classmethod
-    def folder_suffix(cls) -> str:
-        return ""
-
     def train_batches(self, epoch: int) -> BatchSource:
         c = self.config
         return make_train_loader(

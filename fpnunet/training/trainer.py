@@ -40,6 +40,8 @@ from fpnunet.training.optim import OPTIMIZERS, SCHEDULES
 from fpnunet.training.registry import Registry
 from fpnunet.training.run_config import RunConfig
 
+DEFAULT_TRAINER = "supervised"
+
 
 class BatchSource(Protocol):
     """An epoch's batches: iterable of dicts of numpy arrays (``data`` ``(N, C, B, D, A)`` ...)."""
@@ -96,8 +98,8 @@ class Trainer:
 
     @classmethod
     def folder_suffix(cls) -> str:
-        """Added to the model folder's name (``""`` for the default trainer)."""
-        return f"__{cls.name}"
+        """Added to the model folder's name (``""`` for the default trainer, ``supervised``)."""
+        return "" if cls.name == DEFAULT_TRAINER else f"__{cls.name}"
 
     # ------------------------------------------------------------------ model, loss, optimizer
     def build_network(self) -> tuple[dict[str, Any], nn.Module]:

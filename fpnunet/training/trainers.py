@@ -19,7 +19,6 @@ from fpnunet.training.cmc import trainer as cmc_trainer
 from fpnunet.training.trainer import TRAINERS, Trainer
 
 BUILT_IN = (supervised.SupervisedTrainer, cmc_trainer.CMCTrainer, reconstruction.ReconstructionTrainer)
-DEFAULT_TRAINER = "supervised"
 
 
 def get_trainer(name: str) -> type[Trainer]:

@@ -43,10 +43,6 @@ class CMCTrainer(SupervisedTrainer):
         self.last_parts: dict[str, float] = {}
 
     @classmethod
-    def folder_suffix(cls) -> str:
-        return f"__{cls.name}"
-
-    @classmethod
     def check(cls, plan: Plan) -> None:
         if not plan.enface_modalities:
             raise FPNError(f"--trainer cmc: dataset {plan.dataset_name} has no en-face modalities (dataset.json "
