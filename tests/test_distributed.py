@@ -138,7 +138,7 @@ def test_fpn_train_two_processes_kill_and_continue(dataset, monkeypatch, capfd):
     fold = fold_dir(dataset["results"])
     assert sorted(p.name for p in fold.iterdir()) == [
         "checkpoint_best.pth", "checkpoint_final.pth", "checkpoint_latest.pth", "command.txt", "pretrained_from.json",
-        "progress.png", "training_log.csv", "validation"]
+        "progress.png", "run_config.json", "training_log.csv", "validation"]
     assert (fold / "command.txt").read_text().splitlines() == ["fpn_train 901 0 --no-progress --seed 1 --device cpu"]
     log = pd.read_csv(fold / "training_log.csv")
     assert list(log["epoch"]) == [1, 2] and log["val_dice"].notna().all()
