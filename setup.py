@@ -50,9 +50,9 @@ setup(
         "console_scripts": [
             "fpn_make_synthetic=fpnunet.commands.make_synthetic:main",
             "fpn_plan_and_preprocess=fpnunet.commands.plan_and_preprocess:main",
-            "fpn_pretrain=fpnunet.training.pretrain_cli:main",
-            "fpn_train=fpnunet.training.train_cli:main",
-            "fpn_train_folds=fpnunet.training.folds_cli:main",
+            "fpn_pretrain=fpnunet.commands.pretrain:main",
+            "fpn_train=fpnunet.commands.train:main",
+            "fpn_train_folds=fpnunet.commands.train_folds:main",
             "fpn_predict=fpnunet.commands.predict:main",
             "fpn_evaluate=fpnunet.commands.evaluate:main",
             "fpn_paths=fpnunet.commands.paths:main",

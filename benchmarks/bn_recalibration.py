@@ -29,13 +29,16 @@ import pandas as pd
 import torch
 
 from fpnunet.errors import FPNError
+from fpnunet.networks.rebuild import model_from_checkpoint
 from fpnunet.paths import preprocessed_root
 from fpnunet.plans.plan import Plan
 from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
-from fpnunet.training.checkpoint import model_from_checkpoint
+from fpnunet.training.loader import default_num_workers
 from fpnunet.training.loop import batch_to_device
-from fpnunet.training.segmentation import SegmentationTask, labelled_cases, validate_volumes
+from fpnunet.training.run_config import RunConfig, saved_settings
+from fpnunet.training.segmentation import labelled_cases, validate_volumes
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
+from fpnunet.training.supervised import SupervisedTrainer
 
 
 def find_checkpoints(roots: list[Path], name: str) -> list[Path]:
@@ -51,13 +54,12 @@ def find_checkpoints(roots: list[Path], name: str) -> list[Path]:
 
 def run_precision(ckpt: dict[str, Any]) -> str:
     """The precision the run trained in (``bf16`` or ``fp32``): the statistics are recomputed in it."""
-    loop = (ckpt.get("args") or {}).get("loop") or {}
-    return str(loop.get("precision", "fp32"))
+    return str(saved_settings(ckpt).get("precision", "fp32"))
 
 
 def evaluate(path: Path, batches: int, tta: bool, device: str) -> dict[str, Any]:
     model, ckpt = model_from_checkpoint(path, device)
-    args = ckpt.get("args") or {}
+    args = saved_settings(ckpt)
     row: dict[str, Any] = {"run": f"{path.parent.parent.name}/{path.parent.name}",
                            "network": ckpt["network"]["name"], "fraction": args.get("label_fraction")}
     if not batchnorm_layers(model):
@@ -75,11 +77,14 @@ def evaluate(path: Path, batches: int, tta: bool, device: str) -> dict[str, Any]
     train = apply_label_fraction(train, float(args.get("label_fraction", 1.0)))
     seed = int(args.get("seed", 0))
     precision = run_precision(ckpt)  # validated and recalibrated in the run's precision, whatever the CPU
-    channels_last = bool(((ckpt.get("args") or {}).get("loop") or {}).get("channels_last", True))  # as trained
+    channels_last = bool(args.get("channels_last", True))  # as trained
     saved = validate_volumes(model, plan, config_name, data_dir, val, device=device, tta=tta,
                              precision=precision)["val_dice"]
-    task = SegmentationTask(plan, config_name, data_dir, train, val, seed=seed, device=device,
-                            oversample=plan.configuration(config_name).training.foreground_oversample)
+    configuration = plan.configuration(config_name)
+    task = SupervisedTrainer(RunConfig(config=config_name, data_dir=str(data_dir), train_cases=tuple(train),
+                                       val_cases=tuple(val), seed=seed, device=device,
+                                       num_workers=default_num_workers(), batch_size=configuration.batch_size,
+                                       foreground_oversample=configuration.training.foreground_oversample), plan)
     source = task.train_batches(max(int(ckpt.get("epoch", 1)) - 1, 0))
     try:
         used = recalibrate_batchnorm(model, source, batches,

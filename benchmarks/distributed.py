@@ -42,7 +42,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, threads:
 
     from fpnunet import distributed as fdist
     from fpnunet.networks import build_network, network_class
-    from fpnunet.training.loop import EpochLoop, LoopSettings
+    from fpnunet.training.loop import EpochLoop
+    from fpnunet.training.run_config import RunConfig
 
     try:
         torch.set_num_threads(threads)
@@ -64,7 +65,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, threads:
                 return ((torch.sigmoid(output) - batch["target"]) ** 2).mean()
 
         loop = EpochLoop(Task(), model, opt, None,  # type: ignore[arg-type]
-                         LoopSettings(epochs=1, iterations_per_epoch=1, device=device, progress=False,
+                         RunConfig(epochs=1, iterations_per_epoch=1, device=device, progress=False,
                                       precision="bf16" if device.startswith("cuda") else "fp32"),
                          Path("/tmp"), spec={}, plot=False)
         g = torch.Generator().manual_seed(rank)

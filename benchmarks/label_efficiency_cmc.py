@@ -33,6 +33,7 @@ from label_efficiency import DISPLAY  # noqa: E402
 from fpnunet.atomic import write_atomic  # noqa: E402
 from fpnunet.errors import FPNError  # noqa: E402
 from fpnunet.paths import preprocessed_root, results_root  # noqa: E402
+from fpnunet.training.run_config import saved_settings  # noqa: E402
 
 
 def evaluate_run(model_dir: Path, fold: int, data_dir: Path, shifts: list[int], tta: bool) -> dict[str, float]:
@@ -44,7 +45,7 @@ def evaluate_run(model_dir: Path, fold: int, data_dir: Path, shifts: list[int], 
     from fpnunet.training.segmentation import mean_foreground_dice
 
     ckpt = load_checkpoint(model_dir / f"fold_{fold}" / "checkpoint_final.pth")
-    cases = list(ckpt["args"]["val_cases"])
+    cases = list(saved_settings(ckpt)["val_cases"])
     predictor = Predictor.from_model_folder(model_dir, folds=[fold], device="cpu", tta=tta)
     mods = model_modalities(predictor)
     labels = predictor.plan.labels

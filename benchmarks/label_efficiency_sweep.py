@@ -29,7 +29,7 @@ from fpnunet.paths import preprocessed_root, raw_root, results_root
 
 CONSOLE_SCRIPTS = {"fpnunet.commands.make_synthetic": "fpn_make_synthetic",
                    "fpnunet.commands.plan_and_preprocess": "fpn_plan_and_preprocess",
-                   "fpnunet.training.pretrain_cli": "fpn_pretrain", "fpnunet.training.train_cli": "fpn_train"}
+                   "fpnunet.commands.pretrain": "fpn_pretrain", "fpnunet.commands.train": "fpn_train"}
 
 
 _SAY = threading.Lock()
@@ -158,7 +158,7 @@ class Sweep:
             argv += ["--lr", str(a.pretrain_lr)] if a.pretrain_lr else []
             argv += ["--continue"] if (fold / "checkpoint_latest.pth").is_file() else []
             say(f"pretraining {m.pretrain_network} on {m.pretrain}")
-            self._call("fpnunet.training.pretrain_cli", argv, f"pretrain__{m.pretrain_network}__{m.pretrain}",
+            self._call("fpnunet.commands.pretrain", argv, f"pretrain__{m.pretrain_network}__{m.pretrain}",
                        results=self.work / "pretrain")
 
     # ------------------------------------------------------------------ fine-tuning / scratch
@@ -214,7 +214,7 @@ class Sweep:
             argv += ["--continue"]
         say(what)
         t0 = time.perf_counter()
-        self._call("fpnunet.training.train_cli", argv,
+        self._call("fpnunet.commands.train", argv,
                    f"seed{run.seed}__{m.key}__{m.network}__lf{run.fraction:g}__fold{run.fold}",
                    results=self.results_of(run))
         if not a.dry_run:

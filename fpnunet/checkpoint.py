@@ -15,8 +15,9 @@ Keys (docs/layout.md)::
     state_dict     model weights
     epoch          number of COMPLETED epochs
     training checkpoints add: optimizer, scheduler, scaler (state dicts), rng (see
-    :func:`rng_state`), log (per-epoch records), args (resolved settings), best_score,
-    hyperparameters (:mod:`fpnunet.training.hyperparameters`)
+    :func:`rng_state`), log (per-epoch records), best_score, run_config (the run's whole
+    RunConfig, :mod:`fpnunet.training.run_config`; checkpoints written before it carry args and
+    hyperparameters instead)
 
 Checkpoints written before this format (version 1) pickled numpy's RNG state, so they only load
 with full unpickling; they are refused with the one-time conversion command

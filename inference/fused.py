@@ -3,7 +3,7 @@ with en-face inputs (``--trainer cmc``, or a network with en-face input channels
 ``omnia`` trained with ``--enface-channels``, for which ``fpn_predict`` always reads them).
 
 The model folder's networks say which en-face modalities they take (``modalities`` of a cmc model,
-``enface_inputs`` of a network that needs them; also written to ``trainer.json``). For each case
+``enface_inputs`` of a network that needs them, from the checkpoints). For each case
 ``CASE`` the images ``ENFACE_DIR/CASE_MOD<ending>`` (any
 ending SimpleITK reads; ``ENFACE_DIR`` defaults to ``enfaceTs`` beside the input folder) are read,
 resampled onto the volume's en-face grid and scaled to [0, 1] exactly as preprocessing does, and

@@ -12,7 +12,8 @@ from torch import nn
 
 from fpnunet import distributed as fdist
 from fpnunet.networks import build_network, network_class
-from fpnunet.training.loop import EpochLoop, LoopSettings
+from fpnunet.training.loop import EpochLoop
+from fpnunet.training.run_config import RunConfig
 
 SHAPE_BA, DEPTH = (8, 16), 16
 
@@ -80,7 +81,7 @@ def train_steps(kind: str, folder: Path, per_rank: int, steps: int = 1) -> dict[
     # of 2 and one of 4 in different orders (float32 differences above 1e-5 after a step)
     model = make_net(kind)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loop = EpochLoop(MSETask(), model, opt, None, LoopSettings(epochs=1, iterations_per_epoch=1, progress=False,
+    loop = EpochLoop(MSETask(), model, opt, None, RunConfig(epochs=1, iterations_per_epoch=1, progress=False,
                                                                 channels_last=False),
                      folder, spec={}, plot=False)
     r, w = fdist.rank(), fdist.world_size()
@@ -99,7 +100,7 @@ def ddp_worker(rank: int, port: int, out: str) -> None:
             result[kind] = train_steps(kind, Path(out).parent, per_rank=2)
         model = make_net("plain")
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        loop = EpochLoop(MSETask(), model, opt, None, LoopSettings(epochs=1, iterations_per_epoch=1, progress=False,
+        loop = EpochLoop(MSETask(), model, opt, None, RunConfig(epochs=1, iterations_per_epoch=1, progress=False,
                                                                 channels_last=False),
                          Path(out).parent, spec={}, plot=False)
         if rank == 1:
@@ -122,7 +123,7 @@ def train_worker(rank: int, port: int, argv: list[str], kill_after: int | None, 
     that epoch's checkpoints are on disk, and rank 1 writes the error it then gets to ``report``."""
     import signal
 
-    from fpnunet.training.train_cli import parse_args, train
+    from fpnunet.commands.train import parse_args, train
 
     def kill(epoch: int, record: dict) -> None:
         if rank == 0 and epoch == kill_after:

@@ -170,15 +170,15 @@ def test_help_with_a_dataset_shows_the_plans_values_without_torch(data_roots, tm
         batch_size=5, training=TrainingDefaults(epochs=123, iterations_per_epoch=77, lr=0.03, pretrain_epochs=9))})
     plan.save(pre / "Dataset907_Help" / "plans.json")
     env = dict(os.environ)
-    text, heavy = _help("fpnunet.training.train_cli", ["907", "0", "--help"], env)
+    text, heavy = _help("fpnunet.commands.train", ["907", "0", "--help"], env)
     assert heavy == []
     flat = " ".join(text.split())
     assert "default 123 epochs, from" in flat and "plans.json [fpn]" in flat
     assert "default 77 iterations" in flat and "default 0.03," in flat and "default 5," in flat
-    text, heavy = _help("fpnunet.training.pretrain_cli", ["-d", "907", "--help"], env)
+    text, heavy = _help("fpnunet.commands.pretrain", ["-d", "907", "--help"], env)
     assert heavy == [] and "default 9 epochs" in " ".join(text.split())
     # without a dataset: where the value comes from and an example
-    text, heavy = _help("fpnunet.training.train_cli", ["--help"], env)
+    text, heavy = _help("fpnunet.commands.train", ["--help"], env)
     assert heavy == []
     flat = " ".join(text.split())
     assert "default: from plans.json, e.g. 40 epochs" in flat and "e.g. fpn_train 900 0 --help" in flat
@@ -186,8 +186,8 @@ def test_help_with_a_dataset_shows_the_plans_values_without_torch(data_roots, tm
 
 # ----------------------------------------------------------------------------- old and new spellings
 def test_train_and_pretrain_take_the_dataset_both_ways():
-    from fpnunet.training.pretrain_cli import parse_args as pretrain_args
-    from fpnunet.training.train_cli import parse_args as train_args
+    from fpnunet.commands.pretrain import parse_args as pretrain_args
+    from fpnunet.commands.train import parse_args as train_args
 
     for argv in (["900", "1"], ["-d", "900", "1"], ["1", "-d", "900"], ["900", "--epochs", "3", "1"],
                  ["--dataset", "900", "1"]):
@@ -209,7 +209,7 @@ def test_train_and_pretrain_take_the_dataset_both_ways():
     (["-d", "900", "x"], "invalid fold 'x'"),
 ])
 def test_train_dataset_errors(argv, message, capsys):
-    from fpnunet.training.train_cli import parse_args
+    from fpnunet.commands.train import parse_args
 
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from fpnunet.atomic import save_json
+from fpnunet.checkpoint import load_checkpoint
+from fpnunet.commands.train import main, parse_args, train
 from fpnunet.errors import FPNError
 from fpnunet.io import EnfaceGeometry, write_image
 from fpnunet.networks import available_networks, build_network, network_class
@@ -21,12 +23,11 @@ from fpnunet.networks.cmc import pack_enface
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefaults
 from fpnunet.plans.training_params import AugmentParams, LossParams
 from fpnunet.preprocessed_dataset import PreprocessedDataset
-from fpnunet.training.checkpoint import load_checkpoint
 from fpnunet.training.cmc.augment import MisalignEnface, shift_image
 from fpnunet.training.cmc.losses import CMCLoss, coarse_agreement, prototype_contrastive, semantic_consistency
 from fpnunet.training.losses import SegmentationLoss
-from fpnunet.training.train_cli import main, parse_args, train
-from fpnunet.training.trainers import get_trainer, read_trainer_file
+from fpnunet.training.run_config import RunConfig
+from fpnunet.training.trainers import get_trainer
 
 NAME = "Dataset931_CmcTiny"
 SHAPE_BA = (8, 32)
@@ -139,7 +140,7 @@ def test_loss_weights_from_the_plan_change_the_loss():
 
 def test_trainer_registry():
     assert get_trainer("supervised").folder_suffix() == "" and get_trainer("cmc").folder_suffix() == "__cmc"
-    with pytest.raises(FPNError, match="registered: cmc, supervised"):
+    with pytest.raises(FPNError, match="registered: cmc, reconstruction, supervised"):
         get_trainer("fixmatch")
     assert "cmc" not in available_networks()  # never planned on its own
 
@@ -211,12 +212,12 @@ def test_cmc_trains_resumes_exactly_and_predicts_oct_only_and_fused(dataset, mon
     final = load_checkpoint(model_dir / "fold_0" / "checkpoint_final.pth")
     out = capsys.readouterr().out
     assert "trainer cmc" in out and "unlabelled" in out
-    assert final["network"]["name"] == "cmc" and final["args"]["trainer"] == "cmc"
+    assert final["network"]["name"] == "cmc" and final["run_config"]["trainer"] == "cmc"
     # unlabelled: the 2 cases without labels and the labelled training cases beyond --label-fraction 0.5
-    args = final["args"]
+    args = final["run_config"]
     assert {"cmc_006", "cmc_007"} <= set(args["unlabelled_cases"])
     assert not set(args["unlabelled_cases"]) & set(args["train_cases"] + args["val_cases"])
-    assert read_trainer_file(model_dir)["enface_modalities"] == MODS
+    assert RunConfig.load(model_dir / "fold_0").to_dict() == final["run_config"]
 
     # killed after epoch 1, continued: exactly the uninterrupted weights
     monkeypatch.setenv("FPN_RESULTS", str(dataset["tmp"] / "results_b"))
@@ -273,5 +274,5 @@ def test_cmc_trains_resumes_exactly_and_predicts_oct_only_and_fused(dataset, mon
 def test_fused_needs_a_model_with_enface_inputs_and_bad_trainer_fails_first(dataset, capsys):
     with pytest.raises(SystemExit):
         main(["931", "0", "-tr", "nope"])
-    assert "registered: cmc, supervised" in capsys.readouterr().err
+    assert "registered: cmc, reconstruction, supervised" in capsys.readouterr().err
     assert not dataset["results"].exists()  # validated before any folder is touched

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from fpnunet.atomic import save_json
+from fpnunet.checkpoint import load_checkpoint
 from fpnunet.commands.predict import main as predict_main
+from fpnunet.commands.train import main, parse_args, train
 from fpnunet.io import EnfaceGeometry, read_image, write_image
 from fpnunet.networks import network_class
 from fpnunet.networks.encoders2d import ResNetEncoder
@@ -18,8 +20,6 @@ from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefault
 from fpnunet.plans.planner import memory_budget_bytes, plan_dataset
 from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.raw_dataset import DatasetInfo
-from fpnunet.training.checkpoint import load_checkpoint
-from fpnunet.training.train_cli import main, parse_args, train
 
 NAME = "Dataset903_CrossDim"
 SHAPE_BA = (8, 32)

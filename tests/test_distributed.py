@@ -13,14 +13,14 @@ from test_training import dataset  # noqa: F401  the fixture
 from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.sync_batchnorm import AllReduceBatchNorm, convert_sync_batchnorm
-from fpnunet.training.cli_common import check_world_size
+from fpnunet.training.run import check_world_size
 
 
 @pytest.fixture(scope="module")
 def ddp_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One forked 2-rank gloo group: one DDP step of each network, then rank 1 dies."""
+    """One spawned 2-rank gloo group: one DDP step of each network, then rank 1 dies."""
     out = tmp_path_factory.mktemp("ddp") / "result.pt"
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # a fork of the threaded test process can deadlock
     port = free_port()
     procs = [ctx.Process(target=ddp_worker, args=(r, port, str(out))) for r in range(2)]
     for p in procs:
@@ -77,9 +77,9 @@ def test_single_process_helpers():
     assert fdist.main_first(lambda x: x + 1, 1) == 2
     assert fdist.strip_flag(["900", "0", "--gpus", "2", "--seed", "1", "--gpus=3"], "--gpus") == \
         ["900", "0", "--seed", "1"]
-    cmd = fdist.launch_command("fpnunet.training.train_cli", ["900", "0", "--gpus", "2"], 2)
+    cmd = fdist.launch_command("fpnunet.commands.train", ["900", "0", "--gpus", "2"], 2)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                       "fpnunet.training.train_cli", "900", "0"]
+                       "fpnunet.commands.train", "900", "0"]
 
 
 def test_launch_and_resume_checks(monkeypatch):
@@ -106,7 +106,7 @@ def test_launch_and_resume_checks(monkeypatch):
 
 # ----------------------------------------------------------------------------- fpn_train on 2 processes
 def _forked_run(argv: list[str], tmp: Path, kill_after: int | None = None) -> tuple[list[int | None], list[str]]:
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # a fork of the threaded test process can deadlock
     port = free_port()
     reports = [tmp / f"rank{r}_{port}.txt" for r in range(2)]
     procs = [ctx.Process(target=train_worker, args=(r, port, argv, kill_after, str(reports[r]))) for r in range(2)]
@@ -125,9 +125,9 @@ def test_fpn_train_two_processes_kill_and_continue(dataset, monkeypatch, capfd):
     import pandas as pd
     from test_training import NAME, fold_dir
 
+    from fpnunet.checkpoint import load_checkpoint
+    from fpnunet.commands.train import main
     from fpnunet.inference.predictor import Predictor
-    from fpnunet.training.checkpoint import load_checkpoint
-    from fpnunet.training.train_cli import main
 
     argv = ["901", "0", "--no-progress", "--seed", "1"]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -138,13 +138,13 @@ def test_fpn_train_two_processes_kill_and_continue(dataset, monkeypatch, capfd):
     fold = fold_dir(dataset["results"])
     assert sorted(p.name for p in fold.iterdir()) == [
         "checkpoint_best.pth", "checkpoint_final.pth", "checkpoint_latest.pth", "command.txt", "pretrained_from.json",
-        "progress.png", "training_log.csv", "validation"]
+        "progress.png", "run_config.json", "training_log.csv", "validation"]
     assert (fold / "command.txt").read_text().splitlines() == ["fpn_train 901 0 --no-progress --seed 1 --device cpu"]
     log = pd.read_csv(fold / "training_log.csv")
     assert list(log["epoch"]) == [1, 2] and log["val_dice"].notna().all()
     reference = load_checkpoint(fold / "checkpoint_final.pth")
-    assert (reference["args"]["world_size"], reference["args"]["global_batch"], reference["args"]["lr_rule"]) == \
-        (2, 4, "none")
+    saved = reference["run_config"]
+    assert (saved["world_size"], saved["global_batch"], saved["lr_rule"]) == (2, 4, "none")
     assert (fold / "validation" / "summary.json").is_file()
 
     # the same run, rank 0 killed with SIGKILL after epoch 1, then resumed over 2 ranks

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from fpnunet.checkpoint import load_checkpoint
 from fpnunet.commands.plan_and_preprocess import main as preprocess_main
 from fpnunet.commands.predict import main as predict_main
+from fpnunet.commands.train import main as train_main
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.networks import build_network, network_class
 from fpnunet.networks.cmc import pack_enface
@@ -26,11 +28,9 @@ from fpnunet.plans.training_params import AugmentParams
 from fpnunet.synthetic.dataset import make_synthetic_dataset
 from fpnunet.training import enface_inputs as resolution
 from fpnunet.training.augment import get_train_transforms
-from fpnunet.training.checkpoint import load_checkpoint
 from fpnunet.training.data import EnfaceDataLoader
 from fpnunet.training.pretrained import load_pretrained
-from fpnunet.training.train_cli import main as train_main
-from fpnunet.training.trainers import read_trainer_file
+from fpnunet.training.run_config import RunConfig
 
 NAME = "Dataset905_EnfCh"
 MODS = ["SLO", "FAF"]
@@ -161,7 +161,7 @@ def test_train_validate_and_predict_with_enface_channels(env, capsys):
     model_dir = env["results"] / "omnia__lf1__scratch__enf-SLO-FAF"
     ckpt = load_checkpoint(model_dir / "fold_0" / "checkpoint_final.pth")
     assert ckpt["network"]["kwargs"]["enface_channels"] == MODS  # the model folder records what prediction reads
-    assert read_trainer_file(model_dir)["enface_inputs"] == MODS
+    assert list(RunConfig.load(model_dir / "fold_0").enface_inputs) == MODS
     assert np.isfinite(ckpt["log"][-1]["val_dice"])  # validation during training read the en-face images
     assert len(list((model_dir / "fold_0" / "validation").glob("*.nii.gz"))) == 2  # the final one too
     capsys.readouterr()
@@ -195,7 +195,7 @@ def test_train_validate_and_predict_with_enface_channels(env, capsys):
 def test_a_model_without_enface_channels_predicts_without_enfacets(env):
     assert train_main(BASE) == 0
     model_dir = env["results"] / "omnia__lf1__scratch"
-    assert read_trainer_file(model_dir)["enface_modalities"] == []
+    assert RunConfig.load(model_dir / "fold_0").enface_inputs == ()
     images = env["tmp"] / "alone" / "imagesTs"  # no enfaceTs beside it
     shutil.copytree(env["raw"] / "imagesTs", images)
     assert _predict(model_dir, images, env["tmp"] / "out_plain") == 0

@@ -143,10 +143,10 @@ def test_import_then_plan_pretrain_on_slo_train_and_predict(tmp_path, monkeypatc
 
     from fpnunet.commands.plan_and_preprocess import main as preprocess_main
     from fpnunet.commands.predict import main as predict_main
+    from fpnunet.commands.pretrain import main as pretrain_main
+    from fpnunet.commands.train import main as train_main
     from fpnunet.networks import network_class
     from fpnunet.plans.plan import Plan
-    from fpnunet.training.pretrain_cli import main as pretrain_main
-    from fpnunet.training.train_cli import main as train_main
 
     torch.set_num_threads(1)
     for k, v in (("FPN_RAW", "raw"), ("FPN_PREPROCESSED", "pre"), ("FPN_RESULTS", "results")):

@@ -32,7 +32,7 @@ class FakeRunner:
             self.running += 1
             self.most_running = max(self.most_running, self.running)
         try:
-            if module.endswith("pretrain_cli"):
+            if module.endswith("commands.pretrain"):
                 time.sleep(self.pretrain_s)
                 fold = self.sweep.pretrain_dir(argv[argv.index("--network") + 1], argv[argv.index("--target") + 1])
                 fold.mkdir(parents=True, exist_ok=True)

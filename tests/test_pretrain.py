@@ -10,18 +10,20 @@ import pytest
 import torch
 
 from fpnunet.atomic import load_json
+from fpnunet.checkpoint import load_checkpoint, model_spec, seed_everything
 from fpnunet.commands.plan_and_preprocess import main as preprocess_main
+from fpnunet.commands.pretrain import main as pretrain_main
+from fpnunet.commands.pretrain import parse_args, pretrain
+from fpnunet.commands.train import main as train_main
 from fpnunet.errors import FPNError
 from fpnunet.networks import network_class
+from fpnunet.networks.rebuild import build_model
 from fpnunet.plans.plan import Plan
 from fpnunet.synthetic.dataset import make_synthetic_dataset
-from fpnunet.training.checkpoint import build_model, load_checkpoint, model_spec, seed_everything
 from fpnunet.training.losses import SegmentationLoss
-from fpnunet.training.pretrain_cli import main as pretrain_main
-from fpnunet.training.pretrain_cli import parse_args, pretrain
 from fpnunet.training.pretrained import load_pretrained
-from fpnunet.training.reconstruction import ReconstructionTask, split_holdout
-from fpnunet.training.train_cli import main as train_main
+from fpnunet.training.reconstruction import ReconstructionTrainer, split_holdout
+from fpnunet.training.run_config import RunConfig
 
 NAME = "Dataset907_PreTiny"
 SHAPE = (16, 64, 48)  # (B, D, A): B >= 11 so that SSIM has full 11 x 11 windows
@@ -102,7 +104,7 @@ def test_two_epochs_write_checkpoints_pictures_and_log(env):
 
     ckpt = load_checkpoint(fold / "checkpoint_final.pth")
     assert (ckpt["num_outputs"], ckpt["configuration"], ckpt["epoch"]) == (1, "fpn", 2)
-    assert ckpt["args"]["target"] == "FAF" and ckpt["args"]["task"] == "pretrain"
+    assert ckpt["run_config"]["target"] == "FAF" and ckpt["run_config"]["trainer"] == "reconstruction"
 
     # every training case with FAF, labelled or not, none of the test cases; a seeded held-out share
     split = load_json(fold / "pretrain_split.json")
@@ -237,10 +239,15 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 def test_reconstruction_task_targets_and_loss_ignore_padding(env):
     plan = Plan.load(env["pre"] / "plans.json")
     data_dir = env["pre"] / plan.configuration("fpn").data_identifier
-    task = ReconstructionTask(plan, "fpn", data_dir, "FAF", ["PreTiny_000"], ["PreTiny_001"])
+    def trainer(target: str, train: tuple, val: tuple) -> ReconstructionTrainer:
+        return ReconstructionTrainer(RunConfig(config="fpn", data_dir=str(data_dir), target=target,
+                                               invert=target == "FAF", train_cases=train, val_cases=val,
+                                               loss="ssim"), plan)
+
+    task = trainer("FAF", ("PreTiny_000",), ("PreTiny_001",))
     faf = np.load(data_dir / "PreTiny_001_FAF.npy")
     assert np.allclose(task.load_target("PreTiny_001"), 1 - faf)
-    assert np.allclose(ReconstructionTask(plan, "fpn", data_dir, "SLO", ["PreTiny_000"], []).load_target("PreTiny_001"),
+    assert np.allclose(trainer("SLO", ("PreTiny_000",), ()).load_target("PreTiny_001"),
                        np.load(data_dir / "PreTiny_001_SLO.npy"))
     target = torch.rand(2, 1, 16, 48)
     mask = torch.ones(2, 1, 16, 48)
@@ -252,7 +259,7 @@ def test_reconstruction_task_targets_and_loss_ignore_padding(env):
     assert float(task.loss(logits, batch)) < 1e-3
     assert float(task.loss(noisy, batch)) == pytest.approx(float(task.loss(logits, batch)), abs=1e-6)
     with pytest.raises(FPNError):
-        ReconstructionTask(plan, "fpn", data_dir, "FAF", [], [])
+        trainer("FAF", (), ())
 
 
 # ----------------------------------------------------------------------------- benchmark report

@@ -79,13 +79,14 @@ class _Task:
 def _loop(tmp_path, progress: bool, heartbeat_s: float):
     import torch
 
-    from fpnunet.training.loop import EpochLoop, LoopSettings
+    from fpnunet.training.loop import EpochLoop
+    from fpnunet.training.run_config import RunConfig
 
     torch.manual_seed(0)
     model = torch.nn.Conv3d(1, 1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    settings = LoopSettings(epochs=2, iterations_per_epoch=3, val_every=1, progress=progress,
-                            heartbeat_s=heartbeat_s, bn_recalibration=0)
+    settings = RunConfig(epochs=2, iterations_per_epoch=3, val_every=1, progress=progress,
+                            heartbeat=heartbeat_s, bn_recalibration=0)
     return EpochLoop(_Task(), model, optimizer, None, settings, tmp_path, {"name": "conv"}, plot=False)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from test_training import dataset, fold_dir  # noqa: F401  the fixture
 
-from fpnunet.training.checkpoint import load_checkpoint
-from fpnunet.training.folds_cli import main
+from fpnunet.checkpoint import load_checkpoint
+from fpnunet.commands.train_folds import main
 
 
 def test_three_folds_on_two_cpu_devices_one_failing(dataset, monkeypatch, capsys):  # noqa: F811

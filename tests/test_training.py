@@ -12,15 +12,17 @@ import torch
 from precision_cases import PRECISIONS
 
 from fpnunet.atomic import save_json
+from fpnunet.checkpoint import load_checkpoint, model_spec, save_checkpoint
+from fpnunet.commands.train import main, parse_args, train
 from fpnunet.io import EnfaceGeometry, read_image, write_image
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefaults
 from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.results_layout import pretrained_tag
-from fpnunet.training.checkpoint import load_checkpoint, model_spec, save_checkpoint
-from fpnunet.training.loop import LoopSettings, batch_to_device, make_optimizer, make_scheduler
+from fpnunet.training.loop import batch_to_device
+from fpnunet.training.optim import make_optimizer, make_scheduler
 from fpnunet.training.pretrained import load_pretrained, resolve_pretrained
-from fpnunet.training.train_cli import main, parse_args, train
+from fpnunet.training.run_config import RunConfig
 
 NAME = "Dataset901_Tiny"
 SHAPE_BA = (8, 32)
@@ -120,12 +122,12 @@ def test_two_epoch_run_writes_every_file(dataset, capsys):
 
     ckpt = load_checkpoint(fold / "checkpoint_final.pth")
     for key in ("network", "in_channels", "num_outputs", "configuration", "state_dict", "epoch", "optimizer",
-                "scheduler", "scaler", "rng", "log", "args"):
+                "scheduler", "scaler", "rng", "log", "run_config"):
         assert key in ckpt, key
     assert ckpt["network"] == {"name": "fpn", "kwargs": tiny_kwargs()}
     assert (ckpt["in_channels"], ckpt["num_outputs"], ckpt["configuration"], ckpt["epoch"]) == (1, 1, "fpn", 2)
     assert set(ckpt["rng"]) == {"torch", "numpy", "python", "cuda"}
-    assert len(ckpt["log"]) == 2 and ckpt["args"]["seed"] == 3
+    assert len(ckpt["log"]) == 2 and ckpt["run_config"]["seed"] == 3
     best = load_checkpoint(fold / "checkpoint_best.pth")
     assert best["best_score"] == pytest.approx(log["val_dice"].max())
 
@@ -263,7 +265,7 @@ def test_pretrained_auto_finds_the_pretraining_run(dataset, capsys):
     fold = fold_dir(results, "fpn__lf0.5__ssl-FAF")
     assert json.loads((fold / "pretrained_from.json").read_text())["path"] == str(faf)
     ckpt = load_checkpoint(fold / "checkpoint_final.pth")
-    assert len(ckpt["args"]["train_cases"]) == 2  # ceil(0.5 x 4)
+    assert len(ckpt["run_config"]["train_cases"]) == 2  # ceil(0.5 x 4)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -304,9 +306,9 @@ def test_poly_schedule_and_lr_column(dataset):
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.1 * (1 - e / 4) ** 0.9 for e in range(4)])
-    assert LoopSettings(epochs=10, iterations_per_epoch=1, val_every=4).validates_at(3)
-    assert not LoopSettings(epochs=10, iterations_per_epoch=1, val_every=4).validates_at(4)
-    assert LoopSettings(epochs=10, iterations_per_epoch=1, val_every=0).validates_at(9)
+    assert RunConfig(epochs=10, iterations_per_epoch=1, val_every=4).validates_at(3)
+    assert not RunConfig(epochs=10, iterations_per_epoch=1, val_every=4).validates_at(4)
+    assert RunConfig(epochs=10, iterations_per_epoch=1, val_every=0).validates_at(9)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -318,7 +320,7 @@ def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeyp
     flags = ["--val-every", "0", "--seed", "2", "--device", "cpu", "--precision", precision]
     main(["901", "0", "--bn-recalibration", "3", *flags])
     ckpt = load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
-    assert ckpt["args"]["loop"]["precision"] == precision
+    assert ckpt["run_config"]["precision"] == precision
     monkeypatch.setenv("FPN_RESULTS", str(dataset["tmp"] / "results_b"))
     main(["901", "0", "--bn-recalibration", "0", *flags])
     plain = load_checkpoint(fold_dir(dataset["tmp"] / "results_b" / NAME) / "checkpoint_final.pth")
@@ -330,15 +332,16 @@ def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeyp
         assert torch.equal(v, plain["state_dict"][k]), k  # recalibration touches no weight, no RNG
     assert any(not torch.allclose(ckpt["state_dict"][k], plain["state_dict"][k]) for k in stats)
 
+    from fpnunet.networks.rebuild import model_from_checkpoint
     from fpnunet.training.batchnorm import recalibrate_batchnorm
-    from fpnunet.training.checkpoint import model_from_checkpoint
-    from fpnunet.training.segmentation import SegmentationTask
     from fpnunet.training.splits import apply_label_fraction
+    from fpnunet.training.supervised import SupervisedTrainer
 
     plan = Plan.load(dataset["pre"] / "plans.json")
     train_cases = apply_label_fraction(json.loads((dataset["pre"] / "splits_final.json").read_text())[0]["train"], 1)
-    task = SegmentationTask(plan, "fpn", dataset["data"], train_cases, [], seed=2,
-                            oversample=plan.configurations["fpn"].training.foreground_oversample)
+    oversample = plan.configurations["fpn"].training.foreground_oversample
+    task = SupervisedTrainer(RunConfig(config="fpn", data_dir=str(dataset["data"]), train_cases=tuple(train_cases),
+                                       seed=2, foreground_oversample=oversample), plan)
     model, _ = model_from_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
     source = task.train_batches(1)
     try:

@@ -7,19 +7,19 @@ import torch
 from precision_cases import PRECISIONS
 from test_training import dataset, fold_dir  # noqa: F401  (dataset is a fixture)
 
-from fpnunet.training.checkpoint import load_checkpoint
-from fpnunet.training.train_cli import main
+from fpnunet.checkpoint import load_checkpoint
+from fpnunet.commands.train import main
 
 
 def test_weight_decay_flag_reaches_the_optimizer_and_is_recorded(dataset, capsys):  # noqa: F811
     main(["901", "0", "--val-every", "0", "--device", "cpu"])
     plain = load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
-    assert plain["args"]["weight_decay"] == pytest.approx(1e-4)  # the plan's
+    assert plain["run_config"]["weight_decay"] == pytest.approx(1e-4)  # the plan's
     assert plain["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(1e-4)
     main(["901", "0", "--val-every", "0", "--device", "cpu", "--weight-decay", "0.05", "--overwrite"])
     assert "weight decay 0.05" in capsys.readouterr().out
     ckpt = load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
-    assert ckpt["args"]["weight_decay"] == pytest.approx(0.05)
+    assert ckpt["run_config"]["weight_decay"] == pytest.approx(0.05)
     assert ckpt["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(0.05)
     weights = [k for k in ckpt["state_dict"] if k.endswith("weight")]
     assert any(not torch.equal(ckpt["state_dict"][k], plain["state_dict"][k]) for k in weights)
@@ -59,7 +59,7 @@ def test_bn_recalibration_benchmark_restores_corrupted_statistics(dataset, capsy
 
 
 def ckpt_precision(dataset) -> str:  # noqa: F811
-    return load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")["args"]["loop"]["precision"]
+    return load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")["run_config"]["precision"]
 
 
 def test_compile_flag_routes_the_training_forward_and_auto_precision_says_why(dataset, capsys, monkeypatch):  # noqa: F811
@@ -84,5 +84,5 @@ def test_compile_flag_routes_the_training_forward_and_auto_precision_says_why(da
     assert len(calls) == 2 and all(len(s) == 5 for s in calls)
     assert ckpt_precision(dataset) == "fp32"  # no native bf16 (stubbed): auto stays fp32 on the CPU
     ckpt = load_checkpoint(fold_dir(dataset["results"]) / "checkpoint_final.pth")
-    assert ckpt["args"]["loop"]["compile"] is True
+    assert ckpt["run_config"]["compile"] is True
     assert not any(k.startswith("_orig_mod.") for k in ckpt["state_dict"])

@@ -15,10 +15,10 @@ from test_training import dataset, fold_dir, tiny_kwargs  # noqa: F401  (dataset
 from fpnunet.checkpoint import load_checkpoint, model_spec, rng_state, save_checkpoint, set_rng_state
 from fpnunet.commands.convert_checkpoint import main as convert_main
 from fpnunet.commands.predict import main as predict_main
+from fpnunet.commands.pretrain import main as pretrain_main
+from fpnunet.commands.train import main as train_main
 from fpnunet.errors import FPNError
 from fpnunet.networks import build_network
-from fpnunet.training.pretrain_cli import main as pretrain_main
-from fpnunet.training.train_cli import main as train_main
 
 
 class Payload:

@@ -18,9 +18,9 @@ from fpnunet.checkpoint import model_spec, save_checkpoint
 from fpnunet.commands.evaluate import main as evaluate_main
 from fpnunet.commands.plan_and_preprocess import main as preprocess_main
 from fpnunet.commands.predict import main as predict_main
+from fpnunet.commands.train import main as train_main
 from fpnunet.io import write_image
 from fpnunet.networks import build_network
-from fpnunet.training.train_cli import main as train_main
 
 SPACING = (0.1, 0.01)
 LABELS = {"background": 0, "GA": 1}

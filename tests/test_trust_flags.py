@@ -15,13 +15,13 @@ from test_training import dataset, fold_dir, tiny_kwargs  # noqa: F401  (dataset
 
 from fpnunet.checkpoint import load_checkpoint, model_spec, save_checkpoint
 from fpnunet.commands.predict import main as predict_main
+from fpnunet.commands.pretrain import main as pretrain_main
+from fpnunet.commands.train import main as train_main
 from fpnunet.errors import FPNError
 from fpnunet.networks import build_network, network_class
 from fpnunet.results_layout import LOCK_FILE, FoldLock
 from fpnunet.training.loop import EpochLoop
-from fpnunet.training.pretrain_cli import main as pretrain_main
 from fpnunet.training.pretrained import load_pretrained
-from fpnunet.training.train_cli import main as train_main
 
 BASE = ["--device", "cpu", "--num-workers", "0", "--no-progress"]
 SHORT = ["--epochs", "1", "--iterations-per-epoch", "1"]
@@ -124,7 +124,7 @@ def test_diverging_training_stops_and_keeps_the_last_good_checkpoint(dataset, mo
     ckpt = load_checkpoint(fold / "checkpoint_latest.pth")
     assert ckpt["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values()
                                       if t.is_floating_point())
-    assert ckpt["hyperparameters"]["epochs"] == 3 and ckpt["hyperparameters"]["lr"] == 0.1
+    assert ckpt["run_config"]["epochs"] == 3 and ckpt["run_config"]["lr"] == 0.1
     assert not (fold / "checkpoint_final.pth").exists() and not (fold / LOCK_FILE).exists()
     monkeypatch.setattr(EpochLoop, "step", original)
     # an absurd learning rate: stopped with the same clear error, never a NaN model with exit 0

@@ -9,11 +9,11 @@ from raw_dataset import make_raw_dataset
 from test_preprocessing import make_plan
 from test_training import dataset  # noqa: F401  (a fixture)
 
+from fpnunet.commands.pretrain import main as pretrain_main
+from fpnunet.commands.train import main as train_main
 from fpnunet.errors import FPNError
 from fpnunet.preprocessed_dataset import RECORD_FILE, PreprocessedDataset
 from fpnunet.preprocessing.storage import preprocess_dataset
-from fpnunet.training.pretrain_cli import main as pretrain_main
-from fpnunet.training.train_cli import main as train_main
 
 BASE = ["--device", "cpu", "--num-workers", "0", "--no-progress", "--epochs", "1", "--iterations-per-epoch", "1"]
 

@@ -49,7 +49,7 @@ def wait_for(predicate, timeout: float) -> bool:
 
 def test_workers_exit_after_kill_9_of_fpn_train(dataset):  # noqa: F811
     env = dict(os.environ)
-    code = ("import sys; from fpnunet.training.train_cli import main; "
+    code = ("import sys; from fpnunet.commands.train import main; "
             "main(['901', '0', '--pretrained', 'none', '--device', 'cpu', '--num-workers', '2', '--no-progress', "
             "'--epochs', '100', '--iterations-per-epoch', '100000'])")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,

@@ -3,14 +3,17 @@
 One idea per module (import them directly; this package imports nothing so that
 ``fpnunet.training.splits`` stays light):
 
-* :mod:`.loop`: the generic epoch loop (:class:`~.loop.EpochLoop`, :class:`~.loop.LoopSettings`).
-* :mod:`.task`: the :class:`~.task.TrainingTask` protocol a task implements.
+* :mod:`.run_config`, :mod:`.configure`, :mod:`.flags`: the one frozen :class:`~.run_config.RunConfig`, built once
+  from the plan, the trainer and the flags (checked before any folder is touched).
+* :mod:`.trainer`, :mod:`.registry`, :mod:`.trainers`: the :class:`~.trainer.Trainer` base class with named hooks and
+  the registries of trainers, losses, optimizers, schedules and augmentations; :mod:`.supervised`,
+  :mod:`.reconstruction`, :mod:`.cmc`: the three registered trainers; :mod:`.run`: runs a RunConfig.
+* :mod:`.loop`: the generic epoch loop (:class:`~.loop.EpochLoop`).
 * :mod:`.optim`: optimizer and schedule factories.
-* :mod:`.segmentation`: the segmentation task, whole-volume validation, final validation export.
+* :mod:`.segmentation`: whole-volume validation and the final validation export.
 * :mod:`.losses`: (soft Dice + BCE) / 2 or Dice + CE, masked.
 * :mod:`.checkpoint`: the training state of a checkpoint (the format itself is
   :mod:`fpnunet.checkpoint`, shared with inference).
-* :mod:`.hyperparameters`: flags over the plan, resolved once, validated before any folder is touched.
 * :mod:`.logger`: ``training_log.csv`` and ``progress.png``.
 * :mod:`.pretrained`: loading pretrained weights by name and shape; finding the pretraining run.
 * :mod:`.run_folder`: resume / overwrite policy, ``command.txt`` (names and the fold lock:
@@ -18,7 +21,6 @@ One idea per module (import them directly; this package imports nothing so that
 * :mod:`.splits`, :mod:`.loader`: folds, label fractions and the batch loader.
 * :mod:`.enface_inputs`: en-face modalities as network input channels (``--enface-channels``).
 * :mod:`.augment`, :mod:`.data`: in-plane augmentation (volume and label together) and batch sampling.
-* :mod:`.ssim`, :mod:`.reconstruction`: the 1 - SSIM loss and the self-supervised reconstruction task.
-* :mod:`.cli_common`: what ``fpn_train`` and ``fpn_pretrain`` share (flags, run folder, loop).
-* :mod:`.train_cli`, :mod:`.pretrain_cli`: the ``fpn_train`` and ``fpn_pretrain`` commands.
+* :mod:`.ssim`, :mod:`.reconstruction`: the 1 - SSIM loss and the self-supervised reconstruction trainer.
+The commands themselves live in :mod:`fpnunet.commands` (``train``, ``pretrain``, ``train_folds``).
 """

@@ -43,8 +43,13 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 
 from fpnunet.plans.training_params import AugmentParams
 from fpnunet.training.data import worker_error
+from fpnunet.training.registry import Registry
 
-__all__ = ["AugmentParams", "get_train_transforms", "get_val_transforms", "load_margin"]
+__all__ = ["AUGMENTATIONS", "AugmentParams", "get_train_transforms", "get_val_transforms", "load_margin"]
+
+AUGMENTATIONS: Registry = Registry("augmentation")
+"""Training transforms by name: ``factory(patch_size, AugmentParams, mode, enface) -> transform``
+(``enface``: the batch's en-face input images move with the volume and end packed into ``data``)."""
 
 MASK_VALID = 0.999
 """After linear interpolation a pixel stays valid only when its mask value is at least this."""
@@ -255,3 +260,17 @@ def get_val_transforms(patch_size: Sequence[int] | None = None, pack: bool = Fal
     pack the en-face inputs (``pack``) and finalise dtypes."""
     ts: list[AbstractTransform] = [CenterCropEnface(patch_size)] if patch_size is not None else []
     return SeededCompose([*ts, *([PackEnface()] if pack else []), Finalize()])
+
+
+@AUGMENTATIONS.register("default")
+def default_augmentation(patch_size: Sequence[int], params: AugmentParams | None, mode: str = "seg",
+                         enface: bool = False) -> SeededCompose:
+    """In-plane scaling and flips, then intensity on the volume (:func:`get_train_transforms`)."""
+    return get_train_transforms(patch_size, mode, params, enface=enface, pack=enface)
+
+
+@AUGMENTATIONS.register("none")
+def no_augmentation(patch_size: Sequence[int], params: AugmentParams | None, mode: str = "seg",
+                    enface: bool = False) -> SeededCompose:
+    """Plain centre crops (:func:`get_val_transforms`)."""
+    return get_val_transforms(patch_size, pack=enface)

@@ -16,6 +16,7 @@ import numpy as np
 
 from fpnunet.errors import FPNError
 from fpnunet.preprocessed_dataset import PreprocessedDataset
+from fpnunet.training.enface_inputs import missing_message
 
 logger = logging.getLogger("fpnunet.training.data")  # the loaders' logger, as before the split
 
@@ -130,8 +131,6 @@ def attach_enface(data_dir: Path, records: list[CaseRecord], modalities: list[st
             path = PreprocessedDataset(data_dir).enface_file(rec.name, mod)
             if not path.is_file():
                 if required:
-                    from fpnunet.training.enface_inputs import missing_message
-
                     raise FPNError(missing_message(path, rec.name, mod, modalities))
                 rec.enface.append(None)
                 missing += 1

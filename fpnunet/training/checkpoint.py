@@ -12,16 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fpnunet.checkpoint import (  # noqa: F401  re-exported for the training modules
-    load_checkpoint,
-    model_spec,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
-from fpnunet.networks.rebuild import build_model, model_from_checkpoint  # noqa: F401  re-exported
-from fpnunet.results_layout import BEST, FINAL, LATEST  # noqa: F401
+from fpnunet.checkpoint import rng_state, set_rng_state
 
 
 def training_state(
@@ -32,11 +23,13 @@ def training_state(
     scaler: Any,
     epoch: int,
     log: list[dict[str, Any]],
-    args: dict[str, Any],
+    run_config: dict[str, Any],
     best_score: float | None,
-    hyperparameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything a resumed run needs, as one dict (tensors are referenced, not copied)."""
+    """Everything a resumed run needs, as one dict (tensors are referenced, not copied);
+    ``run_config``: :meth:`fpnunet.training.run_config.RunConfig.to_dict` (checkpoints written
+    before it carry ``args`` and ``hyperparameters`` instead, read by
+    :func:`fpnunet.training.run_config.saved_settings`)."""
     state = {
         **spec,
         "state_dict": model.state_dict(),
@@ -46,11 +39,9 @@ def training_state(
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
         "log": [dict(r) for r in log],
-        "args": dict(args),
+        "run_config": dict(run_config),
         "best_score": best_score,
     }
-    if hyperparameters is not None:
-        state["hyperparameters"] = dict(hyperparameters)
     return state
 
 

@@ -31,7 +31,7 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Configuration
-from fpnunet.training.augment import AugmentParams, get_train_transforms, get_val_transforms, load_margin
+from fpnunet.training.augment import AUGMENTATIONS, AugmentParams, load_margin
 from fpnunet.training.data import EnfaceDataLoader, raise_if_error
 
 logger = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ def make_train_loader(
     rank: int | None = None,
     world_size: int | None = None,
     enface: list[str] | tuple[str, ...] = (),
+    augmentation: str = "default",
 ) -> TrainLoader:
     """Batches of random en-face patches at full depth from ``cases``, augmented in workers.
 
@@ -176,6 +177,7 @@ def make_train_loader(
     (default: :mod:`fpnunet.distributed`'s, i.e. rank 0 of 1 outside torchrun). ``enface``: en-face
     modalities the network takes as input channels (every case needs ``CASE_<MOD>.npy``): they get
     the volume's spatial augmentation and are packed into ``data`` as ``M`` more channels.
+    ``augmentation``: the registered transform (:data:`~fpnunet.training.augment.AUGMENTATIONS`).
 
     Yields dicts: ``data`` float32 ``(N, C, B_p, D, A_p)``, ``target`` and ``mask`` float32
     ``(N, 1, B_p, A_p)``, ``keys`` (case names), ``batch_index``. The sequence depends only on
@@ -200,8 +202,7 @@ def make_train_loader(
         raise FPNError(f"{loader.records[0].volume}: depth {loader.depth}, but configuration "
                        f"{config.data_identifier!r} of the plan expects {config.depth} (re-run preprocessing)")
     pack = bool(enface)
-    transform = (get_train_transforms(patch, mode, params, enface=pack, pack=pack) if augment
-                 else get_val_transforms(patch, pack=pack))
+    transform = AUGMENTATIONS.get(augmentation if augment else "none")(patch, params, mode, pack)
     return TrainLoader(loader, transform, workers, pin_memory=pin_memory)
 
 

@@ -1,27 +1,28 @@
 """The generic epoch loop, shared by segmentation training and self-supervised pretraining.
 
-The loop knows nothing about labels or targets: a :class:`~.task.TrainingTask` (:mod:`.task`)
-supplies the batches of an epoch, the loss of a forward pass and the validation. Segmentation
-(:mod:`.segmentation`) and en-face reconstruction pretraining differ only in their task object.
-The optimizer and schedule are built by :mod:`.optim`.
+The loop knows nothing about labels or targets: a :class:`~.trainer.Trainer` supplies the
+batches of an epoch, the loss of a forward pass and the validation. Segmentation
+(:mod:`.supervised`, :mod:`.cmc.trainer`) and en-face reconstruction pretraining
+(:mod:`.reconstruction`) differ only in their trainer. The optimizer and schedule are the
+trainer's (:mod:`.optim`); every setting comes from the run's :class:`~.run_config.RunConfig`.
 
 Per epoch ``e`` (0-based; the log and checkpoints count completed epochs, ``e + 1``):
 
-1. ``task.train_batches(e)``: a fresh, deterministic loader for ``(seed, e)``; the loop takes
+1. ``trainer.train_batches(e)``: a fresh, deterministic loader for ``(seed, e)``; the loop takes
    ``iterations_per_epoch`` batches from it (a tqdm bar shows the running loss and it/s) and
    closes it. Each numpy array of a batch becomes a tensor on the device; ``batch["data"]``
-   ``(N, C, B, D, A)`` goes through the model; ``task.loss(output, batch)`` is minimised (SGD
+   ``(N, C, B, D, A)`` goes through the model; ``trainer.loss(output, batch)`` is minimised (SGD
    step, gradient-norm clipping). The model and the batches are in ``channels_last_3d`` on every
    device (:mod:`fpnunet.networks.layout`; CPU and GPU convolutions are faster there); on CUDA
    with ``cudnn.benchmark``, and under bf16 autocast when ``precision`` is ``bf16``.
 2. the scheduler steps once (per-epoch schedules, as nnU-Net).
 3. every ``val_every`` epochs and at the last: the BatchNorm running statistics are recomputed
-   over ``bn_recalibration`` batches of ``task.train_batches(e)`` (:mod:`.batchnorm`; networks
-   with BatchNorm only), then ``task.validate(model, e)`` returns the task's metric columns
+   over ``bn_recalibration`` batches of ``trainer.train_batches(e)`` (:mod:`.batchnorm`; networks
+   with BatchNorm only), then ``trainer.validate(model, e)`` returns the trainer's metric columns
    (e.g. ``{"val_loss", "val_dice"}`` from whole-volume prediction).
 4. the record is logged (``training_log.csv``, ``progress.png``), ``checkpoint_latest.pth`` is
    written atomically with the model, optimizer, scheduler, scaler and RNG states and the log;
-   ``checkpoint_best.pth`` when ``task.score_column`` improved; ``checkpoint_final.pth`` after the
+   ``checkpoint_best.pth`` when ``trainer.score_column`` improved; ``checkpoint_final.pth`` after the
    last epoch. Then the ``callbacks`` run (``callback(epoch_done, record)``).
 
 A run resumed from ``checkpoint_latest.pth`` (:meth:`EpochLoop.resume`) continues at the next
@@ -33,15 +34,14 @@ Under torchrun (several ranks, :mod:`fpnunet.distributed`) the forward runs thro
 loader draws its own batches of ``(seed, epoch, rank)``, the logged loss is the mean over the
 ranks, a step is skipped on every rank when any rank's loss is not finite, rank 0 alone writes
 the log, plot and checkpoints (its BatchNorm statistics are broadcast first), and validation is
-split over the ranks by tasks that can (``distributed_validation``), else run on rank 0 and
+split over the ranks by trainers that can (``distributed_validation``), else run on rank 0 and
 broadcast.
 """
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,67 +51,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fpnunet import distributed as fdist
+from fpnunet.checkpoint import save_checkpoint
 from fpnunet.errors import FPNError
 from fpnunet.networks.layout import channels_last_input, to_channels_last
+from fpnunet.results_layout import BEST, FINAL, LATEST
 from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
-from fpnunet.training.checkpoint import BEST, FINAL, LATEST, restore_training_state, save_checkpoint, training_state
+from fpnunet.training.checkpoint import restore_training_state, training_state
 from fpnunet.training.logger import TrainingLogger
-from fpnunet.training.optim import make_optimizer, make_scheduler
 from fpnunet.training.progress import RunClock
-from fpnunet.training.task import BatchSource, EpochCallback, TrainingTask, trainer_name
+from fpnunet.training.run_config import RunConfig
 
-__all__ = [  # the task interface and the optimizer factories are importable from here too
-    "METRIC_LABELS", "BatchSource", "EpochCallback", "EpochLoop", "LoopSettings", "TrainingTask", "batch_to_device",
-    "make_optimizer", "make_scheduler", "trainer_name",
-]
+EpochCallback = Callable[[int, dict[str, Any]], None]
+"""``callback(epochs_done, record)``, called after the epoch's checkpoints are on disk."""
 
 METRIC_LABELS = {"val_dice": "val Dice (no TTA)"}
 """How the epoch line names the per-epoch validation columns: whole volumes, no flip TTA (the
 final validation after training uses flip TTA and says so)."""
-
-# ----------------------------------------------------------------------------- settings
-@dataclass
-class LoopSettings:
-    """Loop hyperparameters (resolved from the plan's :class:`TrainingDefaults` and the CLI)."""
-
-    epochs: int
-    iterations_per_epoch: int
-    val_every: int = 5
-    grad_clip: float | None = 12.0
-    device: str = "cpu"
-    precision: str = "fp32"
-    """``bf16`` (autocast) or ``fp32``."""
-    progress: bool = True
-    """Show the per-iteration tqdm bar (the per-epoch summary line is always printed)."""
-    heartbeat_s: float = 60.0
-    """Without the bar: a one-line progress report (epoch, iteration, loss, run ETA) every this many
-    seconds (0: none)."""
-    bn_recalibration: int = 0
-    """Training batches over which BatchNorm statistics are recomputed before each validation and
-    the final checkpoint (0: keep the running averages)."""
-    channels_last: bool = True
-    """Model and batches in ``channels_last_3d`` (on the CPU too)."""
-    compile: bool = False
-    """Run the training forward through ``torch.compile`` (the checkpoints keep the plain model's
-    weights; validation and BatchNorm recalibration use the plain model)."""
-    sync_bn: bool = True
-    """With several ranks: synchronise BatchNorm statistics over them (SyncBatchNorm)."""
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise FPNError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.iterations_per_epoch < 1:
-            raise FPNError(f"--iterations-per-epoch must be >= 1, got {self.iterations_per_epoch}")
-        if self.bn_recalibration < 0:
-            raise FPNError(f"--bn-recalibration must be >= 0, got {self.bn_recalibration}")
-        if self.precision not in ("bf16", "fp32"):
-            raise FPNError(f"precision must be bf16 or fp32, got {self.precision!r}")
-
-    def validates_at(self, epoch: int) -> bool:
-        """Whether 0-based ``epoch`` ends with a validation (every ``val_every``, and the last)."""
-        done = epoch + 1
-        return done == self.epochs or (self.val_every > 0 and done % self.val_every == 0)
-
 
 # ----------------------------------------------------------------------------- device helpers
 def batch_to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
@@ -130,20 +85,18 @@ def batch_to_device(batch: dict[str, Any], device: torch.device, channels_last: 
 
 # ----------------------------------------------------------------------------- the loop
 class EpochLoop:
-    """Runs epochs of a :class:`TrainingTask` and writes the log and checkpoints to ``folder``.
+    """Runs epochs of a trainer and writes the log and checkpoints to ``folder``.
 
     Args:
-        task: the task.
-        model: the network, already on ``settings.device``.
-        optimizer, scheduler: built on ``model``'s parameters (:func:`make_optimizer`,
-            :func:`make_scheduler`).
-        settings: :class:`LoopSettings`.
+        trainer: a :class:`~fpnunet.training.trainer.Trainer` (or any object with its loop hooks:
+            ``metric_columns``, ``score_column``, ``train_batches``, ``loss``, ``validate``).
+        model: the network, already on ``config.device``.
+        optimizer, scheduler: built on ``model``'s parameters (``trainer.build_optimizer``).
+        config: the run's :class:`~fpnunet.training.run_config.RunConfig` (epochs, iterations,
+            validation, precision, clipping, progress, ...), saved whole in every checkpoint.
         folder: the fold folder (checkpoints, ``training_log.csv``, ``progress.png``).
-        spec: :func:`fpnunet.training.checkpoint.model_spec` of the model (stored in checkpoints).
-        args: the resolved training settings stored in checkpoints (``args``).
+        spec: :func:`fpnunet.checkpoint.model_spec` of the model (stored in checkpoints).
         callbacks: ``callback(epochs_done, record)`` after each epoch's checkpoints.
-        hyperparameters: the resolved :class:`~fpnunet.training.hyperparameters.Hyperparameters`
-            as a dict, recorded in every checkpoint.
 
     A non-finite loss, or non-finite weights at the end of an epoch, stop the run with an
     :class:`FPNError`; the checkpoints on disk are then those of the last good epoch.
@@ -151,46 +104,43 @@ class EpochLoop:
 
     def __init__(
         self,
-        task: TrainingTask,
+        trainer: Any,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-        settings: LoopSettings,
+        config: RunConfig,
         folder: str | Path,
         spec: dict[str, Any],
-        args: dict[str, Any] | None = None,
         callbacks: Sequence[EpochCallback] = (),
         plot: bool = True,
-        hyperparameters: dict[str, Any] | None = None,
     ) -> None:
-        self.task = task
+        self.trainer = trainer
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scaler: Any = None  # bf16 needs no GradScaler; the checkpoint keeps the slot
-        self.settings = settings
+        self.config = config
         self.folder = Path(folder)
         self.spec = spec
-        self.args = dict(args or {}) | {"loop": asdict(settings)}
         self.callbacks = list(callbacks)
-        self.hyperparameters = hyperparameters
-        self.device = torch.device(settings.device)
+        self.device = torch.device(config.device)
         self.cuda = self.device.type == "cuda"
-        self.channels_last = settings.channels_last
+        self.channels_last = config.channels_last
         self.start_epoch = 0
         self.best_score: float | None = None
-        self.logger = TrainingLogger(self.folder, task.metric_columns, plot=plot, trainer=trainer_name(task))
-        self.clock = RunClock(settings.epochs, settings.iterations_per_epoch, settings.validates_at,
-                              heartbeat_s=0.0 if settings.progress else settings.heartbeat_s)
+        self.logger = TrainingLogger(self.folder, trainer.metric_columns, plot=plot,
+                                     trainer=str(getattr(trainer, "name", "") or type(trainer).__name__.lower()))
+        self.clock = RunClock(config.epochs, config.iterations_per_epoch, config.validates_at,
+                              heartbeat_s=0.0 if config.progress else config.heartbeat)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
         if self.channels_last:
             to_channels_last(self.model)
         self.main = fdist.is_main()
-        self.forward_model = fdist.wrap_model(self.model, settings.device, settings.sync_bn)
+        self.forward_model = fdist.wrap_model(self.model, config.device, config.sync_bn)
         """What the training forward goes through: ``model`` itself, or its DDP wrapper (compiled with
-        ``settings.compile``)."""
-        if settings.compile:
+        ``config.compile``)."""
+        if config.compile:
             self.forward_model = torch.compile(self.forward_model)
 
     # ------------------------------------------------------------------ resume
@@ -205,8 +155,8 @@ class EpochLoop:
 
     # ------------------------------------------------------------------ run
     def run(self) -> list[dict[str, Any]]:
-        """Train from :attr:`start_epoch` to ``settings.epochs``; returns the log records."""
-        s = self.settings
+        """Train from :attr:`start_epoch` to ``config.epochs``; returns the log records."""
+        s = self.config
         if self.start_epoch >= s.epochs:
             self._say(f"nothing to train: {self.start_epoch} of {s.epochs} epochs are done")
             if self.main and not (self.folder / FINAL).is_file():
@@ -219,7 +169,7 @@ class EpochLoop:
         return self.logger.records
 
     def _run_epoch(self, epoch: int) -> None:
-        s = self.settings
+        s = self.config
         t0 = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         train_loss = self.train_epoch(epoch)
@@ -251,19 +201,19 @@ class EpochLoop:
             callback(epoch + 1, record)
 
     def validate(self, epoch: int) -> dict[str, float]:
-        """The task's validation; with several ranks split over them when the task can
+        """The trainer's validation; with several ranks split over them when the trainer can
         (``distributed_validation``), else on rank 0 and broadcast."""
-        if fdist.world_size() == 1 or getattr(self.task, "distributed_validation", False):
-            return self.task.validate(self.model, epoch)
-        metrics = self.task.validate(self.model, epoch) if self.main else {}
+        if fdist.world_size() == 1 or getattr(self.trainer, "distributed_validation", False):
+            return self.trainer.validate(self.model, epoch)
+        metrics = self.trainer.validate(self.model, epoch) if self.main else {}
         self.model.train()
         return fdist.broadcast_object(metrics)
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch of ``iterations_per_epoch`` steps; returns the mean training loss."""
-        s = self.settings
+        s = self.config
         self.model.train()
-        source = self.task.train_batches(epoch)
+        source = self.trainer.train_batches(epoch)
         losses: list[float] = []
         try:
             batches: Iterable[dict[str, Any]] = iter(source)
@@ -294,30 +244,30 @@ class EpochLoop:
 
     def recalibrate(self, epoch: int) -> int:
         """Recompute BatchNorm statistics over ``bn_recalibration`` batches of epoch ``epoch``'s loader."""
-        if self.settings.bn_recalibration < 1 or not batchnorm_layers(self.model):
+        if self.config.bn_recalibration < 1 or not batchnorm_layers(self.model):
             return 0
-        source = self.task.train_batches(epoch)
+        source = self.trainer.train_batches(epoch)
         try:
-            return recalibrate_batchnorm(self.model, source, self.settings.bn_recalibration,
+            return recalibrate_batchnorm(self.model, source, self.config.bn_recalibration,
                                          prepare=lambda b: batch_to_device(b, self.device, self.channels_last),
-                                         precision=self.settings.precision)
+                                         precision=self.config.precision)
         finally:
             source.close()
 
     def step(self, batch: dict[str, Any]) -> float:
         """Forward, loss, backward, clip, optimizer step; returns the loss (non-finite: no step taken)."""
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
             output = self.forward_model(batch["data"])
-        loss = self.task.loss(output, batch)
+        loss = self.trainer.loss(output, batch)
         value = float(loss.detach())
         if fdist.world_size() > 1:  # the mean over the ranks: NaN on every rank when one is not finite
             value = fdist.all_reduce_mean([value])[0]
         if not math.isfinite(value):
             return value
         loss.backward()
-        if self.settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         return value
 
@@ -336,7 +286,7 @@ class EpochLoop:
         raise FPNError(f"training diverged: {what} (lr {lr:g}); stopped, {kept}. Lower --lr (or check the data)")
 
     def _improved(self, record: dict[str, Any]) -> bool:
-        col = self.task.score_column
+        col = self.trainer.score_column
         score = record.get(col) if col else None
         if score is None or not math.isfinite(float(score)):
             return False
@@ -347,23 +297,23 @@ class EpochLoop:
 
     def _state(self, epochs_done: int) -> dict[str, Any]:
         return training_state(self.spec, self.model, self.optimizer, self.scheduler, self.scaler, epochs_done,
-                              self.logger.records, self.args, self.best_score, self.hyperparameters)
+                              self.logger.records, self.config.to_dict(), self.best_score)
 
     def _summary(self, record: dict[str, Any], improved: bool, eta: str = "") -> None:
-        parts = [f"epoch {record['epoch']}/{self.settings.epochs}", f"train_loss {record['train_loss']:.4f}"]
-        for col in self.task.metric_columns:
+        parts = [f"epoch {record['epoch']}/{self.config.epochs}", f"train_loss {record['train_loss']:.4f}"]
+        for col in self.trainer.metric_columns:
             value = record.get(col)
             if value is not None and math.isfinite(float(value)):
                 parts.append(f"{METRIC_LABELS.get(col, col)} {float(value):.4f}"
-                             + (" (best)" if improved and col == self.task.score_column else ""))
+                             + (" (best)" if improved and col == self.trainer.score_column else ""))
         parts += [f"lr {record['lr']:.2e}", f"{record['epoch_time_s']:.1f} s"]
-        if eta and record["epoch"] < self.settings.epochs:
+        if eta and record["epoch"] < self.config.epochs:
             parts.append(eta)
         self._say("  ".join(parts))
 
     def _heartbeat(self, epoch: int, done: int, losses: list[float]) -> None:
         """The ``--no-progress`` line: where the run is, its recent loss and the run's ETA."""
-        s = self.settings
+        s = self.config
         loss = f"loss {np.mean(losses[-50:]):.4f}, " if losses else ""
         per_it = self.clock.seconds_per_iteration() or 0.0
         self._say(f"epoch {epoch + 1}/{s.epochs} iteration {done}/{s.iterations_per_epoch}: {loss}"

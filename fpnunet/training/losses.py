@@ -23,9 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpnunet.errors import ShapeError
+from fpnunet.training.registry import Registry
+
+LOSSES: Registry = Registry("loss")
+"""Losses by name: ``factory(num_outputs, LossParams) -> nn.Module`` called as
+``loss(output, target, mask)`` (a trainer's ``default_loss`` names one)."""
 
 SMOOTH = 1e-5
-
 
 def _check(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> None:
     if logits.dim() != 4:
@@ -100,6 +104,12 @@ class SegmentationLoss(nn.Module):
         dice = soft_dice_loss(probs[:, 1:], onehot[:, 1:], mask, self.smooth)
         ce = F.cross_entropy(logits, labels, reduction="none")[:, None]
         return self.dice_weight * dice + self.ce_weight * masked_mean(ce, mask)
+
+
+@LOSSES.register("dice_ce")
+def dice_ce(num_outputs: int, params: Any) -> SegmentationLoss:
+    """(soft Dice + BCE) / 2 or Dice + CE with the plan's weights (:class:`SegmentationLoss`)."""
+    return SegmentationLoss.from_params(num_outputs, params)
 
 
 def logits_from_probabilities(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

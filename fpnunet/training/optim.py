@@ -1,40 +1,70 @@
-"""The optimizer and the per-epoch learning-rate schedule of a training run (from the plan's
-:class:`~fpnunet.plans.plan.TrainingDefaults` and the resolved learning rate)."""
+"""Optimizers and per-epoch learning-rate schedules, by name (``optimizer`` and ``lr_schedule`` of
+the run's :class:`~fpnunet.training.run_config.RunConfig`, from the plan or a trainer)::
+
+    @OPTIMIZERS.register("sgd")
+    def sgd(params, config) -> torch.optim.Optimizer: ...
+
+    @SCHEDULES.register("poly")
+    def poly(optimizer, epochs) -> torch.optim.lr_scheduler.LRScheduler: ...
+"""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from fpnunet.errors import FPNError
-from fpnunet.plans.plan import TrainingDefaults
+from fpnunet.training.registry import Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
+SCHEDULES: Registry = Registry("lr_schedule")
 
 
-def make_optimizer(model: nn.Module, defaults: TrainingDefaults, lr: float) -> torch.optim.Optimizer:
-    """SGD (``defaults.optimizer == "sgd"``) or AdamW with the plan's momentum / weight decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if defaults.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=defaults.momentum, weight_decay=defaults.weight_decay,
-                               nesterov=defaults.nesterov and defaults.momentum > 0)
-    if defaults.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=defaults.weight_decay)
-    raise FPNError(f"unknown optimizer {defaults.optimizer!r} in plans.json: expected sgd or adamw")
+@OPTIMIZERS.register("sgd")
+def sgd(params: Iterable[nn.Parameter], config: Any) -> torch.optim.Optimizer:
+    """SGD with the config's momentum, weight decay and nesterov (only with momentum > 0)."""
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=config.nesterov and config.momentum > 0)
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: ``poly`` (``(1 - e / epochs) ** 0.9``, nnU-Net), ``cosine`` or ``constant``."""
-    if schedule == "poly":
-        def factor(e: int) -> float:
-            return (1.0 - min(e, epochs - 1) / epochs) ** 0.9
-    elif schedule == "cosine":
-        def factor(e: int) -> float:
-            return 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / epochs))
-    elif schedule == "constant":
-        def factor(e: int) -> float:
-            return 1.0
-    else:
-        raise FPNError(f"unknown lr_schedule {schedule!r} in plans.json: expected poly, cosine or constant")
+@OPTIMIZERS.register("adamw")
+def adamw(params: Iterable[nn.Parameter], config: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _lambda(optimizer: torch.optim.Optimizer, factor: Any) -> torch.optim.lr_scheduler.LRScheduler:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@SCHEDULES.register("poly")
+def poly(optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """``(1 - e / epochs) ** 0.9`` per epoch (nnU-Net)."""
+    return _lambda(optimizer, lambda e: (1.0 - min(e, epochs - 1) / epochs) ** 0.9)
+
+
+@SCHEDULES.register("cosine")
+def cosine(optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return _lambda(optimizer, lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / epochs)))
+
+
+@SCHEDULES.register("constant")
+def constant(optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return _lambda(optimizer, lambda e: 1.0)
+
+
+def make_optimizer(model: nn.Module, config: Any, lr: float | None = None) -> torch.optim.Optimizer:
+    """The optimizer ``config.optimizer`` names on ``model``'s trainable parameters (``lr``: instead
+    of ``config.lr``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if lr is not None and lr != config.lr:
+        config = replace(config, lr=lr)
+    return OPTIMIZERS.get(config.optimizer)(params, config)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str,
+                   epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch schedule ``schedule`` names."""
+    return SCHEDULES.get(schedule)(optimizer, epochs)

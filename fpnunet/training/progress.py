@@ -37,7 +37,7 @@ class RunClock:
     Args:
         epochs: the run's epochs.
         iterations_per_epoch: training iterations per epoch.
-        validates_at: ``validates_at(epoch)`` for a 0-based epoch (:meth:`LoopSettings.validates_at`).
+        validates_at: ``validates_at(epoch)`` for a 0-based epoch (:meth:`RunConfig.validates_at`).
         heartbeat_s: seconds between heartbeat lines (0: none); see :meth:`heartbeat_due`.
         now: the clock (``time.perf_counter``; a test passes a fake one).
     """

@@ -2,9 +2,10 @@
 
 Morano et al. (MICCAI 2023) pretrain the segmentation network, with a one-channel head, to
 predict an en-face modality from the volume: inverted FAF (``1 - FAF``, dark atrophy becomes
-bright, like the lesion mask) or SLO. :class:`ReconstructionTask` implements
-:class:`fpnunet.training.loop.TrainingTask` so that the generic epoch loop, checkpoints, resume,
-``training_log.csv`` and ``progress.png`` are those of segmentation training:
+bright, like the lesion mask) or SLO. :class:`ReconstructionTrainer` is the registered trainer
+``reconstruction`` (:mod:`fpnunet.training.trainer`) that ``fpn_pretrain`` runs, so the epoch
+loop, checkpoints, resume, ``training_log.csv`` and ``progress.png`` are those of segmentation
+training:
 
 * batches: :func:`fpnunet.training.loader.make_train_loader` in the modality's mode (``target``
   ``(N, 1, B, A)`` the en-face image in ``[0, 1]``, already inverted for FAF; ``mask`` 1 on real
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from fpnunet.atomic import atomic_path
+from fpnunet import distributed as fdist
+from fpnunet.atomic import atomic_path, save_json
 from fpnunet.errors import FPNError
 from fpnunet.inference.predictor import Predictor
-from fpnunet.plans.plan import Plan
+from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.preprocessed_dataset import PreprocessedDataset
+from fpnunet.results_layout import FINAL, run_state
+from fpnunet.training.loader import make_train_loader
+from fpnunet.training.run_config import RunConfig
 from fpnunet.training.segmentation import load_volume
-from fpnunet.training.ssim import SSIMLoss, ssim
+from fpnunet.training.ssim import ssim
+from fpnunet.training.trainer import Trainer, register_trainer
 
 PICTURE_DIR = "reconstructions"
+SPLIT_FILE = "pretrain_split.json"
 INVERTED_BY_DEFAULT = ("FAF",)
 """Modalities whose target is ``1 - image`` unless told otherwise (the loader's rule)."""
 
@@ -125,67 +131,82 @@ def draw_reconstructions(
         fig.savefig(tmp, format="png")
 
 
-# ----------------------------------------------------------------------------- the task
-@dataclass
-class ReconstructionTask:
-    """En-face reconstruction pretraining (a :class:`~fpnunet.training.loop.TrainingTask`).
+# ----------------------------------------------------------------------------- the trainer
+@register_trainer("reconstruction")
+class ReconstructionTrainer(Trainer):
+    """En-face reconstruction pretraining (``fpn_pretrain``; see the module docstring).
 
-    Args:
-        plan, config_name: the plan and its configuration (patch, batch, depth, network).
-        data_dir: the preprocessed ``<data_identifier>`` folder.
-        modality: the en-face target (``"FAF"``, ``"SLO"``, any modality of the dataset).
-        train_cases, val_cases: cases that have the modality (training / held-out).
-        seed: loader seed (batches are deterministic per ``(seed, epoch)``).
-        device: where validation runs.
-        picture_dir: where ``epoch_XXX.png`` go (``None``: no pictures).
-        n_pictures: validation cases drawn per picture.
-        batch_size, num_workers, augment: loader overrides (``None``: plan / loader defaults).
-        invert: target ``1 - image`` (``None``: FAF inverted, others not, as the loader does).
+    From the :class:`~fpnunet.training.run_config.RunConfig`: ``target`` (the en-face modality,
+    e.g. ``"FAF"``), ``invert`` (target ``1 - image``), ``train_cases``/``val_cases`` (cases that
+    have the modality, training / held out), ``n_pictures`` (validation cases drawn per picture,
+    in ``reconstructions/``), ``augmentation`` (``"none"``: plain random crops).
     """
 
-    plan: Plan
-    config_name: str
-    data_dir: Path
-    modality: str
-    train_cases: list[str]
-    val_cases: list[str]
-    seed: int = 0
-    device: str = "cpu"
-    picture_dir: Path | None = None
-    n_pictures: int = 4
-    batch_size: int | None = None
-    num_workers: int | None = None
-    augment: bool | None = None
-    invert: bool | None = None
-    metric_columns: tuple[str, ...] = ("val_loss", "val_ssim")
-    score_column: str | None = "val_ssim"
-    loss_fn: SSIMLoss = field(init=False)
+    default_loss = "ssim"
+    pretraining = True
+    watched = ("lr", "weight_decay", "batch_size", "iterations_per_epoch", "seed", "train_cases", "target",
+               "invert", "augmentation", "precision")
+    run_dirs = (PICTURE_DIR,)
+    metric_columns = ("val_loss", "val_ssim")
+    score_column = "val_ssim"
 
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
-        self.picture_dir = Path(self.picture_dir) if self.picture_dir is not None else None
-        self.loss_fn = SSIMLoss()
-        self.inverted = inverts(self.modality, self.invert)
-        if not self.train_cases:
+    def __init__(self, config: RunConfig, plan: Plan) -> None:
+        super().__init__(config, plan)
+        self.modality = config.target
+        self.inverted = bool(config.invert)
+        self.picture_dir = self.fold_dir / PICTURE_DIR if config.n_pictures else None
+        if not config.train_cases:
             raise FPNError(f"{self.data_dir}: no training case has a {self.modality} image to pretrain on")
+
+    @classmethod
+    def num_outputs(cls, plan: Plan) -> int:
+        return 1
+
+    @classmethod
+    def network_spec(cls, plan: Plan, configuration: Configuration) -> tuple[str, dict[str, Any]]:
+        """The configuration's network without en-face input channels: the pretext reconstructs an
+        en-face image from the volume alone."""
+        kwargs = dict(configuration.network.kwargs)
+        if kwargs.get("enface_channels"):
+            kwargs["enface_channels"] = []
+        return configuration.network.name, kwargs
 
     # ------------------------------------------------------------------ training
     def train_batches(self, epoch: int) -> Any:
-        from fpnunet.training.loader import make_train_loader
-
-        kwargs: dict[str, Any] = {}
-        if self.augment is not None:
-            kwargs["augment"] = self.augment
-        if self.invert is not None:
-            kwargs["invert"] = self.invert
+        c = self.config
         return make_train_loader(
-            self.data_dir, self.train_cases, self.plan.configuration(self.config_name), mode=self.modality,
-            batch_size=self.batch_size, seed=self.seed, epoch=epoch, num_workers=self.num_workers, **kwargs,
+            self.data_dir, list(c.train_cases), self.configuration, mode=self.modality, batch_size=c.batch_size,
+            seed=c.seed, epoch=epoch, num_workers=c.num_workers, invert=self.inverted, params=c.augment_params,
+            augmentation=c.augmentation, oversample=c.foreground_oversample,
         )
 
     def loss(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """``1 - SSIM(sigmoid(output), target)`` on valid pixels; ``output`` logits ``(N, 1, B, A)``."""
         return self.loss_fn(torch.sigmoid(output.float()), batch["target"].float(), batch.get("mask"))
+
+    # ------------------------------------------------------------------ the run
+    def check_start(self) -> None:
+        c = self.config
+        if fdist.is_main() and run_state(self.fold_dir) == "finished" and not (c.resume or c.overwrite):
+            raise FPNError(f"{self.fold_dir} holds a finished pretraining run (checkpoint_final.pth). Pass "
+                           "--overwrite to pretrain again, or --continue with more --epochs to extend it")
+
+    def start(self, resumed: bool) -> None:
+        c = self.config
+        save_json({"target": c.target, "val_fraction": c.val_fraction, "seed": c.seed,
+                   "train": list(c.train_cases), "val": list(c.val_cases)}, self.fold_dir / SPLIT_FILE)
+
+    def header(self) -> str:
+        c = self.config
+        return (f"{c.dataset} / {c.config} / pretraining on {'1 - ' if self.inverted else ''}{c.target}: "
+                f"{len(c.train_cases)} training cases, {len(c.val_cases)} held out for validation")
+
+    def export(self, model: nn.Module, checkpoint: str, epoch: int, best_score: float | None) -> dict[str, Any] | None:
+        best = f", best validation SSIM {best_score:.4f}" if best_score is not None else ""
+        final = self.fold_dir / FINAL
+        print(f"pretraining done{best}: {final}")
+        print(f"fine-tune with: fpn_train {self.config.dataset} FOLD --pretrained auto (or --pretrained {final})")
+        return None
 
     # ------------------------------------------------------------------ validation
     def load_target(self, case: str) -> np.ndarray:
@@ -195,23 +216,25 @@ class ReconstructionTask:
 
     def reconstruct(self, model: nn.Module, cases: Sequence[str]) -> dict[str, np.ndarray]:
         """Whole-plane reconstructions ``{case: (B, A) float32 in [0, 1]}`` (sliding window, no TTA)."""
-        predictor = Predictor([model], self.plan, self.config_name, device=self.device, tta=False, num_outputs=1)
+        predictor = Predictor([model], self.plan, self.config.config, device=self.config.device, tta=False,
+                              num_outputs=1, amp=self.config.precision == "bf16")
         return {case: predictor.predict_preprocessed(load_volume(self.data_dir, case))[0] for case in cases}
 
     def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         """``{"val_loss", "val_ssim"}`` over the held-out cases (``{}`` without any); draws the picture."""
-        if not self.val_cases:
+        val_cases = list(self.config.val_cases)
+        if not val_cases:
             return {}
-        recons = self.reconstruct(model, self.val_cases)
+        recons = self.reconstruct(model, val_cases)
         scores: dict[str, float] = {}
         rows = []
-        for i, case in enumerate(self.val_cases):
+        for i, case in enumerate(val_cases):
             target = self.load_target(case)
             recon = recons[case]
             with torch.no_grad():
                 s = float(ssim(torch.from_numpy(recon)[None, None], torch.from_numpy(target)[None, None])[0])
             scores[case] = s
-            if self.picture_dir is not None and i < self.n_pictures:
+            if self.picture_dir is not None and i < self.config.n_pictures:
                 volume = PreprocessedDataset(self.data_dir).load_volume(case, mmap=True)
                 rows.append((case, mean_projection(volume), target, recon, s))
         finite = [v for v in scores.values() if math.isfinite(v)]

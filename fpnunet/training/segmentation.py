@@ -1,12 +1,10 @@
 """The segmentation task of the epoch loop, its whole-volume validation and the final export.
 
-* :class:`SegmentationTask` implements :class:`fpnunet.training.loop.TrainingTask`: batches from
-  :func:`fpnunet.training.loader.make_train_loader` (``mode="seg"``), the
-  :class:`~fpnunet.training.losses.SegmentationLoss` restricted to the batch ``mask``, and a
-  validation that predicts every validation case *whole* with the
-  :class:`~fpnunet.inference.predictor.Predictor` (sliding window, no TTA) and reports
-  ``val_loss`` (the training loss of the whole-volume probabilities) and ``val_dice`` (mean over
-  cases of the mean foreground-class Dice), never a patch "pseudo Dice".
+* :func:`validate_volumes` (the supervised trainers' validation, :mod:`fpnunet.training.supervised`)
+  predicts every validation case *whole* with the :class:`~fpnunet.inference.predictor.Predictor`
+  (sliding window, no TTA) and reports ``val_loss`` (the training loss of the whole-volume
+  probabilities) and ``val_dice`` (mean over cases of the mean foreground-class Dice), never a
+  patch "pseudo Dice".
 * :func:`export_validation` predicts the validation cases with TTA, writes their masks on each
   case's raw en-face geometry into ``validation/`` in the dataset's file ending, and evaluates
   them into ``validation/summary.json`` (:mod:`fpnunet.evaluation`).
@@ -14,7 +12,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +24,11 @@ from fpnunet import distributed as fdist
 from fpnunet.evaluation.evaluate import evaluate_folders, summarize, write_summary
 from fpnunet.evaluation.metrics import case_metrics, dice
 from fpnunet.inference.export import label_values, probabilities_to_segmentation, write_segmentation
+from fpnunet.inference.fused import predict_fused
 from fpnunet.inference.predictor import Predictor
 from fpnunet.io import EnfaceGeometry, resample_to_shape
 from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import Plan
-from fpnunet.plans.training_params import AugmentParams, LossParams
 from fpnunet.prediction_folder import PredictionFolder
 from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.raw_dataset import label_name
@@ -71,8 +68,6 @@ def predict_case(predictor: Predictor, data_dir: Path, case: str, modalities: li
     volume = load_volume(data_dir, case)
     if not modalities:
         return predictor.predict_preprocessed(volume)
-    from fpnunet.inference.fused import predict_fused
-
     return predict_fused(predictor, volume, load_enface_inputs(data_dir, case, modalities))
 
 
@@ -137,73 +132,6 @@ def validate_volumes(
     return {"val_loss": float(np.mean([v[0] for v in values])), "val_dice": float(np.mean([v[1] for v in values]))}
 
 
-# ----------------------------------------------------------------------------- the task
-@dataclass
-class SegmentationTask:
-    """Supervised en-face segmentation (a :class:`~fpnunet.training.loop.TrainingTask`).
-
-    Args:
-        plan, config_name: the plan and its configuration (patch, batch, depth).
-        data_dir: the preprocessed ``data_identifier`` folder.
-        train_cases, val_cases: the fold's (label-fraction-reduced) training and validation cases.
-        seed: loader seed (batches are deterministic per ``(seed, epoch)``).
-        device: where validation runs.
-        batch_size, num_workers, oversample: loader overrides (``None``: plan / loader defaults).
-        enface: en-face modalities the network takes as input channels (read, augmented with the
-            volume and packed into the batches; validation reads them too).
-    """
-
-    plan: Plan
-    config_name: str
-    data_dir: Path
-    train_cases: list[str]
-    val_cases: list[str]
-    seed: int = 0
-    device: str = "cpu"
-    batch_size: int | None = None
-    num_workers: int | None = None
-    oversample: float | None = None
-    loss_params: LossParams | None = None
-    """``None``: the configuration's plan values (a trainer may pass its overrides)."""
-    augment_params: AugmentParams | None = None
-    metric_columns: tuple[str, ...] = ("val_loss", "val_dice")
-    score_column: str | None = "val_dice"
-    distributed_validation: bool = True
-    """:meth:`validate` splits the cases over the ranks of a distributed run and gathers them."""
-    enface: list[str] = field(default_factory=list)
-    loss_fn: SegmentationLoss = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
-        config = self.plan.configuration(self.config_name)
-        self.loss_params = self.loss_params or config.loss
-        self.augment_params = self.augment_params or config.augmentation
-        self.loss_fn = SegmentationLoss.from_params(self.plan.num_outputs, self.loss_params)
-        self._lut = channel_lut(self.plan.labels, self.plan.num_outputs)
-        self._identity = bool(torch.equal(self._lut, torch.arange(len(self._lut))))
-
-    def train_batches(self, epoch: int) -> Any:
-        from fpnunet.training.loader import make_train_loader
-
-        return make_train_loader(
-            self.data_dir, self.train_cases, self.plan.configuration(self.config_name), mode="seg",
-            batch_size=self.batch_size, seed=self.seed, epoch=epoch, num_workers=self.num_workers,
-            oversample=self.oversample, pin_memory=str(self.device).startswith("cuda"), params=self.augment_params,
-            enface=self.enface,
-        )
-
-    def loss(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        target = batch["target"]
-        if not self._identity:
-            lut = self._lut.to(target.device)
-            target = lut[target.long().clamp(0, len(lut) - 1)]
-        return self.loss_fn(output, target, batch.get("mask"))
-
-    def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
-        return validate_volumes(model, self.plan, self.config_name, self.data_dir, self.val_cases,
-                                device=self.device, tta=False, loss_fn=self.loss_fn)
-
-
 # ----------------------------------------------------------------------------- final validation
 def export_validation(
     model: nn.Module,
@@ -217,6 +145,7 @@ def export_validation(
     tta: bool = True,
     extra: dict[str, Any] | None = None,
     progress: bool = True,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Predict ``cases`` whole (with flip TTA), write ``out_dir/CASE<file_ending>`` on each case's
     raw en-face geometry, and write ``out_dir/summary.json`` (+ per-case CSV); returns the summary.
@@ -224,14 +153,15 @@ def export_validation(
     References are the raw ``labelsTr`` files when all are present (so the figures are those
     ``fpn_evaluate`` gives), else the preprocessed label maps on the same geometry.
     ``extra`` entries (checkpoint name, epoch, TTA) are added to the summary; ``progress=False``
-    hides the per-case bar.
+    hides the per-case bar; ``precision`` pins the forward's precision as in :func:`validate_volumes`.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ending = plan.file_ending
     folder = PredictionFolder(out_dir)
     folder.remove_masks_except(cases, ending)
-    predictor = Predictor([model], plan, config_name, device=device, tta=tta)
+    predictor = Predictor([model], plan, config_name, device=device, tta=tta,
+                          amp=None if precision is None else precision == "bf16")
     modalities = enface_inputs(model)
     geometries: dict[str, EnfaceGeometry] = {}
     predictions: dict[str, np.ndarray] = {}

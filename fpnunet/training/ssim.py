@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpnunet.errors import ShapeError
+from fpnunet.training.losses import LOSSES
 
 WINDOW_SIZE = 11
 SIGMA = 1.5
@@ -164,3 +165,9 @@ class SSIMLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"window_size={self.window_size}, sigma={self.sigma}, data_range={self.data_range}"
+
+
+@LOSSES.register("ssim")
+def ssim_loss(num_outputs: int, params: object) -> SSIMLoss:
+    """``1 - SSIM`` (reconstruction pretraining; the loss weights of the plan do not apply)."""
+    return SSIMLoss()

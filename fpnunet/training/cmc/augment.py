@@ -16,7 +16,7 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy.ndimage import affine_transform
 
 from fpnunet.plans.training_params import AugmentParams
-from fpnunet.training.augment import MASK_VALID, SeededCompose, get_train_transforms
+from fpnunet.training.augment import AUGMENTATIONS, MASK_VALID, SeededCompose, get_train_transforms
 
 
 def misalignment_matrix(shift: tuple[float, float], angle_deg: float, scale: float,
@@ -68,7 +68,9 @@ class MisalignEnface(AbstractTransform):
         return d
 
 
-def get_cmc_transforms(patch_size: Sequence[int], params: AugmentParams) -> SeededCompose:
+@AUGMENTATIONS.register("cmc")
+def get_cmc_transforms(patch_size: Sequence[int], params: AugmentParams, mode: str = "seg",
+                       enface: bool = True) -> SeededCompose:
     """Training transforms for :class:`~fpnunet.training.cmc.data.CMCDataLoader` batches: the
     shared spatial transforms with the en-face images, their misalignment, intensity on the volume,
     then the (misaligned) en-face images packed into ``data`` as extra channels constant along depth,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fpnunet.plans.training_params import LossParams
-from fpnunet.training.losses import SegmentationLoss
+from fpnunet.training.losses import LOSSES, SegmentationLoss
 
 EPS = 1e-6
 
@@ -89,6 +89,7 @@ def coarse_agreement(logits: torch.Tensor, fused: torch.Tensor, mask: torch.Tens
     return (F.avg_pool2d(p, k, ceil_mode=True) - F.avg_pool2d(q, k, ceil_mode=True)).pow(2).mean()
 
 
+@LOSSES.register("cmc")
 class CMCLoss:
     """Supervised loss on the labelled rows of a batch plus the consistency losses on every row.
 

@@ -28,7 +28,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from fpnunet import cli_args
-from fpnunet.cli_utils import run_cli
+from fpnunet.cli_utils import resolve_device, run_cli
+from fpnunet.commands.train import build_parser as train_parser
 from fpnunet.errors import FPNError
 
 PROGRAM = "fpn_train_folds"
@@ -80,9 +81,6 @@ def default_devices() -> list[str]:
 
 def check_arguments(dataset: str, folds: list[str], devices: list[str], rest: list[str]) -> None:
     """Every flag checked before any fold starts: folds, devices, the flags passed to fpn_train."""
-    from fpnunet.cli_utils import resolve_device
-    from fpnunet.training.train_cli import build_parser as train_parser
-
     for fold in folds:
         if not (fold.isdigit() or fold == "all"):
             raise FPNError(f"--folds {fold}: folds are numbers (0 1 2 3 4) or 'all'")
@@ -106,7 +104,7 @@ def check_arguments(dataset: str, folds: list[str], devices: list[str], rest: li
 
 
 def fold_command(dataset: str, fold: str, device: str, rest: list[str]) -> list[str]:
-    return [sys.executable, "-m", "fpnunet.training.train_cli", dataset, fold, *rest, "--device", device,
+    return [sys.executable, "-m", "fpnunet.commands.train", dataset, fold, *rest, "--device", device,
             "--no-progress"]
 
 
@@ -169,16 +167,38 @@ def run_folds(dataset: str, folds: list[str], devices: list[str], rest: list[str
     return [results[f] for f in folds if f in results]
 
 
-@run_cli
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args, rest = build_parser().parse_known_args(argv)
+@dataclass(frozen=True)
+class FoldsConfig:
+    """The checked flags: the dataset, its folds, the device slots and the flags passed to fpn_train."""
+
+    dataset: str
+    folds: tuple[str, ...]
+    devices: tuple[str, ...]
+    rest: tuple[str, ...]
+
+
+def config_from_args(parsed: tuple[argparse.Namespace, list[str]]) -> FoldsConfig:
+    """``parse_known_args``'s pair -> the checked :class:`FoldsConfig` (every flag, fpn_train's included)."""
+    args, rest = parsed
     devices = list(args.devices) if args.devices else default_devices()
     folds = [str(f) for f in (args.folds or DEFAULT_FOLDS)]
     check_arguments(args.dataset, folds, devices, rest)
+    return FoldsConfig(args.dataset, tuple(folds), tuple(devices), tuple(rest))
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = config_from_args(build_parser().parse_known_args(argv))
+    cli_args.print_data_roots()
+    return run(config)
+
+
+def run(config: FoldsConfig) -> int:
+    folds, devices = list(config.folds), list(config.devices)
     print(f"{PROGRAM}: {len(folds)} fold(s) {' '.join(folds)} on {len(devices)} device slot(s) {' '.join(devices)}",
           flush=True)
-    results = run_folds(args.dataset, folds, devices, rest)
+    results = run_folds(config.dataset, folds, devices, list(config.rest))
     print("summary:")
     for r in results:
         print(f"  fold {r.fold} ({r.device}): {'ok' if r.ok else 'FAILED'} in {r.seconds:.0f} s")

@@ -1,0 +1,50 @@
+"""Name -> object registries filled by a decorator (trainers, losses, optimizers, schedules,
+augmentations), like :mod:`fpnunet.networks.registry` for networks.
+
+::
+
+    LOSSES = Registry("loss")
+
+    @LOSSES.register("dice_ce")
+    def dice_ce(num_outputs, params): ...
+
+    LOSSES.get("dice_ce")       # an unknown name: one-line FPNError listing the registered ones
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from fpnunet.errors import FPNError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Registered objects of one kind (``kind`` names it in error messages)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@REGISTRY.register("name")``; a name taken by another object is an error."""
+
+        def deco(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            raise FPNError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
