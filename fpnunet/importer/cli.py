@@ -62,6 +62,13 @@ def options_from_args(args: argparse.Namespace):
         raise FPNError(f"-o {out}: the dataset folder must be named DatasetNNN_Name (e.g. Dataset901_Clinic)")
     if out.exists() and not out.is_dir():
         raise FPNError(f"-o {out}: exists and is not a folder")
+    number = int(out.name[len("Dataset"):].split("_", 1)[0])
+    if out.parent.is_dir():
+        taken = sorted(p.name for p in out.parent.glob("Dataset*_*") if p.is_dir() and p.name != out.name
+                       and re.fullmatch(r"Dataset\d{3,}_.+", p.name) and int(p.name[7:].split("_", 1)[0]) == number)
+        if taken:
+            raise FPNError(f"-o {out}: dataset id {number:03d} is already taken by {out.parent / taken[0]} "
+                           "(-d would be ambiguous); choose another number")
     if args.append:
         ds = out / "dataset.json"
         if not ds.is_file():
@@ -91,6 +98,9 @@ def options_from_args(args: argparse.Namespace):
     for c in args.classes:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", c) or c == "background":
             raise FPNError(f"--classes {c!r}: use letters, digits, '_' and '-' (background is implied as 0)")
+    if len(set(args.classes)) != len(args.classes):
+        twice = sorted({c for c in args.classes if args.classes.count(c) > 1})
+        raise FPNError(f"--classes: {', '.join(twice)} given more than once; each class gets its own value")
     labels = None
     if args.labels:
         labels = Path(args.labels).expanduser()
