@@ -172,7 +172,8 @@ class Importer:
     def _private(self, text: str, path: Path, token: str) -> str:
         """``text`` with the export's path (and any label/en-face file it names) replaced by source
         tokens, which go into the private sources map: export file names often hold the patient's name."""
-        subs = {str(path): token, path.name: token}
+        subs = {str(path): token, path.name: token, str(path.parent): f"the folder of {token}",
+                str(self.opts.input): "the -i folder"}
         for other in self._others:
             if str(other) in text:
                 tok = privacy.source_token(self.key, str(other))

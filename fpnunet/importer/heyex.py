@@ -20,6 +20,8 @@ _VOL_PATTERNS = {1: "a single line scan", 2: "a circular scan", 5: "a radial (st
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:  # never the full path: folders may be named after the patient
+        return f"{type(exc).__name__}: {exc.strerror}" + (f": {Path(str(exc.filename)).name}" if exc.filename else "")
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
