@@ -229,3 +229,23 @@ def test_broken_enface_image_prints_no_name(tmp_path, truth, capsys):
         run(tmp_path, inp, "--enface", f"FAF={faf}")
     text = str(err.value) + capsys.readouterr().out
     assert "en-face file src-" in text and "Doe" not in text and "19380731" not in text
+
+
+def test_plan_counts_imported_slo_and_says_when_none_could_be_placed(tmp_path, monkeypatch, capsys):
+    from fpnunet.preprocessing.cli import main as preprocess_main
+
+    monkeypatch.setenv("FPN_RAW", str(tmp_path / "raw"))
+    for i, offset in enumerate([(0.0, 0.0), (30.0, 0.0)]):  # the second scan's positions miss the localizer
+        write_vol(tmp_path / "in" / f"s{i}.vol", make_truth(40 + i, shape=(8, 64, 32), offset=offset),
+                  patient=dict(PATIENT, id=f"R{i}"))
+    run(tmp_path, tmp_path / "in", name="Dataset956_Slo")
+    capsys.readouterr()
+    assert preprocess_main(["-d", "956", "--verify-only", "--no-progress"]) == 0
+    assert "en-face images: SLO 1 of 2 cases" in capsys.readouterr().out
+    write_topcon(tmp_path / "in2" / "a.fds", make_truth(42).volume_u8, kind="FDS", patient_id="R9")
+    write_topcon(tmp_path / "in2" / "b.fds", make_truth(43).volume_u8, kind="FDS", patient_id="R8")
+    run(tmp_path, tmp_path / "in2", name="Dataset957_Nolocalizer")
+    capsys.readouterr()
+    assert preprocess_main(["-d", "957", "--verify-only", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "SLO 0 of 2 cases" in out and "SLO: listed in dataset.json, but no training case has this image" in out
