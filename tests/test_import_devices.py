@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from device_exports import PATIENT, S_A, make_truth, write_dicom, write_topcon, write_vol, write_xml
+from device_exports import PATIENT, make_truth, write_dicom, write_topcon, write_vol, write_xml
 from import_runs import report, run
 
 from fpnunet.errors import FPNError
@@ -172,10 +172,6 @@ def test_tiny_or_constant_enface_images_and_unmatched_labels_get_a_word(tmp_path
     assert "warning: 1 label file(s) in --labels matched no imported scan" in printed
     assert PATIENT["last"] not in printed
     assert f"{PATIENT['last']}_typo.png" in (tmp_path / "secret" / "Dataset950_Imp.sources.csv").read_text()
-
-
-def test_s_a_constant_is_the_lateral_pixel_size():  # keeps the import of S_A honest for the writer above
-    assert S_A == pytest.approx(0.0117)
 
 
 def _broken(tmp, ext: str, how: str, truth) -> bytes:

@@ -13,7 +13,7 @@ from fpnunet.errors import FPNError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fpn_import",
-        description="Import device exports (Heidelberg HEYEX .vol / XML / .e2e, Topcon .fda, DICOM OPT with its "
+        description="Import device exports (Heidelberg HEYEX .vol / XML / .e2e, Topcon .fda / .fds, DICOM OPT with its "
                     "OP localizer) into the raw dataset layout; the SLO localizer is resampled onto every "
                     "volume's en-face grid and written as the SLO en-face image. Patients are pseudonymised.",
     )
