@@ -37,9 +37,10 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.4", "import-linter>=2.1", "eyepy>=0.21", "pydicom>=3.0"],
-        # fpn_import: device exports (HEYEX VOL/XML/E2E, Topcon FDA via eyepy; DICOM OPT/OP via pydicom)
-        "import": ["eyepy>=0.21", "pydicom>=3.0"],
+        "dev": ["pytest>=7", "ruff>=0.4", "import-linter>=2.1", "eyepy>=0.21", "pydicom>=3.0", "Pillow>=9.1"],
+        # fpn_import: device exports (HEYEX VOL/XML/E2E via eyepy; DICOM OPT/OP via pydicom; Topcon FDA/FDS
+        # by fpnunet's own reader, whose JPEG 2000 B-scans Pillow decodes)
+        "import": ["eyepy>=0.21", "pydicom>=3.0", "Pillow>=9.1"],
         # any timm CNN as the 2D encoder of omnia/dsnet/dxnet, and --encoder-weights imagenet
         # (resnet18/resnet34 are built in); timm needs a torchvision built for your torch
         "timm": ["timm>=1.0"],

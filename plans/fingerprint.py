@@ -207,5 +207,10 @@ def fingerprint_summary(fp: dict[str, Any]) -> str:
     ]
     if fp["enface_modalities"]:
         counts = Counter(m for c in fp["cases"].values() for m in c["enface"])
-        lines.append("  en-face images: " + ", ".join(f"{m} {counts.get(m, 0)}" for m in fp["enface_modalities"]))
+        lines.append("  en-face images: " + ", ".join(f"{m} {counts.get(m, 0)} of {fp['num_cases']} cases"
+                                                      for m in fp["enface_modalities"]))
+        for m in fp["enface_modalities"]:
+            if not counts.get(m):
+                lines.append(f"  {m}: listed in dataset.json, but no training case has this image (a dataset from "
+                             "fpn_import: no scan's image could be placed; import_report.csv says why per scan)")
     return "\n".join(lines)

@@ -233,3 +233,52 @@ def make_faf(t: Truth, angle_deg: float = 4.0, shift_px: tuple[float, float] = (
     warped = sitk.GetArrayFromImage(sitk.Resample(loc, loc, tr, sitk.sitkLinear, 0.0))
     faf = 255 * (1 - warped / 255) ** 1.5
     return np.round(faf).astype(np.uint8), tr
+
+
+def write_topcon(path: Path, volume: np.ndarray, kind: str = "FDA", eye: int = 0, patient_id: str = "PID4711X",
+                 names: tuple[str, str] = ("Erika", "Mustermann"), dob: tuple[int, int, int] = (1950, 1, 2),
+                 serial: str = "SN-998877", visit: tuple[int, ...] = (2021, 5, 6, 10, 11, 12),
+                 size_mm: tuple[float, float] = (6.0, 6.0), axial_um: float = 3.5,
+                 fundus: np.ndarray | None = None) -> Path:
+    """A Topcon FDA (B-scans as JPEG 2000, lossless) or FDS (uint16 B-scans) file in the chunk layout
+    fpnunet's reader reads (see fpnunet/importer/topcon.py); ``volume`` is ``(B, depth, A)``."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    def chunk(name: str, payload: bytes) -> bytes:
+        return bytes([len(name)]) + name.encode() + struct.pack("<I", len(payload)) + payload
+
+    def j2k(arr: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG2000", irreversible=False)
+        return buf.getvalue()
+
+    def text(s: str, n: int) -> bytes:
+        return s.encode().ljust(n, b"\0")
+
+    n_b, n_d, n_a = volume.shape
+    out = b"FOCT" + kind.encode() + struct.pack("<II", 1, 1001)
+    out += chunk("@HW_INFO_03", text("3DOCT-TEST", 16) + text(serial, 16) + text(serial + "S", 16)
+                 + bytes(32) + bytes(20))
+    out += chunk("@PATIENT_INFO_02", text(patient_id, 32) + text(names[0], 32) + text(names[1], 32) + bytes(8)
+                 + bytes([2]) + struct.pack("<HHH", *dob) + bytes(504))
+    out += chunk("@CAPTURE_INFO_02", bytes([eye, 2]) + bytes(4) + bytes(100) + struct.pack("<6H", *visit))
+    if kind == "FDS":
+        out += chunk("@IMG_SCAN_03", struct.pack("<BIIIIBI", 2, n_a, n_d, 16, n_b, 0, volume.size * 2)
+                     + np.ascontiguousarray(volume, dtype="<u2").tobytes())
+    else:
+        body = b"".join(struct.pack("<i", len(j := j2k(np.ascontiguousarray(b, dtype=np.uint8)))) + j for b in volume)
+        out += chunk("@IMG_JPEG", struct.pack("<BIIIIII", 2, 0, 0, n_a, n_d, n_b, 0) + body)
+    out += chunk("@PARAM_SCAN_04", struct.pack("<III5dBB", 0, 0, 0, size_mm[0], size_mm[1], axial_um, 0, 0, 1, 1))
+    if fundus is not None and kind == "FDS":
+        rgb = np.repeat(fundus[..., None], 3, axis=2).astype(np.uint8)
+        out += chunk("@IMG_OBS", struct.pack("<IIIIBI", fundus.shape[1], fundus.shape[0], 24, 1, 0, rgb.size)
+                     + rgb.tobytes())
+    elif fundus is not None:
+        out += chunk("@IMG_FUNDUS", struct.pack("<IIII", fundus.shape[1], fundus.shape[0], 24, 1) + b"J2K\0"
+                     + b"\0\0\0\0" + j2k(fundus.astype(np.uint8)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(out + b"\0")
+    return path

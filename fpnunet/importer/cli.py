@@ -16,7 +16,7 @@ from fpnunet.raw_dataset import dataset_file, read_dataset_json
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fpn_import",
-        description="Import device exports (Heidelberg HEYEX .vol / XML / .e2e, Topcon .fda, DICOM OPT with its "
+        description="Import device exports (Heidelberg HEYEX .vol / XML / .e2e, Topcon .fda / .fds, DICOM OPT with its "
                     "OP localizer) into the raw dataset layout; the SLO localizer is resampled onto every "
                     "volume's en-face grid and written as the SLO en-face image. Patients are pseudonymised.",
     )
@@ -64,6 +64,13 @@ def options_from_args(args: argparse.Namespace):
         raise FPNError(f"-o {out}: the dataset folder must be named DatasetNNN_Name (e.g. Dataset901_Clinic)")
     if out.exists() and not out.is_dir():
         raise FPNError(f"-o {out}: exists and is not a folder")
+    number = int(out.name[len("Dataset"):].split("_", 1)[0])
+    if out.parent.is_dir():
+        taken = sorted(p.name for p in out.parent.glob("Dataset*_*") if p.is_dir() and p.name != out.name
+                       and re.fullmatch(r"Dataset\d{3,}_.+", p.name) and int(p.name[7:].split("_", 1)[0]) == number)
+        if taken:
+            raise FPNError(f"-o {out}: dataset id {number:03d} is already taken by {out.parent / taken[0]} "
+                           "(-d would be ambiguous); choose another number")
     if args.append:
         ds = dataset_file(out)
         if not ds.is_file():
@@ -88,6 +95,9 @@ def options_from_args(args: argparse.Namespace):
     for c in args.classes:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", c) or c == "background":
             raise FPNError(f"--classes {c!r}: use letters, digits, '_' and '-' (background is implied as 0)")
+    if len(set(args.classes)) != len(args.classes):
+        twice = sorted({c for c in args.classes if args.classes.count(c) > 1})
+        raise FPNError(f"--classes: {', '.join(twice)} given more than once; each class gets its own value")
     labels = None
     if args.labels:
         labels = Path(args.labels).expanduser()

@@ -18,13 +18,14 @@ import numpy as np
 from fpnunet.errors import DatasetError, FPNError
 from fpnunet.importer import heyex, privacy
 from fpnunet.importer.detect import find_exports
-from fpnunet.importer.dicom import kind_of, read_header, read_opt
+from fpnunet.importer.dicom import read_opt, sort_dicom
 from fpnunet.importer.enface import stage_enface
 from fpnunet.importer.geometry import mirror_a, raster_geometry
 from fpnunet.importer.labels import index_folder, load_label, match
 from fpnunet.importer.localizer import register_localizer
 from fpnunet.importer.report import read_report, write_report
 from fpnunet.importer.scan import Scan
+from fpnunet.importer.topcon import read_topcon
 from fpnunet.io import write_image
 from fpnunet.raw_dataset import (
     enface_dir,
@@ -86,33 +87,9 @@ def read_all(path: Path, fmt: str, localizers: dict[str, Path], opts: ImportOpti
         return heyex.read_xml(path)
     if fmt == "heyex-e2e":
         return heyex.read_e2e(path, opts.mm_per_degree)
-    if fmt == "topcon-fda":
-        return heyex.read_fda(path)
+    if fmt in ("topcon-fda", "topcon-fds"):
+        return read_topcon(path)
     raise FPNError(f"{path}: unknown export format {fmt!r}")
-
-
-def _sort_dicom(files: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], dict[str, Path],
-                                                       list[tuple[Path, str]]]:
-    """Keep OPT volumes, index OP localizers by SOPInstanceUID, list unreadable DICOM files
-    (``(path, message)``)."""
-    keep: list[tuple[Path, str]] = []
-    localizers: dict[str, Path] = {}
-    problems: list[tuple[Path, str]] = []
-    for p, fmt in files:
-        if fmt != "dicom":
-            keep.append((p, fmt))
-            continue
-        try:
-            ds = read_header(p)
-        except FPNError as exc:
-            problems.append((p, str(exc)))
-            continue
-        kind = kind_of(ds)
-        if kind == "opt":
-            keep.append((p, fmt))
-        elif kind == "op":
-            localizers[str(ds.SOPInstanceUID)] = p
-    return keep, localizers, problems
 
 
 class Importer:
@@ -128,6 +105,9 @@ class Importer:
         self.known_cases = set(self.existing.get("visits", {}))
         self.label_values = list(range(len(opts.classes) + 1))
         self.sources: list[tuple[str, str, str]] = []
+        self.labels_used: set[Path] = set()
+        self._others = [p for d in ([opts.labels] if opts.labels else []) + list(opts.enface.values())
+                        for p in sorted(d.iterdir()) if p.is_file()]
         self.staging = opts.output.parent / f".{opts.output.name}.importing-{os.getpid()}"
 
     # ------------------------------------------------------------------ one scan
@@ -170,15 +150,17 @@ class Importer:
         label_state = "none"
         lab_path = match(self.labels, names) if self.labels else None
         if lab_path is not None:
+            self.labels_used.add(lab_path)
             lab = load_label(lab_path, scan, raster.affine, shape_ba, self.label_values)
             put("label", label_name(case, ENDING), lab, sp2)
             label_state = "written"
         row = {"case": case, "source": privacy.source_token(self.key, rel_source), "format": scan.format,
                "reader": scan.reader, "shape_bda": "x".join(map(str, scan.volume.shape)),
-               "spacing_bda_mm": " ".join(f"{s:.6g}" for s in sp), "laterality": scan.laterality or "unknown",
+               "spacing_bda_mm": " ".join(f"{s:.6g}" for s in sp), "bscan_distance_from": raster.bscan_from,
+               "laterality": scan.laterality or "unknown",
                "mirrored": str(mirrored).lower(), "visit_date": scan.visit_date,
                "slo": "written" if slo is not None else f"not written: {slo_why}", "label": label_state,
-               "notes": "; ".join(raster.notes)}
+               "notes": "; ".join(scan.notes + raster.notes)}
         if opts.enface:
             for mod, (arr, check, cols) in stage_enface(self, scan, raster, slo, names, shape_ba, case).items():
                 row.update(cols)
@@ -191,28 +173,52 @@ class Importer:
         return _Staged(case, patient, files, row, visit)
 
     # ------------------------------------------------------------------ the run
+    def _private(self, text: str, path: Path, token: str) -> str:
+        """``text`` with the export's path (and any label/en-face file it names) replaced by source
+        tokens, which go into the private sources map: export file names often hold the patient's name."""
+        subs = {str(path): token, path.name: token, str(path.parent): f"the folder of {token}",
+                str(self.opts.input): "the -i folder"}
+        for other in self._others:
+            if str(other) in text:
+                tok = privacy.source_token(self.key, str(other))
+                self.sources.append((tok, "", str(other)))
+                kind = "label" if self.opts.labels and other.parent == self.opts.labels else "en-face"
+                subs[str(other)] = f"{kind} file {tok}"
+        for old in sorted(subs, key=len, reverse=True):
+            text = text.replace(old, subs[old])
+        return text
+
     def run(self) -> str:
         opts = self.opts
         from tqdm import tqdm
 
         exports, ignored = find_exports(opts.input)
         if not exports:
-            raise FPNError(f"-i {opts.input}: no device export found (HEYEX .vol/.xml/.e2e, Topcon .fda, "
+            raise FPNError(f"-i {opts.input}: no device export found (HEYEX .vol/.xml/.e2e, Topcon .fda/.fds, "
                            f"DICOM OPT); {ignored} other file(s) ignored")
-        exports, localizers, unreadable = _sort_dicom(exports)
-        problems = [msg for _, msg in unreadable]
+        exports, localizers, unreadable, other_dicom = sort_dicom(exports)
         staged: list[_Staged] = []
         rows_skipped: list[dict[str, str]] = []
         seen: set[str] = set()
         all_ids: set[str] = set()
-        failed = [(str(p.relative_to(opts.input)) if p != opts.input else p.name, m.removeprefix(f"{p}: "))
-                  for p, m in unreadable]
+        failed: list[tuple[str, str]] = []  # (source token, reason)
+
+        def rel_of(p: Path) -> str:
+            return str(p.relative_to(opts.input)) if p != opts.input else p.name
+
+        def refuse(p: Path, message: str) -> None:
+            token = privacy.source_token(self.key, rel_of(p))
+            self.sources.append((token, "", rel_of(p)))
+            failed.append((token, self._private(message, p, token).removeprefix(f"{token}: ")))
+
+        for p, m in unreadable:
+            refuse(p, m)
         if self.staging.exists():
             shutil.rmtree(self.staging)
         try:
             for path, fmt in tqdm(exports, desc="import", unit="file", disable=not opts.show_progress,
                                   file=sys.stderr):
-                rel = str(path.relative_to(opts.input)) if path != opts.input else path.name
+                rel = rel_of(path)
                 try:
                     scans = read_all(path, fmt, localizers, opts)
                     digest = _file_digest(path)
@@ -226,20 +232,36 @@ class Importer:
                         staged.append(st)
                         self.sources.append((st.row["source"], st.case, rel))
                 except FPNError as exc:
-                    problems.append(str(exc))
-                    failed.append((rel, str(exc).removeprefix(f"{path}: ")))
+                    refuse(path, str(exc))
+            failed = [(t, privacy.redact(m, sorted(all_ids), self.key)) for t, m in failed]
+            problems = [f"{t}: {m}" for t, m in failed]
             if problems and not opts.skip_bad:
+                self._write_sources_map()
+                where = privacy.sources_map_path(opts.key_path, opts.output)
                 raise DatasetError(problems, header=f"{len(problems)} export file(s) cannot be imported; nothing "
-                                                    "was written (--skip-bad imports the others)")
+                                                    f"was written (--skip-bad imports the others; the files behind "
+                                                    f"the src- tokens are listed in {where})")
             if not staged:
+                self._write_sources_map()
                 raise FPNError(f"-i {opts.input}: nothing to import ({len(rows_skipped)} scan(s) already in "
-                               f"{opts.output}, {len(problems)} unreadable)")
-            skipped = [{"source": privacy.source_token(self.key, r),
-                        "notes": f"skipped: {privacy.redact(m, sorted(all_ids), self.key)}"} for r, m in failed]
-            return self._finish(staged, rows_skipped, skipped, len(problems))
+                               f"{opts.output}, {len(problems)} unreadable, {other_dicom} DICOM file(s) of "
+                               "other SOP classes)")
+            skipped = [{"source": t, "notes": f"skipped: {m}"} for t, m in failed]
+            return self._finish(staged, rows_skipped, skipped, len(problems)) + self._unmatched_labels()
         finally:
             if self.staging.exists():
                 shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _unmatched_labels(self) -> str:
+        """A warning line for label files that matched no scan (listed in the private sources map)."""
+        unused = [p for p in self.labels.values() if p not in self.labels_used]
+        if not unused:
+            return ""
+        self.sources = [(privacy.source_token(self.key, str(p)), "", str(p)) for p in unused]
+        self._write_sources_map()
+        where = privacy.sources_map_path(self.opts.key_path, self.opts.output)
+        return (f"\nwarning: {len(unused)} label file(s) in --labels matched no imported scan (named neither like a "
+                f"case nor like an export file); they are listed in {where}")
 
     def _test_patients(self, staged: list[_Staged]) -> set[str]:
         old_visits = self.existing.get("visits", {})

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FORMATS = ("heyex-vol", "heyex-xml", "heyex-e2e", "topcon-fda", "dicom")
+from fpnunet.importer.topcon import file_type
+
+FORMATS = ("heyex-vol", "heyex-xml", "heyex-e2e", "topcon-fda", "topcon-fds", "dicom")
 _EXTENSIONS = {".vol": "heyex-vol", ".e2e": "heyex-e2e", ".sdb": "heyex-e2e", ".fda": "topcon-fda",
-               ".dcm": "dicom", ".dicom": "dicom"}
+               ".fds": "topcon-fds", ".dcm": "dicom", ".dicom": "dicom"}
 _SKIP = {".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".txt", ".csv", ".json", ".md", ".pdf"}
 
 
@@ -20,8 +22,8 @@ def detect_format(path: Path) -> str | None:
         return "heyex-vol"
     if head.startswith(b"CMDb"):
         return "heyex-e2e"
-    if head.startswith(b"FOCT"):
-        return "topcon-fda"
+    if head.startswith(b"FOCT"):  # Topcon: FDA (or FAA) and FDS by the three bytes after the magic
+        return file_type(head)
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
     suffix = path.suffix.lower()

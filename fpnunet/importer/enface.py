@@ -37,6 +37,8 @@ class Importer(Protocol):
     staging: Path
 
 MAX_ITERATIONS = 300
+MIN_SIZE = 16
+"""Smallest en-face image (and localizer) side, in pixels, that is registered."""
 
 
 @dataclass
@@ -60,6 +62,13 @@ def _shrink_levels(size: tuple[int, ...]) -> list[int]:
 
 def register(fixed: sitk.Image, moving: sitk.Image, seed: int = 0) -> Registration:
     """Affine registration of ``moving`` onto ``fixed`` (Mattes MI, multi-resolution)."""
+    for what, img in (("image", moving), ("SLO localizer", fixed)):
+        arr = sitk.GetArrayViewFromImage(img)
+        if min(arr.shape) < MIN_SIZE:
+            raise FPNError(f"the {what} is {arr.shape[1]} x {arr.shape[0]} pixels (at least {MIN_SIZE} x {MIN_SIZE} "
+                           "needed)")
+        if float(arr.max()) == float(arr.min()):
+            raise FPNError(f"the {what} is constant (nothing to register)")
     init = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2),
                                              sitk.CenteredTransformInitializerFilter.GEOMETRY)
     r = sitk.ImageRegistrationMethod()
@@ -77,8 +86,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, seed: int = 0) -> Registrati
     r.SetSmoothingSigmasPerLevel([f / 2 for f in levels[:-1]] + [0])
     r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     r.SetInitialTransform(init, inPlace=False)
-    initial = r.MetricEvaluate(fixed, moving)
     try:
+        initial = r.MetricEvaluate(fixed, moving)
         t = r.Execute(fixed, moving)
     except RuntimeError as exc:
         raise FPNError(f"SimpleITK registration failed ({str(exc).strip().splitlines()[-1][:120]})") from None

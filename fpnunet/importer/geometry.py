@@ -29,6 +29,8 @@ class Raster:
     spacing: tuple[float, float, float]
     affine: np.ndarray | None
     notes: list[str]
+    bscan_from: str = ""
+    """Where the B-scan distance came from (the report's ``bscan_distance_from``)."""
 
 
 def _fit_affine(pos: np.ndarray, n_a: int) -> tuple[np.ndarray, float]:
@@ -54,6 +56,7 @@ def raster_geometry(scan: Scan) -> Raster:
     s_b, s_d, s_a = scan.spacing
     notes: list[str] = []
     affine = None
+    bscan_from = scan.spacing_source or "header"
     pos = scan.positions
     if pos is not None and pos.shape == (n_b, 2, 2):
         start, end = pos[:, 0], pos[:, 1]
@@ -87,6 +90,7 @@ def raster_geometry(scan: Scan) -> Raster:
             step_mm = abs(mean) * scan.mm_per_unit
             if s_b is None:
                 s_b = step_mm
+                bscan_from = f"B-scan positions ({scan.positions_unit})"
                 notes.append("B-scan distance from the B-scan positions")
             elif abs(s_b - step_mm) > 0.1 * s_b:
                 notes.append(f"header B-scan distance {s_b:.4g} mm, positions give {step_mm:.4g} mm (header kept)")
@@ -99,10 +103,12 @@ def raster_geometry(scan: Scan) -> Raster:
         raise FPNError(f"{src}: {pos.shape[0]} B-scan positions for {n_b} B-scans")
     for name, v in (("B-scan distance", s_b), ("axial pixel size", s_d), ("lateral pixel size", s_a)):
         if v is None:
-            raise FPNError(f"{src}: the {name} is neither in the header nor derivable from B-scan positions")
+            where = (" (read: SpacingBetweenSlices, SliceThickness, Plane Position, Ophthalmic Frame Location)"
+                     if scan.format == "dicom-opt" and name == "B-scan distance" else "")
+            raise FPNError(f"{src}: the {name} is neither in the header nor derivable from B-scan positions{where}")
         if not (math.isfinite(v) and v > 0):
             raise FPNError(f"{src}: the {name} in the header is {v!r} mm; it must be a positive number")
-    return Raster((float(s_b), float(s_d), float(s_a)), affine, notes)  # type: ignore[arg-type]
+    return Raster((float(s_b), float(s_d), float(s_a)), affine, notes, bscan_from)  # type: ignore[arg-type]
 
 
 def mirror_a(array: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""Readers through eyepy: Heidelberg HEYEX VOL, HEYEX XML, E2E and Topcon FDA -> :class:`Scan`.
+"""Readers through eyepy: Heidelberg HEYEX VOL, HEYEX XML and E2E -> :class:`Scan` (Topcon: :mod:`.topcon`).
 
-All four go through one path (:func:`scan_from_eyevolume`); only the header facts eyepy does not
+All three go through one path (:func:`scan_from_eyevolume`); only the header facts eyepy does not
 put into its ``EyeVolume`` (patient ids, scan pattern) are read per format.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ _VOL_PATTERNS = {1: "a single line scan", 2: "a circular scan", 5: "a radial (st
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:  # never the full path: folders may be named after the patient
+        return f"{type(exc).__name__}: {exc.strerror}" + (f": {Path(str(exc.filename)).name}" if exc.filename else "")
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
@@ -28,7 +30,7 @@ def _eyepy():
     import logging
 
     logging.getLogger("eyepy").setLevel(logging.ERROR)  # its warnings (layer names, spacing) are not ours
-    ep = require("eyepy", "reading Heidelberg/Topcon exports")
+    ep = require("eyepy", "reading Heidelberg exports")
     return ep, f"eyepy {getattr(ep, '__version__', '?')}"
 
 
@@ -100,8 +102,24 @@ def read_vol(path: Path) -> list[Scan]:
         raise FPNError(f"{path}: eyepy cannot build the volume ({_why(exc)})") from None
     pid = str(p.patient_id).strip("\x00 ")
     key = pid if pid and pid.lower() != "unknown" else (f"pid:{p.pid}" if p.pid else "")
-    return [scan_from_eyevolume(ev, path, "heyex-vol", f"{version} HeVolReader", key,
-                                [pid, str(p.dob), str(p.pid)], patient_id=pid)]
+    scan = scan_from_eyevolume(ev, path, "heyex-vol", f"{version} HeVolReader", key,
+                               [pid, str(p.dob), str(p.pid)], patient_id=pid)
+    scan.spacing_source = "header (distance)"
+    return [scan]
+
+
+def _check_image_paths(path: Path, root) -> None:
+    """Every image an XML export names (``ExamURL``, read as eyepy reads it: the part after the last
+    backslash, beside the XML) must lie inside the export's own folder."""
+    folder = path.parent.resolve()
+    urls = [(el.text or "").strip() for el in root.iter("ExamURL")]
+    for i, url in enumerate(urls):
+        name = url.split("\\")[-1]
+        target = (path.parent / name).resolve()
+        if not name or folder not in target.parents:
+            why = "an absolute path" if Path(name).is_absolute() else ("empty" if not name else "a path leading out")
+            raise FPNError(f"{path}: image {i + 1} of the export ({why}) lies outside the export's folder; every "
+                           "image an XML export names must be inside the folder of its XML file")
 
 
 def read_xml(path: Path) -> list[Scan]:
@@ -110,6 +128,7 @@ def read_xml(path: Path) -> list[Scan]:
 
     try:
         reader = HeXmlReader(path)
+        _check_image_paths(path, reader.xml_root)
         ev = reader.volume
     except FPNError:
         raise
@@ -159,13 +178,3 @@ def read_e2e(path: Path, mm_per_degree: float = MM_PER_DEGREE) -> list[Scan]:
         raise FPNError(f"{path}: no OCT volume of two or more B-scans in this E2E file ({len(series)} series)")
     return scans
 
-
-def read_fda(path: Path) -> list[Scan]:
-    ep, version = _eyepy()
-    try:
-        ev = ep.import_topcon_fda(path)
-    except ImportError:
-        raise FPNError(f"{path}: reading Topcon FDA needs oct-converter: pip install \"eyepy[fda]\"") from None
-    except Exception as exc:
-        raise FPNError(f"{path}: not a readable Topcon FDA file ({_why(exc)})") from None
-    return [scan_from_eyevolume(ev, path, "topcon-fda", f"{version} import_topcon_fda", "", [])]

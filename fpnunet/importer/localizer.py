@@ -69,6 +69,8 @@ def resample_onto_enface(image: sitk.Image, affine: np.ndarray, shape_ba: tuple[
 def register_localizer(scan: Scan, affine: np.ndarray | None,
                        shape_ba: tuple[int, int]) -> tuple[np.ndarray | None, str]:
     """``(SLO on the en-face grid (B, A) float32, "")`` or ``(None, why no SLO is written)``."""
+    if scan.localizer_note:
+        return None, scan.localizer_note
     if scan.localizer is None or scan.localizer_spacing is None:
         return None, "no localizer image in the export"
     if affine is None:

@@ -28,6 +28,11 @@ def mirror_back(predictions: Path, raw_dataset: Path, output: Path) -> tuple[int
              if p.is_file() and any(p.name.lower().endswith(e) for e in SUPPORTED_ENDINGS)]
     if not files:
         raise FPNError(f"--mirror-back {predictions}: no prediction images in this folder")
+    foreign = [strip_ending(p.name) for p in files if strip_ending(p.name) not in visits]
+    if foreign:
+        raise FPNError(f"--mirror-back {predictions}: {len(foreign)} of {len(files)} prediction(s) are of cases that "
+                       f"{raw_dataset.name} does not have (e.g. {foreign[0]}); is -d the dataset they were imported "
+                       "into? nothing was written")
     flipped = copied = 0
     output.mkdir(parents=True, exist_ok=True)
     for p in files:

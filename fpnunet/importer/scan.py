@@ -46,6 +46,13 @@ class Scan:
     mm_per_unit: float = 1.0
     """mm per position unit (1 for mm; for degrees the assumed retinal mm per degree)."""
     identifiers: list[str] = field(default_factory=list)
+    spacing_source: str = ""
+    """Where the B-scan distance came from (``import_report.csv`` ``bscan_distance_from``); empty:
+    from the B-scan positions (:func:`~fpnunet.importer.geometry.raster_geometry` says so)."""
+    notes: list[str] = field(default_factory=list)
+    """Reader remarks for the report's ``notes`` (never a header value)."""
+    localizer_note: str = ""
+    """Why the localizer, though read, cannot be placed on the en-face grid (then no SLO is written)."""
 
 
 def laterality_of(value: object) -> str:
