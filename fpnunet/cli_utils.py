@@ -6,7 +6,9 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
+from fpnunet.cli_args import print_data_roots
 from fpnunet.errors import FPNError
 
 
@@ -90,3 +92,12 @@ def tune_malloc(threshold: int = MALLOC_THRESHOLD_BYTES) -> bool:
     except (OSError, AttributeError):
         return False
     return ok
+
+
+def run_command(argv: list[str] | None, build_parser: Callable[[], Any], config_from_args: Callable[[Any], Any],
+                run: Callable[[Any], int]) -> int:
+    """The one shape of a command: parse -> config (every flag checked, nothing touched yet) -> the
+    data-roots line -> ``run(config)``. A command's ``main`` is ``run_cli`` around this call."""
+    config = config_from_args(build_parser().parse_args(argv))
+    print_data_roots()
+    return run(config)

@@ -198,6 +198,19 @@ def gather_indexed(n: int, mine: dict[int, Any]) -> list[Any]:
     return [joined[i] for i in range(n)]
 
 
+def in_job(device: str, work: Callable[[], T]) -> T:
+    """``work()`` inside the distributed job: joined with :func:`setup` (a no-op for one process),
+    left with :func:`shutdown`; a rank stopped by another rank's error exits with status 1 (rank 0
+    prints the error)."""
+    setup(device)
+    try:
+        return work()
+    except MirroredError:
+        raise SystemExit(1) from None
+    finally:
+        shutdown()
+
+
 def main_first(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn`` on rank 0, then (if it succeeded) on the other ranks; returns its result.
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,11 +37,11 @@ from fpnunet.plans.verify import check_files
 from fpnunet.plans.verify_content import check_case_content
 from fpnunet.raw_dataset import CaseFiles, DatasetInfo
 from fpnunet.retina import detect_retina_band
+from fpnunet.seeds import case_seed
 
 # re-exported: these lived here before verification and parallel_map got their own modules
 __all__ = [
     "SAMPLES_PER_CASE",
-    "case_seed",
     "case_statistics",
     "fingerprint_summary",
     "verify_and_fingerprint",
@@ -50,11 +49,6 @@ __all__ = [
 
 SAMPLES_PER_CASE = 10_000
 """Retina voxels sampled per case for the dataset-level intensity statistics."""
-
-
-def case_seed(case: str, salt: int = 0) -> int:
-    """A stable per-case seed (independent of ``PYTHONHASHSEED``)."""
-    return (zlib.crc32(case.encode("utf-8")) + salt) & 0xFFFFFFFF
 
 
 # ----------------------------------------------------------------------------- per case (workers)

@@ -21,13 +21,13 @@ from scipy.ndimage import gaussian_filter
 
 from fpnunet.errors import FPNError
 from fpnunet.io import EnfaceGeometry, Image, enface_geometry, read_image, resample_to_shape, squeeze_2d, to_bda
-from fpnunet.plans.fingerprint import case_seed
 from fpnunet.plans.geometry import bda_order, squeeze_3d, volume_spacing
 from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.preprocessing.depth import background_value, crop_depth, depth_window, resample_depth
 from fpnunet.preprocessing.normalization import apply_stats, compute_stats
 from fpnunet.raw_dataset import CaseFiles, DatasetInfo
 from fpnunet.retina import detect_retina_band
+from fpnunet.seeds import case_seed
 
 MAX_CLASS_LOCATIONS = 1000
 ENFACE_PERCENTILES = (0.5, 99.5)

@@ -149,10 +149,11 @@ def test_every_command_has_one_shape(name):
     main = bodies["main"]
     if name in ("train", "pretrain"):  # torchrun relaunches main; the config is built inside the job
         main = bodies[name]
-    assert "config_from_args(" in main and "run(" in main, main
-    assert "parse_args(" in bodies["main"] or "parse_known_args(" in bodies["main"]
+    assert ("config_from_args(" in main and "run(" in main
+            or "run_command(argv, build_parser, config_from_args, run)" in main), main
+    assert any(s in bodies["main"] for s in ("parse_args(", "parse_known_args(", "run_command(argv, build_parser"))
     # fpn_paths' whole output is the roots (with where each comes from); every other prints the line
-    assert name == "paths" or "print_data_roots()" in bodies["main"]  # the data-roots line, once per command
+    assert name == "paths" or "print_data_roots()" in bodies["main"] or "run_command(" in bodies["main"]
 
 
 def _first_line_and_error(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:

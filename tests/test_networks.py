@@ -10,7 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fpnunet.errors import FPNError, ShapeError
 from fpnunet.networks import available_networks, build_network, network_class
-from fpnunet.networks.blocks import max_pool_depth, plan_enface_pooling, split_depth, to_channels_last
+from fpnunet.networks.blocks import max_pool_depth, plan_enface_pooling, split_depth
+from fpnunet.networks.layout import to_channels_last
 
 torch.set_num_threads(1)
 

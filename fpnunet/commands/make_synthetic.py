@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fpnunet import cli_args
-from fpnunet.cli_utils import run_cli
+from fpnunet.cli_utils import run_cli, run_command
 from fpnunet.raw_dataset import read_dataset_json
 from fpnunet.synthetic.geometry import DEFAULT_SHAPE, VOLUME_ENDINGS, spacing_for_shape
 
@@ -72,10 +72,5 @@ def run(config: SyntheticConfig) -> int:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     """``fpn_make_synthetic -o DIR [-n N] [--labelled-fraction F] [--seed S] [--shape B D A] ...``."""
-    config = config_from_args(build_parser().parse_args(argv))
-    cli_args.print_data_roots()
-    return run(config)
+    return run_command(argv, build_parser, config_from_args, run)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from fpnunet import cli_args, paths
 from fpnunet.atomic import save_json
-from fpnunet.cli_utils import resolve_device, run_cli
+from fpnunet.cli_utils import resolve_device, run_cli, run_command
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Plan
 
@@ -130,9 +130,7 @@ def run(config: PreprocessConfig) -> int:
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
-    config = config_from_args(build_parser().parse_args(argv))
-    cli_args.print_data_roots()
-    return run(config)
+    return run_command(argv, build_parser, config_from_args, run)
 
 
 if __name__ == "__main__":

@@ -104,14 +104,7 @@ def pretrain(args: argparse.Namespace, argv: list[str] | None = None, callbacks:
     """Pretrain (or resume) as ``args`` says; returns the fold folder (``.../fold_all``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(args)  # before joining a distributed job: a bad flag is one line, on every rank
-    fdist.setup(args.device)  # under torchrun: join the job (a no-op for one process)
-    try:
-        config = config_from_args(args)
-        return run(config, argv, callbacks)
-    except fdist.MirroredError:
-        raise SystemExit(1) from None  # rank 0 prints the error
-    finally:
-        fdist.shutdown()
+    return fdist.in_job(args.device, lambda: run(config_from_args(args), argv, callbacks))
 
 
 @run_cli

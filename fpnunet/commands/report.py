@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fpnunet import cli_args
-from fpnunet.cli_utils import run_cli
+from fpnunet.cli_utils import run_cli, run_command
 from fpnunet.errors import FPNError
 from fpnunet.paths import raw_dir
 
@@ -104,10 +104,5 @@ def run(config: ReportConfig) -> int:
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
-    config = config_from_args(build_parser().parse_args(argv))
-    cli_args.print_data_roots()
-    return run(config)
+    return run_command(argv, build_parser, config_from_args, run)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -107,14 +107,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None, callbacks: tu
     """Train (or resume, or only validate) the fold ``args`` names; returns the fold folder."""
     argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(args)  # before joining a distributed job: a bad flag is one line, on every rank
-    fdist.setup(args.device)  # under torchrun: join the job (a no-op for one process)
-    try:
-        config = config_from_args(args)
-        return run(config, argv, callbacks)
-    except fdist.MirroredError:
-        raise SystemExit(1) from None  # rank 0 prints the error
-    finally:
-        fdist.shutdown()
+    return fdist.in_job(args.device, lambda: run(config_from_args(args), argv, callbacks))
 
 
 def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path | None,

@@ -225,4 +225,3 @@ def max_pool_depth(x: torch.Tensor, factor: int, dim: int) -> torch.Tensor:
     return x.reshape(shape).max(dim=dim + 1).values
 
 
-from fpnunet.networks.layout import to_channels_last  # noqa: E402, F401  (kept importable from here)

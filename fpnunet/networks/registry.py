@@ -14,6 +14,7 @@ Usage::
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,9 +24,23 @@ from torch import nn
 from fpnunet.errors import FPNError, ShapeError
 
 _REGISTRY: dict[str, type[SegNetwork]] = {}
-_UNLISTED: set[str] = set()
+_UNLISTED: set[str] = {"cmc"}
 """Registered names left out of :func:`available_networks` (composite models such as ``cmc``,
 which a trainer builds around a planned network; never planned themselves)."""
+
+FAMILIES: dict[str, str] = {
+    "fpn": "fpnunet.networks.fpn",
+    "ipn": "fpnunet.networks.ipn",
+    "ipnv2": "fpnunet.networks.ipn",
+    "lachinov": "fpnunet.networks.lachinov",
+    "resensnet": "fpnunet.networks.resensnet",
+    "dsnet": "fpnunet.networks.dsnet",
+    "dxnet": "fpnunet.networks.dxnet",
+    "omnia": "fpnunet.networks.omnia",
+    "cmc": "fpnunet.networks.cmc",
+}
+"""Built-in network name -> the module whose ``@register`` defines it, imported when the name is
+first asked for: a run imports its own network family, not all eight."""
 
 
 class SegNetwork(nn.Module):
@@ -85,13 +100,15 @@ def register(name: str, *, listed: bool = True) -> Callable[[type[SegNetwork]], 
 
 
 def network_class(name: str) -> type[SegNetwork]:
+    if name not in _REGISTRY and name in FAMILIES:
+        importlib.import_module(FAMILIES[name])  # its @register fills the registry
     if name not in _REGISTRY:
         raise FPNError(f"unknown network {name!r}; registered: {available_networks()}")
     return _REGISTRY[name]
 
 
 def available_networks() -> list[str]:
-    return sorted(n for n in _REGISTRY if n not in _UNLISTED)
+    return sorted(n for n in set(_REGISTRY) | set(FAMILIES) if n not in _UNLISTED)
 
 
 def build_network(name: str, in_channels: int, num_classes: int, **kwargs: Any) -> SegNetwork:

@@ -24,7 +24,6 @@ from fpnunet.errors import FPNError
 from fpnunet.io import strip_ending
 from fpnunet.raw_dataset import DATASET_FILE
 from fpnunet.report.cases import CaseResult, measure_case
-from fpnunet.report.html import make_report
 from fpnunet.report.overlay import class_colours
 
 __all__ = ["OVERLAY_DIR", "write_prediction_overlays", "write_evaluation_overlays"]
@@ -122,6 +121,8 @@ def pictures_after_prediction(
             print(f"warning: {msg}", file=sys.stderr)
         print(f"fpn_predict: {len(written)} overlay(s) in {out_dir / OVERLAY_DIR}", file=sys.stderr)
     if report:
+        from fpnunet.report.html import make_report  # lazy: start-up time (only with --report)
+
         html, csv = make_report(out_dir, out_dir / "report.html", None, dataset_json, DATASET_FILE, [in_dir],
                                 failures=failed, projection_axis=projection_axis)
         print(f"fpn_predict: report {html}" + (f", growth rates {csv}" if csv else ""), file=sys.stderr)

@@ -20,7 +20,6 @@ from typing import Any
 from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.networks import network_class
-from fpnunet.networks.encoder_weights import resolve_encoder_weights
 from fpnunet.paths import preprocessed_root, raw_root, resolve_dataset, results_root
 from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.plans.training_params import override
@@ -132,8 +131,12 @@ def _fold(flags: Any, trainer: type[Trainer], dataset: str, pre_dir: Path, plan:
                   + [c for c in cases.case_names if c not in set(labelled)] if trainer.uses_unlabelled else [])
     results = results_root() / dataset
     tag, path, message = resolve_pretrained(flags.pretrained, results, config_name)
-    enc_tag, _, enc_message = resolve_encoder_weights(flags.encoder_weights, configuration.network.name, net_cls,
-                                                      configuration.network.kwargs, fetch=False)
+    enc_tag, enc_message = None, ""
+    if flags.encoder_weights != "none":
+        from fpnunet.networks.encoder_weights import resolve_encoder_weights  # lazy: start-up time (timm, 2D encoders)
+
+        enc_tag, _, enc_message = resolve_encoder_weights(flags.encoder_weights, configuration.network.name,
+                                                          net_cls, configuration.network.kwargs, fetch=False)
     if enc_tag is not None:
         if flags.pretrained not in ("auto", "none"):
             raise FPNError(f"--pretrained {flags.pretrained} and --encoder-weights {flags.encoder_weights} both "

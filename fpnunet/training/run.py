@@ -29,7 +29,6 @@ from fpnunet.atomic import save_json
 from fpnunet.checkpoint import load_checkpoint
 from fpnunet.errors import FPNError
 from fpnunet.networks import network_class
-from fpnunet.networks.encoder_weights import load_encoder_weights, resolve_encoder_weights
 from fpnunet.networks.rebuild import model_from_checkpoint
 from fpnunet.plans.plan import Plan
 from fpnunet.results_layout import FINAL, LATEST, PRETRAINED_FILE, FoldLock, clean_temp_files
@@ -69,7 +68,11 @@ def run(config: RunConfig, argv: Sequence[str], callbacks: Sequence[EpochCallbac
                 if config.pretrained_path is not None:
                     report = _load_pretrained(trainer, model)
             state = encoder_state if encoder_state is not None else _encoder_state(config)
-            enc = load_encoder_weights(model, state, config.encoder_weights) if state is not None else None
+            enc = None
+            if state is not None:
+                from fpnunet.networks.encoder_weights import load_encoder_weights  # lazy: start-up time
+
+                enc = load_encoder_weights(model, state, config.encoder_weights)
             if fdist.is_main():
                 save_json({"choice": config.pretrained, "tag": config.tag, "path": config.pretrained_path,
                            "partial_load": config.partial_load, "report": report.to_dict() if report else None,
@@ -100,6 +103,8 @@ def run(config: RunConfig, argv: Sequence[str], callbacks: Sequence[EpochCallbac
 def _encoder_state(config: RunConfig) -> dict | None:
     if config.encoder_weights in ("none", ""):
         return None
+    from fpnunet.networks.encoder_weights import resolve_encoder_weights  # lazy: start-up time (timm, 2D encoders)
+
     return resolve_encoder_weights(config.encoder_weights, config.network, network_class(config.network),
                                    config.network_kwargs)[1]
 

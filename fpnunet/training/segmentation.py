@@ -24,7 +24,6 @@ from fpnunet import distributed as fdist
 from fpnunet.evaluation.evaluate import evaluate_folders, summarize, write_summary
 from fpnunet.evaluation.metrics import case_metrics, dice
 from fpnunet.inference.export import label_values, probabilities_to_segmentation, write_segmentation
-from fpnunet.inference.fused import predict_fused
 from fpnunet.inference.predictor import Predictor
 from fpnunet.io import EnfaceGeometry, resample_to_shape
 from fpnunet.networks.registry import enface_inputs
@@ -68,6 +67,8 @@ def predict_case(predictor: Predictor, data_dir: Path, case: str, modalities: li
     volume = load_volume(data_dir, case)
     if not modalities:
         return predictor.predict_preprocessed(volume)
+    from fpnunet.inference.fused import predict_fused  # lazy: start-up time (only models with en-face inputs)
+
     return predict_fused(predictor, volume, load_enface_inputs(data_dir, case, modalities))
 
 

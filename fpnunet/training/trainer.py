@@ -159,7 +159,12 @@ class Trainer:
         return None
 
 
-TRAINERS: Registry[type[Trainer]] = Registry("trainer")
+TRAINERS: Registry[type[Trainer]] = Registry("trainer", modules={
+    "supervised": "fpnunet.training.supervised",
+    "cmc": "fpnunet.training.cmc.trainer",
+    "reconstruction": "fpnunet.training.reconstruction",
+})
+"""The trainers by name; the built-in ones are imported when first asked for (a run imports only its own)."""
 
 
 def register_trainer(name: str) -> Callable[[type[Trainer]], type[Trainer]]:

@@ -7,18 +7,17 @@
 * ``reconstruction`` (:mod:`fpnunet.training.reconstruction`): the self-supervised en-face
   reconstruction that ``fpn_pretrain`` runs.
 
-Importing this module registers them (:func:`fpnunet.training.trainer.register_trainer`); a new
-trainer is one module with one decorator, imported here. The trainer is recorded in every
+Each registers itself with :func:`fpnunet.training.trainer.register_trainer`; the registry
+(:data:`fpnunet.training.trainer.TRAINERS`) imports a built-in trainer's module when its name is
+first asked for, so a run imports only its own trainer. A new trainer is one module with one
+decorator (and, to be found by name without importing it first, one line in that registry's
+``modules``). The trainer is recorded in every
 checkpoint and in the fold folder's ``run_config.json``; prediction needs neither: the
 checkpoint's network spec rebuilds the model (its en-face inputs included).
 """
 from __future__ import annotations
 
-from fpnunet.training import reconstruction, supervised
-from fpnunet.training.cmc import trainer as cmc_trainer
 from fpnunet.training.trainer import TRAINERS, Trainer
-
-BUILT_IN = (supervised.SupervisedTrainer, cmc_trainer.CMCTrainer, reconstruction.ReconstructionTrainer)
 
 
 def get_trainer(name: str) -> type[Trainer]:
