@@ -34,6 +34,7 @@ from fpnunet.networks.rebuild import model_from_checkpoint
 from fpnunet.plans.plan import Plan
 from fpnunet.results_layout import FINAL, LATEST, PRETRAINED_FILE, FoldLock, clean_temp_files
 from fpnunet.training.loop import EpochCallback, EpochLoop
+from fpnunet.training.optim import apply_on_resume
 from fpnunet.training.pretrained import LoadReport, load_pretrained
 from fpnunet.training.run_config import RunConfig, saved_settings
 from fpnunet.training.run_folder import check_start, copy_model_files, write_command
@@ -80,7 +81,9 @@ def run(config: RunConfig, argv: Sequence[str], callbacks: Sequence[EpochCallbac
         loop = EpochLoop(trainer, model, optimizer, scheduler, config, config.fold_dir, spec, callbacks)
         if checkpoint is not None:
             loop.resume(checkpoint)
-            print(f"resumed from {Path(config.fold_dir) / LATEST} after epoch {loop.start_epoch}")
+            changed = apply_on_resume(saved_settings(checkpoint), config, optimizer, scheduler)
+            fdist.say(f"resumed from {Path(config.fold_dir) / LATEST} after epoch {loop.start_epoch}"
+                      + (f"; applied from epoch {loop.start_epoch + 1} on: {', '.join(changed)}" if changed else ""))
         try:
             loop.run()
         except KeyboardInterrupt:
