@@ -191,7 +191,9 @@ class PredictionLock:
         name = WRITER_LOCK if num_parts == 1 else f"{WRITER_LOCK}.part-{part_id}-of-{num_parts}"
         self.lock = FoldLock(self.folder, "fpn_predict", name)
 
-    def acquire(self) -> PredictionLock:
+    def acquire(self, inputs: list[str] | None = None, cases: list[str] | None = None) -> PredictionLock:
+        """Take the lock; a part given ``inputs`` (every input case) and ``cases`` (its own) then
+        records them (:meth:`PredictionFolder.write_part_cases`) for ``--merge-parts``."""
         self.lock.acquire()
         for p in sorted(self.folder.iterdir()):
             m = _LOCK_PART_RE.match(p.name)
@@ -206,6 +208,8 @@ class PredictionLock:
                 raise FPNError(f"{self.folder} is being written by another fpn_predict (PID {owner.get('pid')}, "
                                f"started {owner.get('started', '?')}: {owner.get('command', '?')}); wait for it "
                                f"or use another -o folder")
+        if inputs is not None and self.part[1] > 1:
+            PredictionFolder(self.folder).write_part_cases(inputs, cases or [], *self.part)
         return self
 
     def release(self) -> None:

@@ -46,6 +46,7 @@ from fpnunet import cli_args, results_layout
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.inference.inputs import Loaded, collect_inputs
+from fpnunet.inference.inputs import case_of_message as _case_of_message
 from fpnunet.inference.inputs import reader as read_ahead
 from fpnunet.inference.parts import check_part, merge_parts, run_on_devices, select_part
 from fpnunet.paths import preprocessed_root, raw_dir, resolve_dataset, results_dir, results_root
@@ -285,10 +286,7 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
         print(f"warning: {w}", file=sys.stderr)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
-    lock.acquire()  # creates out_dir
-    if config.num_parts > 1:  # what --merge-parts checks the parts' coverage on
-        own = [i.case for i in items] + [_case_of_message(e) for e in errors]
-        PredictionFolder(out_dir).write_part_cases(inputs, own, config.part_id, config.num_parts)
+    lock.acquire(inputs, [i.case for i in items] + [_case_of_message(e) for e in errors])  # creates out_dir
     print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
           f"({config.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}, "
           f"{'bf16' if predictor.amp else 'fp32'}, channels-last, "
@@ -392,14 +390,6 @@ def _visit_columns(dataset_json: dict[str, Any]) -> dict[str, dict[str, str | No
     """``{case: {"patient", "eye", "visit"}}`` from dataset.json (pseudonymised fields only)."""
     return {c: {"patient": v.patient, "eye": v.eye, "visit": v.date.isoformat() if v.date else None}
             for c, v in visits_from_dataset(dataset_json, DATASET_FILE).items()}
-
-
-def _case_of_message(message: str) -> str:
-    """The case an input error names (its file name without ending and channel suffix)."""
-    from fpnunet.io import strip_ending  # lazy: start-up time
-
-    stem = strip_ending(Path(message.split(": ", 1)[0]).name)
-    return stem[:-5] if stem[-5:-4] == "_" and stem[-4:].isdigit() else stem
 
 
 if __name__ == "__main__":  # pragma: no cover
