@@ -158,7 +158,7 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu", what: 
         shown = f" (it would import {', '.join(names[:3])})" if names else ""
         raise FPNError(f"{path}: refused: not a {what} of tensors and plain data{shown}; fpnunet never unpickles "
                        f"a model file, because unpickling can run code") from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001  (any text or binary file: IndexError, struct.error, ... one line)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FPNError(f"{path}: not a readable {what} ({first})") from None
 
@@ -173,10 +173,39 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise FPNError(f"{path}: not an fpnunet checkpoint (missing {', '.join(missing)}; see docs/layout.md)")
     fmt = ckpt.get("format")  # absent in hand-made files that load weights-only: data all the same
-    if isinstance(fmt, dict) and int(fmt.get("version", 0)) > FORMAT_VERSION:
-        raise FPNError(f"{path}: checkpoint format {fmt.get('version')} is newer than this fpnunet reads "
+    version = fmt.get("version", 0) if isinstance(fmt, dict) else 0
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise FPNError(f"{path}: not an fpnunet checkpoint (format version {version!r} is not a whole number)")
+    if version > FORMAT_VERSION:
+        raise FPNError(f"{path}: checkpoint format {version} is newer than this fpnunet reads "
                        f"({FORMAT_VERSION}); update fpnunet")
+    check_structure(ckpt, path)
     return ckpt
+
+
+def check_structure(ckpt: dict[str, Any], path: Path) -> None:
+    """The values a network is built from, checked before anything is built: ``network`` a name
+    and keyword arguments, positive channel and output counts, a ``state_dict`` of named tensors
+    each backed by as many bytes as it has elements (a stride-0 tensor of 2^40 elements on a few
+    bytes would allocate terabytes when copied)."""
+    net = ckpt["network"]
+    if not (isinstance(net, dict) and isinstance(net.get("name"), str) and isinstance(net.get("kwargs", {}), dict)):
+        raise FPNError(f"{path}: not an fpnunet checkpoint ('network' must be {{name, kwargs}}, got "
+                       f"{type(net).__name__})")
+    for key in ("in_channels", "num_outputs"):
+        v = ckpt[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 4096:
+            raise FPNError(f"{path}: not an fpnunet checkpoint ('{key}' must be a whole number in 1..4096, "
+                           f"got {v!r})")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                              for k, t in state.items()):
+        raise FPNError(f"{path}: not an fpnunet checkpoint ('state_dict' must map names to tensors)")
+    for name, t in state.items():
+        need = t.numel() * t.element_size()
+        if need > t.untyped_storage().nbytes() - t.storage_offset() * t.element_size():
+            raise FPNError(f"{path}: tensor {name} claims {t.numel()} elements ({need / 2**30:.1f} GiB) on "
+                           f"{t.untyped_storage().nbytes()} bytes of data: not weights fpnunet writes")
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError
+from fpnunet.lifeline import child_dies_with_us, die_with_parent
 
 T = TypeVar("T")
 
@@ -121,6 +122,8 @@ def setup(device: str) -> str:
         return resolved
     import torch
 
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # started by torchrun's agent: end with it (a kill -9 of the
+        die_with_parent(os.getppid())  # agent would otherwise leave this rank running as an orphan)
     dist = _dist()
     backend = "nccl" if resolved.startswith("cuda") else "gloo"
     if resolved.startswith("cuda"):
@@ -365,4 +368,4 @@ def launch(module: str, argv: Sequence[str], nproc: int) -> int:
 
     command = launch_command(module, argv, nproc)
     print(f"launching {nproc} processes: {' '.join(command[1:])}", flush=True)
-    return subprocess.call(command)
+    return subprocess.call(command, preexec_fn=child_dies_with_us)  # noqa: PLW1509  (kill -9 of us ends the agent)

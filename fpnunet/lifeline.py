@@ -7,6 +7,11 @@ live on as an orphan holding gigabytes. Two mechanisms, both installed by the ch
 * everywhere (macOS included): a daemon thread that checks every ``interval`` seconds whether the
   parent is still the process that started it (``os.getppid()`` changes when a parent dies:
   the orphan is re-parented) and ends the child with ``os._exit`` otherwise.
+
+The same holds for the ranks torchrun starts (:func:`fpnunet.distributed.setup` calls
+:func:`die_with_parent` in each rank: its parent is torchrun's agent) and for the agent that
+``fpn_train --gpus N`` starts (:func:`child_dies_with_us`, a ``preexec_fn``), so a ``kill -9`` of
+the agent or of the command ends every rank instead of leaving them to run on as orphans.
 """
 from __future__ import annotations
 
@@ -48,3 +53,9 @@ def die_with_parent(parent_pid: int, interval: float = 1.0) -> None:
     if os.getppid() != parent_pid:  # the parent died before we got here
         os._exit(1)
     threading.Thread(target=_watch, args=(parent_pid, interval), name="fpn-lifeline", daemon=True).start()
+
+
+def child_dies_with_us() -> None:
+    """``subprocess.Popen(..., preexec_fn=child_dies_with_us)``: the started program (``exec``
+    keeps the setting) is killed when this process dies (Linux; elsewhere a no-op)."""
+    _linux_pdeathsig()

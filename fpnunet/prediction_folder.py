@@ -5,6 +5,8 @@
       CASE.npz                         --save-probabilities: probabilities (K, B, A), label_values
       lesion_areas.csv                 one row per case and class (lesion_areas.part-I-of-K.csv per part)
       failed_cases.csv                 case,error of the inputs that could not be predicted (only when some failed)
+      cases.part-I-of-K.json           a part's case list: every input case and the part's own (until merged)
+      .fpn_predict_lock[.part-I-of-K]  while a fpn_predict (part) writes here: one writer per folder (or part)
 
 and the one rule by which a label map (a prediction or a reference) is read
 (:func:`read_label_map`, :func:`check_label_values`): a 2D integer map, no NaN/Inf, every value one
@@ -21,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fpnunet.atomic import write_atomic
+from fpnunet.atomic import load_json, save_json, write_atomic
 from fpnunet.errors import FPNError
+from fpnunet.results_layout import FoldLock
 
 if TYPE_CHECKING:  # numpy and fpnunet.io (SimpleITK) are imported where files are listed or read, so
     import numpy as np  # that fpn_predict and fpn_report stay light until they run (their --help)
@@ -30,6 +33,8 @@ if TYPE_CHECKING:  # numpy and fpnunet.io (SimpleITK) are imported where files a
 AREAS_FILE = "lesion_areas.csv"
 FAILED_FILE = "failed_cases.csv"
 FAILED_COLUMNS = ("case", "error")
+WRITER_LOCK = ".fpn_predict_lock"
+_LOCK_PART_RE = re.compile(r"^\.fpn_predict_lock(\.part-(?P<i>\d+)-of-(?P<k>\d+))?$")
 _PART_RE = re.compile(r"^(?P<table>lesion_areas|failed_cases)\.part-(?P<i>\d+)-of-(?P<k>\d+)\.csv$")
 
 
@@ -69,6 +74,35 @@ class PredictionFolder:
 
     def failed_file(self, part_id: int = 0, num_parts: int = 1) -> Path:
         return self.folder / part_name(FAILED_FILE, part_id, num_parts)
+
+    def part_cases_file(self, part_id: int, num_parts: int) -> Path:
+        """``cases.part-I-of-K.json``: the case list part ``I`` was given (merged parts are checked on it)."""
+        return self.folder / f"cases.part-{part_id}-of-{num_parts}.json"
+
+    def write_part_cases(self, inputs: Iterable[str], cases: Iterable[str], part_id: int, num_parts: int) -> None:
+        """Record every input case (of all parts) and this part's own, before the part predicts."""
+        save_json({"part_id": part_id, "num_parts": num_parts, "inputs": sorted(inputs), "cases": sorted(cases)},
+                  self.part_cases_file(part_id, num_parts))
+
+    def read_part_cases(self, part_id: int, num_parts: int) -> tuple[list[str], list[str]]:
+        """``(inputs, cases)`` of :meth:`write_part_cases`; a missing or malformed list is an error."""
+        path = self.part_cases_file(part_id, num_parts)
+        rerun = f"rerun fpn_predict --num-parts {num_parts} --part-id {part_id}"
+        if not path.is_file():
+            raise FPNError(f"{path}: missing: part {part_id} of {num_parts} has no case list ({rerun})")
+        try:
+            d = load_json(path)
+            inputs, cases = d["inputs"], d["cases"]
+            if (d["part_id"], d["num_parts"]) != (part_id, num_parts) or not all(
+                    isinstance(c, str) for c in [*inputs, *cases]):
+                raise ValueError("not this part's list")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FPNError(f"{path}: not a readable case list ({exc}); {rerun}") from None
+        return list(inputs), list(cases)
+
+    def writer_lock(self, part_id: int = 0, num_parts: int = 1) -> PredictionLock:
+        """The lock one writer holds (not yet acquired): see :class:`PredictionLock`."""
+        return PredictionLock(self.folder, part_id, num_parts)
 
     # ------------------------------------------------------------------ masks
     def masks(self) -> dict[str, Path]:
@@ -144,6 +178,48 @@ class PredictionFolder:
             if m and m.group("table") == stem:
                 parts.setdefault(int(m.group("k")), {})[int(m.group("i"))] = p
         return parts
+
+
+class PredictionLock:
+    """One writer per prediction folder: ``.fpn_predict_lock`` (a whole run, or ``--merge-parts``) or
+    ``.fpn_predict_lock.part-I-of-K`` (a part). :meth:`acquire` creates the folder, takes the lock
+    (that of a dead process is taken over) and refuses while any other live writer holds one,
+    except the other parts of the same split, which write side by side."""
+
+    def __init__(self, folder: Path, part_id: int = 0, num_parts: int = 1) -> None:
+        self.folder, self.part = Path(folder), (part_id, num_parts)
+        name = WRITER_LOCK if num_parts == 1 else f"{WRITER_LOCK}.part-{part_id}-of-{num_parts}"
+        self.lock = FoldLock(self.folder, "fpn_predict", name)
+
+    def acquire(self, inputs: list[str] | None = None, cases: list[str] | None = None) -> PredictionLock:
+        """Take the lock; a part given ``inputs`` (every input case) and ``cases`` (its own) then
+        records them (:meth:`PredictionFolder.write_part_cases`) for ``--merge-parts``."""
+        self.lock.acquire()
+        for p in sorted(self.folder.iterdir()):
+            m = _LOCK_PART_RE.match(p.name)
+            if not m or p == self.lock.path:
+                continue
+            other = (int(m.group("i") or 0), int(m.group("k") or 1))
+            if other[1] == self.part[1] > 1:  # another part of the same split
+                continue
+            owner = FoldLock(self.folder, name=p.name).live_owner()
+            if owner is not None:
+                self.lock.release()
+                raise FPNError(f"{self.folder} is being written by another fpn_predict (PID {owner.get('pid')}, "
+                               f"started {owner.get('started', '?')}: {owner.get('command', '?')}); wait for it "
+                               f"or use another -o folder")
+        if inputs is not None and self.part[1] > 1:
+            PredictionFolder(self.folder).write_part_cases(inputs, cases or [], *self.part)
+        return self
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> PredictionLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 # ----------------------------------------------------------------------------- the reading rule

@@ -42,6 +42,34 @@ def _rerun(hint: str | None) -> str:
     return hint or "rerun fpn_plan_and_preprocess for this dataset"
 
 
+def npy_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole ``.npy`` array (``None`` when it is), from its header and its
+    size alone: unreadable header, Python objects, or fewer bytes than the header's shape needs."""
+    import numpy as np  # lazy: start-up time (SimpleITK)
+
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:  # a newer header layout: let numpy map it
+                np.load(path, mmap_mode="r")
+                return None
+            offset = f.tell()
+    except (OSError, ValueError, EOFError) as exc:
+        return f"not a readable .npy array ({exc})"
+    if dtype.hasobject:
+        return "holds Python objects, not numbers"
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < need:
+        return f"truncated ({size} of {need} bytes)"
+    return None
+
+
 @dataclass(frozen=True)
 class PreprocessedDataset:
     """One preprocessed ``<data_identifier>`` folder. ``PreprocessedDataset(folder)`` names and
@@ -112,14 +140,44 @@ class PreprocessedDataset:
             raise FPNError(f"case {case}: cannot write to {self.folder} ({exc})") from None
 
     def is_done(self, case: str, signature: str) -> bool:
-        """Whether ``case`` is finished with properties carrying ``signature``."""
+        """Whether ``case`` is finished ("up to date"): properties carrying ``signature`` and every
+        file they list there and whole (:meth:`case_problem`)."""
         path = self.properties_file(case)
         if not path.is_file():
             return False
         try:
-            return load_json(path).get("signature") == signature
-        except (ValueError, OSError, AttributeError):
+            props = load_json(path)
+            if props.get("signature") != signature:
+                return False
+            enface = [str(m) for m in props.get("enface", [])]
+            return self.case_problem(case, bool(props.get("labelled")), enface) is None
+        except (ValueError, OSError, AttributeError, TypeError):
             return False
+
+    def case_problem(self, case: str, labelled: bool, enface: list[str]) -> tuple[Path, str] | None:
+        """``(file, what is wrong)`` for the first file of ``case`` that is missing, not whole (a
+        ``.npy`` shorter than its header says, holding objects) or not valid JSON; ``None`` if all are."""
+        for p in self.case_files(case, labelled, enface):
+            if not p.is_file():
+                return p, "missing"
+            why = npy_problem(p) if p.suffix == ".npy" else None
+            if p.suffix == ".json":
+                try:
+                    self.properties(case)
+                except FPNError as exc:
+                    why = str(exc).split(": ", 1)[-1]
+            if why:
+                return p, why
+        return None
+
+    def check_cases(self, cases: list[str], hint: str | None = None) -> None:
+        """Every file of ``cases`` there and whole (:meth:`case_problem`), checked before a run
+        deletes or writes anything; :class:`FPNError` naming the first bad file otherwise."""
+        for case in cases:
+            entry = self.cases.get(case, {"labelled": True, "enface": []})
+            problem = self.case_problem(case, bool(entry["labelled"]), list(entry["enface"]))
+            if problem:
+                raise FPNError(f"{problem[0]}: {problem[1]}: {_rerun(hint)}")
 
     def tidy(self, cases: set[str], modalities: list[str]) -> None:
         """Remove temporary files of an interrupted run and the files of cases not in ``cases``."""

@@ -184,11 +184,22 @@ class FoldLock:
     use it as a context manager.
     """
 
-    def __init__(self, fold_dir: str | Path, program: str = "") -> None:
+    def __init__(self, fold_dir: str | Path, program: str = "", name: str = LOCK_FILE) -> None:
         self.fold_dir = Path(fold_dir)
-        self.path = self.fold_dir / LOCK_FILE
+        self.path = self.fold_dir / name
         self.program = program
         self.held = False
+
+    def live_owner(self) -> dict | None:
+        """The record of the process holding this lock, when it is alive (and not this one)."""
+        owner = self._read()
+        if not owner:
+            return None
+        pid = int(owner.get("pid", 0) or 0)
+        same_host = owner.get("host", socket.gethostname()) == socket.gethostname()
+        if same_host and (pid == os.getpid() or not _pid_alive(pid)):
+            return None
+        return owner
 
     def _record(self) -> dict:
         return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -46,6 +46,14 @@ class Loaded:
 
 
 
+def case_of_message(message: str) -> str:
+    """The case an input error names (its file name without ending and channel suffix)."""
+    from fpnunet.io import strip_ending  # lazy: start-up time
+
+    stem = strip_ending(Path(message.split(": ", 1)[0]).name)
+    return stem[:-5] if stem[-5:-4] == "_" and stem[-4:].isdigit() else stem
+
+
 def collect_inputs(folder: Path) -> tuple[list[InputCase], list[str], list[str]]:
     """Group ``CASE_XXXX<ending>`` files by case (any ending SimpleITK reads).
 

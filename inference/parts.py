@@ -7,9 +7,12 @@
   areas into ``lesion_areas.part-I-of-K.csv`` instead of ``lesion_areas.csv`` (and its failed
   inputs, if any, into ``failed_cases.part-I-of-K.csv``), so parts never overwrite each other's
   tables (names: :class:`fpnunet.prediction_folder.PredictionFolder`).
+* Each part records the case list it was given, and every input case, in ``cases.part-I-of-K.json``.
 * :func:`merge_parts` (``fpn_predict -o OUT --merge-parts``) checks that all ``K`` part tables are
-  there, joins them in case order into ``lesion_areas.csv`` (the file one run writes), joins the
-  failed-case part tables into ``failed_cases.csv`` and removes the part tables.
+  there and that together they cover the inputs exactly (:func:`check_coverage`: same inputs, no
+  gap, no overlap, no row twice or of another part's case), joins them in case order into
+  ``lesion_areas.csv`` (the file one run writes), joins the failed-case part tables into
+  ``failed_cases.csv`` and removes the part tables and case lists.
 * :func:`run_on_devices` (``fpn_predict ... --devices cuda:0 cuda:1``): one process per device, each
   a part, their output streamed with a ``[part I @ DEVICE]`` prefix, then the merge.
 """
@@ -45,13 +48,20 @@ def select_part(items: Sequence[T], num_parts: int, part_id: int) -> list[T]:
 
 def merge_parts(out_dir: str | Path, keep: bool = False) -> Path:
     """Join ``out_dir``'s part tables into ``lesion_areas.csv`` (rows in case order, as one run
-    writes them); removes the part tables unless ``keep``. Missing parts are an error naming them."""
-    import pandas as pd
-
+    writes them); removes the part tables and case lists unless ``keep``. Missing parts, parts made
+    from different inputs, gaps, overlaps and rows of cases a part was not given are errors
+    (:func:`check_coverage`); nothing is written then. Holds the folder's writer lock."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FPNError(f"{out_dir}: output folder not found")
-    folder = PredictionFolder(out_dir)
+    with PredictionFolder(out_dir).writer_lock():
+        return _merge(PredictionFolder(out_dir), keep)
+
+
+def _merge(folder: PredictionFolder, keep: bool) -> Path:
+    import pandas as pd
+
+    out_dir = folder.folder
     parts = folder.part_tables(AREAS_FILE)
     if not parts:
         raise FPNError(f"{out_dir}: no part tables lesion_areas.part-I-of-K.csv to merge "
@@ -70,20 +80,58 @@ def merge_parts(out_dir: str | Path, keep: bool = False) -> Path:
             frames.append(pd.read_csv(found[i], dtype={"case": str, "class": str}, keep_default_na=False))
         except (OSError, ValueError) as exc:
             raise FPNError(f"{found[i]}: not a readable lesion_areas table ({exc})") from None
+    failed_parts = folder.part_tables(FAILED_FILE).get(k, {})
+    failed = [PredictionFolder.read_failed_table(failed_parts[i]) if i in failed_parts else {} for i in range(k)]
+    check_coverage(folder, k, [list(zip(f.get("case", []), f.get("class", []))) for f in frames], failed)
     rows = [f for f in frames if len(f)]  # a part without cases has only the header
     target = folder.areas_file()
     if rows:  # no lesion table at all when no case was predicted, as for one run
         table = pd.concat(rows, ignore_index=True).sort_values("case", kind="mergesort", ignore_index=True)
         write_atomic(target, lambda tmp: table.to_csv(tmp, index=False), suffix=".csv")  # stable: class order kept
-    failed_parts = folder.part_tables(FAILED_FILE).get(k, {})
-    failed: dict[str, str] = {}
-    for p in failed_parts.values():
-        failed.update(PredictionFolder.read_failed_table(p))
-    folder.write_failed(failed)
+    folder.write_failed({c: e for part in failed for c, e in part.items()})
     if not keep:
-        for p in [*found.values(), *failed_parts.values()]:
-            p.unlink()
+        for p in [*found.values(), *failed_parts.values(), *(folder.part_cases_file(i, k) for i in range(k))]:
+            p.unlink(missing_ok=True)
     return target
+
+
+def check_coverage(folder: PredictionFolder, k: int, rows: Sequence[Sequence[tuple[str, str]]],
+                   failed: Sequence[dict[str, str]]) -> None:
+    """The ``k`` parts together predicted every input case exactly once: they saw the same inputs,
+    their case lists neither overlap nor leave a case out, and each part's table (``rows``:
+    ``(case, class)`` per part) and failed cases name only its own cases, each once."""
+    lists = [folder.read_part_cases(i, k) for i in range(k)]
+    inputs = lists[0][0]
+    for i, (seen, _) in enumerate(lists[1:], 1):
+        if seen != inputs:
+            raise FPNError(f"{folder.part_cases_file(i, k)}: part {i} of {k} saw {len(seen)} input case(s), part 0 "
+                           f"saw {len(inputs)} (the input folder changed between the parts); rerun every part")
+    owner: dict[str, int] = {}
+    for i, (_, cases) in enumerate(lists):
+        for c in cases:
+            if c in owner:
+                raise FPNError(f"{folder.part_cases_file(i, k)}: case {c} is also in part {owner[c]}: the parts "
+                               f"overlap; rerun every part with the same --num-parts {k}")
+            owner[c] = i
+    gaps = sorted(set(inputs) - set(owner))
+    if gaps or set(owner) - set(inputs):
+        raise FPNError(f"{folder.folder}: the parts' case lists do not cover the inputs ({len(gaps)} case(s) never "
+                       f"predicted, e.g. {(gaps or sorted(set(owner) - set(inputs)))[0]}); rerun every part")
+    for i, (part_rows, part_failed) in enumerate(zip(rows, failed, strict=True)):
+        table = folder.areas_file(i, k)
+        own = set(lists[i][1])
+        stray = sorted({c for c, _ in part_rows if c not in own} | (set(part_failed) - own))
+        if stray:
+            raise FPNError(f"{table}: case {stray[0]} is not one of part {i}'s cases; rerun part {i}")
+        seen_rows: set[tuple[str, str]] = set()
+        for row in part_rows:
+            if row in seen_rows:
+                raise FPNError(f"{table}: case {row[0]} class {row[1]} appears twice; rerun part {i}")
+            seen_rows.add(row)
+        absent = sorted(own - {c for c, _ in part_rows} - set(part_failed))
+        if absent:
+            raise FPNError(f"{table}: case {absent[0]} of part {i} has neither a row nor a failed-case entry "
+                           f"({len(absent)} such case(s)); rerun part {i}")
 
 
 def strip_devices(argv: Sequence[str]) -> list[str]:

@@ -27,7 +27,8 @@ def test_union_of_two_parts_is_the_single_run_bitwise(inputs, capsys):
     assert _run([*common, "-o", str(tmp / "single")]) == 0
     parts = tmp / "parts"
     assert _run([*common, "-o", str(parts), "--num-parts", "2", "--part-id", "1"]) == 0
-    assert sorted(p.name for p in parts.iterdir()) == ["caseB.nii.gz", "caseB.npz", "lesion_areas.part-1-of-2.csv"]
+    assert sorted(p.name for p in parts.iterdir()) == ["caseB.nii.gz", "caseB.npz", "cases.part-1-of-2.json",
+                                                      "lesion_areas.part-1-of-2.csv"]
     with pytest.raises(FPNError, match=r"part\(s\) 0 of 2 have no lesion_areas table"):
         merge_parts(parts)
     assert _run([*common, "-o", str(parts), "--num-parts", "2", "--part-id", "0"]) == 0

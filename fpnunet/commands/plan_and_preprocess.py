@@ -13,6 +13,7 @@ to the preprocessed folder then. Otherwise it writes ``dataset.json`` (a copy),
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 
@@ -79,6 +80,9 @@ def runtime_note(plan: Plan, device: str | None = None) -> str:
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     if args.num_processes < 1:
         raise FPNError(f"-np must be at least 1, got {args.num_processes}")
+    gb = args.gpu_memory_gb
+    if gb is not None and not (math.isfinite(gb) and gb > 0):
+        raise FPNError(f"--gpu-memory-gb must be a finite number of GiB > 0, got {gb}")
     return PreprocessConfig(args.dataset, args.num_processes, args.verify_only, args.clean, args.gpu_memory_gb,
                             tuple(args.config), args.calibrate, args.no_preprocess, args.progress)
 

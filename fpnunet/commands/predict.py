@@ -46,10 +46,11 @@ from fpnunet import cli_args, results_layout
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
 from fpnunet.inference.inputs import Loaded, collect_inputs
+from fpnunet.inference.inputs import case_of_message as _case_of_message
 from fpnunet.inference.inputs import reader as read_ahead
 from fpnunet.inference.parts import check_part, merge_parts, run_on_devices, select_part
 from fpnunet.paths import preprocessed_root, raw_dir, resolve_dataset, results_dir, results_root
-from fpnunet.prediction_folder import PredictionFolder
+from fpnunet.prediction_folder import PredictionFolder, PredictionLock
 from fpnunet.raw_dataset import DATASET_FILE, enface_dir
 from fpnunet.report.visits import visits_from_dataset
 
@@ -234,9 +235,17 @@ def run(config: PredictConfig) -> int:
     if config.merge_parts:
         print(f"fpn_predict: merged into {merge_parts(out_dir)}", file=sys.stderr)
         return 0
-    in_dir, model_dir, folds = config.input, config.model_dir, config.folds
     if config.devices:
         return run_on_devices(list(config.argv), list(config.devices), out_dir)
+    lock = PredictionFolder(out_dir).writer_lock(config.part_id, config.num_parts)  # one writer per folder
+    try:
+        return _predict(config, lock)
+    finally:
+        lock.release()
+
+
+def _predict(config: PredictConfig, lock: PredictionLock) -> int:
+    out_dir, in_dir, model_dir, folds = config.output, config.input, config.model_dir, config.folds
     from tqdm import tqdm
 
     from fpnunet.inference.predictor import Predictor  # lazy: start-up time
@@ -260,6 +269,7 @@ def run(config: PredictConfig) -> int:
     items, errors, warnings = collect_inputs(in_dir)
     if not items and not errors:
         raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
+    inputs = [item.case for item in items] + [_case_of_message(e) for e in errors]
     if config.num_parts > 1:  # this part's cases, and its share of the misnamed files' errors
         items = select_part(items, config.num_parts, config.part_id)
         errors = select_part(errors, config.num_parts, config.part_id)
@@ -276,7 +286,7 @@ def run(config: PredictConfig) -> int:
         print(f"warning: {w}", file=sys.stderr)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    lock.acquire(inputs, [i.case for i in items] + [_case_of_message(e) for e in errors])  # creates out_dir
     print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
           f"({config.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}, "
           f"{'bf16' if predictor.amp else 'fp32'}, channels-last, "
@@ -380,14 +390,6 @@ def _visit_columns(dataset_json: dict[str, Any]) -> dict[str, dict[str, str | No
     """``{case: {"patient", "eye", "visit"}}`` from dataset.json (pseudonymised fields only)."""
     return {c: {"patient": v.patient, "eye": v.eye, "visit": v.date.isoformat() if v.date else None}
             for c, v in visits_from_dataset(dataset_json, DATASET_FILE).items()}
-
-
-def _case_of_message(message: str) -> str:
-    """The case an input error names (its file name without ending and channel suffix)."""
-    from fpnunet.io import strip_ending  # lazy: start-up time
-
-    stem = strip_ending(Path(message.split(": ", 1)[0]).name)
-    return stem[:-5] if stem[-5:-4] == "_" and stem[-4:].isdigit() else stem
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -122,6 +122,9 @@ def check_flags(args: Any) -> None:
     val_fraction = getattr(args, "val_fraction", None)
     if val_fraction is not None and not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
         raise FPNError(f"--val-fraction must be a number in [0, 1), got {val_fraction!r}")
+    heartbeat = getattr(args, "heartbeat", None)
+    if heartbeat is not None:  # 0: no heartbeat
+        check_positive("heartbeat", heartbeat, "", zero=True)
     if getattr(args, "seed", 0) is not None and int(getattr(args, "seed", 0)) < 0:
         raise FPNError(f"--seed must be >= 0, got {args.seed}")
     check_enface_flag(getattr(args, "enface_channels", None))

@@ -68,3 +68,33 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str,
                    epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
     """The per-epoch schedule ``schedule`` names."""
     return SCHEDULES.get(schedule)(optimizer, epochs)
+
+
+def apply_on_resume(old: dict[str, Any], config: Any, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> list[str]:
+    """``--continue`` with another ``--lr`` or ``--weight-decay``: the restored optimizer and schedule
+    take the new values (every group's lr and the schedule's base scaled by new/old, so the schedule
+    goes on from the resumed epoch at the new level, over the run's ``epochs``, which ``--continue
+    --epochs N`` may have raised). Returns the changes, as ``"lr 0.1 -> 0.5"``."""
+    changes: list[str] = []
+    old_lr, old_wd = old.get("lr"), old.get("weight_decay")
+    if isinstance(old_lr, (int, float)) and old_lr > 0 and float(old_lr) != config.lr:
+        factor = config.lr / float(old_lr)
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+        if scheduler is not None:
+            scheduler.base_lrs = [b * factor for b in scheduler.base_lrs]
+        changes.append(f"lr {float(old_lr):g} -> {config.lr:g}")
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if scheduler is not None and lambdas is not None:  # the schedule's value at the resumed epoch, by the
+        for group, base, f in zip(optimizer.param_groups, scheduler.base_lrs, lambdas, strict=True):  # run's
+            group["lr"] = base * f(scheduler.last_epoch)  # epochs (as step() computed it when nothing changed)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
+    if isinstance(old_wd, (int, float)) and float(old_wd) != config.weight_decay:
+        for group in optimizer.param_groups:
+            if group.get("weight_decay") == float(old_wd):
+                group["weight_decay"] = config.weight_decay
+        changes.append(f"weight decay {float(old_wd):g} -> {config.weight_decay:g}")
+    return changes

@@ -6,8 +6,9 @@ model, loss and optimizer, run the epoch loop, export.
     summary = run(config, argv)        # rank 0: the trainer's export (fpn_train: the final validation)
 
 Before the fold folder is touched the trainer is built (loss, optimizer and augmentation names
-are looked up), the model made and ``--pretrained``/``--encoder-weights`` read, so a bad name or
-file never costs an ``--overwrite``n run. Then the fold's lock is taken
+are looked up), the model made, every case file checked whole and the batch's memory estimated
+(:mod:`.preflight`), and ``--pretrained``/``--encoder-weights`` read, so bad data, a bad name or
+file, or a batch the machine cannot hold never costs an ``--overwrite``n run. Then the fold's lock is taken
 (:class:`fpnunet.results_layout.FoldLock`: a second run on the fold is refused), temp files of
 killed runs are removed, ``--overwrite`` deletes the earlier run, ``plans.json``/``dataset.json``
 are copied into the model folder, ``command.txt`` and ``run_config.json`` are written, and a
@@ -33,6 +34,8 @@ from fpnunet.networks.rebuild import model_from_checkpoint
 from fpnunet.plans.plan import Plan
 from fpnunet.results_layout import FINAL, LATEST, PRETRAINED_FILE, FoldLock, clean_temp_files
 from fpnunet.training.loop import EpochCallback, EpochLoop
+from fpnunet.training.optim import apply_on_resume
+from fpnunet.training.preflight import check_data, check_memory
 from fpnunet.training.pretrained import LoadReport, load_pretrained
 from fpnunet.training.run_config import RunConfig, saved_settings
 from fpnunet.training.run_folder import check_start, copy_model_files, write_command
@@ -53,6 +56,9 @@ def run(config: RunConfig, argv: Sequence[str], callbacks: Sequence[EpochCallbac
     trainer = make_trainer(config)
     trainer.check_start()
     spec, model = trainer.build_network()
+    check_data(config)  # every case file whole, and the batch fits, before --overwrite deletes anything
+    conf = trainer.configuration
+    check_memory(config, model, (int(conf.patch_size[0]), int(conf.patch_size[1])), int(conf.depth), conf.batch_size)
     encoder_state = None
     report = None
     if not config.resume:  # a bad file fails before --overwrite deletes anything
@@ -83,7 +89,9 @@ def run(config: RunConfig, argv: Sequence[str], callbacks: Sequence[EpochCallbac
         loop = EpochLoop(trainer, model, optimizer, scheduler, config, config.fold_dir, spec, callbacks)
         if checkpoint is not None:
             loop.resume(checkpoint)
-            print(f"resumed from {Path(config.fold_dir) / LATEST} after epoch {loop.start_epoch}")
+            changed = apply_on_resume(saved_settings(checkpoint), config, optimizer, scheduler)
+            fdist.say(f"resumed from {Path(config.fold_dir) / LATEST} after epoch {loop.start_epoch}"
+                      + (f"; applied from epoch {loop.start_epoch + 1} on: {', '.join(changed)}" if changed else ""))
         try:
             loop.run()
         except KeyboardInterrupt:
