@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,14 @@ class CardCheck:
     def of(cls, model_dir: str | os.PathLike) -> CardCheck | None:
         card = read_card(model_dir)
         return cls(card) if card is not None else None
+
+    @classmethod
+    def announce(cls, model_dir: str | os.PathLike) -> CardCheck | None:
+        """:meth:`of`, printing the card's line on stderr."""
+        check = cls.of(model_dir)
+        if check is not None:
+            print(check.line, file=sys.stderr)
+        return check
 
     @property
     def line(self) -> str:

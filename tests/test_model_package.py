@@ -225,3 +225,27 @@ def test_the_weights_are_safetensors_of_the_checkpoint(package, tmp_path):
     assert set(tensors) == set(state)
     for k, v in state.items():
         np.testing.assert_array_equal(tensors[k], v.numpy())
+
+
+def test_card_warnings_on_spacing_and_device():
+    from fpnunet.model_card import CardCheck, CardFacts, build_card, card_markdown
+
+    facts = CardFacts(model="m", dataset="Dataset900_X", configuration="fpn", network="fpn",
+                      labels={"background": 0, "GA": 1}, channel_names={"0": "OCT"}, enface_modalities=["SLO"],
+                      checkpoint="final", folds=["0", "1"], epochs={"0": 2, "1": 2}, licence="internal",
+                      fingerprint={"num_labelled": 3, "num_unlabelled": 1, "cases": {
+                          "a": {"spacing": [0.12, 0.004, 0.011]}, "b": {"spacing": [0.06, 0.004, 0.006]}}},
+                      fold_dice={"0": 0.8, "1": 0.6}, devices=["DICOM OPT"])
+    card = build_card(facts, "2026-01-01")
+    assert card["cross_validation"]["mean"] == pytest.approx(0.7)
+    assert card["cross_validation"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert card["training_data"]["spacing_min_bda_mm"] == [0.06, 0.004, 0.006]
+    check = CardCheck(card)
+    assert "CV Dice 0.700 +/- 0.141 over 2 fold(s)" in check.line and "3 labelled + 1 unlabelled" in check.line
+    assert check.check("c", (0.1, 0.01)) == []
+    assert check.check("c", (0.065, 0.0057)) == []  # within 10 % of the smallest spacing seen
+    (note,) = check.check("c", (0.2, 0.01))
+    assert note.startswith("c: en-face spacing 0.2 x 0.01 mm (B x A) lies outside") and "along B" in note
+    (note,) = check.check("c", (0.1, 0.01), device="HEYEX VOL")
+    assert "device HEYEX VOL is not one the model saw (DICOM OPT" in note
+    assert "| 1 | 0.6000 |" in card_markdown(card)

@@ -247,9 +247,7 @@ def run(config: PredictConfig) -> int:
                                             amp={"auto": None, "bf16": True, "fp32": False}[config.precision])
     from fpnunet.model_card import CardCheck  # lazy: start-up time
 
-    card = CardCheck.of(model_dir)  # a model installed from a package: its card's line, per case its warnings
-    if card is not None:
-        print(card.line, file=sys.stderr)
+    card = CardCheck.announce(model_dir)  # a model installed from a package: its card's line, per case warnings
     plan = predictor.plan
     ending = config.file_ending or (predictor.dataset_info.file_ending if predictor.dataset_info else plan.file_ending)
     if not ending.startswith("."):
