@@ -37,13 +37,18 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.4", "import-linter>=2.1", "eyepy>=0.21", "pydicom>=3.0", "Pillow>=9.1"],
+        "dev": ["pytest>=7", "ruff>=0.4", "import-linter>=2.1", "eyepy>=0.21", "pydicom>=3.0", "Pillow>=9.1",
+                "safetensors>=0.4", "highdicom>=0.22", "onnx>=1.15", "onnxruntime>=1.17"],
         # fpn_import: device exports (HEYEX VOL/XML/E2E via eyepy; DICOM OPT/OP via pydicom; Topcon FDA/FDS
         # by fpnunet's own reader, whose JPEG 2000 B-scans Pillow decodes)
         "import": ["eyepy>=0.21", "pydicom>=3.0", "Pillow>=9.1"],
         # any timm CNN as the 2D encoder of omnia/dsnet/dxnet, and --encoder-weights imagenet
         # (resnet18/resnet34 are built in); timm needs a torchvision built for your torch
         "timm": ["timm>=1.0"],
+        # fpn_export_model / fpn_install_model (weights as safetensors, never a pickle), DICOM
+        # Segmentation output (highdicom), ONNX export and its onnxruntime parity check
+        "handover": ["safetensors>=0.4", "highdicom>=0.22", "pydicom>=3.0", "Pillow>=9.1", "onnx>=1.15",
+                     "onnxruntime>=1.17"],
         # benchmarks/nnunet_projection.py only: the nnU-Net v2 baseline, never imported by fpnunet
         "bench": ["nnunetv2>=2.5"],
     },
@@ -60,6 +65,8 @@ setup(
             "fpn_report=fpnunet.commands.report:main",
             "fpn_import=fpnunet.importer.cli:main",
             "fpn_convert_checkpoint=fpnunet.commands.convert_checkpoint:main",
+            "fpn_export_model=fpnunet.commands.export_model:main",
+            "fpn_install_model=fpnunet.commands.install_model:main",
         ]
     },
 )

@@ -254,6 +254,9 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
                                             tta=not config.disable_tta, whole_plane=config.whole_plane,
                                             step_fraction=config.step, window=config.window,
                                             amp={"auto": None, "bf16": True, "fp32": False}[config.precision])
+    from fpnunet.model_card import CardCheck  # lazy: start-up time
+
+    card = CardCheck.announce(model_dir)  # a model installed from a package: its card's line, per case warnings
     plan = predictor.plan
     ending = config.file_ending or (predictor.dataset_info.file_ending if predictor.dataset_info else plan.file_ending)
     if not ending.startswith("."):
@@ -317,6 +320,8 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
                     failed[loaded.case] = loaded.error
                     failures += 1
                     continue
+                for note in card.check(loaded.case, loaded.geometry.spacing) if card is not None else ():
+                    tqdm.write(f"warning: {note}", file=sys.stderr)
                 try:
                     known = len(predictor.window_plans)
                     if fused:
