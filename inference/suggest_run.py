@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +49,9 @@ def _preprocessed(predictor: Predictor, dataset: str) -> PreprocessedDataset | N
 
 
 def candidate_volumes(predictor: Predictor, dataset: str, folder: str | os.PathLike | None
-                      ) -> tuple[Iterator[Volume], str]:
-    """``(case, preprocessed volume, en-face spacing)`` of every candidate (lazily), and a line saying where
-    they come from."""
+                      ) -> tuple[Iterator[Volume], list[str], str]:
+    """``(case, preprocessed volume, en-face spacing)`` of every candidate (lazily), their names, and a
+    line saying where they come from."""
     if predictor.enface_inputs:
         raise FPNError("fpn_suggest_labels does not yet handle models with en-face input channels")
     if folder is not None:
@@ -69,7 +69,7 @@ def candidate_volumes(predictor: Predictor, dataset: str, folder: str | os.PathL
                     continue
                 yield loaded.case, loaded.volume, tuple(loaded.geometry.spacing)
 
-        return from_folder(), f"{len(items)} volume(s) of {folder}"
+        return from_folder(), [item.case for item in items], f"{len(items)} volume(s) of {folder}"
     data = _preprocessed(predictor, dataset)
     if data is None:
         raise FPNError(f"{preprocessed_dir(dataset)}: dataset {dataset} is not preprocessed for "
@@ -83,17 +83,17 @@ def candidate_volumes(predictor: Predictor, dataset: str, folder: str | os.PathL
         for case in cases:
             yield case, data.load_volume(case), tuple(data.geometry(case).spacing)
 
-    return from_dataset(), f"{len(cases)} unlabelled case(s) of dataset {dataset}"
+    return from_dataset(), cases, f"{len(cases)} unlabelled case(s) of dataset {dataset}"
 
 
-def labelled_features(predictor: Predictor, dataset: str) -> np.ndarray:
-    """Descriptors ``(N, d)`` of the dataset's labelled cases (projection only, their reference label
-    stands for the prediction); empty when the dataset is not preprocessed."""
+def labelled_features(predictor: Predictor, dataset: str, candidates: Collection[str] = ()) -> np.ndarray:
+    """Descriptors ``(N, d)`` of the dataset's labelled cases that are not ``candidates`` (their reference
+    label stands for the prediction); empty when the dataset is not preprocessed."""
     data = _preprocessed(predictor, dataset)
     if data is None:
         return np.zeros((0, 0), np.float32)
     feats = []
-    for case in data.labelled:
+    for case in sorted(set(data.labelled) - set(candidates)):
         label = (data.load_label(case) != 0).astype(np.float32)[None]
         feats.append(descriptor(data.load_volume(case, mmap=True), label))
     return np.stack(feats) if feats else np.zeros((0, 0), np.float32)

@@ -9,7 +9,7 @@ Candidates are the dataset's unlabelled volumes (its preprocessed cases without 
 ``imagesTr`` with no ``labelsTr`` file), or with ``-i`` every ``CASE_0000<ending>`` volume of a
 folder. Each is predicted by the model folder's ensemble with its members kept apart and ranked by
 uncertainty with some diversity (:mod:`fpnunet.inference.suggest`); the dataset's labelled cases
-count as already chosen, so volumes like them move down. Writes ``OUT/suggestions.csv`` and
+(but those being ranked) count as already chosen, so volumes like them move down. Writes ``OUT/suggestions.csv`` and
 ``OUT/suggestions.html`` (:mod:`fpnunet.suggestion_folder`). Put the new labels into ``labelsTr``
 and rerun ``fpn_plan_and_preprocess`` and ``fpn_train``: they pick the new labels up.
 """
@@ -101,8 +101,8 @@ def run(config: SuggestConfig) -> int:
     from fpnunet.suggestion_folder import SuggestionFolder  # lazy: start-up time
 
     predictor = Predictor.from_model_folder(config.model_dir, checkpoint=config.checkpoint, device=config.device)
-    volumes, where = candidate_volumes(predictor, config.dataset, config.input)
-    reference = labelled_features(predictor, config.dataset)
+    volumes, names, where = candidate_volumes(predictor, config.dataset, config.input)
+    reference = labelled_features(predictor, config.dataset, names)
     print(f"fpn_suggest_labels: {where}; {len(reference)} labelled case(s) count as chosen; "
           f"{len(predictor.networks)} fold(s) of {config.model_dir}", file=sys.stderr)
     ranked, data = score_volumes(predictor, config.model_dir, volumes, reference, config.diversity, config.pictures)
