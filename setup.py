@@ -63,6 +63,7 @@ setup(
             "fpn_evaluate=fpnunet.commands.evaluate:main",
             "fpn_paths=fpnunet.commands.paths:main",
             "fpn_report=fpnunet.commands.report:main",
+            "fpn_suggest_labels=fpnunet.commands.suggest_labels:main",
             "fpn_import=fpnunet.importer.cli:main",
             "fpn_convert_checkpoint=fpnunet.commands.convert_checkpoint:main",
             "fpn_export_model=fpnunet.commands.export_model:main",

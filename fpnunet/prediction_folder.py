@@ -7,6 +7,7 @@
       failed_cases.csv                 case,error of the inputs that could not be predicted (only when some failed)
       cases.part-I-of-K.json           a part's case list: every input case and the part's own (until merged)
       .fpn_predict_lock[.part-I-of-K]  while a fpn_predict (part) writes here: one writer per folder (or part)
+      uncertainty/CASE.npz             share of the ensemble's members calling a lesion per pixel (uint8 0..255)
 
 and the one rule by which a label map (a prediction or a reference) is read
 (:func:`read_label_map`, :func:`check_label_values`): a 2D integer map, no NaN/Inf, every value one
@@ -35,6 +36,11 @@ FAILED_FILE = "failed_cases.csv"
 FAILED_COLUMNS = ("case", "error")
 WRITER_LOCK = ".fpn_predict_lock"
 _LOCK_PART_RE = re.compile(r"^\.fpn_predict_lock(\.part-(?P<i>\d+)-of-(?P<k>\d+))?$")
+UNCERTAINTY_DIR = "uncertainty"
+UNCERTAINTY_COLUMNS = ("qc", "qc_score", "area_low_mm2", "area_high_mm2", "disagreement", "entropy",
+                       "fold_disagreement")
+"""The per-case uncertainty columns ``fpn_predict`` appends to ``lesion_areas.csv``
+(:mod:`fpnunet.inference.ensemble_scores`)."""
 _PART_RE = re.compile(r"^(?P<table>lesion_areas|failed_cases)\.part-(?P<i>\d+)-of-(?P<k>\d+)\.csv$")
 
 
@@ -68,6 +74,60 @@ class PredictionFolder:
     def probabilities_file(self, case: str) -> Path:
         """``CASE.npz``: the probabilities (``--save-probabilities``)."""
         return self.folder / f"{case}.npz"
+
+    def vote_map_file(self, case: str) -> Path:
+        """``uncertainty/CASE.npz``: the members' votes for a lesion (``votes``, uint8, 255 = every member)."""
+        return self.folder / UNCERTAINTY_DIR / f"{case}.npz"
+
+    def write_vote_map(self, case: str, votes: np.ndarray) -> Path:
+        """Write ``uncertainty/CASE.npz`` from a share in [0, 1] ``(B, A)``, atomically."""
+        import numpy as np  # lazy: start-up time
+
+        path = self.vote_map_file(case)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = np.round(np.clip(votes, 0, 1) * 255).astype(np.uint8)
+
+        def _w(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, votes=data)
+
+        write_atomic(path, _w, suffix=".npz")
+        return path
+
+    def read_vote_map(self, case: str) -> np.ndarray | None:
+        """The members' vote share ``(B, A)`` float32 in [0, 1], or ``None`` when the case has none."""
+        import numpy as np  # lazy: start-up time
+
+        path = self.vote_map_file(case)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return z["votes"].astype(np.float32) / 255.0
+        except (OSError, KeyError, ValueError) as exc:
+            raise FPNError(f"{path}: unreadable vote map ({exc})") from None
+
+    def read_qc(self) -> dict[str, dict[str, Any]]:
+        """``{case: {"qc", "qc_score", class: (area_low_mm2, area_high_mm2), ...}}`` from the uncertainty
+        columns of ``lesion_areas.csv`` (``{}`` when the table or its columns are absent)."""
+        path = self.areas_file()
+        if not path.is_file():
+            return {}
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise FPNError(f"{path}: cannot read the lesion-area table ({exc})") from None
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if not row.get("qc") or not row.get("case"):
+                continue
+            try:
+                entry = out.setdefault(row["case"], {"qc": row["qc"], "qc_score": float(row["qc_score"])})
+                entry[row.get("class", "")] = (float(row["area_low_mm2"]), float(row["area_high_mm2"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise FPNError(f"{path}: bad uncertainty columns for case {row['case']!r} ({exc})") from None
+        return out
 
     def areas_file(self, part_id: int = 0, num_parts: int = 1) -> Path:
         return self.folder / part_name(AREAS_FILE, part_id, num_parts)

@@ -66,12 +66,13 @@ def read_enface(files: dict[str, Path], modalities: list[str], grid: tuple[int, 
     return np.stack(images).astype(np.float32)
 
 
-def predict_fused(predictor: Predictor, volume: np.ndarray, enface: np.ndarray) -> np.ndarray:
-    """Probabilities ``(K, B, A)`` of a preprocessed volume ``(C, B, depth, A)`` with en-face images ``(M, B, A)``."""
+def predict_fused(predictor: Predictor, volume: np.ndarray, enface: np.ndarray, members: bool = False) -> np.ndarray:
+    """Probabilities ``(K, B, A)`` of a preprocessed volume ``(C, B, depth, A)`` with en-face images ``(M, B, A)``
+    (``members``: ``(folds, flips, K, B, A)``, :meth:`Predictor.predict_tensor`)."""
     c, b, depth, a = volume.shape
     if enface.ndim != 3 or enface.shape[1:] != (b, a):
         raise FPNError(f"en-face images {enface.shape} are not on the volume's en-face grid {(b, a)}")
     vol = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     enf = torch.from_numpy(np.ascontiguousarray(enface, dtype=np.float32))
     packed = torch.cat([vol, enf[:, :, None, :].expand(enf.shape[0], b, depth, a)], dim=0)
-    return predictor.predict_tensor(packed).cpu().numpy()
+    return predictor.predict_tensor(packed, members).cpu().numpy()

@@ -215,19 +215,20 @@ class Predictor:
                 weights_bytes=weights, mode=self.window, step_fraction=self.step_fraction)
         return self.window_plans[plane]
 
-    def predict_tensor(self, volume: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(K, B, A)`` float32 (on the device) of a preprocessed ``(C, B, depth, A)`` tensor."""
+    def predict_tensor(self, volume: torch.Tensor, members: bool = False) -> torch.Tensor:
+        """Probabilities ``(K, B, A)`` float32 (on the device) of a preprocessed ``(C, B, depth, A)`` tensor;
+        ``members``: the ensemble's members apart, ``(folds, flips, K, B, A)`` (their mean is the former)."""
         plan = self.window_plan((volume.shape[1], volume.shape[3])) if volume.ndim == 4 else None
         return predict_sliding_window(
             self.networks, volume.to(self.device, torch.float32), self.config.patch_size,
             num_outputs=self.num_outputs, tta=self.tta, step_fraction=self.step_fraction,
             batch_windows=self.batch_windows, use_gaussian=self.use_gaussian, amp=self.amp,
-            channels_last=self.channels_last, window_plan=plan,
+            channels_last=self.channels_last, window_plan=plan, members=members,
         )
 
-    def predict_preprocessed(self, volume: np.ndarray) -> np.ndarray:
+    def predict_preprocessed(self, volume: np.ndarray, members: bool = False) -> np.ndarray:
         """Probabilities ``(K, B, A)`` float32 of a preprocessed volume ``(C, B, depth, A)``
-        (as written by preprocessing: normalised, depth-reduced)."""
+        (as written by preprocessing: normalised, depth-reduced); ``members``: ``(folds, flips, K, B, A)``."""
         volume = np.asarray(volume)
         if self.enface_inputs:
             raise FPNError(f"this model also takes the en-face images {', '.join(self.enface_inputs)} as input "
@@ -239,7 +240,7 @@ class Predictor:
                 f"got shape {volume.shape}"
             )
         tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
-        return self.predict_tensor(tensor).cpu().numpy()
+        return self.predict_tensor(tensor, members).cpu().numpy()
 
     def predict_raw(
         self, channels: list[np.ndarray], retina_band: tuple[int, int] | None = None

@@ -89,21 +89,30 @@ def _unflip_mean(p: torch.Tensor) -> torch.Tensor:
     return (p0 + pb.flip(2) + pa.flip(3) + pba.flip(2, 3)) / 4.0
 
 
+def _unflip_members(p: torch.Tensor) -> torch.Tensor:
+    """``(4n, K, B, A)`` predictions of the flips -> ``(n, 4, K, B, A)``, each flipped back (one member per flip)."""
+    p0, pb, pa, pba = p.chunk(4, dim=0)
+    return torch.stack([p0, pb.flip(2), pa.flip(3), pba.flip(2, 3)], dim=1)
+
+
 def _to_probabilities(logits: torch.Tensor, num_outputs: int) -> torch.Tensor:
     logits = logits.float()
     return torch.sigmoid(logits) if num_outputs == 1 else torch.softmax(logits, dim=1)
 
 
 def _forward_probs(networks: Sequence[nn.Module], x: torch.Tensor, num_outputs: int, tta: bool,
-                   flips_per_forward: int, autocast, channels_last: bool) -> torch.Tensor:  # noqa: ANN001
+                   flips_per_forward: int, autocast, channels_last: bool,  # noqa: ANN001
+                   members: bool = False) -> torch.Tensor:
     """Mean probabilities ``(n, K, pB, pA)`` of windows ``x`` ``(n, C, pB, D, pA)`` over the networks
-    and (with ``tta``) the four flips, ``flips_per_forward`` of them per forward."""
+    and (with ``tta``) the four flips, ``flips_per_forward`` of them per forward; with ``members``
+    every network's every flip kept apart instead, ``(n, F * T, K, pB, pA)`` (network-major)."""
     if tta:
         variants = [x, x.flip(2), x.flip(4), x.flip(2, 4)]
         groups = [torch.cat(variants[i:i + flips_per_forward], 0) for i in range(0, 4, flips_per_forward)]
     else:
         groups = [x]
     probs = None
+    kept: list[torch.Tensor] = []
     for net in networks:
         parts = []
         for xg in groups:
@@ -119,9 +128,14 @@ def _forward_probs(networks: Sequence[nn.Module], x: torch.Tensor, num_outputs: 
                 )
             parts.append(_to_probabilities(logits, num_outputs))
         p = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+        if members:
+            kept.append(_unflip_members(p) if tta else p.unsqueeze(1))
+            continue
         if tta:
             p = _unflip_mean(p)
         probs = p if probs is None else probs + p
+    if members:
+        return torch.cat(kept, dim=1)
     return probs / len(networks)
 
 
@@ -141,6 +155,7 @@ def predict_sliding_window(
     channels_last: bool = False,
     divisors: tuple[int, int] | None = None,
     window_plan: WindowPlan | None = None,
+    members: bool = False,
 ) -> torch.Tensor:
     """Probabilities ``(K, B, A)`` float32 of a preprocessed volume ``(C, B, D, A)``.
 
@@ -163,9 +178,13 @@ def predict_sliding_window(
             ``patch_size``/``whole_plane``/``step_fraction``): its windows, blended with
             :func:`~fpnunet.inference.windows.overlap_weights` (Gaussian weights for ``patch``),
             one window and ``flips_per_forward`` flips per forward.
+        members: keep the ensemble's members apart: every network's every flip, blended over the
+            windows like the mean (whose average they are); for the per-case uncertainty
+            (:mod:`fpnunet.inference.ensemble_scores`).
 
     Returns:
-        ``(K, B, A)`` float32 probabilities on ``volume.device``.
+        ``(K, B, A)`` float32 probabilities on ``volume.device``; with ``members``
+        ``(F, T, K, B, A)``: F networks x T flips (4 with ``tta``, else 1).
     """
     if not networks:
         raise FPNError("predict_sliding_window needs at least one network")
@@ -211,19 +230,28 @@ def predict_sliding_window(
     if len(windows) == 1 and windows[0] == (0, 0) and patch == (bp, ap):
         # one window over the plane: no blending at all
         x = padded.unsqueeze(0)
-        probs = _forward_probs(networks, x, num_outputs, tta, flips_per_forward, autocast, channels_last)[0]
-        return probs[:, b0 : b0 + b, a0 : a0 + a].contiguous()
+        probs = _forward_probs(networks, x, num_outputs, tta, flips_per_forward, autocast, channels_last,
+                               members)[0]
+        return _shape_members(probs[..., b0 : b0 + b, a0 : a0 + a], len(networks), members)
 
-    acc = torch.zeros((num_outputs, bp, ap), dtype=torch.float32, device=device)
+    lead = (len(networks) * (4 if tta else 1),) if members else ()
+    acc = torch.zeros((*lead, num_outputs, bp, ap), dtype=torch.float32, device=device)
     norm = torch.zeros((bp, ap), dtype=torch.float32, device=device)
     for i in range(0, len(windows), batch_windows):
         chunk = windows[i : i + batch_windows]
         x = torch.stack([padded[:, sb : sb + patch[0], :, sa : sa + patch[1]] for sb, sa in chunk])
-        probs = _forward_probs(networks, x, num_outputs, tta, flips_per_forward, autocast, channels_last)
+        probs = _forward_probs(networks, x, num_outputs, tta, flips_per_forward, autocast, channels_last, members)
         for (sb, sa), p in zip(chunk, probs):
             w = weights[(sb, sa)]
-            acc[:, sb : sb + patch[0], sa : sa + patch[1]] += p * w
+            acc[..., sb : sb + patch[0], sa : sa + patch[1]] += p * w
             norm[sb : sb + patch[0], sa : sa + patch[1]] += w
 
     out = acc / norm
-    return out[:, b0 : b0 + b, a0 : a0 + a].contiguous()
+    return _shape_members(out[..., b0 : b0 + b, a0 : a0 + a], len(networks), members)
+
+
+def _shape_members(probs: torch.Tensor, networks: int, members: bool) -> torch.Tensor:
+    """``(K, B, A)`` as is; members ``(F * T, K, B, A)`` -> ``(F, T, K, B, A)``."""
+    if not members:
+        return probs.contiguous()
+    return probs.reshape(networks, probs.shape[0] // networks, *probs.shape[1:]).contiguous()

@@ -113,7 +113,11 @@ def test_predictions_keep_enface_geometry(tmp_path, ending):
         np.testing.assert_array_equal(img.array, (probs[0] > 0.5).astype(np.uint8))
     areas = pd.read_csv(out_dir / "lesion_areas.csv")
     assert list(areas.columns) == ["case", "patient", "eye", "visit", "class", "area_mm2", "sqrt_area_mm", "lesions",
-                                   "focality"]
+                                   "focality", "qc", "qc_score", "area_low_mm2", "area_high_mm2", "disagreement",
+                                   "entropy", "fold_disagreement"]
+    assert set(areas["qc"]) <= {"ok", "check"}
+    assert (areas["area_low_mm2"] <= areas["area_mm2"] + 1e-9).all()
+    assert (areas["area_mm2"] <= areas["area_high_mm2"] + 1e-9).all()
     assert areas["patient"].isna().all()  # the model's dataset.json names no patients: none are written
     assert sorted(areas["case"]) == ["caseA", "caseB"] and set(areas["class"]) == {"GA"}
     a = read_image(out_dir / f"caseA{ending}").array

@@ -4,6 +4,7 @@
 
     fpn_evaluate -r REF_DIR -p PRED_DIR [-d DATASET] [-o summary.json] [-np N]
     fpn_evaluate --crossval -d DATASET [--model MODEL_NAME] [-f 0 1 2 3 4] [-np N]
+                 [--calibrate [--flag-rate 0.2] [-device auto|cpu|cuda]]
 
 The first form writes ``PRED_DIR/summary.json`` (or ``-o``) and ``summary_per_case.csv`` beside
 it; ``-d`` takes the labels (and reference file ending) from the raw dataset's ``dataset.json``,
@@ -12,6 +13,12 @@ predictions of a model folder into ``<model>/crossval_results/`` and evaluates t
 raw ``labelsTr``. Both print a table of the per-class means and write ``overlays/CASE.png`` beside
 the summary: prediction outline (class colour) and reference outline (green) on the case's SLO or
 volume projection, Dice in the corner (:mod:`fpnunet.report.writers`).
+
+``--calibrate`` (with ``--crossval``) also predicts every fold's validation cases with that fold,
+its flip members kept apart, measures the ECE and fits one temperature, sets the QC flag's score
+and threshold (``--flag-rate`` of the cases flagged) and writes ``<model>/calibration.json`` and
+``crossval_results/uncertainty_per_case.csv`` (:mod:`fpnunet.evaluation.uncertainty`,
+docs/uncertainty.md); ``fpn_predict`` then uses them.
 """
 from __future__ import annotations
 
@@ -43,6 +50,9 @@ class EvaluateConfig:
     crossval: bool = False
     model: str | None = None
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    calibrate: bool = False
+    flag_rate: float = 0.2
+    device: str = "auto"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder name under $FPN_RESULTS/DatasetXXX (e.g. fpn__lf1__scratch); "
                    "default: the only one")
     cli_args.add_folds(p, help="folds to gather with --crossval (default 0 1 2 3 4)")
+    p.add_argument("--calibrate", action="store_true", help="with --crossval: fit the temperature and the QC flag "
+                   "on the out-of-fold predictions and write <model>/calibration.json (docs/uncertainty.md)")
+    p.add_argument("--flag-rate", type=float, default=0.2,
+                   help="with --calibrate: share of the cross-validation cases the QC flag marks 'check' (default 0.2)")
+    cli_args.add_device(p)
     return p
 
 
@@ -128,11 +143,13 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
             raise FPNError("--crossval needs the dataset: -d DATASET")
         if args.ref or args.pred:
             raise FPNError("--crossval takes its references and predictions from the dataset; drop -r/-p")
+        if not 0 < args.flag_rate < 1:
+            raise FPNError(f"--flag-rate {args.flag_rate}: must be a share strictly between 0 and 1")
         folds = tuple(int(f) for f in args.folds) if args.folds is not None else (0, 1, 2, 3, 4)
         return EvaluateConfig(args.num_processes, args.output, args.dataset, crossval=True, model=args.model,
-                              folds=folds)
-    if args.model is not None or args.folds is not None:
-        raise FPNError("--model and --folds only apply with --crossval")
+                              folds=folds, calibrate=args.calibrate, flag_rate=args.flag_rate, device=args.device)
+    if args.model is not None or args.folds is not None or args.calibrate:
+        raise FPNError("--model, --folds and --calibrate only apply with --crossval")
     if not args.ref or not args.pred:
         raise FPNError("give the reference and prediction folders: -r REF_DIR -p PRED_DIR (or --crossval -d D)")
     return EvaluateConfig(args.num_processes, args.output, args.dataset, args.ref, args.pred)
@@ -158,8 +175,28 @@ def run(config: EvaluateConfig) -> int:
         summary = evaluate_folders(config.ref, config.pred, labels, ending, config.num_processes, config.output)
     _print_summary(summary)
     _overlays(summary, config.dataset)
+    if config.calibrate:
+        _calibrate(config, summary["crossval"]["model"])
     sys.stdout.flush()
     return 0
+
+
+def _calibrate(config: EvaluateConfig, model: str) -> None:
+    """``--calibrate``: the uncertainty figures of the out-of-fold predictions, ``calibration.json``."""
+    from fpnunet.evaluation.uncertainty import calibrate_crossval  # lazy: start-up time
+    from fpnunet.paths import results_dir  # lazy: start-up time
+
+    f = calibrate_crossval(results_dir(config.dataset) / model, config.dataset, list(config.folds),
+                           config.flag_rate, device=config.device)
+    rho, rho_area = f["spearman_one_minus_dice"], f["spearman_area_error"]
+    print(f"uncertainty on {f['cases']} out-of-fold case(s) (mean Dice {f['mean_dice']:.3f}): ECE "
+          f"{f['ece_before']:.4f} -> {f['ece_after']:.4f} with temperature {f['temperature']:.3f}")
+    for s in rho:
+        print(f"  Spearman of {s} with 1 - Dice {rho[s]:.3f}, with the area error {rho_area[s]:.3f}")
+    print(f"  QC flag: {f['qc_score']} > {f['qc_threshold']:.4g} flags {f['flagged']:.0%} of the cases and catches "
+          f"{f['worst_10pct_caught']:.0%} of the worst 10 %; the members' area interval holds the reference area "
+          f"in {f['area_interval_coverage']:.0%} of the cases")
+    print(f"calibration: {f['calibration_file']}\nper case: {f['per_case_csv']}")
 
 
 @run_cli

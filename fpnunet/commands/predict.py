@@ -11,7 +11,8 @@ SimpleITK reads. Outputs, per case: ``OUT_DIR/CASE<ending>`` (the label map on t
 en-face grid with its spacing and origin; ending of the dataset by default), optionally
 ``OUT_DIR/CASE.npz`` (probabilities ``(K, B, A)``), and for all cases ``OUT_DIR/lesion_areas.csv``
 (``case, patient, eye, visit, class, area_mm2, sqrt_area_mm, lesions, focality``; patient, eye and visit date when the
-dataset.json ``visits``/``patients`` know the case). ``--overlays`` adds ``OUT_DIR/overlays/CASE.png``
+dataset.json ``visits``/``patients`` know the case; then the QC flag, area interval and uncertainty scores of
+:mod:`fpnunet.inference.qc`, unless ``--no-uncertainty``). ``--overlays`` adds ``OUT_DIR/overlays/CASE.png``
 (outline on the SLO or a projection of the volume, area, scale bar), ``--report`` one
 self-contained ``OUT_DIR/report.html`` (``fpn_report``).
 
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "SLO (enface folder beside the input) or a projection of the volume, with area and scale bar")
     p.add_argument("--report", action="store_true", help="also write OUT/report.html: every case's overlay, areas, "
                    "failed cases and growth per eye when visits are known (see fpn_report)")
+    p.add_argument("--no-uncertainty", action="store_true", help="no QC flag, scores, area interval, calibration")
     p.add_argument("--num-parts", type=int, default=1, metavar="K",
                    help="split the cases into K parts (sorted by name, every K-th) and predict one (default 1)")
     p.add_argument("--part-id", type=int, default=0, metavar="I", help="the part to predict, 0..K-1 (default 0)")
@@ -189,6 +191,7 @@ class PredictConfig:
     num_parts: int = 1
     part_id: int = 0
     devices: tuple[str, ...] = ()
+    uncertainty: bool = True
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig:
@@ -219,7 +222,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig
         list(args.folds) if args.folds else None,  # checked by the -f type (cli_args.fold_name)
         args.checkpoint, args.device, args.disable_tta, args.whole_plane, args.step, args.window, args.precision,
         args.file_ending, args.save_probabilities, args.threshold, args.fused, args.enface_dir, args.overlays,
-        args.report, args.num_parts, args.part_id, tuple(args.devices or ()))
+        args.report, args.num_parts, args.part_id, tuple(args.devices or ()), uncertainty=not args.no_uncertainty)
 
 
 @run_cli
@@ -268,7 +271,8 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
         from fpnunet.report.overlay import class_colours  # lazy: start-up time
 
         class_colours(labels, dataset_json)
-
+    from fpnunet.inference.qc import PredictionQC  # lazy: start-up time
+    qc = PredictionQC.for_model(model_dir, labels, out_dir, config.threshold) if config.uncertainty else None
     items, errors, warnings = collect_inputs(in_dir)
     if not items and not errors:
         raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
@@ -295,7 +299,8 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
           f"{'bf16' if predictor.amp else 'fp32'}, channels-last, "
           f"{sum(len(n.fold_report.folded) for n in predictor.networks)} BatchNorm(s) folded"
           f"{', fused with ' + ' + '.join(modalities) if fused else ''}"
-          + (f", part {config.part_id} of {config.num_parts}" if config.num_parts > 1 else ""), file=sys.stderr)
+          + (f", part {config.part_id} of {config.num_parts}" if config.num_parts > 1 else "")
+          + (f"; {qc.describe()}" if qc else ""), file=sys.stderr)
     if config.precision == "auto" and predictor.device.type == "cpu" and predictor.config.precision != "fp32":
         from fpnunet.precision import cpu_bf16_decision  # lazy: start-up time
 
@@ -329,9 +334,10 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
 
                         grid = (loaded.volume.shape[1], loaded.volume.shape[3])
                         probs = predict_fused(predictor, loaded.volume,
-                                              read_enface(enface_files[loaded.case], modalities, grid))
+                                              read_enface(enface_files[loaded.case], modalities, grid), qc is not None)
                     else:
-                        probs = predictor.predict_preprocessed(loaded.volume)
+                        probs = predictor.predict_preprocessed(loaded.volume, members=qc is not None)
+                    probs = qc.reduce(loaded.case, probs, loaded.geometry.spacing) if qc else probs  # members: mean
                     if len(predictor.window_plans) > known:  # a new plane size: say how it was cut
                         plane = (loaded.volume.shape[1], loaded.volume.shape[3])
                         tqdm.write(f"{plane[0]} x {plane[1]} {predictor.window_plan(plane).describe()}",
@@ -356,10 +362,10 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
         reader.join(timeout=5)
 
     from fpnunet.inference.export import LESION_COLUMNS  # lazy: start-up time
-
     folder = PredictionFolder(out_dir)
-    if rows or config.num_parts > 1:  # a failed prediction writes no (header-only) table; a part always
-        folder.write_areas(rows, LESION_COLUMNS, config.part_id, config.num_parts)  # does (--merge-parts needs it)
+    if rows or config.num_parts > 1:  # a failed prediction writes no (header-only) table; a part always does
+        table = qc.table(rows, LESION_COLUMNS) if qc else (rows, LESION_COLUMNS)  # (--merge-parts needs it)
+        folder.write_areas(*table, config.part_id, config.num_parts)
     folder.write_failed(failed, config.part_id, config.num_parts)
     if config.overlays or config.report:
         from fpnunet.report.writers import pictures_after_prediction  # lazy: start-up time

@@ -28,6 +28,7 @@ from fpnunet.raw_dataset import DATASET_FILE
 from fpnunet.report.cases import CaseResult, measure_case
 from fpnunet.report.growth import EyeSeries, GrowthRow, build_series, draw_series, growth_rows
 from fpnunet.report.overlay import RGB, class_colours
+from fpnunet.report.uncertainty import attach_qc
 from fpnunet.report.visits import Visit, merge_visits, read_visits_csv, visits_from_dataset
 
 __all__ = ["Report", "collect_report"]
@@ -112,7 +113,9 @@ def collect_report(
     for case, err in failed.items():
         if case not in preds:
             results.append(CaseResult(case, visits.get(case, Visit()), error=err or "failed"))
-    results.sort(key=lambda r: r.case)
+    attach_qc(results, pred_dir, preds, labels, colours, folders, projection_axis)
+    # flagged cases first, most uncertain first; then the others by name
+    results.sort(key=lambda r: (r.qc != "check", -(r.qc_score or 0.0) if r.qc == "check" else 0.0, r.case))
     points = [(r.visit.patient, r.visit.eye, cls, r.visit.date, r.case, s.area_mm2)
               for r in results if not r.failed and r.visit.eye_key and r.visit.date
               for cls, s in r.stats.items()]

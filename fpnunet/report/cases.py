@@ -37,6 +37,11 @@ class CaseResult:
     thumbnail: bytes | None = None
     background: str = ""
     error: str | None = None
+    qc: str | None = None
+    """``ok`` / ``check`` from ``lesion_areas.csv`` (None without uncertainty columns)."""
+    qc_score: float | None = None
+    area_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
+    uncertainty_picture: bytes | None = None
 
     @property
     def failed(self) -> bool:

@@ -32,6 +32,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.9em}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f0f0f0;cursor:pointer;white-space:nowrap}td.t{text-align:left}
 tr.failed td{background:#fde8e8}td.err{color:#a00;text-align:left}
+tr.check td{background:#fff3cd}td.qc-check{color:#8a5a00;font-weight:bold;text-align:left}
 img.thumb{height:72px;display:block}
 .swatch{display:inline-block;width:.9em;height:.9em;border-radius:2px;vertical-align:middle;margin-right:3px}
 .lightbox{display:none;position:fixed;inset:0;background:rgba(0,0,0,.85);text-align:center;padding-top:2vh}
@@ -74,12 +75,24 @@ def _swatch(rgb: tuple[int, int, int]) -> str:
     return f'<span class="swatch" style="background:rgb{tuple(rgb)}"></span>'
 
 
+def _qc_cell(i: int, r: CaseResult) -> str:
+    if r.qc == "check":
+        text = f'<a href="#unc{i}">check</a>' if r.uncertainty_picture else "check"
+        return f'<td class="qc-check" data-v="check">{text}</td>'
+    return _text(r.qc)
+
+
 def _case_rows(report: Report, show_visits: dict[str, bool]) -> tuple[str, str]:
+    qc = any(r.qc for r in report.cases)
     head = ["picture", "case"] + [k for k in ("patient", "eye", "date") if show_visits[k]]
     for cls in report.classes:
         head += [f"{cls} area mm\u00b2", f"{cls} \u221aarea mm", f"{cls} lesions", f"{cls} focality"]
+        if qc:
+            head.append(f"{cls} area interval mm\u00b2")
         if report.with_reference:
             head += [f"{cls} Dice", f"{cls} HD95 mm"]
+    if qc:
+        head += ["QC", "QC score"]
     head.append("status")
     rows = []
     for i, r in enumerate(report.cases):
@@ -100,10 +113,16 @@ def _case_rows(report: Report, show_visits: dict[str, bool]) -> tuple[str, str]:
             s = r.stats.get(cls)
             cells += [_num(s.area_mm2 if s else None, 2), _num(s.sqrt_area_mm if s else None, 3),
                       _num(s.lesions if s else None, 0), _text(s.focality if s else None)]
+            if qc:
+                lo_hi = r.area_interval.get(cls)
+                cells.append(_text(f"{lo_hi[0]:.2f}\u2013{lo_hi[1]:.2f}" if lo_hi else None))
             if report.with_reference:
                 cells += [_num(r.dice.get(cls), 3), _num(r.hd95.get(cls), 2)]
+        if qc:
+            cells += [_qc_cell(i, r), _num(r.qc_score, 4)]
         cells.append(f'<td class="err">failed: {escape(r.error or "")}</td>' if r.failed else '<td class="t">ok</td>')
-        rows.append(f'<tr class="{"failed" if r.failed else "ok"}">' + "".join(cells) + "</tr>")
+        kind = "failed" if r.failed else "check" if r.qc == "check" else "ok"
+        rows.append(f'<tr class="{kind}">' + "".join(cells) + "</tr>")
     thead = "".join(f"<th>{escape(h)}</th>" for h in head)
     return thead, "\n".join(rows)
 
@@ -115,6 +134,11 @@ def _lightboxes(cases: list[CaseResult]) -> str:
             out.append(f'<div class="lightbox" id="ov{i}"><a href="#cases" title="close">'
                        f'<img alt="overlay of {escape(r.case)}" src="{_png(r.overlay)}"></a>'
                        f'<p>{escape(r.case)} \u2014 <a href="#cases">close</a></p></div>')
+        if r.uncertainty_picture:
+            out.append(f'<div class="lightbox" id="unc{i}"><a href="#cases" title="close">'
+                       f'<img alt="uncertainty of {escape(r.case)}" src="{_png(r.uncertainty_picture)}"></a>'
+                       f'<p>{escape(r.case)}: where the members disagree (magenta: half of them call a lesion) '
+                       '\u2014 <a href="#cases">close</a></p></div>')
     return "\n".join(out)
 
 
@@ -150,6 +174,8 @@ def render_html(report: Report, growth_csv_name: str | None = None) -> str:
     if report.with_reference:
         legend += f" {_swatch((0, 255, 0))}reference outline"
     summary = [f"{len(report.cases)} case(s): {len(ok)} predicted, {len(failed)} failed"]
+    if any(r.qc for r in ok):
+        summary.append(f"{sum(r.qc == 'check' for r in ok)} flagged for a check (listed first)")
     if report.with_reference:
         dices = [d for r in ok for d in r.dice.values() if not math.isnan(d)]
         if dices:

@@ -1,0 +1,69 @@
+"""What ``fpn_predict`` does with the ensemble's members: calibrated probabilities, per-case scores
+and QC flag (:mod:`.ensemble_scores`), the vote map for the report's uncertainty picture, and the
+uncertainty columns of ``lesion_areas.csv``::
+
+    qc = PredictionQC.for_model(model_dir, labels, out_dir)
+    members = predictor.predict_preprocessed(volume, members=True)  # (F, T, K, B, A)
+    probs = qc.reduce(case, members, spacing)                        # (K, B, A), calibrated
+    rows, columns = qc.table(rows, LESION_COLUMNS)                    # + qc flag, area interval, scores
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fpnunet.calibration_file import Calibration, read_calibration
+from fpnunet.prediction_folder import UNCERTAINTY_COLUMNS, PredictionFolder
+
+from .ensemble_scores import CaseUncertainty, apply_temperature, case_uncertainty, vote_map
+
+__all__ = ["PredictionQC"]
+
+
+@dataclass
+class PredictionQC:
+    """Scores of the cases of one ``fpn_predict`` run, kept until the table is written."""
+
+    calibration: Calibration
+    class_names: list[str]
+    folder: PredictionFolder | None = None
+    threshold: float = 0.5
+    scores: dict[str, CaseUncertainty] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def for_model(cls, model_dir: str | os.PathLike, labels: dict[str, int], out_dir: str | os.PathLike | None,
+                  threshold: float = 0.5) -> PredictionQC:
+        """The model folder's calibration (or the defaults) and the foreground class of each channel."""
+        names = [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
+        return cls(read_calibration(model_dir), names, PredictionFolder(out_dir) if out_dir else None, threshold)
+
+    def describe(self) -> str:
+        c = self.calibration
+        how = (f"calibrated on {c.cases} cross-validation case(s)" if c.calibrated
+               else "not calibrated: defaults, run fpn_evaluate --crossval --calibrate")
+        return f"QC flag {c.qc_score} > {c.qc_threshold:.4g}, temperature {c.temperature:.3g} ({how})"
+
+    def reduce(self, case: str, members: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+        """The case's calibrated mean probabilities ``(K, B, A)``; its scores are kept and, when it is
+        flagged, its vote map written (``uncertainty/CASE.npz``, the report's uncertainty picture)."""
+        scores = case_uncertainty(members, spacing, self.class_names, self.calibration, self.threshold)
+        with self._lock:
+            self.scores[case] = scores
+        if self.folder is not None and scores.qc == "check":
+            self.folder.write_vote_map(case, vote_map(members, self.threshold))
+        return apply_temperature(members.mean(axis=(0, 1)), self.calibration.temperature)
+
+    def table(self, rows: list[dict[str, Any]], lesion_columns: tuple[str, ...]
+              ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+        """``lesion_areas.csv``'s rows (one per case and class) and columns, with the uncertainty columns."""
+        out = [{**row, **self.scores[row["case"]].columns(row["class"])} if row["case"] in self.scores else row
+               for row in rows]
+        return out, (*lesion_columns, *UNCERTAINTY_COLUMNS)
+
+    def flagged(self) -> list[str]:
+        return sorted(c for c, s in self.scores.items() if s.qc == "check")
