@@ -60,6 +60,7 @@ setup(
             "fpn_report=fpnunet.commands.report:main",
             "fpn_import=fpnunet.importer.cli:main",
             "fpn_convert_checkpoint=fpnunet.commands.convert_checkpoint:main",
+            "fpn_find_best_configuration=fpnunet.commands.find_best_configuration:main",
         ]
     },
 )

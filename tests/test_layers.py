@@ -124,13 +124,13 @@ def test_the_packages_import_nothing_heavy():
 
 # ----------------------------------------------------------------------------- the commands
 COMMANDS = ["predict", "evaluate", "report", "plan_and_preprocess", "make_synthetic", "paths", "convert_checkpoint",
-            "train", "pretrain", "train_folds"]
+            "train", "pretrain", "train_folds", "find_best_configuration"]
 
 
 def test_every_console_script_but_import_is_a_command_module():
     text = (REPO / "setup.py").read_text()
     targets = re.findall(r'"(fpn_\w+)=([\w.]+):main"', text)
-    assert len(targets) == 11
+    assert len(targets) == 12
     for script, module in targets:
         if script == "fpn_import":  # the importer's own package, on top beside the commands
             continue

@@ -2,9 +2,9 @@
 
 ::
 
-    fpn_predict -i IN_DIR -o OUT_DIR -d 900 [-f 0 1 2 3 4] [-c fpn] [--model NAME]
-                [-m MODEL_DIR] [-chk final|best|latest] [--disable-tta]
-                [--npz] [-device auto|cpu|cuda] [--file-ending .nii.gz]
+    fpn_predict -i IN_DIR -o OUT_DIR -d 900 [-f 0 1 2 3 4] [-c fpn] [--model NAME] [-m MODEL_DIR]
+                [-chk final|best|latest] [--disable-tta] [--npz] [-device auto|cpu|cuda] [--file-ending .nii.gz]
+    fpn_predict -i IN_DIR -o OUT_DIR -d 900 --best   # the pipeline fpn_find_best_configuration chose
 
 Inputs are ``IN_DIR/CASE_0000<ending>`` (+ ``_0001`` ... for more channels) in any format
 SimpleITK reads. Outputs, per case: ``OUT_DIR/CASE<ending>`` (the label map on the volume's
@@ -27,9 +27,8 @@ the other cases are still predicted and the exit status is 1, with the number of
 failed cases and their errors go into ``OUT_DIR/failed_cases.csv`` (``case,error``; removed when
 none failed), which ``fpn_report`` shows. The folder's names: :mod:`fpnunet.prediction_folder`.
 
-Depth rule: a volume is rejected when its depth (along the plan's projection axis) within the
-plan's depth crop, ``min(D, depth_crop)``, is below a quarter of the configuration's depth (it
-would be stretched more than 4x; typically a 2D image or a wrongly oriented volume).
+Depth rule: a volume whose depth within the plan's depth crop, ``min(D, depth_crop)``, is below a quarter
+of the configuration's depth is rejected (stretched > 4x: a 2D image or a wrongly oriented volume).
 """
 from __future__ import annotations
 
@@ -110,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", nargs="+", metavar="DEV",
                    help="predict one part per device in parallel (cuda:0 cuda:1 ..., or cpu cpu), then merge "
                         "(default: none, one process)")
+    p.add_argument("--best", action="store_true", help="predict with the pipeline fpn_find_best_configuration chose")
     p.add_argument("--merge-parts", action="store_true",
                    help="only join OUT_DIR's lesion_areas.part-I-of-K.csv tables into lesion_areas.csv")
     return p
@@ -188,6 +188,7 @@ class PredictConfig:
     num_parts: int = 1
     part_id: int = 0
     devices: tuple[str, ...] = ()
+    best: bool = False
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig:
@@ -207,7 +208,9 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig
         raise FPNError(f"{in_dir}: input folder not found")
     if out_dir.exists() and not out_dir.is_dir():
         raise FPNError(f"{out_dir}: -o must name a folder, but this is a file")
-    model_dir = Path(args.model_dir) if args.model_dir else find_model_folder(args.dataset, args.model, args.config)
+    from fpnunet.inference.chosen import check_best_flags  # lazy: start-up time
+    model_dir = (check_best_flags(args.dataset, argv) if args.best else Path(args.model_dir) if args.model_dir
+                 else find_model_folder(args.dataset, args.model, args.config))
     if args.devices:
         if args.num_parts != 1 or "--device" in argv:
             raise FPNError("--devices makes one part per device: leave out --num-parts/--part-id and --device")
@@ -218,7 +221,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig
         list(args.folds) if args.folds else None,  # checked by the -f type (cli_args.fold_name)
         args.checkpoint, args.device, args.disable_tta, args.whole_plane, args.step, args.window, args.precision,
         args.file_ending, args.save_probabilities, args.threshold, args.fused, args.enface_dir, args.overlays,
-        args.report, args.num_parts, args.part_id, tuple(args.devices or ()))
+        args.report, args.num_parts, args.part_id, tuple(args.devices or ()), args.best)
 
 
 @run_cli
@@ -234,6 +237,9 @@ def run(config: PredictConfig) -> int:
     if config.merge_parts:
         print(f"fpn_predict: merged into {merge_parts(out_dir)}", file=sys.stderr)
         return 0
+    if config.best:
+        from fpnunet.inference.chosen import predict_chosen  # lazy: start-up time
+        return predict_chosen(config, run)
     in_dir, model_dir, folds = config.input, config.model_dir, config.folds
     if config.devices:
         return run_on_devices(list(config.argv), list(config.devices), out_dir)
