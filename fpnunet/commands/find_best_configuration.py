@@ -137,7 +137,8 @@ def format_choice(choice: dict[str, Any]) -> str:
     lines.append(f"chosen: {members} (CV Dice {_fmt(choice['cv_dice'])} +- {_fmt(choice['cv_spread'])})")
     for step in choice["postprocessing_steps"]:
         verdict = "kept" if step["kept"] else "rejected"
-        lines.append(f"  post-processing {step['step']}={step['value']:.4g}: {verdict} (gain {100 * step['gain']:+.2f} "
+        value = step["value"] if isinstance(step["value"], bool) else f"{step['value']:.4g}"
+        lines.append(f"  post-processing {step['step']}={value}: {verdict} (gain {100 * step['gain']:+.2f} "
                      f"points, spread over folds {100 * step['fold_spread']:.2f})")
     post = choice["postprocessing"]
     lines.append(f"post-processing: threshold {post['threshold']:g}, min lesion area {post['min_area_mm2']:.4g} mm^2, "

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROGRAM, allow_abbrev=False,
         description="Train several folds in parallel, one per device; any other flag goes to "
                     "fpn_train (e.g. --epochs, --pretrained, --label-fraction, --continue).")
-    cli_args.add_dataset_positional(p)
+    p.add_argument("dataset", help="dataset id (900) or folder name (or -d DATASET)")
     cli_args.add_folds(p, help="folds to train (default 0 1 2 3 4)")
     p.add_argument(*cli_args.VOCABULARY["config"].options, dest="config", nargs="+", default=None, metavar="NAME",
                    help="candidate configurations to train (all, or names from plans.json 'candidates'), or one plan "
@@ -92,6 +92,17 @@ def default_devices() -> list[str]:
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+
+
+def dataset_first(argv: list[str]) -> list[str]:
+    """``-d 900 ...`` -> ``900 ...`` (the other flags go to fpn_train unparsed, so a positional
+    DATASET after them could be mistaken for one of their values)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-d", "--dataset") and i + 1 < len(argv):
+            return [argv[i + 1], *argv[:i], *argv[i + 2:]]
+        if arg.startswith("--dataset="):
+            return [arg.split("=", 1)[1], *argv[:i], *argv[i + 1:]]
+    return argv
 
 
 def check_arguments(dataset: str, folds: list[str], devices: list[str], rest: list[str]) -> None:
@@ -232,7 +243,6 @@ def candidate_names(dataset: str, names: list[str]) -> tuple[list[str], list[str
 def config_from_args(parsed: tuple[argparse.Namespace, list[str]]) -> FoldsConfig:
     """``parse_known_args``'s pair -> the checked :class:`FoldsConfig` (every flag, fpn_train's included)."""
     args, rest = parsed
-    args = cli_args.take_dataset(build_parser(), args)
     devices = list(args.devices) if args.devices else default_devices()
     folds = [str(f) for f in (args.folds or DEFAULT_FOLDS)]
     candidates: list[str] = []
@@ -259,7 +269,7 @@ def config_from_args(parsed: tuple[argparse.Namespace, list[str]]) -> FoldsConfi
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = dataset_first(list(sys.argv[1:] if argv is None else argv))
     config = config_from_args(build_parser().parse_known_args(argv))
     cli_args.print_data_roots()
     return run(config)

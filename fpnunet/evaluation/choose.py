@@ -12,8 +12,8 @@ that did not train on it):
 3. post-processing is decided greedily on the chosen pipeline's out-of-fold predictions:
    threshold, fill holes, minimum lesion area, keep the largest lesion. Each step keeps the best
    value of its grid only when its paired gain over the current pipeline is positive and larger
-   than the standard deviation of that gain over the folds; otherwise the step is rejected
-   and recorded with its figures.
+   than the standard deviation of that gain over the folds (at least :data:`MIN_FOLDS` folds);
+   otherwise the step is rejected and recorded with its figures.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ from fpnunet.prediction_folder import PredictionFolder, read_label_map
 from fpnunet.results_layout import VALIDATION_DIR, fold_folder_name, list_folds
 
 THRESHOLDS = (0.3, 0.4, 0.6, 0.7)
+MIN_FOLDS = 3
+"""Post-processing is kept only with at least this many folds (the spread of fewer says nothing)."""
 AREA_PIXELS = (2, 4, 8, 16, 32, 64)
 """Minimum lesion areas tried, in pixels of the dataset's median en-face pixel (converted to mm^2)."""
 
@@ -169,7 +171,7 @@ def paired_gain(new: Score, old: Score, case_fold: dict[str, str]) -> tuple[floa
     diff = {c: new.per_case[c] - old.per_case[c] for c in old.per_case}
     per_fold = fold_means(diff, case_fold)
     values = list(per_fold.values())
-    spread = float(np.std(values, ddof=1)) if len(values) > 1 else float("inf")
+    spread = float(np.std(values, ddof=1)) if len(values) >= MIN_FOLDS else float("inf")
     return float(np.mean(list(diff.values()))), spread, per_fold
 
 
