@@ -170,10 +170,25 @@ def propose_candidates(facts: DatasetFacts, plan_default_wd: float = FINETUNE_WE
 
 
 def merge_candidates(proposed: list[Candidate], previous: list[Candidate], dropped: list[str]) -> list[Candidate]:
-    """The proposed candidates plus the user's earlier additions, minus the dropped names."""
-    names = {c.name for c in proposed}
-    kept = [c for c in previous if c.source == "user" and c.name not in names]
-    return [c for c in proposed + kept if c.name not in set(dropped)]
+    """The proposed candidates plus the user's earlier additions, minus the dropped names; a user
+    candidate replaces a rule candidate of the same name or model folder."""
+    user = [c for c in previous if c.source == "user"]
+    taken = {c.name for c in user} | {c.model_folder_name() for c in user}
+    kept = [c for c in proposed if c.name not in taken and c.model_folder_name() not in taken]
+    out = [c for c in kept + user if c.name not in set(dropped)]
+    check_distinct(out)
+    return out
+
+
+def check_distinct(candidates: list[Candidate]) -> None:
+    """Two candidates training into one model folder (they differ only by weight decay) are refused."""
+    seen: dict[str, str] = {}
+    for c in candidates:
+        folder = c.model_folder_name()
+        if folder in seen:
+            raise FPNError(f"candidates {seen[folder]} and {c.name} would train into the same model folder {folder} "
+                           "(they differ only by weight decay or name); drop one (--drop-candidate)")
+        seen[folder] = c.name
 
 
 def parse_candidate(spec: str) -> Candidate:

@@ -70,6 +70,7 @@ def run(config: FindBestConfig) -> int:
     from fpnunet.inference.postprocess import PostProcessing  # lazy: start-up time
     from fpnunet.paths import preprocessed_dir, raw_dir, resolve_dataset, results_dir  # lazy: start-up time
     from fpnunet.pipeline_files import write_chosen  # lazy: start-up time
+    from fpnunet.plans.candidates import check_distinct  # lazy: start-up time
     from fpnunet.plans.plan import Plan  # lazy: start-up time
     from fpnunet.raw_dataset import labels_dir  # lazy: start-up time
 
@@ -78,6 +79,7 @@ def run(config: FindBestConfig) -> int:
     wanted = [plan.candidate(n) for n in config.candidates] if config.candidates else list(plan.candidates)
     if not wanted:
         raise FPNError(f"plans.json of {name} lists no candidate; run fpn_plan_and_preprocess -d {config.dataset}")
+    check_distinct(wanted)
     results = results_dir(name)
     oofs, notes = [], []
     for cand in wanted:
