@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROGRAM, description="Choose the best candidate configuration or ensemble by "
                                 "cross-validation, and its post-processing; write chosen_pipeline.json.")
     cli_args.add_dataset(p)
-    p.add_argument("-c", "--candidates", nargs="+", default=["all"], metavar="NAME",
+    p.add_argument(*cli_args.VOCABULARY["config"].options, dest="config", nargs="+", default=["all"], metavar="NAME",
                    help="candidates to compare (default all: every candidate of the plan with out-of-fold "
                         "probabilities)")
     p.add_argument("--max-members", type=int, default=3, choices=(1, 2, 3),
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> FindBestConfig:
-    names = () if args.candidates == ["all"] else tuple(args.candidates)
+    names = () if args.config == ["all"] else tuple(args.config)
     if "all" in names:
         raise FPNError("-c: give 'all' alone, or candidate names")
     return FindBestConfig(args.dataset, names, args.max_members, args.postprocessing)

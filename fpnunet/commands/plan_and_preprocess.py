@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-preprocess", action="store_true", help="stop after writing plans.json")
     p.add_argument("--add-candidate", dest="add_candidates", action="append", default=[], metavar="SPEC",
                    help="add a candidate configuration NAME:CONFIG[:pretrained=FAF|SLO|none][:wd=W][:enface=SLO+FAF]"
-                        "[:trainer=cmc] (repeatable; kept when planning again)")
+                        "[:trainer=cmc] (repeatable; kept when planning again; default: none)")
     p.add_argument("--drop-candidate", dest="drop_candidates", action="append", default=[], metavar="NAME",
-                   help="leave a candidate configuration out (repeatable; kept out when planning again)")
+                   help="leave a candidate configuration out (repeatable; kept out when planning again; default: none)")
     cli_args.add_progress(p)
     return p
 

@@ -28,6 +28,7 @@ from fpnunet.errors import FPNError
 from fpnunet.evaluation.metrics import dice
 from fpnunet.inference.postprocess import PostProcessing
 from fpnunet.prediction_folder import PredictionFolder, read_label_map
+from fpnunet.raw_dataset import label_name
 from fpnunet.results_layout import VALIDATION_DIR, fold_folder_name, list_folds
 
 THRESHOLDS = (0.3, 0.4, 0.6, 0.7)
@@ -107,7 +108,7 @@ def load_references(labels_dir: Path, cases: list[str], ending: str, labels: dic
     """``{case: (label map, spacing)}`` of the raw ``labelsTr``."""
     out = {}
     for case in cases:
-        out[case] = read_label_map(Path(labels_dir) / f"{case}{ending}", labels)
+        out[case] = read_label_map(Path(labels_dir) / label_name(case, ending), labels)
     return out
 
 
