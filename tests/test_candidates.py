@@ -118,7 +118,7 @@ def test_fresh_dataset_end_to_end(tmp_path, monkeypatch, capsys):
     train_folds(["-d", "961", "-c", "all", "--folds", "0", "--devices", "cpu", *schedule])
     out = capsys.readouterr().out
     assert "lachinov-scratch fold 0: finished, skipped" in out and "fpn-scratch fold 0: finished" not in out
-    assert "[fpn-scratch fold 0 @ cpu] started" in out and "summary: 1 run(s) done, 1 fold(s) already finished" in out
+    assert "[fpn-scratch fold 0 @ cpu] started" in out and "summary: 1 run(s) done, 1 already finished" in out
     assert "--continue" in (killed / "command.txt").read_text() and list((killed / "validation").glob("*.npz"))
 
     find_best(["-d", "961"])

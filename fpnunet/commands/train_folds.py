@@ -291,21 +291,28 @@ def run_candidates(config: FoldsConfig) -> int:
 
     print(f"{PROGRAM}: {len(candidates)} candidate(s) {' '.join(config.candidates)}, folds {' '.join(config.folds)}, "
           f"on {len(devices)} device slot(s) {' '.join(devices)}", flush=True)
-    jobs, done = pretraining_jobs(config.dataset, results, candidates, list(config.pretrain_flags))
+    # phase 1: the pretrainings, with the folds of the candidates that need none beside them
+    pre, done = pretraining_jobs(config.dataset, results, candidates, list(config.pretrain_flags))
+    scratch, skipped = fold_jobs(config.dataset, results, [c for c in candidates if c.pretrained == "none"],
+                                 list(config.folds), list(config.rest))
+    done += skipped
     for line in done:
         print(line, flush=True)
     lost: set[str] = set()
-    for job, result in zip(jobs, run_jobs({j.label: command(j) for j in jobs}, devices) if jobs else []):
+    ran = run_jobs({j.label: command(j) for j in pre + scratch}, devices) if pre or scratch else []
+    for job, result in zip(pre, ran):
         if not result.ok:
-            failed.append(f"{job.label}: {result.last_error()}")
             lost |= set(job.candidates)
-    jobs, done = fold_jobs(config.dataset, results, [c for c in candidates if c.name not in lost],
-                           list(config.folds), list(config.rest))
-    for line in done:
+    # phase 2: the fine-tuned candidates' folds
+    tuned, skipped = fold_jobs(config.dataset, results,
+                               [c for c in candidates if c.pretrained != "none" and c.name not in lost],
+                               list(config.folds), list(config.rest))
+    for line in skipped:
         print(line, flush=True)
-    ran = run_jobs({j.label: command(j) for j in jobs}, devices) if jobs else []
+    done += skipped
+    ran += run_jobs({j.label: command(j) for j in tuned}, devices) if tuned else []
     failed += [f"{r.fold}: {r.last_error()}" for r in ran if not r.ok]
-    print(f"summary: {sum(r.ok for r in ran)} run(s) done, {len(done)} fold(s) already finished, {len(failed)} failed"
+    print(f"summary: {sum(r.ok for r in ran)} run(s) done, {len(done)} already finished, {len(failed)} failed"
           + "".join(f"\n  not trained (pretraining failed): {n}" for n in sorted(lost)))
     if failed:
         print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
