@@ -1,9 +1,8 @@
 #!/bin/bash
 # docs/results.md "Choosing the method": one synthetic dataset, 100 % labels, 3 candidates, short schedules
-set -e
-cd /work/wt-choice
-export PATH=/work/wt-choice/.venv/bin:$PATH
-export FPN_RAW=/tmp/choice_m/raw FPN_PREPROCESSED=/tmp/choice_m/pre FPN_RESULTS=/tmp/choice_m/res OMP_NUM_THREADS=1
+set -e  # from the repository with the venv active; OUT: a scratch folder
+OUT=${OUT:-/tmp/choice_m}
+export FPN_RAW=$OUT/raw FPN_PREPROCESSED=$OUT/pre FPN_RESULTS=$OUT/res OMP_NUM_THREADS=1
 D=952
 start=$(date +%s)
 [ -d $FPN_RAW/Dataset952_ChoiceGA ] || fpn_make_synthetic -o $FPN_RAW/Dataset952_ChoiceGA -n 25 --seed 0 --shape 16 96 64 --num-test 8 --no-progress
@@ -12,9 +11,9 @@ fpn_train_folds -d $D -c all --devices cpu cpu --epochs 6 --iterations-per-epoch
   --pretrain-epochs 6 --pretrain-iterations 8
 fpn_find_best_configuration -d $D
 for m in fpn__lf1__scratch fpn__lf1__ssl-FAF lachinov__lf1__scratch; do
-  fpn_predict -d $D --model $m -i $FPN_RAW/Dataset952_ChoiceGA/imagesTs -o /tmp/choice_m/test/$m --device cpu 2>/dev/null
-  fpn_evaluate -d $D -r $FPN_RAW/Dataset952_ChoiceGA/labelsTs -p /tmp/choice_m/test/$m | tail -1
+  fpn_predict -d $D --model $m -i $FPN_RAW/Dataset952_ChoiceGA/imagesTs -o $OUT/test/$m --device cpu 2>/dev/null
+  fpn_evaluate -d $D -r $FPN_RAW/Dataset952_ChoiceGA/labelsTs -p $OUT/test/$m | tail -1
 done
-fpn_predict -d $D --best -i $FPN_RAW/Dataset952_ChoiceGA/imagesTs -o /tmp/choice_m/test/best --device cpu 2>/dev/null
-fpn_evaluate -d $D -r $FPN_RAW/Dataset952_ChoiceGA/labelsTs -p /tmp/choice_m/test/best | tail -1
+fpn_predict -d $D --best -i $FPN_RAW/Dataset952_ChoiceGA/imagesTs -o $OUT/test/best --device cpu 2>/dev/null
+fpn_evaluate -d $D -r $FPN_RAW/Dataset952_ChoiceGA/labelsTs -p $OUT/test/best | tail -1
 echo "wall $(( $(date +%s) - start )) s"
