@@ -68,6 +68,7 @@ setup(
             "fpn_convert_checkpoint=fpnunet.commands.convert_checkpoint:main",
             "fpn_export_model=fpnunet.commands.export_model:main",
             "fpn_install_model=fpnunet.commands.install_model:main",
+            "fpn_find_best_configuration=fpnunet.commands.find_best_configuration:main",
         ]
     },
 )

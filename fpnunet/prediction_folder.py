@@ -187,6 +187,35 @@ class PredictionFolder:
             if stale.name not in keep:
                 stale.unlink()
 
+    def probabilities(self) -> dict[str, Path]:
+        """``CASE.npz`` probability files by case (top level)."""
+        if not self.folder.is_dir():
+            return {}
+        return {p.name[:-4]: p for p in sorted(self.folder.glob("*.npz")) if not p.name.startswith(".")}
+
+    def remove_probabilities_except(self, cases: Iterable[str]) -> None:
+        """Remove the ``CASE.npz`` files of cases not in ``cases`` (stale ones of an earlier run)."""
+        keep = set(cases)
+        for case, path in self.probabilities().items():
+            if case not in keep:
+                path.unlink()
+
+    def read_probabilities(self, case: str) -> np.ndarray:
+        """The probabilities ``(K, B, A)`` float32 of ``CASE.npz``; one-line :class:`FPNError` naming
+        the file when it is missing or not a probability array."""
+        import numpy as np  # lazy: start-up time
+
+        path = self.probabilities_file(case)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                probs = np.asarray(z["probabilities"], dtype=np.float32)
+        except (OSError, KeyError, ValueError) as exc:
+            raise FPNError(f"{path}: cannot read probabilities ({exc})") from None
+        if probs.ndim != 3 or not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
+            raise FPNError(f"{path}: expected finite probabilities in [0, 1] of shape (K, B, A), got shape "
+                           f"{probs.shape}")
+        return probs
+
     # ------------------------------------------------------------------ tables
     def write_areas(self, rows: list[dict[str, Any]], columns: Iterable[str], part_id: int = 0,
                     num_parts: int = 1) -> Path:

@@ -56,6 +56,31 @@ def model_folder_name(config: str, label_fraction: float, tag: str) -> str:
     return f"{config}__lf{label_fraction:g}__{tag}"
 
 
+SCRATCH_TAG = "scratch"
+DEFAULT_TRAINER = "supervised"
+
+
+def ssl_tag(target: str) -> str:
+    """``ssl-FAF``: the tag of a run fine-tuned from the dataset's ``target`` pretraining run."""
+    return f"ssl-{target}"
+
+
+def enface_suffix(modalities: list[str] | tuple[str, ...]) -> str:
+    """``__enf-SLO-FAF`` for a network with en-face input channels, else ``""``."""
+    return f"__enf-{'-'.join(modalities)}" if modalities else ""
+
+
+def trainer_suffix(trainer: str) -> str:
+    """``__cmc``: added to the model folder of any trainer but the default (``supervised``)."""
+    return "" if trainer == DEFAULT_TRAINER else f"__{trainer}"
+
+
+def full_model_folder_name(config: str, label_fraction: float, tag: str, enface: list[str] | tuple[str, ...] = (),
+                           trainer: str = DEFAULT_TRAINER) -> str:
+    """A run's model folder: ``fpn__lf1__scratch``, ``omnia__lf1__scratch__enf-SLO-FAF``, ``fpn__lf1__ssl-FAF__cmc``."""
+    return model_folder_name(config, label_fraction, tag) + enface_suffix(enface) + trainer_suffix(trainer)
+
+
 def fold_folder_name(fold: int | str) -> str:
     return f"fold_{fold}"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from fpnunet.atomic import write_atomic
 from fpnunet.errors import ShapeError
 from fpnunet.io import EnfaceGeometry, write_image
 from fpnunet.lesions import lesion_stats
+from fpnunet.prediction_folder import PredictionFolder
 
 __all__ = ["label_values", "probabilities_to_segmentation", "write_segmentation", "write_probabilities",
            "lesion_areas", "lesion_rows", "LESION_COLUMNS"]
@@ -101,3 +103,17 @@ def lesion_rows(case: str, seg: np.ndarray, spacing: tuple[float, float], labels
     v = visit or {}
     return [{"case": case, "patient": v.get("patient"), "eye": v.get("eye"), "visit": v.get("visit"),
              "class": name, **s.to_dict()} for name, s in lesion_stats(seg, spacing, labels).items()]
+
+
+def write_case(
+    case: str, probs: np.ndarray, geometry: EnfaceGeometry, out_dir: Path, ending: str, save_probs: bool,
+    labels: dict[str, int], threshold: float, visit: dict[str, str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Write one case's mask (and probabilities) into the prediction folder ``out_dir``; returns its
+    ``lesion_areas.csv`` rows."""
+    folder = PredictionFolder(out_dir)
+    seg = probabilities_to_segmentation(probs, threshold=threshold, labels=labels)
+    write_segmentation(seg, geometry, folder.mask_file(case, ending))
+    if save_probs:
+        write_probabilities(probs, folder.probabilities_file(case), labels=labels)
+    return lesion_rows(case, seg, geometry.spacing, labels, visit)

@@ -10,10 +10,10 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fpnunet.errors import FPNError
-from fpnunet.raw_dataset import volume_name
+from fpnunet.raw_dataset import DatasetInfo, load_dataset_json, volume_name
 
 if TYPE_CHECKING:  # numpy is imported by the caller after parsing (fast --help)
     import numpy as np
@@ -169,3 +169,17 @@ def reader(
         if stop.is_set():
             return
 
+
+
+def model_dataset_json(model_info: DatasetInfo | None, raw: Path | None) -> dict[str, Any]:
+    """The model folder's dataset.json (``model_info``), completed by the raw dataset's at ``raw``
+    (visits and patients of new cases) when one is named and readable."""
+    out = dict(model_info.raw) if model_info else {}
+    if raw is not None:
+        try:
+            extra = load_dataset_json(raw).raw
+        except FPNError:
+            return out
+        for key in ("visits", "patients"):
+            out[key] = {**extra.get(key, {}), **out.get(key, {})}
+    return out

@@ -16,6 +16,7 @@ from typing import Any
 
 from fpnunet.atomic import load_json, save_json
 from fpnunet.errors import FPNError
+from fpnunet.plans.candidates import Candidate
 from fpnunet.plans.training_params import AugmentParams, LossParams, params_from_dict
 
 PLAN_VERSION = 1
@@ -138,6 +139,10 @@ class Plan:
     """Median raw volume shape ``(B, D, A)``."""
     configurations: dict[str, Configuration] = field(default_factory=dict)
     default_configuration: str = "fpn"
+    candidates: list[Candidate] = field(default_factory=list)
+    """The candidate configurations ``fpn_train_folds -c all`` trains (:mod:`fpnunet.plans.candidates`)."""
+    dropped_candidates: list[str] = field(default_factory=list)
+    """Candidate names the user dropped (kept out when the plan is made again)."""
     version: int = PLAN_VERSION
 
     # ------------------------------------------------------------------ helpers
@@ -156,6 +161,13 @@ class Plan:
             )
         return self.configurations[name]
 
+    def candidate(self, name: str) -> Candidate:
+        for c in self.candidates:
+            if c.name == name:
+                return c
+        raise FPNError(f"plans.json of {self.dataset_name} has no candidate {name!r}; candidates: "
+                       f"{[c.name for c in self.candidates] or 'none'} (fpn_plan_and_preprocess lists them)")
+
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +179,8 @@ class Plan:
         d["enface_spacing"] = tuple(float(v) for v in d.get("enface_spacing", (1.0, 1.0)))
         d["median_shape"] = tuple(int(v) for v in d.get("median_shape", (0, 0, 0)))
         d["labels"] = {str(k): int(v) for k, v in d.get("labels", {}).items()}
+        d["candidates"] = [Candidate.from_dict(c) for c in d.get("candidates", [])]
+        d["dropped_candidates"] = [str(n) for n in d.get("dropped_candidates", [])]
         return cls(**_known(cls, d))
 
     def save(self, path: str | Path) -> None:

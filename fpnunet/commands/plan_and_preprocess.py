@@ -37,6 +37,8 @@ class PreprocessConfig:
     calibrate: bool = False
     no_preprocess: bool = False
     progress: bool = True
+    add_candidates: tuple[str, ...] = ()
+    drop_candidates: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true",
                    help="let the planner measure one real training step per configuration (needs CUDA)")
     p.add_argument("--no-preprocess", action="store_true", help="stop after writing plans.json")
+    p.add_argument("--add-candidate", dest="add_candidates", action="append", default=[], metavar="SPEC",
+                   help="add a candidate configuration NAME:CONFIG[:pretrained=FAF|SLO|none][:wd=W][:enface=SLO+FAF]"
+                        "[:trainer=cmc] (repeatable; kept when planning again; default: none)")
+    p.add_argument("--drop-candidate", dest="drop_candidates", action="append", default=[], metavar="NAME",
+                   help="leave a candidate configuration out (repeatable; kept out when planning again; default: none)")
     cli_args.add_progress(p)
     return p
 
@@ -83,8 +90,13 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     gb = args.gpu_memory_gb
     if gb is not None and not (math.isfinite(gb) and gb > 0):
         raise FPNError(f"--gpu-memory-gb must be a finite number of GiB > 0, got {gb}")
+    from fpnunet.plans.candidates import parse_candidate  # lazy: start-up time
+
+    for spec in args.add_candidates:
+        parse_candidate(spec)  # a bad spec stops before anything is written
     return PreprocessConfig(args.dataset, args.num_processes, args.verify_only, args.clean, args.gpu_memory_gb,
-                            tuple(args.config), args.calibrate, args.no_preprocess, args.progress)
+                            tuple(args.config), args.calibrate, args.no_preprocess, args.progress,
+                            tuple(args.add_candidates), tuple(args.drop_candidates))
 
 
 def run(config: PreprocessConfig) -> int:
@@ -116,6 +128,7 @@ def run(config: PreprocessConfig) -> int:
     extra = {"calibrate": True} if config.calibrate else {}
     plan = plan_dataset(fp, info, gpu_memory_gb=config.gpu_memory_gb, networks=list(config.configs), existing=existing,
                         **extra)
+    print(choose_candidates(plan, existing, fp, raw, info, config))
     plan.save(plans_path)
     idents = ", ".join(f"{n} -> {c.data_identifier}/ (depth {c.depth})" for n, c in plan.configurations.items())
     print(f"wrote {plans_path}: depth crop {plan.depth_crop} raw rows; {idents}")
@@ -130,6 +143,32 @@ def run(config: PreprocessConfig) -> int:
               f"({s['seconds']:.1f} s) -> {s['folder']}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def choose_candidates(plan: Plan, existing: Plan | None, fp: dict, raw, info, config: PreprocessConfig) -> str:
+    """Set ``plan.candidates`` (the rules' list, the user's additions, minus the dropped names);
+    returns the listing to print."""
+    from fpnunet.plans.candidates import (  # lazy: start-up time
+        dataset_facts,
+        format_candidates,
+        merge_candidates,
+        parse_candidate,
+        propose_candidates,
+    )
+
+    facts = dataset_facts(fp, raw, info, list(plan.configurations))
+    proposed, notes = propose_candidates(facts, plan.configuration().training.weight_decay)
+    previous = list(existing.candidates) if existing is not None else []
+    added = [parse_candidate(s) for s in config.add_candidates]
+    for c in added:
+        plan.configuration(c.config)  # an unplanned configuration is an error naming it
+    dropped = sorted(set(plan.dropped_candidates) - {c.name for c in added} | set(config.drop_candidates))
+    previous = [c for c in previous if c.name not in {a.name for a in added}] + added
+    plan.candidates = merge_candidates(proposed, previous, dropped)
+    plan.dropped_candidates = dropped
+    if dropped:
+        notes.append(f"dropped by the user: {', '.join(dropped)}")
+    return format_candidates(plan.candidates, notes)
 
 
 @run_cli

@@ -2,9 +2,9 @@
 
 ::
 
-    fpn_predict -i IN_DIR -o OUT_DIR -d 900 [-f 0 1 2 3 4] [-c fpn] [--model NAME]
-                [-m MODEL_DIR] [-chk final|best|latest] [--disable-tta]
-                [--npz] [-device auto|cpu|cuda] [--file-ending .nii.gz]
+    fpn_predict -i IN_DIR -o OUT_DIR -d 900 [-f 0 1 2 3 4] [-c fpn] [--model NAME] [-m MODEL_DIR]
+                [-chk final|best|latest] [--disable-tta] [--npz] [-device auto|cpu|cuda] [--file-ending .nii.gz]
+    fpn_predict -i IN_DIR -o OUT_DIR -d 900 --best   # the pipeline fpn_find_best_configuration chose
 
 Inputs are ``IN_DIR/CASE_0000<ending>`` (+ ``_0001`` ... for more channels) in any format
 SimpleITK reads. Outputs, per case: ``OUT_DIR/CASE<ending>`` (the label map on the volume's
@@ -28,9 +28,8 @@ the other cases are still predicted and the exit status is 1, with the number of
 failed cases and their errors go into ``OUT_DIR/failed_cases.csv`` (``case,error``; removed when
 none failed), which ``fpn_report`` shows. The folder's names: :mod:`fpnunet.prediction_folder`.
 
-Depth rule: a volume is rejected when its depth (along the plan's projection axis) within the
-plan's depth crop, ``min(D, depth_crop)``, is below a quarter of the configuration's depth (it
-would be stretched more than 4x; typically a 2D image or a wrongly oriented volume).
+Depth rule: a volume whose depth within the plan's depth crop, ``min(D, depth_crop)``, is below a quarter
+of the configuration's depth is rejected (stretched > 4x: a 2D image or a wrongly oriented volume).
 """
 from __future__ import annotations
 
@@ -46,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from fpnunet import cli_args, results_layout
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.errors import FPNError
-from fpnunet.inference.inputs import Loaded, collect_inputs
+from fpnunet.inference.inputs import Loaded, collect_inputs, model_dataset_json
 from fpnunet.inference.inputs import case_of_message as _case_of_message
 from fpnunet.inference.inputs import reader as read_ahead
 from fpnunet.inference.parts import check_part, merge_parts, run_on_devices, select_part
@@ -56,10 +55,8 @@ from fpnunet.raw_dataset import DATASET_FILE, enface_dir
 from fpnunet.report.visits import visits_from_dataset
 
 if TYPE_CHECKING:  # torch, numpy and SimpleITK are imported after parsing (fast --help)
-    import numpy as np
 
-    from fpnunet.inference.predictor import Predictor
-    from fpnunet.io import EnfaceGeometry
+    pass
 
 __all__ = ["main", "build_parser", "find_model_folder"]
 
@@ -113,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", nargs="+", metavar="DEV",
                    help="predict one part per device in parallel (cuda:0 cuda:1 ..., or cpu cpu), then merge "
                         "(default: none, one process)")
+    p.add_argument("--best", action="store_true", help="predict with the pipeline fpn_find_best_configuration chose")
     p.add_argument("--merge-parts", action="store_true",
                    help="only join OUT_DIR's lesion_areas.part-I-of-K.csv tables into lesion_areas.csv")
     return p
@@ -141,25 +139,6 @@ def find_model_folder(dataset: str | None, model: str | None, network: str | Non
     if not root.is_dir():
         raise FPNError(f"{root}: no trained models for dataset {dataset} (FPN_RESULTS={results_root()})")
     return results_layout.find_model_folder(root, model, network)
-
-
-def _write_case(
-    case: str, probs: np.ndarray, geometry: EnfaceGeometry, out_dir: Path, ending: str, save_probs: bool,
-    labels: dict[str, int], threshold: float, visit: dict[str, str | None] | None = None,
-) -> list[dict[str, Any]]:
-    from fpnunet.inference.export import (  # lazy: start-up time
-        lesion_rows,
-        probabilities_to_segmentation,
-        write_probabilities,
-        write_segmentation,
-    )
-
-    folder = PredictionFolder(out_dir)
-    seg = probabilities_to_segmentation(probs, threshold=threshold, labels=labels)
-    write_segmentation(seg, geometry, folder.mask_file(case, ending))
-    if save_probs:
-        write_probabilities(probs, folder.probabilities_file(case), labels=labels)
-    return lesion_rows(case, seg, geometry.spacing, labels, visit)
 
 
 @dataclass(frozen=True)
@@ -192,6 +171,7 @@ class PredictConfig:
     part_id: int = 0
     devices: tuple[str, ...] = ()
     uncertainty: bool = True
+    best: bool = False
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig:
@@ -211,7 +191,9 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig
         raise FPNError(f"{in_dir}: input folder not found")
     if out_dir.exists() and not out_dir.is_dir():
         raise FPNError(f"{out_dir}: -o must name a folder, but this is a file")
-    model_dir = Path(args.model_dir) if args.model_dir else find_model_folder(args.dataset, args.model, args.config)
+    from fpnunet.inference.chosen import check_best_flags  # lazy: start-up time
+    model_dir = (check_best_flags(args.dataset, argv) if args.best else Path(args.model_dir) if args.model_dir
+                 else find_model_folder(args.dataset, args.model, args.config))
     if args.devices:
         if args.num_parts != 1 or "--device" in argv:
             raise FPNError("--devices makes one part per device: leave out --num-parts/--part-id and --device")
@@ -222,7 +204,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig
         list(args.folds) if args.folds else None,  # checked by the -f type (cli_args.fold_name)
         args.checkpoint, args.device, args.disable_tta, args.whole_plane, args.step, args.window, args.precision,
         args.file_ending, args.save_probabilities, args.threshold, args.fused, args.enface_dir, args.overlays,
-        args.report, args.num_parts, args.part_id, tuple(args.devices or ()), uncertainty=not args.no_uncertainty)
+        args.report, args.num_parts, args.part_id, tuple(args.devices or ()), uncertainty=not args.no_uncertainty,
+        best=args.best)
 
 
 @run_cli
@@ -242,6 +225,10 @@ def run(config: PredictConfig) -> int:
         return run_on_devices(list(config.argv), list(config.devices), out_dir)
     lock = PredictionFolder(out_dir).writer_lock(config.part_id, config.num_parts)  # one writer per folder
     try:
+        if config.best:  # the chosen pipeline: each member through run() into OUT/.members/, then combined
+            from fpnunet.inference.chosen import predict_chosen  # lazy: start-up time
+
+            return predict_chosen(config, run)
         return _predict(config, lock)
     finally:
         lock.release()
@@ -251,6 +238,7 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
     out_dir, in_dir, model_dir, folds = config.output, config.input, config.model_dir, config.folds
     from tqdm import tqdm
 
+    from fpnunet.inference.export import write_case  # lazy: start-up time
     from fpnunet.inference.predictor import Predictor  # lazy: start-up time
 
     predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=config.checkpoint, device=config.device,
@@ -265,7 +253,8 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
     if not ending.startswith("."):
         raise FPNError(f"--file-ending {ending!r}: must start with a dot, e.g. .nii.gz")
     labels = predictor.dataset_info.labels if predictor.dataset_info else plan.labels
-    dataset_json = _dataset_json(predictor, config.dataset)
+    raw = None if config.dataset is None else raw_dir(config.dataset)
+    dataset_json = model_dataset_json(predictor.dataset_info, raw)  # + the raw dataset's visits of new cases
     visits = _visit_columns(dataset_json)
     if config.overlays or config.report:  # a bad colour in dataset.json stops here, before any output
         from fpnunet.report.overlay import class_colours  # lazy: start-up time
@@ -348,7 +337,7 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
                     failures += 1
                     continue
                 pending.append((loaded.case, writer.submit(
-                    _write_case, loaded.case, probs, loaded.geometry, out_dir, ending, config.save_probabilities,
+                    write_case, loaded.case, probs, loaded.geometry, out_dir, ending, config.save_probabilities,
                     labels, config.threshold, visits.get(loaded.case))))
             for case, fut in pending:
                 try:
@@ -380,21 +369,6 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
         print(f"error: {failures} of {total} input(s) failed (see messages above)", file=sys.stderr)
         return 1
     return 0
-
-
-def _dataset_json(predictor: Predictor, dataset: str | None) -> dict[str, Any]:
-    """The model folder's dataset.json, completed by the raw dataset's (visits of new cases) under -d."""
-    out = dict(predictor.dataset_info.raw) if predictor.dataset_info else {}
-    if dataset is not None:
-        from fpnunet.raw_dataset import load_dataset_json  # lazy: start-up time
-
-        try:
-            raw = load_dataset_json(raw_dir(dataset)).raw
-        except FPNError:
-            return out
-        for key in ("visits", "patients"):
-            out[key] = {**raw.get(key, {}), **out.get(key, {})}
-    return out
 
 
 def _visit_columns(dataset_json: dict[str, Any]) -> dict[str, dict[str, str | None]]:

@@ -71,6 +71,8 @@ def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentPa
     add_resume_arguments(p, overwrite_help="delete an earlier run in the fold folder and start over")
     p.add_argument("--val", dest="val_only", action="store_true",
                    help="only redo the final validation (validation/ and summary.json) from a checkpoint")
+    cli_args.add_save_probabilities(p, help="also write the final validation's probabilities validation/CASE.npz "
+                                            "(fpn_find_best_configuration ensembles and post-processes them)")
     p.add_argument("--val-checkpoint", choices=("final", "best", "latest"), default="final",
                    help="checkpoint --val uses (default final)")
     add_runtime_arguments(p, seed_help="seed of weights init, batches and augmentation", plan=plan)

@@ -5,6 +5,14 @@
     fpn_train_folds 900                                   # folds 0-4 over every local GPU
     fpn_train_folds 900 --folds 0 1 2 --devices cuda:0 cuda:1 --epochs 100 --pretrained none
     fpn_train_folds 900 --devices cpu cpu                 # two CPU processes (tests, small machines)
+    fpn_train_folds -d 900 -c all                         # every candidate configuration of the plan
+    fpn_train_folds -d 900 -c fpn-scratch fpn-ssl-FAF --epochs 100 --pretrain-epochs 100
+
+``-c all`` or candidate names (``fpn_plan_and_preprocess`` lists them; a plan configuration name
+such as ``-c omnia`` still trains that configuration as before): first the pretraining runs the
+candidates fine-tune from, then five folds of each candidate with ``--npz`` (the out-of-fold
+probabilities ``fpn_find_best_configuration`` compares), all queued over ``--devices``; what is
+finished is skipped, what was killed is continued (:mod:`fpnunet.training.candidate_runs`).
 
 nnU-Net's advice for several GPUs: rather than DDP, train the five folds side by side, one per
 GPU. Each fold runs as its own ``fpn_train DATASET FOLD --device DEV --no-progress [flags]``
@@ -63,8 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROGRAM, allow_abbrev=False,
         description="Train several folds in parallel, one per device; any other flag goes to "
                     "fpn_train (e.g. --epochs, --pretrained, --label-fraction, --continue).")
-    p.add_argument("dataset", help="dataset id (900) or folder name")
+    p.add_argument("dataset", help="dataset id (900) or folder name (or -d DATASET)")
     cli_args.add_folds(p, help="folds to train (default 0 1 2 3 4)")
+    p.add_argument(*cli_args.VOCABULARY["config"].options, dest="config", nargs="+", default=None, metavar="NAME",
+                   help="candidate configurations to train (all, or names from plans.json 'candidates'), or one plan "
+                        "configuration passed to fpn_train (default: fpn_train's -c)")
+    p.add_argument("--pretrain-epochs", type=int, default=None,
+                   help="with candidates: epochs of the pretraining runs (default: the plan's pretrain_epochs)")
+    p.add_argument("--pretrain-iterations", type=int, default=None,
+                   help="with candidates: iterations per epoch of the pretraining runs (default: the plan's)")
     p.add_argument("--devices", nargs="+",
                    help="devices, one fold at a time on each (default: every CUDA device, else one cpu); "
                         "repeat a device to run two folds on it")
@@ -77,6 +92,17 @@ def default_devices() -> list[str]:
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+
+
+def dataset_first(argv: list[str]) -> list[str]:
+    """``-d 900 ...`` -> ``900 ...`` (the other flags go to fpn_train unparsed, so a positional
+    DATASET after them could be mistaken for one of their values)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-d", "--dataset") and i + 1 < len(argv):
+            return [argv[i + 1], *argv[:i], *argv[i + 2:]]
+        if arg.startswith("--dataset="):
+            return [arg.split("=", 1)[1], *argv[:i], *argv[i + 1:]]
+    return argv
 
 
 def check_arguments(dataset: str, folds: list[str], devices: list[str], rest: list[str]) -> None:
@@ -125,6 +151,13 @@ def _stream(proc: subprocess.Popen, result: FoldResult, prefix: str, done: queue
 
 def run_folds(dataset: str, folds: list[str], devices: list[str], rest: list[str]) -> list[FoldResult]:
     """Train ``folds`` on ``devices`` (one at a time per entry), streaming their output; returns the results."""
+    return run_jobs({f: fold_command(dataset, f, "{device}", rest) for f in folds}, devices, "fold ")
+
+
+def run_jobs(commands: dict[str, list[str]], devices: list[str], prefix_word: str = "") -> list[FoldResult]:
+    """Run ``commands`` (by key; ``"{device}"`` in one is replaced by the device) on ``devices``,
+    one at a time per entry, streaming their output as ``[<prefix_word>KEY @ DEVICE] line``."""
+    folds = list(commands)
     cpu_slots = sum(d == "cpu" for d in devices)
     env = dict(os.environ)
     if cpu_slots and "OMP_NUM_THREADS" not in env:
@@ -141,10 +174,11 @@ def run_folds(dataset: str, folds: list[str], devices: list[str], rest: list[str
                 slot, fold = free.popleft(), waiting.popleft()
                 device = devices[slot]
                 result = results[fold] = FoldResult(fold, device)
-                prefix = f"[fold {fold} @ {device}]"
+                prefix = f"[{prefix_word}{fold} @ {device}]"
                 with lock:
                     print(f"{prefix} started ({len(waiting)} fold(s) queued)", flush=True)
-                proc = subprocess.Popen(fold_command(dataset, fold, device, rest), stdout=subprocess.PIPE,
+                command = [device if part == "{device}" else part for part in commands[fold]]
+                proc = subprocess.Popen(command, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
                 running[fold] = (slot, proc)
                 threading.Thread(target=_stream, args=(proc, result, prefix, done, lock, time.perf_counter()),
@@ -154,7 +188,8 @@ def run_folds(dataset: str, folds: list[str], devices: list[str], rest: list[str
             free.append(slot)
             status = "done" if finished.ok else f"FAILED (exit status {finished.returncode}): {finished.last_error()}"
             with lock:
-                print(f"[fold {finished.fold} @ {finished.device}] {status} after {finished.seconds:.0f} s", flush=True)
+                print(f"[{prefix_word}{finished.fold} @ {finished.device}] {status} after {finished.seconds:.0f} s",
+                      flush=True)
     finally:
         for _, proc in running.values():  # interrupted: stop the folds still running
             if proc.poll() is None:
@@ -175,26 +210,120 @@ class FoldsConfig:
     folds: tuple[str, ...]
     devices: tuple[str, ...]
     rest: tuple[str, ...]
+    candidates: tuple[str, ...] = ()
+    pretrain_flags: tuple[str, ...] = ()
 
+
+CANDIDATE_FLAGS = ("--pretrained", "--trainer", "-tr", "--weight-decay", "--enface-channels", "--npz",
+                   "--save-probabilities", "--val", "-c", "--config", "--network")
+"""fpn_train flags a candidate sets itself."""
+
+
+def candidate_names(dataset: str, names: list[str]) -> tuple[list[str], list[str]]:
+    """``(candidates, extra fpn_train flags)`` of ``-c NAMES``: ``all`` or candidate names, or one
+    plan configuration (the flag is then passed to fpn_train, as before candidates existed)."""
+    from fpnunet.paths import preprocessed_dir  # lazy: start-up time
+    from fpnunet.plans.plan import Plan  # lazy: start-up time
+
+    plans = preprocessed_dir(dataset) / "plans.json"
+    plan = Plan.load(plans)
+    known = [c.name for c in plan.candidates]
+    if names == ["all"]:
+        if not known:
+            raise FPNError(f"{plans} lists no candidate configuration; run fpn_plan_and_preprocess -d {dataset}")
+        return known, []
+    if len(names) == 1 and names[0] not in known and names[0] in plan.configurations:
+        return [], ["-c", names[0]]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise FPNError(f"-c {' '.join(unknown)}: not a candidate of {plans} (candidates: {', '.join(known) or 'none'}; "
+                       "or give 'all', or one plan configuration)")
+    return list(dict.fromkeys(names)), []
 
 def config_from_args(parsed: tuple[argparse.Namespace, list[str]]) -> FoldsConfig:
     """``parse_known_args``'s pair -> the checked :class:`FoldsConfig` (every flag, fpn_train's included)."""
     args, rest = parsed
     devices = list(args.devices) if args.devices else default_devices()
     folds = [str(f) for f in (args.folds or DEFAULT_FOLDS)]
+    candidates: list[str] = []
+    pretrain: list[str] = []
+    for flag, value in (("--pretrain-epochs", args.pretrain_epochs),
+                        ("--pretrain-iterations", args.pretrain_iterations)):
+        if value is not None and value < 1:
+            raise FPNError(f"{flag} {value}: must be at least 1")
+    if args.config:
+        candidates, extra = candidate_names(args.dataset, list(args.config))
+        rest = extra + rest
+    if candidates:
+        taken = [f for f in rest if f.split("=")[0] in CANDIDATE_FLAGS]
+        if taken:
+            raise FPNError(f"{taken[0]}: each candidate sets it itself (see plans.json 'candidates'; "
+                           "fpn_plan_and_preprocess --add-candidate adds one)")
+        pretrain = ([f"--epochs={args.pretrain_epochs}"] if args.pretrain_epochs else []) + (
+            [f"--iterations-per-epoch={args.pretrain_iterations}"] if args.pretrain_iterations else [])
+    elif args.pretrain_epochs or args.pretrain_iterations:
+        raise FPNError("--pretrain-epochs/--pretrain-iterations: only with candidates (-c all or names)")
     check_arguments(args.dataset, folds, devices, rest)
-    return FoldsConfig(args.dataset, tuple(folds), tuple(devices), tuple(rest))
+    return FoldsConfig(args.dataset, tuple(folds), tuple(devices), tuple(rest), tuple(candidates), tuple(pretrain))
 
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = dataset_first(list(sys.argv[1:] if argv is None else argv))
     config = config_from_args(build_parser().parse_known_args(argv))
     cli_args.print_data_roots()
     return run(config)
 
 
+def run_candidates(config: FoldsConfig) -> int:
+    """The candidates' pretraining runs, then their folds; finished work skipped (module docstring)."""
+    from fpnunet.paths import preprocessed_dir, results_dir  # lazy: start-up time
+    from fpnunet.plans.plan import Plan  # lazy: start-up time
+    from fpnunet.training.candidate_runs import fold_jobs, pretraining_jobs  # lazy: start-up time
+
+    plan = Plan.load(preprocessed_dir(config.dataset) / "plans.json")
+    candidates = [plan.candidate(n) for n in config.candidates]
+    results = results_dir(config.dataset)
+    devices, failed = list(config.devices), []
+
+    def command(job) -> list[str]:
+        return [sys.executable, "-m", job.module, *job.args, "--device", "{device}", "--no-progress"]
+
+    print(f"{PROGRAM}: {len(candidates)} candidate(s) {' '.join(config.candidates)}, folds {' '.join(config.folds)}, "
+          f"on {len(devices)} device slot(s) {' '.join(devices)}", flush=True)
+    # phase 1: the pretrainings, with the folds of the candidates that need none beside them
+    pre, done = pretraining_jobs(config.dataset, results, candidates, list(config.pretrain_flags))
+    scratch, skipped = fold_jobs(config.dataset, results, [c for c in candidates if c.pretrained == "none"],
+                                 list(config.folds), list(config.rest))
+    done += skipped
+    for line in done:
+        print(line, flush=True)
+    lost: set[str] = set()
+    ran = run_jobs({j.label: command(j) for j in pre + scratch}, devices) if pre or scratch else []
+    for job, result in zip(pre, ran):
+        if not result.ok:
+            lost |= set(job.candidates)
+    # phase 2: the fine-tuned candidates' folds
+    tuned, skipped = fold_jobs(config.dataset, results,
+                               [c for c in candidates if c.pretrained != "none" and c.name not in lost],
+                               list(config.folds), list(config.rest))
+    for line in skipped:
+        print(line, flush=True)
+    done += skipped
+    ran += run_jobs({j.label: command(j) for j in tuned}, devices) if tuned else []
+    failed += [f"{r.fold}: {r.last_error()}" for r in ran if not r.ok]
+    print(f"summary: {sum(r.ok for r in ran)} run(s) done, {len(done)} already finished, {len(failed)} failed"
+          + "".join(f"\n  not trained (pretraining failed): {n}" for n in sorted(lost)))
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"next: fpn_find_best_configuration -d {config.dataset}")
+    return 0
+
+
 def run(config: FoldsConfig) -> int:
+    if config.candidates:
+        return run_candidates(config)
     folds, devices = list(config.folds), list(config.devices)
     print(f"{PROGRAM}: {len(folds)} fold(s) {' '.join(folds)} on {len(devices)} device slot(s) {' '.join(devices)}",
           flush=True)

@@ -153,7 +153,8 @@ def _fold(flags: Any, trainer: type[Trainer], dataset: str, pre_dir: Path, plan:
             "pretrained": flags.pretrained, "tag": tag, "pretrained_path": None if path is None else str(path),
             "pretrained_message": message, "partial_load": bool(flags.partial_load),
             "encoder_weights": flags.encoder_weights, "val_only": bool(flags.val_only),
-            "val_checkpoint": flags.val_checkpoint}
+            "val_checkpoint": flags.val_checkpoint,
+            "save_probabilities": bool(getattr(flags, "save_probabilities", False))}
 
 
 def _pretraining(flags: Any, dataset: str, plan: Plan, config_name: str, configuration: Configuration,

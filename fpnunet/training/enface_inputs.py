@@ -23,6 +23,7 @@ from pathlib import Path
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan
 from fpnunet.preprocessed_dataset import PreprocessedDataset
+from fpnunet.results_layout import enface_suffix
 
 KWARG = "enface_channels"
 """The network kwarg (and plans.json key) holding the modalities."""
@@ -85,7 +86,7 @@ def modalities_of(config: Configuration) -> list[str]:
 
 def folder_suffix(modalities: list[str]) -> str:
     """``__enf-SLO-FAF`` for a network with en-face input channels, else ``""``."""
-    return f"__enf-{'-'.join(modalities)}" if modalities else ""
+    return enface_suffix(modalities)
 
 
 def check_cases(data_dir: Path, cases: list[str], modalities: list[str]) -> None:

@@ -21,7 +21,13 @@ from torch import nn
 
 from fpnunet.checkpoint import load_file, load_state_dict_file
 from fpnunet.errors import FPNError
-from fpnunet.results_layout import PRETRAIN_TARGETS, pretrained_tag, pretraining_checkpoint  # noqa: F401
+from fpnunet.results_layout import (  # noqa: F401
+    PRETRAIN_TARGETS,
+    SCRATCH_TAG,
+    pretrained_tag,
+    pretraining_checkpoint,
+    ssl_tag,
+)
 
 
 @dataclass
@@ -128,14 +134,14 @@ def _network_of(path: Path) -> str | None:
 def resolve_pretrained(choice: str, results_dataset_dir: str | Path, config: str) -> tuple[str, Path | None, str]:
     """``(tag, checkpoint path or None, message)`` for ``--pretrained`` ``auto``, ``none`` or a PATH."""
     if choice == "none":
-        return "scratch", None, "training from scratch (--pretrained none)"
+        return SCRATCH_TAG, None, "training from scratch (--pretrained none)"
     if choice == "auto":
         for target in PRETRAIN_TARGETS:
             path = pretraining_checkpoint(results_dataset_dir, config, target)
             if path.is_file():
-                return f"ssl-{target}", path, f"fine-tuning from the {target} pretraining run {path}"
+                return ssl_tag(target), path, f"fine-tuning from the {target} pretraining run {path}"
         tried = ", ".join(str(pretraining_checkpoint(results_dataset_dir, config, t)) for t in PRETRAIN_TARGETS)
-        return "scratch", None, f"training from scratch: no pretraining run found (looked for {tried})"
+        return SCRATCH_TAG, None, f"training from scratch: no pretraining run found (looked for {tried})"
     path = Path(choice).expanduser()
     if not path.is_file():
         raise FPNError(f"--pretrained {choice}: no such file (expected auto, none or a checkpoint path)")
@@ -145,5 +151,5 @@ def resolve_pretrained(choice: str, results_dataset_dir: str | Path, config: str
     run = path.parent.parent.name if path.parent.name.startswith("fold_") else path.parent.name
     for target in PRETRAIN_TARGETS:
         if run.startswith("pretrain__") and run.endswith(f"__{target}"):
-            return f"ssl-{target}", path, f"fine-tuning from the {target} pretraining run {path}"
+            return ssl_tag(target), path, f"fine-tuning from the {target} pretraining run {path}"
     return pretrained_tag(path), path, f"fine-tuning from {path}"

@@ -129,6 +129,8 @@ class RunConfig:
     overwrite: bool = False
     val_only: bool = False
     val_checkpoint: str = "final"
+    save_probabilities: bool = False
+    """The final validation also writes ``validation/CASE.npz`` (``--npz``)."""
 
     def __post_init__(self) -> None:
         for name in _COUNTS:

@@ -23,7 +23,12 @@ from tqdm.auto import tqdm
 from fpnunet import distributed as fdist
 from fpnunet.evaluation.evaluate import evaluate_folders, summarize, write_summary
 from fpnunet.evaluation.metrics import case_metrics, dice
-from fpnunet.inference.export import label_values, probabilities_to_segmentation, write_segmentation
+from fpnunet.inference.export import (
+    label_values,
+    probabilities_to_segmentation,
+    write_probabilities,
+    write_segmentation,
+)
 from fpnunet.inference.predictor import Predictor
 from fpnunet.io import EnfaceGeometry, resample_to_shape
 from fpnunet.networks.registry import enface_inputs
@@ -147,6 +152,7 @@ def export_validation(
     extra: dict[str, Any] | None = None,
     progress: bool = True,
     precision: str | None = None,
+    save_probabilities: bool = False,
 ) -> dict[str, Any]:
     """Predict ``cases`` whole (with flip TTA), write ``out_dir/CASE<file_ending>`` on each case's
     raw en-face geometry, and write ``out_dir/summary.json`` (+ per-case CSV); returns the summary.
@@ -154,13 +160,16 @@ def export_validation(
     References are the raw ``labelsTr`` files when all are present (so the figures are those
     ``fpn_evaluate`` gives), else the preprocessed label maps on the same geometry.
     ``extra`` entries (checkpoint name, epoch, TTA) are added to the summary; ``progress=False``
-    hides the per-case bar; ``precision`` pins the forward's precision as in :func:`validate_volumes`.
+    hides the per-case bar; ``precision`` pins the forward's precision as in :func:`validate_volumes`;
+    ``save_probabilities`` also writes ``out_dir/CASE.npz`` (the out-of-fold probabilities
+    ``fpn_find_best_configuration`` reads), on the same grid as the mask; otherwise stale ones are removed.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ending = plan.file_ending
     folder = PredictionFolder(out_dir)
     folder.remove_masks_except(cases, ending)
+    folder.remove_probabilities_except(cases if save_probabilities else [])
     predictor = Predictor([model], plan, config_name, device=device, tta=tta,
                           amp=None if precision is None else precision == "bf16")
     modalities = enface_inputs(model)
@@ -172,7 +181,10 @@ def export_validation(
         geometry = PreprocessedDataset(data_dir).geometry(case)
         if tuple(seg.shape) != tuple(geometry.shape):
             seg = resample_to_shape(seg, tuple(geometry.shape), is_label=True)
+            probs = np.stack([resample_to_shape(p, tuple(geometry.shape), is_label=False) for p in probs])
         write_segmentation(seg, geometry, folder.mask_file(case, ending))
+        if save_probabilities:
+            write_probabilities(probs, folder.probabilities_file(case), labels=plan.labels)
         geometries[case] = geometry
     summary_file = out_dir / "summary.json"
     labels_dir = raw_labels_dir(raw_dir, "Tr") if raw_dir is not None else None

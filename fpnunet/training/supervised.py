@@ -82,7 +82,8 @@ class SupervisedTrainer(Trainer):
         summary = export_validation(model, self.plan, c.config, self.data_dir, list(c.val_cases), out,
                                     None if c.raw_dir is None else Path(c.raw_dir), device=c.device, tta=True,
                                     extra={"checkpoint": checkpoint, "epoch": epoch, "tta": True},
-                                    progress=c.progress, precision=c.precision)
+                                    progress=c.progress, precision=c.precision,
+                                    save_probabilities=c.save_probabilities)
         dice = summary["foreground_mean"]["Dice"]
         print(f"final validation ({checkpoint}, {len(c.val_cases)} cases): mean Dice {dice:.4f} (flip TTA) "
               f"-> {out / 'summary.json'}")

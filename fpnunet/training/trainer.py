@@ -35,13 +35,12 @@ from torch import nn
 from fpnunet.checkpoint import model_spec, seed_everything
 from fpnunet.networks.rebuild import build_model
 from fpnunet.plans.plan import Configuration, Plan
+from fpnunet.results_layout import trainer_suffix
 from fpnunet.training.augment import AUGMENTATIONS
 from fpnunet.training.losses import LOSSES
 from fpnunet.training.optim import OPTIMIZERS, SCHEDULES
 from fpnunet.training.registry import Registry
 from fpnunet.training.run_config import RunConfig
-
-DEFAULT_TRAINER = "supervised"
 
 
 class BatchSource(Protocol):
@@ -100,7 +99,7 @@ class Trainer:
     @classmethod
     def folder_suffix(cls) -> str:
         """Added to the model folder's name (``""`` for the default trainer, ``supervised``)."""
-        return "" if cls.name == DEFAULT_TRAINER else f"__{cls.name}"
+        return trainer_suffix(cls.name)
 
     # ------------------------------------------------------------------ model, loss, optimizer
     def build_network(self) -> tuple[dict[str, Any], nn.Module]:

@@ -1,0 +1,19 @@
+#!/bin/bash
+# docs/results.md "Choosing the method": one synthetic dataset, 100 % labels, 3 candidates, short schedules
+set -e  # from the repository with the venv active; OUT: a scratch folder
+OUT=${OUT:-/tmp/choice_m}
+export FPN_RAW=$OUT/raw FPN_PREPROCESSED=$OUT/pre FPN_RESULTS=$OUT/res OMP_NUM_THREADS=1
+D=952
+start=$(date +%s)
+[ -d $FPN_RAW/Dataset952_ChoiceGA ] || fpn_make_synthetic -o $FPN_RAW/Dataset952_ChoiceGA -n 25 --seed 0 --shape 16 96 64 --num-test 8 --no-progress
+[ -f $FPN_PREPROCESSED/Dataset952_ChoiceGA/plans.json ] || fpn_plan_and_preprocess -d $D -np 1 --no-progress -c fpn lachinov --drop-candidate fpn-ssl-SLO
+fpn_train_folds -d $D -c all --devices cpu cpu --epochs 6 --iterations-per-epoch 8 --val-every 6 --num-workers 0 \
+  --pretrain-epochs 6 --pretrain-iterations 8
+fpn_find_best_configuration -d $D
+for m in fpn__lf1__scratch fpn__lf1__ssl-FAF lachinov__lf1__scratch; do
+  fpn_predict -d $D --model $m -i $FPN_RAW/Dataset952_ChoiceGA/imagesTs -o $OUT/test/$m --device cpu 2>/dev/null
+  fpn_evaluate -d $D -r $FPN_RAW/Dataset952_ChoiceGA/labelsTs -p $OUT/test/$m | tail -1
+done
+fpn_predict -d $D --best -i $FPN_RAW/Dataset952_ChoiceGA/imagesTs -o $OUT/test/best --device cpu 2>/dev/null
+fpn_evaluate -d $D -r $FPN_RAW/Dataset952_ChoiceGA/labelsTs -p $OUT/test/best | tail -1
+echo "wall $(( $(date +%s) - start )) s"

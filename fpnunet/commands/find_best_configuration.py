@@ -1,0 +1,162 @@
+"""``fpn_find_best_configuration -d ID``: choose the pipeline by cross-validation.
+
+::
+
+    fpn_train_folds -d 900 -c all                 # every candidate, five folds, with --npz
+    fpn_find_best_configuration -d 900            # scores, the choice, its post-processing
+    fpn_predict -d 900 --best -i IN -o OUT         # predicts with exactly the choice
+
+Scores every candidate of the plan that has out-of-fold validation probabilities, and every
+ensemble of two and three of them (averaged probabilities), by cross-validation Dice; picks the
+best; decides post-processing on the same predictions, keeping a step only when its gain beats
+its paired spread over the folds (:mod:`fpnunet.evaluation.choose`). Writes
+``$FPN_RESULTS/DatasetXXX/chosen_pipeline.json`` (tools) and ``chosen_pipeline.txt`` (people)
+and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from fpnunet import cli_args
+from fpnunet.cli_utils import run_cli
+from fpnunet.errors import FPNError
+
+PROGRAM = "fpn_find_best_configuration"
+
+
+@dataclass(frozen=True)
+class FindBestConfig:
+    dataset: str
+    candidates: tuple[str, ...] = ()
+    max_members: int = 3
+    postprocessing: bool = True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROGRAM, description="Choose the best candidate configuration or ensemble by "
+                                "cross-validation, and its post-processing; write chosen_pipeline.json.")
+    cli_args.add_dataset(p)
+    p.add_argument(*cli_args.VOCABULARY["config"].options, dest="config", nargs="+", default=["all"], metavar="NAME",
+                   help="candidates to compare (default all: every candidate of the plan with out-of-fold "
+                        "probabilities)")
+    p.add_argument("--max-members", type=int, default=3, choices=(1, 2, 3),
+                   help="largest ensemble tried (default 3; 1: single candidates only)")
+    p.add_argument("--no-postprocessing", dest="postprocessing", action="store_false",
+                   help="keep threshold 0.5 and no component filtering")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> FindBestConfig:
+    names = () if args.config == ["all"] else tuple(args.config)
+    if "all" in names:
+        raise FPNError("-c: give 'all' alone, or candidate names")
+    return FindBestConfig(args.dataset, names, args.max_members, args.postprocessing)
+
+
+def run(config: FindBestConfig) -> int:
+    from fpnunet.evaluation.choose import (  # lazy: start-up time
+        choose_postprocessing,
+        compatible,
+        ensemble_probs,
+        load_out_of_fold,
+        load_references,
+        rank,
+        score,
+    )
+    from fpnunet.inference.postprocess import PostProcessing  # lazy: start-up time
+    from fpnunet.paths import preprocessed_dir, raw_dir, resolve_dataset, results_dir  # lazy: start-up time
+    from fpnunet.pipeline_files import write_chosen  # lazy: start-up time
+    from fpnunet.plans.candidates import check_distinct  # lazy: start-up time
+    from fpnunet.plans.plan import Plan  # lazy: start-up time
+    from fpnunet.raw_dataset import labels_dir  # lazy: start-up time
+
+    name = resolve_dataset(config.dataset)
+    plan = Plan.load(preprocessed_dir(name) / "plans.json")
+    wanted = [plan.candidate(n) for n in config.candidates] if config.candidates else list(plan.candidates)
+    if not wanted:
+        raise FPNError(f"plans.json of {name} lists no candidate; run fpn_plan_and_preprocess -d {config.dataset}")
+    check_distinct(wanted)
+    results = results_dir(name)
+    oofs, notes = [], []
+    for cand in wanted:
+        oof, why = load_out_of_fold(results, cand.name, cand.model_folder_name())
+        if oof is None:
+            notes.append(why)
+        else:
+            oofs.append(oof)
+    oofs, more = compatible(oofs)
+    notes += more
+    if not oofs:
+        raise FPNError(f"no candidate of {name} has out-of-fold probabilities: {'; '.join(notes)}")
+    cases = sorted(oofs[0].case_fold)
+    refs = load_references(labels_dir(raw_dir(name), "Tr"), cases, plan.file_ending, plan.labels)
+    scores = rank(oofs, refs, plan.labels, config.max_members)
+    best = scores[0]
+    by_name = {o.name: o for o in oofs}
+    chosen = [by_name[m] for m in best.members]
+    probs = chosen[0].probs if len(chosen) == 1 else ensemble_probs(chosen)
+    if config.postprocessing:
+        post, steps = choose_postprocessing(probs, refs, oofs[0].case_fold, plan.labels)
+    else:
+        post, steps = PostProcessing(), []
+    final = score(probs, refs, oofs[0].case_fold, plan.labels, post, best.members)
+    command = f"fpn_predict -d {config.dataset} --best -i INPUT_FOLDER -o OUTPUT_FOLDER"
+    choice: dict[str, Any] = {
+        "dataset": name,
+        "members": [{"candidate": o.name, "model_folder": o.model_folder, "folds": o.folds} for o in chosen],
+        "checkpoint": "final", "tta": True,
+        "postprocessing": post.to_dict(), "postprocessing_steps": steps,
+        "cv_dice": best.dice, "cv_spread": best.spread, "cv_dice_postprocessed": final.dice,
+        "cases": len(cases), "scores": [s.to_dict() for s in scores], "not_compared": notes,
+        "predict_command": command,
+    }
+    text = format_choice(choice)
+    json_path, text_path = write_chosen(results, choice, text)
+    print(text)
+    print(f"wrote {json_path} and {text_path}")
+    return 0
+
+
+def _fmt(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def format_choice(choice: dict[str, Any]) -> str:
+    """The table (Dice % and spread over folds, points) and the choice, for people."""
+    rows = [("pipeline", "CV Dice %", "+- folds", "per fold")]
+    for s in choice["scores"]:
+        rows.append((s["name"], _fmt(s["dice"]), _fmt(s["spread"]),
+                     " ".join(_fmt(v) for v in s["fold_dice"].values())))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{choice['dataset']}: cross-validation over {choice['cases']} labelled cases "
+             "(out-of-fold probabilities, threshold 0.5)"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    members = " + ".join(m["candidate"] for m in choice["members"])
+    lines.append(f"chosen: {members} (CV Dice {_fmt(choice['cv_dice'])} +- {_fmt(choice['cv_spread'])})")
+    for step in choice["postprocessing_steps"]:
+        verdict = "kept" if step["kept"] else "rejected"
+        value = step["value"] if isinstance(step["value"], bool) else f"{step['value']:.4g}"
+        lines.append(f"  post-processing {step['step']}={value}: {verdict} (gain {100 * step['gain']:+.2f} "
+                     f"points, spread over folds {100 * step['fold_spread']:.2f})")
+    post = choice["postprocessing"]
+    lines.append(f"post-processing: threshold {post['threshold']:g}, min lesion area {post['min_area_mm2']:.4g} mm^2, "
+                 f"fill holes {post['fill_holes']}, keep largest {post['keep_largest']} -> CV Dice "
+                 f"{_fmt(choice['cv_dice_postprocessed'])}")
+    lines += [f"not compared: {n}" for n in choice["not_compared"]]
+    lines.append(f"predict: {choice['predict_command']}")
+    return "\n".join(lines)
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    config = config_from_args(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    cli_args.print_data_roots()
+    return run(config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,130 @@
+"""``fpn_predict -d ID --best``: predict with exactly the pipeline ``fpn_find_best_configuration`` chose.
+
+Every member of ``chosen_pipeline.json`` (a model folder with its folds, checkpoint and TTA) is
+predicted by ``fpn_predict``'s own loop into ``OUT/.members/<candidate>/`` with probabilities;
+the members' probabilities are averaged per case, the chosen post-processing
+(:mod:`fpnunet.inference.postprocess`: threshold, fill holes, minimum lesion area, keep largest)
+makes the label map, written on the member's en-face grid, and ``lesion_areas.csv`` gains the
+column ``configuration`` naming the candidate(s) that made each mask. The member folders are
+removed at the end.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fpnunet.errors import FPNError
+from fpnunet.inference.export import LESION_COLUMNS, lesion_rows, write_probabilities
+from fpnunet.inference.postprocess import PostProcessing
+from fpnunet.io import read_image, write_image
+from fpnunet.paths import results_dir
+from fpnunet.pipeline_files import read_chosen
+from fpnunet.plans.plan import Plan
+from fpnunet.prediction_folder import PredictionFolder
+from fpnunet.raw_dataset import has_dataset_json, load_dataset_json
+from fpnunet.results_layout import PLANS_FILE
+
+MEMBERS_DIR = ".members"
+CONFIGURATION_COLUMN = "configuration"
+COLUMNS = (*LESION_COLUMNS, CONFIGURATION_COLUMN)
+FIXED_BY_CHOICE = ("-m", "--model-dir", "--model", "-c", "--config", "--network", "-f", "--folds", "-chk",
+                   "--checkpoint", "--disable-tta", "--threshold", "--devices", "--num-parts", "--part-id",
+                   "--overlays", "--report")
+"""fpn_predict flags the choice decides (or that --best does not take yet)."""
+
+
+def check_best_flags(dataset: str | None, argv: list[str]) -> None:
+    """One-line error for ``--best`` without ``-d`` or with a flag the choice decides (``None``: no
+    model folder, the choice names them)."""
+    if dataset is None:
+        raise FPNError("--best needs -d DATASET (the choice is in the dataset's results folder)")
+    taken = [a for a in argv if a.split("=")[0] in FIXED_BY_CHOICE]
+    if taken:
+        raise FPNError(f"{taken[0]}: not with --best (chosen_pipeline.json decides the models, folds, TTA, threshold "
+                       "and post-processing; --overlays/--report/--devices/--num-parts are not supported with --best)")
+    read_chosen(results_dir(dataset))  # present and valid before any folder is written
+
+
+def _labels(model_dir: Path) -> dict[str, int]:
+    if has_dataset_json(model_dir):
+        return dict(load_dataset_json(model_dir).labels)
+    return dict(Plan.load(model_dir / PLANS_FILE).labels)
+
+
+def predict_chosen(config: Any, run_member: Callable[[Any], int]) -> int:
+    """Predict ``config`` (fpn_predict's :class:`PredictConfig` with ``best``) with the chosen pipeline."""
+    root = results_dir(config.dataset)
+    choice = read_chosen(root)
+    post = PostProcessing.from_dict(choice["postprocessing"])
+    members = choice["members"]
+    model_dirs = [root / m["model_folder"] for m in members]
+    for d in model_dirs:
+        if not d.is_dir():
+            raise FPNError(f"{d}: a model folder of the chosen pipeline is missing; rerun fpn_train_folds and "
+                           "fpn_find_best_configuration")
+    names = " + ".join(m["candidate"] for m in members)
+    out = Path(config.output)
+    scratch = out / MEMBERS_DIR
+    print(f"fpn_predict --best: {names}; {post.describe()}", file=sys.stderr)
+    folders, status = [], 0
+    for m, model_dir in zip(members, model_dirs):
+        sub = replace(config, best=False, model_dir=model_dir, folds=[str(f) for f in m["folds"]],
+                      checkpoint=choice.get("checkpoint", "final"), disable_tta=not choice.get("tta", True),
+                      save_probabilities=True, output=scratch / m["candidate"], threshold=0.5, overlays=False,
+                      report=False, devices=(), uncertainty=False)
+        status = max(status, run_member(sub))
+        folders.append(PredictionFolder(scratch / m["candidate"]))
+    labels = _labels(model_dirs[0])
+    written, failed = combine(folders, PredictionFolder(out), post, labels, names, config.save_probabilities)
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"fpn_predict --best: wrote {written} case(s) to {out}" + (f", {len(failed)} failed" if failed else ""),
+          file=sys.stderr)
+    return 1 if failed or status else 0
+
+
+def _visit_fields(folder: PredictionFolder) -> dict[str, dict[str, Any]]:
+    path = folder.areas_file()
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {row["case"]: {k: row.get(k) or None for k in ("patient", "eye", "visit")} for row in csv.DictReader(f)}
+
+
+def combine(members: list[PredictionFolder], out: PredictionFolder, post: PostProcessing, labels: dict[str, int],
+            configuration: str, save_probabilities: bool) -> tuple[int, dict[str, str]]:
+    """Average the members' probabilities, post-process, write masks and the lesion table;
+    returns ``(cases written, {case: error})``."""
+    failed: dict[str, str] = {}
+    for m in members:
+        failed.update(m.read_failed())
+    per_member = [m.probabilities() for m in members]
+    cases = sorted(set.intersection(*(set(p) for p in per_member)) - set(failed)) if per_member else []
+    for p in per_member:
+        for case in set(p) - set(cases) - set(failed):
+            failed[case] = "not predicted by every member of the chosen pipeline"
+    masks = members[0].masks()
+    visits = _visit_fields(members[0])
+    rows: list[dict[str, Any]] = []
+    for case in cases:
+        probs = np.mean([m.read_probabilities(case) for m in members], axis=0)
+        ref = read_image(masks[case])
+        spacing = (float(ref.spacing[-2]), float(ref.spacing[-1]))
+        seg = post.apply(probs, spacing, labels).reshape(ref.array.shape)
+        name = masks[case].name
+        write_image(out.folder / name, seg.astype(ref.array.dtype if ref.array.dtype.kind in "iu" else np.uint8),
+                    ref.spacing, ref.origin, ref.direction)
+        if save_probabilities:
+            write_probabilities(probs, out.probabilities_file(case), labels=labels)
+        for row in lesion_rows(case, seg.reshape(probs.shape[1:]), spacing, labels, visits.get(case)):
+            rows.append(row | {CONFIGURATION_COLUMN: configuration})
+    if rows:
+        out.write_areas(rows, COLUMNS)
+    out.write_failed(failed)
+    return len(cases), failed

@@ -1,0 +1,162 @@
+"""fpn_find_best_configuration on out-of-fold probability folders built directly (no training):
+the clearly better candidate is chosen, post-processing that removes true lesions is rejected and
+one that removes false specks is kept; post-processing steps; the chosen-pipeline file's checks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fpnunet.commands.find_best_configuration import main as find_best
+from fpnunet.errors import FPNError
+from fpnunet.inference.export import write_probabilities
+from fpnunet.inference.postprocess import PostProcessing
+from fpnunet.io import write_image
+from fpnunet.pipeline_files import check_chosen, read_chosen
+from fpnunet.plans.candidates import Candidate
+from fpnunet.plans.plan import Plan
+
+NAME = "Dataset941_Choose"
+LABELS = {"background": 0, "GA": 1}
+SPACING = (0.1, 0.1)
+N_FOLDS, PER_FOLD = 5, 3
+
+
+def _reference(rng: np.random.Generator, small: bool) -> np.ndarray:
+    seg = np.zeros((16, 24), np.uint8)
+    b, a = rng.integers(1, 8), rng.integers(1, 12)
+    seg[b:b + 6, a:a + 8] = 1
+    if small:  # two true 2-pixel lesions far from the big one
+        seg[14, 1:3] = 1
+        seg[1, 21:23] = 1
+    return seg
+
+
+def build(tmp_path: Path, monkeypatch, predictions: dict[str, callable], small_lesions: bool = False) -> Path:
+    """Raw labels, a plan with one candidate per entry of ``predictions`` (case reference, rng ->
+    probabilities) and each candidate's out-of-fold validation probabilities in five folds."""
+    for var, sub in (("FPN_RAW", "raw"), ("FPN_PREPROCESSED", "pre"), ("FPN_RESULTS", "res")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    labels_dir = tmp_path / "raw" / NAME / "labelsTr"
+    labels_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    refs = {}
+    for fold in range(N_FOLDS):
+        for i in range(PER_FOLD):
+            case = f"c{fold}{i}"
+            refs[case] = (fold, _reference(rng, small_lesions))
+            write_image(labels_dir / f"{case}.nii.gz", refs[case][1], SPACING)
+    candidates = []
+    for (name, make), pretrained in zip(predictions.items(), ("none", "FAF", "SLO")):
+        cand = Candidate(name, "fpn", pretrained=pretrained, reason="test")
+        candidates.append(cand)
+        for case, (fold, ref) in refs.items():
+            val = tmp_path / "res" / NAME / cand.model_folder_name() / f"fold_{fold}" / "validation"
+            val.mkdir(parents=True, exist_ok=True)
+            write_probabilities(np.clip(make(ref, rng), 0, 1)[None].astype(np.float32), val / f"{case}.npz", LABELS)
+    pre = tmp_path / "pre" / NAME
+    pre.mkdir(parents=True)
+    Plan(dataset_name=NAME, labels=LABELS, candidates=candidates).save(pre / "plans.json")
+    return tmp_path / "res" / NAME
+
+
+def good(ref, rng):
+    return 0.1 + 0.8 * ref + rng.uniform(-0.05, 0.05, ref.shape)
+
+
+def bad(ref, rng):
+    """Half of each lesion missed (0 there), a false blob elsewhere."""
+    out = 0.1 + 0.8 * ref
+    cols = np.flatnonzero(ref.any(axis=0))
+    out[:, cols[: len(cols) // 2]] = 0.0
+    out[12:15, 18:22] = 0.9 * (ref[12:15, 18:22] == 0)
+    return out
+
+
+def test_the_clearly_better_candidate_is_chosen(tmp_path, monkeypatch, capsys):
+    results = build(tmp_path, monkeypatch, {"weak": bad, "strong": good})
+    assert find_best(["-d", "941"]) in (0, None)
+    out = capsys.readouterr().out
+    choice = read_chosen(results)
+    assert [m["candidate"] for m in choice["members"]] == ["strong"]
+    assert choice["members"] == [{"candidate": "strong", "model_folder": "fpn__lf1__ssl-FAF",
+                                  "folds": ["0", "1", "2", "3", "4"]}]
+    scores = {s["name"]: s for s in choice["scores"]}
+    assert set(scores) == {"weak", "strong", "weak + strong"}  # every single one and the pair
+    assert scores["strong"]["dice"] > 0.95 > scores["weak + strong"]["dice"] > scores["weak"]["dice"]
+    assert len(scores["strong"]["fold_dice"]) == N_FOLDS and scores["strong"]["spread"] >= 0
+    assert choice["predict_command"] == "fpn_predict -d 941 --best -i INPUT_FOLDER -o OUTPUT_FOLDER"
+    assert "chosen: strong" in out and "weak + strong" in out
+    assert (results / "chosen_pipeline.txt").read_text().count("CV Dice") >= 2
+
+
+def test_postprocessing_that_removes_true_lesions_is_rejected(tmp_path, monkeypatch):
+    """Perfect predictions of big and 2-pixel true lesions: every minimum area above 2 pixels and
+    keep-largest cost Dice, so nothing is kept."""
+    results = build(tmp_path, monkeypatch, {"only": good}, small_lesions=True)
+    find_best(["-d", "941"])
+    choice = read_chosen(results)
+    assert choice["postprocessing"] == PostProcessing().to_dict()
+    steps = {s["step"]: s for s in choice["postprocessing_steps"]}
+    assert not any(s["kept"] for s in steps.values())
+    assert steps["keep_largest"]["gain"] < 0
+    # the harmful minimum area really removes lesions: four pixels drop the two small ones
+    from fpnunet.evaluation.choose import foreground_dice
+
+    ref = _reference(np.random.default_rng(3), True)
+    probs = (0.1 + 0.8 * ref)[None]
+    assert foreground_dice(ref, PostProcessing(min_area_mm2=4 * 0.01).apply(probs, SPACING, LABELS), LABELS) < 1
+
+
+def test_postprocessing_that_removes_false_specks_is_kept(tmp_path, monkeypatch):
+    def specks(ref, rng):
+        out = good(ref, rng)
+        out[0, 0] = out[15, 23] = out[0, 23] = 0.9  # single false pixels in every case
+        return out * (1 - 0.0 * ref)
+
+    results = build(tmp_path, monkeypatch, {"specks": specks})
+    find_best(["-d", "941"])
+    post = read_chosen(results)["postprocessing"]
+    assert post["min_area_mm2"] > 0 or post["keep_largest"]
+
+
+def test_postprocessing_steps():
+    seg = np.zeros((10, 10), np.uint8)
+    seg[1:6, 1:6] = 1
+    seg[3, 3] = 0  # a hole
+    seg[8, 8] = 1  # a one-pixel lesion
+    labels = {"background": 0, "GA": 1}
+    assert PostProcessing(fill_holes=True).clean(seg, (1, 1), labels)[3, 3] == 1
+    small = PostProcessing(min_area_mm2=2).clean(seg, (1, 1), labels)
+    assert small[8, 8] == 0 and small[1, 1] == 1
+    largest = PostProcessing(keep_largest=True).clean(seg, (1, 1), labels)
+    assert largest[8, 8] == 0 and largest.sum() == 24
+    probs = np.full((1, 10, 10), 0.45, np.float32)
+    assert PostProcessing(threshold=0.4).apply(probs, (1, 1), labels).all()
+    assert not PostProcessing().apply(probs, (1, 1), labels).any()
+
+
+def test_no_out_of_fold_probabilities_is_one_line(tmp_path, monkeypatch, capsys):
+    results = build(tmp_path, monkeypatch, {"strong": good})
+    for f in results.rglob("*.npz"):
+        f.unlink()
+    with pytest.raises(SystemExit):
+        find_best(["-d", "941"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no candidate") and "--npz" in err and "\n" not in err
+    assert not (results / "chosen_pipeline.json").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"members": []}, "members"),
+    ({"members": [{"candidate": "a", "model_folder": "../x", "folds": ["0"]}]}, "folder name"),
+    ({"postprocessing": {"threshold": 1.5, "min_area_mm2": 0, "fill_holes": False, "keep_largest": False}},
+     "threshold"),
+])
+def test_chosen_pipeline_is_checked(change, message):
+    choice = {"members": [{"candidate": "a", "model_folder": "fpn__lf1__scratch", "folds": ["0"]}],
+              "postprocessing": PostProcessing().to_dict()} | change
+    with pytest.raises(FPNError, match=message):
+        check_chosen(json.loads(json.dumps(choice)), "chosen_pipeline.json")
