@@ -201,6 +201,21 @@ def gather_indexed(n: int, mine: dict[int, Any]) -> list[Any]:
     return [joined[i] for i in range(n)]
 
 
+def run_or_launch(module: str, argv: list[str], gpus: int, device: str, work: Callable[[], object]) -> int:
+    """The body of ``fpn_train`` / ``fpn_pretrain``: with ``--gpus N`` (N != 1) relaunch ``module``
+    under torchrun (:func:`launch`); else print the data-roots line once (rank 0 under an outer
+    torchrun) and do ``work()``."""
+    if gpus != 1:
+        check_launch(gpus, device)
+        return launch(module, argv, gpus)
+    if is_main():  # once, not per torchrun rank
+        from fpnunet.cli_args import print_data_roots  # lazy: start-up time
+
+        print_data_roots()
+    work()
+    return 0
+
+
 def in_job(device: str, work: Callable[[], T]) -> T:
     """``work()`` inside the distributed job: joined with :func:`setup` (a no-op for one process),
     left with :func:`shutdown`; a rank stopped by another rank's error exits with status 1 (rank 0

@@ -59,6 +59,22 @@ class CaseUncertainty:
                                       else round(self.fold_disagreement[cls], 5))}
 
 
+def members_mean(members: np.ndarray) -> np.ndarray:
+    """``(F, T, K, B, A)`` members -> ``(K, B, A)``, summed in the order the predictor's own ensemble
+    uses (the flips of each fold, then the folds one after the other), so that on a whole-plane
+    window it equals the prediction made without members bit for bit."""
+    members = np.asarray(members, dtype=np.float32)
+    per_fold = members[:, 0]
+    for t in range(1, members.shape[1]):
+        per_fold = per_fold + members[:, t]
+    if members.shape[1] > 1:
+        per_fold = per_fold / np.float32(members.shape[1])
+    total = per_fold[0]
+    for f in range(1, members.shape[0]):
+        total = total + per_fold[f]
+    return total / np.float32(members.shape[0])
+
+
 def apply_temperature(probs: np.ndarray, temperature: float, axis: int = -3) -> np.ndarray:
     """Temperature-scaled probabilities: one channel (sigmoid) ``sigmoid(logit(p) / T)``, several
     (softmax along ``axis``) ``softmax(log(p) / T)``. Thresholding at 0.5 and the arg-max are unchanged."""

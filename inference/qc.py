@@ -19,7 +19,7 @@ import numpy as np
 from fpnunet.calibration_file import Calibration, read_calibration
 from fpnunet.prediction_folder import UNCERTAINTY_COLUMNS, PredictionFolder
 
-from .ensemble_scores import CaseUncertainty, apply_temperature, case_uncertainty, vote_map
+from .ensemble_scores import CaseUncertainty, apply_temperature, case_uncertainty, members_mean, vote_map
 
 __all__ = ["PredictionQC"]
 
@@ -56,7 +56,7 @@ class PredictionQC:
             self.scores[case] = scores
         if self.folder is not None and scores.qc == "check":
             self.folder.write_vote_map(case, vote_map(members, self.threshold))
-        return apply_temperature(members.mean(axis=(0, 1)), self.calibration.temperature)
+        return apply_temperature(members_mean(members), self.calibration.temperature)
 
     def table(self, rows: list[dict[str, Any]], lesion_columns: tuple[str, ...]
               ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:

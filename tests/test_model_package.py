@@ -14,6 +14,7 @@ from test_predict import _make_model_folder, _volume_file
 from test_training import NAME, dataset  # noqa: F401  (dataset is a fixture)
 
 from fpnunet.atomic import save_json
+from fpnunet.calibration_file import Calibration, write_calibration
 from fpnunet.commands.export_model import main as export_main
 from fpnunet.commands.install_model import main as install_main
 from fpnunet.commands.predict import main as predict_main
@@ -42,7 +43,7 @@ def test_export_install_predict_reproduces_the_source_bytes(dataset, tmp_path, m
     meta = json.loads((model / "dataset.json").read_text())
     meta["patients"] = {f"tiny_{i:03d}": f"PATIENT-{i}" for i in range(6)}
     save_json(meta, model / "dataset.json")
-    save_json({"threshold": 0.4, "method": "temperature"}, model / "calibration.json")
+    write_calibration(model, Calibration(temperature=1.5, calibrated=True))  # travels and is applied on both sites
     save_json({"0": {"train": ["tiny_000"], "val": ["tiny_001"]}}, model / "splits_final.json")
     save_json({"cases": ["tiny_002"]}, model / "hard_cases.json")
     fp = {"num_labelled": 6, "num_unlabelled": 0, "num_test": 0, "median_shape": [8, 64, 32],

@@ -8,22 +8,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
-from test_predict import _make_model_folder, _run, _volume_file
+from test_predict import _run, _volume_file
+from test_predict_parts import inputs  # noqa: F401  (the fixture: a one-fold model and three volumes)
 
 from fpnunet.atomic import save_json
 from fpnunet.commands.report import main as report_main
 from fpnunet.io import write_image
-
-
-@pytest.fixture()
-def inputs(tmp_path):
-    model_dir = _make_model_folder(tmp_path / "results", folds=1)
-    in_dir = tmp_path / "in"
-    in_dir.mkdir()
-    for i, case in enumerate(("caseA", "caseB", "caseC")):
-        _volume_file(in_dir / f"{case}_0000.nii.gz", shape=(6, 24, 20), seed=i)
-    return tmp_path, model_dir, in_dir
 
 
 def _part(in_dir, model_dir, out, i, k=2):
@@ -40,7 +30,7 @@ def _lock(path, pid: int) -> None:
                                 "command": "fpn_predict -o x"}))
 
 
-def test_merge_refuses_parts_made_from_different_inputs(inputs, capsys):
+def test_merge_refuses_parts_made_from_different_inputs(inputs, capsys):  # noqa: F811
     tmp, model_dir, in_dir = inputs
     out = tmp / "out"
     assert _part(in_dir, model_dir, out, 0) == 0
@@ -58,7 +48,7 @@ def test_merge_refuses_parts_made_from_different_inputs(inputs, capsys):
     assert not list(out.glob("cases.part-*")) and not list(out.glob("lesion_areas.part-*"))
 
 
-def test_merge_refuses_a_copied_row_and_a_row_of_another_part(inputs, capsys):
+def test_merge_refuses_a_copied_row_and_a_row_of_another_part(inputs, capsys):  # noqa: F811
     tmp, model_dir, in_dir = inputs
     out = tmp / "out"
     assert _part(in_dir, model_dir, out, 0) == 0 and _part(in_dir, model_dir, out, 1) == 0
@@ -82,7 +72,7 @@ def test_merge_refuses_a_copied_row_and_a_row_of_another_part(inputs, capsys):
     assert not (out / "lesion_areas.csv").exists()
 
 
-def test_one_writer_per_prediction_folder(inputs, capsys):
+def test_one_writer_per_prediction_folder(inputs, capsys):  # noqa: F811
     tmp, model_dir, in_dir = inputs
     out = tmp / "out"
     out.mkdir()

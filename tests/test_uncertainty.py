@@ -17,7 +17,13 @@ from fpnunet.evaluation.calibration import (
     spearman,
 )
 from fpnunet.evaluation.uncertainty import OOFCase, measure_uncertainty
-from fpnunet.inference.ensemble_scores import apply_temperature, case_uncertainty, mean_pairwise_dice, vote_map
+from fpnunet.inference.ensemble_scores import (
+    apply_temperature,
+    case_uncertainty,
+    mean_pairwise_dice,
+    members_mean,
+    vote_map,
+)
 from fpnunet.inference.sliding_window import predict_sliding_window
 from fpnunet.inference.suggest import Candidate, rank_candidates
 
@@ -170,6 +176,8 @@ def test_members_average_to_the_prediction(window):
     members = predict_sliding_window(nets, volume, (8, 8), members=True, **kw)
     assert members.shape == (2, 4, 1, 12, 20)
     torch.testing.assert_close(members.mean((0, 1)), mean, rtol=1e-5, atol=1e-6)
+    if window == "whole":  # summed in the predictor's own order: the same bits as without members
+        assert np.array_equal(members_mean(members.numpy()), mean.numpy())
     assert not torch.allclose(members[0, 0], members[0, 1])  # the flips differ
     no_tta = predict_sliding_window(nets, volume, (8, 8), tta=False, members=True, **kw)
     assert no_tta.shape == (2, 1, 1, 12, 20)

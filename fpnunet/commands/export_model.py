@@ -24,7 +24,7 @@ from pathlib import Path
 
 import fpnunet
 from fpnunet import cli_args
-from fpnunet.cli_utils import run_cli
+from fpnunet.cli_utils import run_cli, run_command
 from fpnunet.errors import FPNError
 from fpnunet.model_card import DEFAULT_INTENDED_USE, CardFacts, build_card, card_markdown, summary_line
 from fpnunet.model_package import (
@@ -94,9 +94,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
-    config = config_from_args(build_parser().parse_args(argv))
-    cli_args.print_data_roots()
-    return run(config)
+    return run_command(argv, build_parser, config_from_args, run)
 
 
 def _read_json(path: Path) -> dict | None:

@@ -17,8 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fpnunet import cli_args
-from fpnunet.cli_utils import run_cli
+from fpnunet.cli_utils import run_cli, run_command
 from fpnunet.errors import FPNError
 from fpnunet.model_card import summary_line
 from fpnunet.model_package import install_package, read_card
@@ -56,9 +55,7 @@ def config_from_args(args: argparse.Namespace) -> InstallConfig:
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
-    config = config_from_args(build_parser().parse_args(argv))
-    cli_args.print_data_roots()
-    return run(config)
+    return run_command(argv, build_parser, config_from_args, run)
 
 
 def run(config: InstallConfig) -> int:

@@ -111,13 +111,7 @@ def pretrain(args: argparse.Namespace, argv: list[str] | None = None, callbacks:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.gpus != 1:
-        fdist.check_launch(args.gpus, args.device)
-        return fdist.launch("fpnunet.commands.pretrain", argv, args.gpus)
-    if fdist.is_main():  # once, not per torchrun rank
-        cli_args.print_data_roots()
-    pretrain(args, argv)
-    return 0
+    return fdist.run_or_launch("fpnunet.commands.pretrain", argv, args.gpus, args.device, lambda: pretrain(args, argv))
 
 
 if __name__ == "__main__":

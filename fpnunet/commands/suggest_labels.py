@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fpnunet import cli_args, results_layout
-from fpnunet.cli_utils import run_cli
+from fpnunet.cli_utils import run_cli, run_command
 from fpnunet.errors import FPNError
 from fpnunet.paths import results_dir
 
@@ -87,9 +87,7 @@ def config_from_args(args: argparse.Namespace) -> SuggestConfig:
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
-    config = config_from_args(build_parser().parse_args(argv))
-    cli_args.print_data_roots()
-    return run(config)
+    return run_command(argv, build_parser, config_from_args, run)
 
 
 def run(config: SuggestConfig) -> int:

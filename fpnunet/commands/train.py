@@ -136,13 +136,7 @@ def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path |
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.gpus != 1:
-        fdist.check_launch(args.gpus, args.device)
-        return fdist.launch("fpnunet.commands.train", argv, args.gpus)
-    if fdist.is_main():  # once, not per torchrun rank
-        cli_args.print_data_roots()
-    train(args, argv)
-    return 0
+    return fdist.run_or_launch("fpnunet.commands.train", argv, args.gpus, args.device, lambda: train(args, argv))
 
 
 if __name__ == "__main__":
