@@ -100,7 +100,7 @@ def main() -> None:
         n_folds = args.folds if n_folds > 1 else 1
         for variant in args.variants:
             predictors[(setting, variant)] = Predictor(nets[:n_folds], plan, args.network, device=args.device,
-                                                       tta=tta, amp=False, **VARIANTS[variant])
+                                                       tta=tta, precision="fp32", **VARIANTS[variant])
     first = next(iter(predictors.values()))
     sync = torch.cuda.synchronize if first.device.type == "cuda" else (lambda: None)
     print(f"network {args.network} {kwargs}\nvolume (C, B, D, A) = (1, {b}, {args.depth}, {a}), "

@@ -57,7 +57,7 @@ def ensemble_of(model_dir: str | os.PathLike, folds: list[str] | None = None,
                 checkpoint: str = "final") -> tuple[EnsembleProbabilities, Predictor]:
     """The fp32 CPU ensemble (BatchNorm folded, contiguous layout) and the predictor it came from."""
     predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=checkpoint, device="cpu", tta=False,
-                                            amp=False, channels_last=False)
+                                            precision="fp32", channels_last=False)
     return EnsembleProbabilities(predictor.networks, predictor.num_outputs).eval(), predictor
 
 

@@ -57,8 +57,9 @@ class Predictor:
         batch_windows: windows per forward (default 1 on the CPU, 2 on CUDA).
         whole_plane: same as ``window="whole"``.
         use_gaussian: Gaussian weighting of the windows of the training patch grid.
-        amp: bf16 autocast (default: on CUDA unless the configuration's precision is ``fp32``; on
-            the CPU where :func:`fpnunet.precision.cpu_bf16_decision` finds bf16 faster).
+        precision: ``bf16`` (autocast), ``fp32`` or ``auto``: on CUDA the configuration's precision;
+            on the CPU bf16 only where :func:`fpnunet.precision.cpu_bf16_decision` finds it native and
+            faster (``FPN_CPU_BF16`` forces it). :attr:`precision` holds the one taken.
         dataset_info: the model folder's ``dataset.json`` (file ending, labels), if known.
         window: ``auto`` (the whole plane, or the fewest larger windows, that fit the memory at
             hand: :mod:`.windows`), ``whole`` (one window, whatever the memory) or ``patch`` (the
@@ -84,7 +85,7 @@ class Predictor:
         batch_windows: int | None = None,
         whole_plane: bool = False,
         use_gaussian: bool = True,
-        amp: bool | None = None,
+        precision: str = "auto",
         dataset_info: DatasetInfo | None = None,
         window: str = "auto",
         fold_batchnorm: bool = True,
@@ -108,12 +109,12 @@ class Predictor:
         self.window = "whole" if whole_plane else window
         self.use_gaussian = use_gaussian
         cuda = self.device.type == "cuda"
-        if amp is None:
-            if cuda:
-                amp = self.config.precision != "fp32"
-            else:
-                amp = self.config.precision != "fp32" and cpu_bf16_decision().use_bf16
-        self.amp = amp
+        if precision not in ("auto", "bf16", "fp32"):
+            raise FPNError(f"precision {precision!r}: expected auto, bf16 or fp32")
+        if precision == "auto":
+            bf16 = self.config.precision != "fp32" and (cuda or cpu_bf16_decision().use_bf16)
+            precision = "bf16" if bf16 else "fp32"
+        self.precision = precision
         self.channels_last = channels_last
         self.memory_share = MEMORY_SHARE.get(self.device.type, 0.5) if memory_share is None else memory_share
         self.dataset_info = dataset_info
@@ -205,7 +206,7 @@ class Predictor:
         plane = (int(plane[0]), int(plane[1]))
         if plane not in self.window_plans:
             if self._bytes_per_pixel is None:
-                dtype = torch.bfloat16 if self.amp else torch.float32
+                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
                 self._bytes_per_pixel = inference_bytes_per_pixel(
                     self.networks[0], self.input_channels, self.config.depth, self.config.patch_size, dtype)
             weights = sum(p.numel() * p.element_size() for net in self.networks for p in net.parameters())
@@ -222,7 +223,7 @@ class Predictor:
         return predict_sliding_window(
             self.networks, volume.to(self.device, torch.float32), self.config.patch_size,
             num_outputs=self.num_outputs, tta=self.tta, step_fraction=self.step_fraction,
-            batch_windows=self.batch_windows, use_gaussian=self.use_gaussian, amp=self.amp,
+            batch_windows=self.batch_windows, use_gaussian=self.use_gaussian, precision=self.precision,
             channels_last=self.channels_last, window_plan=plan, members=members,
         )
 
@@ -264,4 +265,4 @@ class Predictor:
 
     def __repr__(self) -> str:
         return (f"Predictor({len(self.networks)} network(s), config={self.config_name!r}, device={self.device}, "
-                f"tta={self.tta}, amp={self.amp})")
+                f"tta={self.tta}, precision={self.precision})")

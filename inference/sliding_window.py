@@ -150,7 +150,7 @@ def predict_sliding_window(
     step_fraction: float = 0.5,
     batch_windows: int = 1,
     use_gaussian: bool = True,
-    amp: bool = False,
+    precision: str = "fp32",
     whole_plane: bool = False,
     channels_last: bool = False,
     divisors: tuple[int, int] | None = None,
@@ -169,7 +169,7 @@ def predict_sliding_window(
         step_fraction: window step as a fraction of the patch (0.5: half-overlapping windows).
         batch_windows: windows per forward (each carries its 4 flips with ``tta``).
         use_gaussian: weight each window by :func:`gaussian_weights` (else uniformly).
-        amp: run the networks under bf16 autocast on ``volume.device``'s type.
+        precision: ``bf16`` runs the networks under bf16 autocast on ``volume.device``'s type.
         whole_plane: one window over the whole plane, zero-padded up to ``divisors``
             (default: the first network's :func:`network_divisors`) instead of sliding.
         channels_last: feed inputs in channels-last (:func:`fpnunet.networks.layout.channels_last_input`).
@@ -225,7 +225,7 @@ def predict_sliding_window(
                    for sa in window_starts(ap, patch[1], step_fraction)]
         weight = gaussian_weights(patch).to(device) if use_gaussian else torch.ones(patch, device=device)
         weights = dict.fromkeys(windows, weight)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
     if len(windows) == 1 and windows[0] == (0, 0) and patch == (bp, ap):
         # one window over the plane: no blending at all

@@ -42,7 +42,7 @@ def test_onnx_matches_pytorch_on_raw_volumes(tmp_path, capsys):
     assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)  # folded into the convolutions
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     divisors = (int(meta["divisor_b"]), int(meta["divisor_a"]))
-    predictor = Predictor.from_model_folder(model_dir, device="cpu", tta=False, window="whole", amp=False)
+    predictor = Predictor.from_model_folder(model_dir, device="cpu", tta=False, window="whole", precision="fp32")
     rng = np.random.default_rng(0)
     worst = 0.0
     for shape in ((8, 80, 32), (11, 70, 45), (16, 64, 64)):  # planes that need padding, and a larger one

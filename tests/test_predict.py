@@ -62,7 +62,7 @@ def _volume_file(path: Path, shape=(10, 24, 40), spacing=(0.12, 0.0039, 0.0113),
 def test_from_model_folder_loads_folds_and_checkpoints(tmp_path):
     model_dir = _make_model_folder(tmp_path, folds=2)
     pred = Predictor.from_model_folder(model_dir, device="cpu")
-    assert len(pred.networks) == 2 and pred.folds == ["0", "1"] and not pred.amp
+    assert len(pred.networks) == 2 and pred.folds == ["0", "1"] and pred.precision == "fp32"
     volume = np.random.default_rng(0).normal(size=(1, 12, DEPTH, 40)).astype(np.float32)
     probs = pred.predict_preprocessed(volume)
     assert probs.shape == (1, 12, 40) and probs.dtype == np.float32

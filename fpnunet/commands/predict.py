@@ -244,7 +244,7 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
     predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=config.checkpoint, device=config.device,
                                             tta=not config.disable_tta, whole_plane=config.whole_plane,
                                             step_fraction=config.step, window=config.window,
-                                            amp={"auto": None, "bf16": True, "fp32": False}[config.precision])
+                                            precision=config.precision)
     from fpnunet.model_card import CardCheck  # lazy: start-up time
 
     card = CardCheck.announce(model_dir)  # a model installed from a package: its card's line, per case warnings
@@ -285,7 +285,7 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
     lock.acquire(inputs, [i.case for i in items] + [_case_of_message(e) for e in errors])  # creates out_dir
     print(f"fpn_predict: {len(items)} case(s), {len(predictor.networks)} fold(s) {predictor.folds} "
           f"({config.checkpoint}) of {model_dir}, tta={predictor.tta}, device={predictor.device}, "
-          f"{'bf16' if predictor.amp else 'fp32'}, channels-last, "
+          f"{predictor.precision}, channels-last, "
           f"{sum(len(n.fold_report.folded) for n in predictor.networks)} BatchNorm(s) folded"
           f"{', fused with ' + ' + '.join(modalities) if fused else ''}"
           + (f", part {config.part_id} of {config.num_parts}" if config.num_parts > 1 else "")

@@ -217,7 +217,7 @@ class ReconstructionTrainer(Trainer):
     def reconstruct(self, model: nn.Module, cases: Sequence[str]) -> dict[str, np.ndarray]:
         """Whole-plane reconstructions ``{case: (B, A) float32 in [0, 1]}`` (sliding window, no TTA)."""
         predictor = Predictor([model], self.plan, self.config.config, device=self.config.device, tta=False,
-                              num_outputs=1, amp=self.config.precision == "bf16")
+                              num_outputs=1, precision=self.config.precision)
         return {case: predictor.predict_preprocessed(load_volume(self.data_dir, case))[0] for case in cases}
 
     def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:

@@ -120,8 +120,7 @@ def validate_volumes(
         return {}
     loss_fn = loss_fn or SegmentationLoss(plan.num_outputs)
     lut = channel_lut(plan.labels, plan.num_outputs)
-    amp = None if precision is None else precision == "bf16"
-    predictor = Predictor([model], plan, config_name, device=device, tta=tta, amp=amp)
+    predictor = Predictor([model], plan, config_name, device=device, tta=tta, precision=precision or "auto")
     modalities = enface_inputs(model)
     mine: dict[int, tuple[float, float]] = {}
     for i in tqdm(fdist.shard(len(cases)), desc="validation", unit="case", leave=False, disable=not progress):
@@ -171,7 +170,7 @@ def export_validation(
     folder.remove_masks_except(cases, ending)
     folder.remove_probabilities_except(cases if save_probabilities else [])
     predictor = Predictor([model], plan, config_name, device=device, tta=tta,
-                          amp=None if precision is None else precision == "bf16")
+                          precision=precision or "auto")
     modalities = enface_inputs(model)
     geometries: dict[str, EnfaceGeometry] = {}
     predictions: dict[str, np.ndarray] = {}
