@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fpnunet.errors import FPNError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -61,6 +63,20 @@ def save_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> None:
 def load_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def read_json_object(path: str | os.PathLike, missing: str) -> dict[str, Any]:
+    """The JSON object in ``path``. A missing file (``missing`` says why it matters), invalid JSON or
+    another JSON value is one :class:`~fpnunet.errors.FPNError` naming the file."""
+    if not Path(path).is_file():
+        raise FPNError(f"{path}: {missing}")
+    try:
+        d = load_json(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise FPNError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(d, dict):
+        raise FPNError(f"{path}: expected a JSON object at the top level")
+    return d
 
 
 def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fpnunet.atomic import load_json, save_json
+from fpnunet.atomic import read_json_object, save_json
 from fpnunet.errors import FPNError
 
 __all__ = ["CALIBRATION_FILE", "UNCERTAINTY_TABLE", "Calibration", "calibration_file", "read_calibration",
@@ -87,12 +87,7 @@ def read_calibration(model_dir: str | os.PathLike) -> Calibration:
     path = calibration_file(model_dir)
     if not path.is_file():
         return Calibration()
-    try:
-        d = load_json(path)
-    except (ValueError, UnicodeDecodeError, OSError) as exc:
-        raise FPNError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(d, dict):
-        raise FPNError(f"{path}: expected a JSON object")
+    d = read_json_object(path, "")
     score = d.get("qc_score")
     if score not in QC_SCORES:
         raise FPNError(f"{path}: 'qc_score' must be one of {', '.join(QC_SCORES)}, got {score!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fpnunet.atomic import load_json, save_json, write_atomic
+from fpnunet.atomic import read_json_object, save_json, write_atomic
 from fpnunet.errors import FPNError
 
 CHOSEN_FILE = "chosen_pipeline.json"
@@ -43,12 +43,7 @@ def write_chosen(results_dataset_dir: str | Path, choice: dict[str, Any], text: 
 
 def read_chosen(results_dataset_dir: str | Path) -> dict[str, Any]:
     path = chosen_file(results_dataset_dir)
-    if not path.is_file():
-        raise FPNError(f"{path}: no chosen pipeline; run fpn_find_best_configuration first")
-    try:
-        choice = load_json(path)
-    except (OSError, ValueError) as exc:
-        raise FPNError(f"{path}: cannot read the chosen pipeline ({exc})") from None
+    choice = read_json_object(path, "no chosen pipeline; run fpn_find_best_configuration first")
     check_chosen(choice, path)
     return choice
 

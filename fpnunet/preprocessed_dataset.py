@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fpnunet.atomic import load_json, save_json, save_npy
+from fpnunet.atomic import load_json, read_json_object, save_json, save_npy
 from fpnunet.errors import FPNError
 
 if TYPE_CHECKING:  # numpy and fpnunet.io (SimpleITK) are imported where arrays are read, so that a
@@ -261,16 +261,7 @@ class PreprocessedDataset:
     # ------------------------------------------------------------------ reading a case
     def properties(self, case: str) -> dict[str, Any]:
         """The parsed ``CASE.json``; missing or invalid is an :class:`FPNError` naming the file."""
-        path = self.properties_file(case)
-        if not path.is_file():
-            raise FPNError(f"{path}: properties missing (re-run fpn_plan_and_preprocess)")
-        try:
-            props = load_json(path)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FPNError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(props, dict):
-            raise FPNError(f"{path}: expected a JSON object (re-run fpn_plan_and_preprocess)")
-        return props
+        return read_json_object(self.properties_file(case), "properties missing (re-run fpn_plan_and_preprocess)")
 
     def geometry(self, case: str) -> EnfaceGeometry:
         """The en-face grid of the raw case (``geometry`` of its properties)."""

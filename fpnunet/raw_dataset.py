@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fpnunet.atomic import load_json, save_json, write_atomic
+from fpnunet.atomic import read_json_object, save_json, write_atomic
 from fpnunet.errors import DatasetError, FPNError
 
 # fpnunet.io (SimpleITK, numpy) is imported inside the functions that list image files, so that a
@@ -121,16 +121,7 @@ def has_dataset_json(folder: str | os.PathLike) -> bool:
 def read_dataset_json(folder: str | os.PathLike) -> dict[str, Any]:
     """The JSON object of ``folder/dataset.json``, unchecked (:func:`load_dataset_json` checks it);
     a missing file, invalid JSON or a non-object is an :class:`FPNError` naming the file."""
-    path = dataset_file(folder)
-    if not path.is_file():
-        raise FPNError(f"{path}: dataset.json is missing (every dataset folder needs one)")
-    try:
-        d = load_json(path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FPNError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(d, dict):
-        raise FPNError(f"{path}: expected a JSON object at the top level")
-    return d
+    return read_json_object(dataset_file(folder), "dataset.json is missing (every dataset folder needs one)")
 
 
 def write_dataset_json(folder: str | os.PathLike, meta: dict[str, Any]) -> Path:

@@ -83,11 +83,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Every typed flag checked, then the one :class:`RunConfig` built from the plan, the trainer and
-    the flags (under torchrun rank 0 first: it may create the split file)."""
+    """The one :class:`RunConfig` of the pretraining (under torchrun rank 0
+    first: it writes the held-out split); every flag is checked before anything is read."""
     from fpnunet.training.configure import build_run_config  # lazy: start-up time (torch)
 
-    check_flags(args)  # every typed value, before anything is read, created or deleted
     return fdist.main_first(build_run_config, args, PROGRAM)
 
 
