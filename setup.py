@@ -69,6 +69,7 @@ setup(
             "fpn_export_model=fpnunet.commands.export_model:main",
             "fpn_install_model=fpnunet.commands.install_model:main",
             "fpn_find_best_configuration=fpnunet.commands.find_best_configuration:main",
+            "fpn_export_dicom=fpnunet.commands.export_dicom:main",
         ]
     },
 )

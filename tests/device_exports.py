@@ -150,9 +150,10 @@ def write_xml(folder: Path, t: Truth, laterality: str = "R", patient: dict | Non
 
 
 def write_dicom(folder: Path, t: Truth, laterality: str = "L", patient: dict | None = None,
-                stem: str = "scan", opt_too: bool = True) -> tuple[Path, Path]:
+                stem: str = "scan", opt_too: bool = True, frame_of_reference: str = "") -> tuple[Path, Path]:
     """DICOM Ophthalmic Tomography (``stem_opt.dcm``) + Ophthalmic Photography 8 bit (``stem_op.dcm``);
-    ``opt_too=False``: only the OP image (``t.localizer``), e.g. a FAF of the same eye."""
+    ``opt_too=False``: only the OP image (``t.localizer``), e.g. a FAF of the same eye;
+    ``frame_of_reference``: a FrameOfReferenceUID both carry (default: none)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -175,6 +176,8 @@ def write_dicom(folder: Path, t: Truth, laterality: str = "L", patient: dict | N
         ds.StudyDate = "20210506"
         ds.StudyInstanceUID = study
         ds.SeriesInstanceUID = generate_uid()
+        if frame_of_reference:
+            ds.FrameOfReferenceUID = frame_of_reference
         ds.Modality = modality
         ds.ImageLaterality = laterality
         ds.SamplesPerPixel = 1

@@ -125,7 +125,7 @@ def test_the_packages_import_nothing_heavy():
 # ----------------------------------------------------------------------------- the commands
 COMMANDS = ["predict", "evaluate", "report", "plan_and_preprocess", "make_synthetic", "paths", "convert_checkpoint",
             "train", "pretrain", "train_folds", "export_model", "install_model", "suggest_labels",
-            "find_best_configuration"]
+            "find_best_configuration", "export_dicom"]
 
 
 def test_every_console_script_but_import_is_a_command_module():

@@ -23,7 +23,7 @@ from fpnunet.importer.enface import stage_enface
 from fpnunet.importer.geometry import mirror_a, raster_geometry
 from fpnunet.importer.labels import index_folder, load_label, match
 from fpnunet.importer.localizer import register_localizer
-from fpnunet.importer.report import read_report, write_report
+from fpnunet.importer.report import read_report, report_file, write_report
 from fpnunet.importer.scan import Scan
 from fpnunet.importer.topcon import read_topcon
 from fpnunet.io import write_image
@@ -69,7 +69,7 @@ class _Staged:
     visit: dict
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -119,7 +119,7 @@ class Importer:
         else:
             patient = f"Punknown-{privacy.keyed_hash(self.key, 'file', digest, 6)}"
         eye = scan.laterality or "XX"
-        case = f"{patient}_{eye}_{privacy.keyed_hash(self.key, 'scan', f'{digest}|{scan.series}', 6)}"
+        case = f"{patient}_{eye}_{privacy.scan_hash(self.key, digest, scan.series)}"
         return patient, case
 
     def stage_scan(self, scan: Scan, digest: str, rel_source: str) -> _Staged:
@@ -221,7 +221,7 @@ class Importer:
                 rel = rel_of(path)
                 try:
                     scans = read_all(path, fmt, localizers, opts)
-                    digest = _file_digest(path)
+                    digest = file_digest(path)
                     for scan in scans:
                         all_ids.update(privacy.identifier_variants(scan.identifiers))
                         st = self.stage_scan(scan, digest, rel)
@@ -311,7 +311,7 @@ class Importer:
                        else "HMAC-SHA256, key outside the dataset"},
         }
         moves: list[tuple[Path, Path]] = []
-        rows = read_report(out / "import_report.csv") if opts.append else []
+        rows = read_report(report_file(out)) if opts.append else []
         for st in staged:
             split = "Ts" if st.patient in test else "Tr"
             st.row["split"] = split
@@ -338,7 +338,7 @@ class Importer:
         for src, dst in moves:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
-        write_report(out / "import_report.csv", rows)
+        write_report(report_file(out), rows)
         self._write_sources_map()
         write_dataset_json(out, ds)
         n_slo = sum(1 for s in staged if s.row["slo"] == "written")
@@ -346,4 +346,4 @@ class Importer:
         n_ts = sum(1 for s in staged if s.patient in test)
         return (f"imported {len(staged)} scan(s) of {len({s.patient for s in staged})} patient(s) into {out}: "
                 f"{n_slo} with SLO, {n_lab} labelled, {n_ts} test; {len(rows_skipped)} already there, "
-                f"{n_problems} file(s) skipped; report {out / 'import_report.csv'}")
+                f"{n_problems} file(s) skipped; report {report_file(out)}")

@@ -257,3 +257,9 @@ def read_opt(path: Path, localizers: dict[str, Path]) -> list[Scan]:
                  localizer_spacing=loc_sp if loc is not None else None, mm_per_unit=mm_per_unit,
                  localizer_modality="SLO", patient_key=key, patient_id=pid, visit_date=date,
                  identifiers=identifiers_of(ds), spacing_source=sb_from, notes=notes)]
+
+
+def referenced_localizer(ds) -> str:
+    """The SOPInstanceUID of the OP image an OPT's B-scan positions are on (empty when none)."""
+    _, ref = _frame_locations(ds, int(getattr(ds, "NumberOfFrames", 1) or 1))
+    return "" if ref.startswith("orientation") else ref

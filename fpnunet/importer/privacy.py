@@ -106,3 +106,16 @@ def redact(text: str, identifiers: list[str], key: bytes) -> str:
     if contains_identifier(text, identifiers):
         return f"redacted-{keyed_hash(key, 'source', text, 8)}"
     return text
+
+
+def read_sources_map(path: Path) -> list[tuple[str, str, str]]:
+    """The rows ``(source token, case, path relative to the import's -i)`` of a private sources map."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [(r.get("source", ""), r.get("case", ""), r.get("path", "")) for r in csv.DictReader(f)]
+
+
+def scan_hash(key: bytes, digest: str, series: str) -> str:
+    """The last part of a case name: the keyed hash of the export file's SHA-256 and the scan's series."""
+    return keyed_hash(key, "scan", f"{digest}|{series}", 6)

@@ -28,3 +28,8 @@ def write_report(path: Path, rows: list[dict[str, str]]) -> None:
         w.writerow({k: r.get(k, "") for k in COLUMNS + extra})
     with atomic_path(path, suffix=".csv") as tmp:
         Path(tmp).write_text(buf.getvalue())
+
+
+def report_file(dataset: Path) -> Path:
+    """``DATASET/import_report.csv``."""
+    return dataset / "import_report.csv"
