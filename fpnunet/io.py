@@ -114,6 +114,24 @@ def write_image(
         sitk.WriteImage(img, str(tmp), useCompression=end in (".nii.gz", ".mha", ".nrrd"))
 
 
+def check_output_ending(ending: str | None) -> None:
+    """Refuse an output ending SimpleITK cannot write a mask in (``--file-ending .exe``), before
+    any model runs: a 2x2 uint8 image is written with it into a temporary folder. ``None``: nothing
+    to check (the dataset's ending is used)."""
+    if ending is None:
+        return
+    if not ending.startswith("."):
+        raise FPNError(f"--file-ending {ending!r}: must start with a dot, e.g. .nii.gz")
+    import tempfile  # lazy: start-up time
+
+    with tempfile.TemporaryDirectory(prefix="fpn_ending_") as folder:
+        try:
+            sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2), np.uint8)), str(Path(folder) / f"probe{ending}"))
+        except RuntimeError:
+            raise FPNError(f"--file-ending {ending!r}: SimpleITK cannot write masks with this ending; use one of "
+                           f"{', '.join(SUPPORTED_ENDINGS)}") from None
+
+
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 
 

@@ -39,6 +39,8 @@ COMMAND_FILE = "command.txt"
 PRETRAINED_FILE = "pretrained_from.json"
 VALIDATION_DIR = "validation"
 LOCK_FILE = ".fpn_lock"
+ASIDE_DIR = ".fpn_overwritten"
+"""Where ``--overwrite`` moves the earlier run until the new one has saved its first checkpoint."""
 PRETRAIN_TARGETS = ("FAF", "SLO")
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 
