@@ -25,7 +25,7 @@ def check_raw(d: Any, where: str) -> None:
     if not isinstance(d, dict):
         raise FPNError(f"{where}: not a valid fpnunet plan (expected a JSON object)")
     configurations = d.get("configurations")
-    if not isinstance(configurations, dict) or not configurations:
+    if not isinstance(configurations, dict) or not (configurations or d.get("candidates")):
         raise FPNError(f"{where}: key 'configurations' must be a non-empty object of named configurations, "
                        f"got {configurations!r:.60}; rerun fpn_plan_and_preprocess")
     for name, c in configurations.items():
@@ -44,9 +44,6 @@ def check_plan(plan: Any, where: str) -> None:
                        f"got {plan.labels}")
     if any(v < 0 for v in values) or len(set(values)) != len(values):
         raise FPNError(f"{where}: key 'labels' must map names to distinct non-negative values, got {plan.labels}")
-    if plan.default_configuration not in plan.configurations:
-        raise FPNError(f"{where}: key 'default_configuration' {plan.default_configuration!r} is not one of "
-                       f"the configurations {sorted(plan.configurations)}")
     for name, c in plan.configurations.items():
         _check_configuration(c, f"{where}: key 'configurations.{name}")
 
