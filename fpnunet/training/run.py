@@ -10,7 +10,8 @@ are looked up), the model made, every case file checked whole and the batch's me
 (:mod:`.preflight`), and ``--pretrained``/``--encoder-weights`` read, so bad data, a bad name or
 file, or a batch the machine cannot hold never costs an ``--overwrite``n run. Then the fold's lock is taken
 (:class:`fpnunet.results_layout.FoldLock`: a second run on the fold is refused), temp files of
-killed runs are removed, ``--overwrite`` deletes the earlier run, ``plans.json``/``dataset.json``
+killed runs are removed, ``--overwrite`` moves the earlier run aside (deleted after the new run's first
+checkpoint, put back if it fails before), ``plans.json``/``dataset.json``
 are copied into the model folder, ``command.txt`` and ``run_config.json`` are written, and a
 resumed run continues from ``checkpoint_latest.pth`` (a warning names the settings that changed).
 """
