@@ -24,9 +24,9 @@ def check_raw(d: Any, where: str) -> None:
     """Structural checks of the JSON before it is turned into dataclasses."""
     if not isinstance(d, dict):
         raise FPNError(f"{where}: not a valid fpnunet plan (expected a JSON object)")
-    configurations = d.get("configurations")
-    if not isinstance(configurations, dict) or not (configurations or d.get("candidates")):
-        raise FPNError(f"{where}: key 'configurations' must be a non-empty object of named configurations, "
+    configurations = d.get("configurations", {})
+    if not isinstance(configurations, dict):  # empty is allowed: Plan.configuration(name) names what is missing
+        raise FPNError(f"{where}: key 'configurations' must be an object of named configurations, "
                        f"got {configurations!r:.60}; rerun fpn_plan_and_preprocess")
     for name, c in configurations.items():
         if not isinstance(c, dict):
