@@ -32,18 +32,34 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:  # a read-only folder: name the file the user asked for, not the temporary one
+        raise _naming(exc, path, None) from None
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the result the mode open() would
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):  # disk full mid-write (no file name) or on the temporary name
+            raise _naming(exc, path, tmp) from None
         raise
+
+
+def _naming(exc: OSError, path: Path, tmp: str | None) -> OSError:
+    """``exc`` naming ``path`` when it named no file or a temporary one (so the one-line error the
+    commands print, ``error: <path>: <reason>``, names the output that could not be written)."""
+    prefix = str(path.parent / f".{path.name}.")
+    named = None if exc.filename is None else str(exc.filename)
+    if exc.filename2 is not None or (named is not None and named != tmp and not named.startswith(prefix)):
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return type(exc)(exc.errno, reason, str(path)) if exc.errno is not None else OSError(reason, str(path))
 
 
 def write_atomic(path: str | os.PathLike, writer: Callable[[Path], Any], suffix: str | None = None) -> None:

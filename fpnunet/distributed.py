@@ -351,7 +351,7 @@ def strip_flag(argv: Sequence[str], flag: str) -> list[str]:
 
 def launch_command(module: str, argv: Sequence[str], nproc: int) -> list[str]:
     """The torchrun command ``--gpus N`` runs: one node, ``N`` processes of ``python -m module``."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
+    return [sys.executable, "-m", "fpnunet.launch_agent", "--standalone", f"--nproc_per_node={int(nproc)}",
             "-m", module, *strip_flag(argv, "--gpus")]
 
 

@@ -110,8 +110,31 @@ def write_image(
         img.SetOrigin([float(o) for o in origin])
     if direction is not None:
         img.SetDirection([float(d) for d in direction])
-    with atomic_path(path, suffix=end) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=end in (".nii.gz", ".mha", ".nrrd"))
+    try:
+        with atomic_path(path, suffix=end) as tmp:
+            sitk.WriteImage(img, str(tmp), useCompression=end in (".nii.gz", ".mha", ".nrrd"))
+    except RuntimeError as exc:  # SimpleITK's failed write (disk full, ...) names the temporary file
+        last = (str(exc).strip().splitlines() or ["write failed"])[-1].replace(str(tmp), path.name)
+        raise FPNError(f"{path}: cannot write the image (disk full or read-only? SimpleITK: {last[:160]})") from None
+
+
+def check_output_ending(ending: str | None) -> None:
+    """Refuse an output ending SimpleITK cannot write a mask in (``--file-ending .exe``), before
+    any model runs: a 2x2 uint8 image is written with it into a temporary folder. ``None``: nothing
+    to check (the dataset's ending is used)."""
+    if ending is None:
+        return
+    if not ending.startswith("."):
+        raise FPNError(f"--file-ending {ending!r}: must start with a dot, e.g. .nii.gz")
+    import tempfile  # lazy: start-up time
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="fpn_ending_") as folder:
+            sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2), np.uint8)), str(Path(folder) / f"probe{ending}"))
+    except (RuntimeError, OSError) as exc:  # only "no writer for it" is the ending's fault; a full disk is not
+        if "Unable to determine ImageIO writer" in str(exc):
+            raise FPNError(f"--file-ending {ending!r}: SimpleITK cannot write masks with this ending; use one of "
+                           f"{', '.join(SUPPORTED_ENDINGS)}") from None
 
 
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}

@@ -70,6 +70,28 @@ def npy_problem(path: Path) -> str | None:
     return None
 
 
+_FINITE_CHUNK = 1 << 22
+"""Values per slice of the NaN/Inf scan (16 MiB of float32): one pass, bounded memory."""
+
+
+def check_finite(path: Path, array: np.ndarray | None = None) -> None:
+    """Refuse a float ``.npy`` holding NaN or Inf (a preprocessing bug or a damaged file would
+    otherwise train on NaN losses): one pass over ``array`` (or ``path`` memory-mapped), in slices.
+    Integer arrays (label maps) are skipped."""
+    import numpy as np  # lazy: start-up time (SimpleITK)
+
+    arr = np.load(path, mmap_mode="r") if array is None else array
+    if arr.dtype.kind not in "fc":
+        return
+    flat = arr.reshape(-1)
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        chunk = np.asarray(flat[start:start + _FINITE_CHUNK])
+        if not np.isfinite(chunk).all():
+            bad = int(np.count_nonzero(~np.isfinite(chunk)))
+            raise FPNError(f"{path}: holds NaN or Inf values ({bad} or more of {flat.size}); "
+                           f"rerun fpn_plan_and_preprocess for this dataset")
+
+
 @dataclass(frozen=True)
 class PreprocessedDataset:
     """One preprocessed ``<data_identifier>`` folder. ``PreprocessedDataset(folder)`` names and
@@ -297,7 +319,9 @@ class PreprocessedDataset:
         path = self.volume_file(case)
         if not path.is_file():
             raise FPNError(f"{path}: preprocessed volume missing (re-run fpn_plan_and_preprocess)")
-        return np.load(path, mmap_mode="r") if mmap else np.load(path)
+        volume = np.load(path, mmap_mode="r") if mmap else np.load(path)
+        check_finite(path, volume)
+        return volume
 
     def load_label(self, case: str) -> np.ndarray:
         """The preprocessed label map ``(B, A)``."""
@@ -315,4 +339,6 @@ class PreprocessedDataset:
         path = self.enface_file(case, modality)
         if not path.is_file():
             raise FPNError(missing or f"{path}: {modality} image of case {case!r} not found (re-run preprocessing)")
-        return np.load(path)
+        image = np.load(path)
+        check_finite(path, image)
+        return image

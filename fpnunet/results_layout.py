@@ -39,6 +39,8 @@ COMMAND_FILE = "command.txt"
 PRETRAINED_FILE = "pretrained_from.json"
 VALIDATION_DIR = "validation"
 LOCK_FILE = ".fpn_lock"
+ASIDE_DIR = ".fpn_overwritten"
+"""Where ``--overwrite`` moves the earlier run until the new one has saved its first checkpoint."""
 PRETRAIN_TARGETS = ("FAF", "SLO")
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 
@@ -268,8 +270,12 @@ class FoldLock:
                 print(f"taking over the lock of {self.fold_dir} from PID {pid}, which is no longer running")
                 self._take_over(owner)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._record(), f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(self._record(), f)
+            except OSError as exc:  # a full disk: no empty lock left behind, and the message names it
+                self.path.unlink(missing_ok=True)
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
             self.held = True
             return self
         raise FPNError(f"{self.path}: could not take the lock of {self.fold_dir} (another run keeps taking it)")

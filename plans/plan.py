@@ -17,6 +17,7 @@ from typing import Any
 from fpnunet.atomic import load_json, save_json
 from fpnunet.errors import FPNError
 from fpnunet.plans.candidates import Candidate
+from fpnunet.plans.plan_checks import check_plan, check_raw
 from fpnunet.plans.training_params import AugmentParams, LossParams, params_from_dict
 
 PLAN_VERSION = 1
@@ -192,9 +193,13 @@ class Plan:
         if not path.is_file():
             raise FPNError(f"{path}: no plan found; run fpn_plan_and_preprocess first")
         try:
-            return cls.from_dict(load_json(path))
-        except (TypeError, ValueError, KeyError) as exc:
+            raw = load_json(path)
+            check_raw(raw, str(path))
+            plan = cls.from_dict(raw)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise FPNError(f"{path}: not a valid fpnunet plan ({exc})") from None
+        check_plan(plan, str(path))
+        return plan
 
 
 def _known(klass: type, d: dict[str, Any]) -> dict[str, Any]:

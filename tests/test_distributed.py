@@ -78,7 +78,7 @@ def test_single_process_helpers():
     assert fdist.strip_flag(["900", "0", "--gpus", "2", "--seed", "1", "--gpus=3"], "--gpus") == \
         ["900", "0", "--seed", "1"]
     cmd = fdist.launch_command("fpnunet.commands.train", ["900", "0", "--gpus", "2"], 2)
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+    assert cmd[1:] == ["-m", "fpnunet.launch_agent", "--standalone", "--nproc_per_node=2", "-m",
                        "fpnunet.commands.train", "900", "0"]
 
 

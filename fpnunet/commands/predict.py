@@ -192,6 +192,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig
     if out_dir.exists() and not out_dir.is_dir():
         raise FPNError(f"{out_dir}: -o must name a folder, but this is a file")
     from fpnunet.inference.chosen import check_best_flags  # lazy: start-up time
+    from fpnunet.io import check_output_ending  # lazy: start-up time
+    check_output_ending(args.file_ending)
     model_dir = (check_best_flags(args.dataset, argv) if args.best else Path(args.model_dir) if args.model_dir
                  else find_model_folder(args.dataset, args.model, args.config))
     if args.devices:
@@ -240,6 +242,7 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
 
     from fpnunet.inference.export import write_case  # lazy: start-up time
     from fpnunet.inference.predictor import Predictor  # lazy: start-up time
+    from fpnunet.io import check_output_ending  # lazy: start-up time
 
     predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=config.checkpoint, device=config.device,
                                             tta=not config.disable_tta, whole_plane=config.whole_plane,
@@ -250,8 +253,7 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
     card = CardCheck.announce(model_dir)  # a model installed from a package: its card's line, per case warnings
     plan = predictor.plan
     ending = config.file_ending or (predictor.dataset_info.file_ending if predictor.dataset_info else plan.file_ending)
-    if not ending.startswith("."):
-        raise FPNError(f"--file-ending {ending!r}: must start with a dot, e.g. .nii.gz")
+    check_output_ending(ending)  # the dataset's ending too, before any case runs
     labels = predictor.dataset_info.labels if predictor.dataset_info else plan.labels
     raw = None if config.dataset is None else raw_dir(config.dataset)
     dataset_json = model_dataset_json(predictor.dataset_info, raw)  # + the raw dataset's visits of new cases

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fpnunet.checkpoint import load_file as load_torch_file
 from fpnunet.errors import FPNError
 from fpnunet.networks.dxnet import inflate_kernel
 from fpnunet.networks.encoders2d import BUILTIN_RESNETS, import_timm
@@ -60,6 +61,10 @@ class EncoderLoadReport:
         return "; ".join(parts)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+"""Terminal colour codes (torch's messages carry some), never passed on in a one-line error."""
+
+
 # ----------------------------------------------------------------------------- sources
 def read_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The 2D encoder tensors of a local file (never unpickles code). See the module docstring."""
@@ -72,13 +77,16 @@ def read_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             obj: Any = load_file(str(path))
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_torch_file(path, "cpu", what="state dict")  # weights_only; a pickle is refused, not advised
     except ImportError:
         raise FPNError(f"--encoder-weights {path}: reading .safetensors needs the safetensors package "
                        "(pip install safetensors)") from None
-    except Exception as exc:  # unreadable, or a pickle that is more than tensors and plain types
+    except FPNError as exc:
+        raise FPNError(f"--encoder-weights {_ANSI.sub('', str(exc))}") from None
+    except Exception as exc:  # noqa: BLE001  an unreadable .safetensors file
+        first = _ANSI.sub("", (str(exc).strip().splitlines() or [""])[0])
         raise FPNError(f"--encoder-weights {path}: not a state dict of tensors ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                       f"{first})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fpnunet.errors import FPNError
-from fpnunet.preprocessed_dataset import PreprocessedDataset
+from fpnunet.preprocessed_dataset import PreprocessedDataset, check_finite
 from fpnunet.training.enface_inputs import missing_message
 
 logger = logging.getLogger("fpnunet.training.data")  # the loaders' logger, as before the split
@@ -110,6 +110,8 @@ def scan_cases(data_dir: str | Path, cases: list[str], mode: str = "seg") -> lis
         if tshape != (vshape[1], vshape[3]):
             raise FPNError(f"{tgt}: shape {tshape} does not match the en-face plane (B, A) = "
                            f"{(vshape[1], vshape[3])} of {vol.name}")
+        check_finite(vol)  # once per case, before any worker reads it (NaN would train on NaN losses)
+        check_finite(tgt)  # an en-face target (float); a label map is skipped
         locs = _locations(data_dir, case, tgt) if mode == "seg" else {}
         records.append(CaseRecord(case, vol, tgt, (vshape[1], vshape[3]), locs))
     if missing:

@@ -10,7 +10,8 @@ are looked up), the model made, every case file checked whole and the batch's me
 (:mod:`.preflight`), and ``--pretrained``/``--encoder-weights`` read, so bad data, a bad name or
 file, or a batch the machine cannot hold never costs an ``--overwrite``n run. Then the fold's lock is taken
 (:class:`fpnunet.results_layout.FoldLock`: a second run on the fold is refused), temp files of
-killed runs are removed, ``--overwrite`` deletes the earlier run, ``plans.json``/``dataset.json``
+killed runs are removed, ``--overwrite`` moves the earlier run aside (deleted after the new run's first
+checkpoint, put back if it fails before), ``plans.json``/``dataset.json``
 are copied into the model folder, ``command.txt`` and ``run_config.json`` are written, and a
 resumed run continues from ``checkpoint_latest.pth`` (a warning names the settings that changed).
 """
@@ -38,7 +39,7 @@ from fpnunet.training.optim import apply_on_resume
 from fpnunet.training.preflight import check_data, check_memory
 from fpnunet.training.pretrained import LoadReport, load_pretrained
 from fpnunet.training.run_config import RunConfig, saved_settings
-from fpnunet.training.run_folder import check_start, copy_model_files, write_command
+from fpnunet.training.run_folder import check_start, copy_model_files, drop_aside, restore_aside, write_command
 from fpnunet.training.trainer import Trainer
 from fpnunet.training.trainers import get_trainer
 
@@ -67,6 +68,16 @@ def run(config: RunConfig, argv: Sequence[str], callbacks: Sequence[EpochCallbac
             fdist.say(config.pretrained_message)
             report = _load_pretrained(trainer, model)
     checkpoint, lock = fdist.main_first(open_fold, config, trainer, argv)
+    fold_dir = Path(config.fold_dir)
+    started = False  # the new run saved its first checkpoint: the run --overwrite moved aside is deleted
+
+    def first_checkpoint(epochs_done: int, record: dict[str, Any]) -> None:
+        nonlocal started
+        if not started and fdist.is_main():
+            drop_aside(fold_dir)
+        started = True
+
+    callbacks = [first_checkpoint, *callbacks]
     try:
         if checkpoint is None and config.program == "fpn_train" and config.pretrained:
             if report is None:
@@ -103,6 +114,11 @@ def run(config: RunConfig, argv: Sequence[str], callbacks: Sequence[EpochCallbac
         fdist.barrier()
         fdist.shutdown()  # the export (e.g. the final validation with flip TTA) runs on rank 0 alone
         return trainer.export(model, FINAL, config.epochs, loop.best_score) if main_rank else None
+    except BaseException:
+        if lock is not None and not started and restore_aside(fold_dir, tuple(trainer.run_dirs)):
+            print(f"the new run failed before its first checkpoint; the earlier run in {fold_dir} is restored",
+                  file=sys.stderr)
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -133,7 +149,7 @@ def open_fold(config: RunConfig, trainer: Trainer,
     try:
         if main_rank:
             clean_temp_files(fold_dir)
-            resume = check_start(fold_dir, config.resume, config.overwrite)
+            resume = check_start(fold_dir, config.resume, config.overwrite, tuple(trainer.run_dirs))
             if not resume:
                 for name in trainer.run_dirs:
                     if (fold_dir / name).is_dir():
@@ -152,6 +168,7 @@ def open_fold(config: RunConfig, trainer: Trainer,
             print_settings(config, trainer, resume)
     except BaseException:
         if lock is not None:
+            restore_aside(fold_dir, tuple(trainer.run_dirs))
             lock.release()
         raise
     if checkpoint is not None:

@@ -8,6 +8,7 @@ of ``plans.json`` and ``dataset.json`` so that prediction needs nothing else; th
 """
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from fpnunet.atomic import write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.results_layout import (  # noqa: F401  names re-exported for the training commands
+    ASIDE_DIR,
     BEST,
     COMMAND_FILE,
     DATASET_FILE,
@@ -28,22 +30,26 @@ from fpnunet.results_layout import (  # noqa: F401  names re-exported for the tr
     run_state,
 )
 from fpnunet.training.logger import CSV_NAME, PLOT_NAME
+from fpnunet.training.run_config import RUN_CONFIG_FILE
 
 RUN_FILES = (LATEST, BEST, FINAL, CSV_NAME, PLOT_NAME, COMMAND_FILE, PRETRAINED_FILE)
 
 
-def check_start(fold_dir: Path, resume: bool, overwrite: bool) -> bool:
+def check_start(fold_dir: Path, resume: bool, overwrite: bool, extra: tuple[str, ...] = ()) -> bool:
     """Decide how a run starts in ``fold_dir``; returns whether to resume from the latest checkpoint.
 
-    * ``overwrite``: the earlier run's files are deleted and training starts fresh.
+    * ``overwrite``: the earlier run's files (and the folders ``extra``) are moved into ``ASIDE_DIR``
+      and training starts fresh; :func:`drop_aside` deletes them once the new run has saved a
+      checkpoint, :func:`restore_aside` puts them back when it fails before.
     * ``resume`` with a latest checkpoint: resume. ``resume`` without one: start fresh (says so).
     * neither, with an earlier run there: :class:`FPNError` telling the user what to pass.
     """
     state = run_state(fold_dir)
     if overwrite:
         if state != "empty":
-            print(f"--overwrite: deleting the earlier run in {fold_dir}")
-        clear_run(fold_dir)
+            print(f"--overwrite: moving the earlier run in {fold_dir} aside; it is deleted once the new run "
+                  f"has saved its first checkpoint")
+        move_aside(fold_dir, extra)
         return False
     if resume:
         if (fold_dir / LATEST).is_file():
@@ -65,6 +71,47 @@ def clear_run(fold_dir: Path) -> None:
         (fold_dir / name).unlink(missing_ok=True)
     if (fold_dir / VALIDATION_DIR).is_dir():
         shutil.rmtree(fold_dir / VALIDATION_DIR)
+
+
+def _run_names(fold_dir: Path, extra: tuple[str, ...]) -> list[str]:
+    names = [*RUN_FILES, RUN_CONFIG_FILE, VALIDATION_DIR, *extra]
+    return [n for n in dict.fromkeys(names) if (fold_dir / n).exists()]
+
+
+def move_aside(fold_dir: Path, extra: tuple[str, ...] = ()) -> None:
+    """Move the earlier run's files into ``fold_dir/ASIDE_DIR`` (renames: nothing is copied or lost).
+    An aside folder left by a run killed before its first checkpoint is replaced (the earlier run
+    in it is older than the one being overwritten now)."""
+    aside = fold_dir / ASIDE_DIR
+    names = _run_names(fold_dir, extra)
+    if not names:
+        return
+    if aside.is_dir():
+        shutil.rmtree(aside)
+    aside.mkdir(parents=True)
+    for name in names:
+        os.replace(fold_dir / name, aside / name)
+
+
+def drop_aside(fold_dir: Path) -> None:
+    """Delete the earlier run moved aside by ``--overwrite`` (the new run has saved a checkpoint)."""
+    if (fold_dir / ASIDE_DIR).is_dir():
+        shutil.rmtree(fold_dir / ASIDE_DIR)
+
+
+def restore_aside(fold_dir: Path, extra: tuple[str, ...] = ()) -> bool:
+    """Put the earlier run moved aside back, deleting what the failed new run wrote; returns whether
+    there was one."""
+    aside = fold_dir / ASIDE_DIR
+    if not aside.is_dir():
+        return False
+    for name in _run_names(fold_dir, extra):
+        path = fold_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for entry in aside.iterdir():
+        os.replace(entry, fold_dir / entry.name)
+    aside.rmdir()
+    return True
 
 
 def write_command(fold_dir: Path, argv: list[str], program: str, append: bool) -> None:
