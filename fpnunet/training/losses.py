@@ -25,7 +25,8 @@ from torch import nn
 from fpnunet.errors import ShapeError
 from fpnunet.training.registry import Registry
 
-LOSSES: Registry = Registry("loss")
+LOSSES: Registry = Registry("loss", modules={"cmc": "fpnunet.training.cmc.losses", "ssim": "fpnunet.training.ssim"})
+"""Losses by name; the CMC and SSIM losses live beside their trainers and are imported when first asked for."""
 """Losses by name: ``factory(num_outputs, LossParams) -> nn.Module`` called as
 ``loss(output, target, mask)`` (a trainer's ``default_loss`` names one)."""
 
