@@ -87,8 +87,8 @@ def predict_chosen(config: Any, run_member: Callable[[Any], int], pictures: Pict
                            "fpn_find_best_configuration")
     names = " + ".join(m["candidate"] for m in members)
     labels, dataset_json, projection_axis = _model_facts(model_dirs[0], config.dataset)
-    draw = pictures is not None and (config.overlays or config.report)
-    if draw:
+    pictures = pictures if config.overlays or config.report else None
+    if pictures is not None:
         pictures.check(labels, dataset_json)  # a bad colour in dataset.json stops here, before any output
     out = Path(config.output)
     scratch = out / MEMBERS_DIR
@@ -103,7 +103,7 @@ def predict_chosen(config: Any, run_member: Callable[[Any], int], pictures: Pict
         folders.append(PredictionFolder(scratch / m["candidate"]))
     written, failed = combine(folders, PredictionFolder(out), post, labels, names, config.save_probabilities)
     shutil.rmtree(scratch, ignore_errors=True)
-    if draw:
+    if pictures is not None:
         masks = {c: f for c, f in PredictionFolder(out).masks().items() if c not in failed}
         pictures.draw(out, masks, labels, dataset_json, Path(config.input), failed, projection_axis)
     print(f"fpn_predict --best: wrote {written} case(s) to {out}" + (f", {len(failed)} failed" if failed else ""),
