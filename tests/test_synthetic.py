@@ -255,7 +255,8 @@ def test_enface_lesion_contrast_fades_the_lesion_in_faf_and_slo_only(tmp_path) -
     base, same, faint = case(1.0), case(1.0), case(0.1)
     plain = generate_case((32, 48, 32), np.random.default_rng([4, 0, 1]))
     for mod in ("FAF", "SLO"):
-        assert np.array_equal(base.enface[mod], plain.enface[mod]) and np.array_equal(base.enface[mod], same.enface[mod])
+        assert np.array_equal(base.enface[mod], plain.enface[mod])
+        assert np.array_equal(base.enface[mod], same.enface[mod])
     assert np.array_equal(faint.volume, base.volume) and np.array_equal(faint.label, base.label)
     lesion = base.label > 0
     assert 0.05 < lesion.mean() < 0.95
