@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # numpy and fpnunet.io (SimpleITK) are imported where files a
 AREAS_FILE = "lesion_areas.csv"
 FAILED_FILE = "failed_cases.csv"
 FAILED_COLUMNS = ("case", "error")
+CONFIGURATION_COLUMN = "configuration"
+"""The column of ``lesion_areas.csv`` naming the candidate(s) that made a mask (``fpn_predict --best``)."""
 WRITER_LOCK = ".fpn_predict_lock"
 _LOCK_PART_RE = re.compile(r"^\.fpn_predict_lock(\.part-(?P<i>\d+)-of-(?P<k>\d+))?$")
 UNCERTAINTY_DIR = "uncertainty"
@@ -128,6 +130,19 @@ class PredictionFolder:
             except (KeyError, TypeError, ValueError) as exc:
                 raise FPNError(f"{path}: bad uncertainty columns for case {row['case']!r} ({exc})") from None
         return out
+
+    def read_configurations(self) -> dict[str, str]:
+        """``{case: the candidate(s) that made its mask}`` from the ``configuration`` column of
+        ``lesion_areas.csv`` (``{}`` when the table or the column is absent)."""
+        path = self.areas_file()
+        if not path.is_file():
+            return {}
+        try:
+            with open(path, newline="") as f:
+                return {row["case"]: row[CONFIGURATION_COLUMN] for row in csv.DictReader(f)
+                        if row.get("case") and row.get(CONFIGURATION_COLUMN)}
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise FPNError(f"{path}: cannot read the lesion-area table ({exc})") from None
 
     def areas_file(self, part_id: int = 0, num_parts: int = 1) -> Path:
         return self.folder / part_name(AREAS_FILE, part_id, num_parts)

@@ -6,7 +6,9 @@ the members' probabilities are averaged per case, the chosen post-processing
 (:mod:`fpnunet.inference.postprocess`: threshold, fill holes, minimum lesion area, keep largest)
 makes the label map, written on the member's en-face grid, and ``lesion_areas.csv`` gains the
 column ``configuration`` naming the candidate(s) that made each mask. The member folders are
-removed at the end.
+removed at the end. With ``--overlays``/``--report`` the pictures and ``report.html`` are drawn
+from the combined masks (the report's case table has the ``configuration`` column); fpn_predict
+hands in the report layer's :class:`Pictures` (checked before any member runs, drawn after).
 """
 from __future__ import annotations
 
@@ -16,28 +18,36 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from fpnunet.errors import FPNError
 from fpnunet.inference.export import LESION_COLUMNS, lesion_rows, write_probabilities
+from fpnunet.inference.inputs import model_dataset_json
 from fpnunet.inference.postprocess import PostProcessing
 from fpnunet.io import read_image, write_image
-from fpnunet.paths import results_dir
+from fpnunet.paths import raw_dir, results_dir
 from fpnunet.pipeline_files import read_chosen
 from fpnunet.plans.plan import Plan
-from fpnunet.prediction_folder import PredictionFolder
-from fpnunet.raw_dataset import has_dataset_json, load_dataset_json
+from fpnunet.prediction_folder import CONFIGURATION_COLUMN, PredictionFolder
+from fpnunet.raw_dataset import DatasetInfo, has_dataset_json, load_dataset_json
 from fpnunet.results_layout import PLANS_FILE
 
 MEMBERS_DIR = ".members"
-CONFIGURATION_COLUMN = "configuration"
 COLUMNS = (*LESION_COLUMNS, CONFIGURATION_COLUMN)
 FIXED_BY_CHOICE = ("-m", "--model-dir", "--model", "-c", "--config", "--network", "-f", "--folds", "-chk",
-                   "--checkpoint", "--disable-tta", "--threshold", "--devices", "--num-parts", "--part-id",
-                   "--overlays", "--report")
+                   "--checkpoint", "--disable-tta", "--threshold", "--devices", "--num-parts", "--part-id")
 """fpn_predict flags the choice decides (or that --best does not take yet)."""
+
+
+class Pictures(Protocol):
+    """``--overlays``/``--report`` of the combined masks (fpnunet.report.writers.PredictionPictures)."""
+
+    def check(self, labels: dict[str, int], dataset_json: dict[str, Any]) -> None: ...
+
+    def draw(self, out_dir: Path, masks: dict[str, Path], labels: dict[str, int], dataset_json: dict[str, Any],
+             in_dir: Path, failed: dict[str, str], projection_axis: int | str) -> None: ...
 
 
 def check_best_flags(dataset: str | None, argv: list[str]) -> None:
@@ -48,18 +58,24 @@ def check_best_flags(dataset: str | None, argv: list[str]) -> None:
     taken = [a for a in argv if a.split("=")[0] in FIXED_BY_CHOICE]
     if taken:
         raise FPNError(f"{taken[0]}: not with --best (chosen_pipeline.json decides the models, folds, TTA, threshold "
-                       "and post-processing; --overlays/--report/--devices/--num-parts are not supported with --best)")
+                       "and post-processing; --devices/--num-parts are not supported with --best)")
     read_chosen(results_dir(dataset))  # present and valid before any folder is written
 
 
-def _labels(model_dir: Path) -> dict[str, int]:
-    if has_dataset_json(model_dir):
-        return dict(load_dataset_json(model_dir).labels)
-    return dict(Plan.load(model_dir / PLANS_FILE).labels)
+def _model_facts(model_dir: Path, dataset: str) -> tuple[dict[str, int], dict[str, Any], int]:
+    """The labels, the dataset.json the pictures read (+ the raw dataset's visits) and the projection axis."""
+    plan = Plan.load(model_dir / PLANS_FILE)
+    info: DatasetInfo | None = load_dataset_json(model_dir) if has_dataset_json(model_dir) else None
+    try:
+        raw: Path | None = raw_dir(dataset)
+    except FPNError:
+        raw = None  # another site's installed pipeline: no raw dataset
+    return dict(info.labels if info else plan.labels), model_dataset_json(info, raw), plan.projection_axis
 
 
-def predict_chosen(config: Any, run_member: Callable[[Any], int]) -> int:
-    """Predict ``config`` (fpn_predict's :class:`PredictConfig` with ``best``) with the chosen pipeline."""
+def predict_chosen(config: Any, run_member: Callable[[Any], int], pictures: Pictures | None = None) -> int:
+    """Predict ``config`` (fpn_predict's :class:`PredictConfig` with ``best``) with the chosen pipeline;
+    ``pictures`` draws ``--overlays``/``--report`` of the combined masks."""
     root = results_dir(config.dataset)
     choice = read_chosen(root)
     post = PostProcessing.from_dict(choice["postprocessing"])
@@ -70,6 +86,10 @@ def predict_chosen(config: Any, run_member: Callable[[Any], int]) -> int:
             raise FPNError(f"{d}: a model folder of the chosen pipeline is missing; rerun fpn_train_folds and "
                            "fpn_find_best_configuration")
     names = " + ".join(m["candidate"] for m in members)
+    labels, dataset_json, projection_axis = _model_facts(model_dirs[0], config.dataset)
+    pictures = pictures if config.overlays or config.report else None
+    if pictures is not None:
+        pictures.check(labels, dataset_json)  # a bad colour in dataset.json stops here, before any output
     out = Path(config.output)
     scratch = out / MEMBERS_DIR
     print(f"fpn_predict --best: {names}; {post.describe()}", file=sys.stderr)
@@ -81,9 +101,11 @@ def predict_chosen(config: Any, run_member: Callable[[Any], int]) -> int:
                       report=False, devices=(), uncertainty=False)
         status = max(status, run_member(sub))
         folders.append(PredictionFolder(scratch / m["candidate"]))
-    labels = _labels(model_dirs[0])
     written, failed = combine(folders, PredictionFolder(out), post, labels, names, config.save_probabilities)
     shutil.rmtree(scratch, ignore_errors=True)
+    if pictures is not None:
+        masks = {c: f for c, f in PredictionFolder(out).masks().items() if c not in failed}
+        pictures.draw(out, masks, labels, dataset_json, Path(config.input), failed, projection_axis)
     print(f"fpn_predict --best: wrote {written} case(s) to {out}" + (f", {len(failed)} failed" if failed else ""),
           file=sys.stderr)
     return 1 if failed or status else 0

@@ -246,3 +246,29 @@ def test_cli_argparse_errors_exit_cleanly(tmp_path: Path, capsys: pytest.Capture
         main(["-o", str(tmp_path / "x"), "--shape", "8", "96"])
     assert exc.value.code == 2
     assert "--shape" in capsys.readouterr().err
+
+
+def test_enface_lesion_contrast_fades_the_lesion_in_faf_and_slo_only(tmp_path) -> None:
+    def case(contrast: float):
+        return generate_case((32, 48, 32), np.random.default_rng([4, 0, 1]), enface_lesion_contrast=contrast)
+
+    base, same, faint = case(1.0), case(1.0), case(0.1)
+    plain = generate_case((32, 48, 32), np.random.default_rng([4, 0, 1]))
+    for mod in ("FAF", "SLO"):
+        assert np.array_equal(base.enface[mod], plain.enface[mod])
+        assert np.array_equal(base.enface[mod], same.enface[mod])
+    assert np.array_equal(faint.volume, base.volume) and np.array_equal(faint.label, base.label)
+    lesion = base.label > 0
+    assert 0.05 < lesion.mean() < 0.95
+
+    def gap(img: np.ndarray) -> float:  # how far the lesion's mean is from the rest
+        return abs(float(img[lesion].mean() - img[~lesion].mean()))
+
+    for mod in ("FAF", "SLO"):
+        assert gap(faint.enface[mod]) < 0.35 * gap(base.enface[mod]), mod
+    out = make_synthetic_dataset(tmp_path / "Dataset953_Faint", n=2, num_test=2, shape=(16, 32, 16),
+                                 show_progress=False, enface_lesion_contrast=0.1)
+    assert load_json(out / "dataset.json")["synthetic"]["enface_lesion_contrast"] == 0.1
+    with pytest.raises(FPNError, match="--enface-lesion-contrast"):
+        make_synthetic_dataset(tmp_path / "Dataset954_Bad", n=2, shape=(16, 32, 16), enface_lesion_contrast=1.5)
+    assert not (tmp_path / "Dataset954_Bad").exists()

@@ -12,8 +12,10 @@ fpn_train_folds -d $D -c all --devices cpu cpu --epochs 6 --iterations-per-epoch
 fpn_find_best_configuration -d $D
 for m in fpn__lf1__scratch fpn__lf1__ssl-FAF lachinov__lf1__scratch; do
   fpn_predict -d $D --model $m -i $FPN_RAW/Dataset952_ChoiceGA/imagesTs -o $OUT/test/$m --device cpu 2>/dev/null
-  fpn_evaluate -d $D -r $FPN_RAW/Dataset952_ChoiceGA/labelsTs -p $OUT/test/$m | tail -1
+  fpn_evaluate -d $D -r $FPN_RAW/Dataset952_ChoiceGA/labelsTs -p $OUT/test/$m >/dev/null 2>&1
+  python -c "import json; print('$m test Dice', round(100 * json.load(open('$OUT/test/$m/summary.json'))['foreground_mean']['Dice'], 1))"
 done
 fpn_predict -d $D --best -i $FPN_RAW/Dataset952_ChoiceGA/imagesTs -o $OUT/test/best --device cpu 2>/dev/null
-fpn_evaluate -d $D -r $FPN_RAW/Dataset952_ChoiceGA/labelsTs -p $OUT/test/best | tail -1
+fpn_evaluate -d $D -r $FPN_RAW/Dataset952_ChoiceGA/labelsTs -p $OUT/test/best >/dev/null 2>&1
+python -c "import json; print('best test Dice', round(100 * json.load(open('$OUT/test/best/summary.json'))['foreground_mean']['Dice'], 1))"
 echo "wall $(( $(date +%s) - start )) s"

@@ -4,6 +4,7 @@
 
     fpn_export_model -m MODEL_DIR -o model.zip --licence "CC-BY-4.0" [-f 0 1 ...] [-chk final|best]
                      [--intended-use TEXT] [--onnx] [--overwrite]
+    fpn_export_model -d 900 --best -o pipeline.zip --licence "CC-BY-4.0"   # the chosen pipeline
 
 One ``.zip`` (format: :mod:`fpnunet.model_package`): the plan, dataset.json without patients or
 visits, every other JSON file of the model folder that names no case, each fold's weights as
@@ -11,6 +12,10 @@ safetensors with its network spec, the model card (``MODEL_CARD.md`` + ``model_c
 :mod:`fpnunet.model_card`), ``--onnx`` the fold ensemble as ``model.onnx``, and a SHA-256 manifest
 of every file. No member may hold a case name or patient id of the dataset (checked byte by byte);
 the other site installs it with ``fpn_install_model``.
+
+``-d ID --best``: the pipeline ``fpn_find_best_configuration`` chose, as one pipeline package
+(:mod:`fpnunet.pipeline_package`): one model package per member (its folds and checkpoint as the
+choice says) and ``chosen_pipeline.json``; installed, ``fpn_predict -d ID --best`` runs it there.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ import csv
 import datetime
 import json
 import sys
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import fpnunet
@@ -37,7 +43,8 @@ from fpnunet.model_package import (
     shareable_dataset_json,
     write_package,
 )
-from fpnunet.paths import preprocessed_dir, raw_dir
+from fpnunet.paths import preprocessed_dir, raw_dir, results_dir
+from fpnunet.pipeline_files import read_chosen
 from fpnunet.raw_dataset import channel_of, images_dir, labels_dir, read_dataset_json
 from fpnunet.results_layout import DATASET_FILE, PLANS_FILE, PRETRAINED_FILE, VALIDATION_DIR, fold_folder_name
 
@@ -49,7 +56,7 @@ IMPORT_REPORT = "import_report.csv"  # fpn_import's table (fpnunet/importer/repo
 class ExportConfig:
     """The checked flags of ``fpn_export_model``."""
 
-    model_dir: Path
+    model_dir: Path | None
     output: Path
     licence: str
     intended_use: str | None = None
@@ -57,20 +64,26 @@ class ExportConfig:
     checkpoint: str = "final"
     onnx: bool = False
     overwrite: bool = False
+    dataset: str | None = None
+    best: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fpn_export_model",
                                 description="Package a trained model folder as one .zip for another site: plan, "
                                             "label map, safetensors weights, model card, SHA-256 manifest.")
-    p.add_argument("-m", "--model-dir", required=True, help="the trained model folder")
+    p.add_argument("-m", "--model-dir", help="the trained model folder (default: none, then -d DATASET --best)")
+    cli_args.add_dataset(p, required=False, help="with --best: the dataset whose chosen pipeline to export "
+                                                 "(default: none)")
+    p.add_argument("--best", action="store_true", help="export the pipeline fpn_find_best_configuration chose: "
+                                                       "every member model and chosen_pipeline.json")
     p.add_argument("-o", "--output", required=True, help="the .zip to write")
     p.add_argument("--licence", "--license", dest="licence", required=True,
                    help="the licence the model is shared under (goes into the model card)")
     p.add_argument("--intended-use", help="the card's intended use (default: research, masks reviewed by a grader)")
     cli_args.add_folds(p, help="folds to export (default: every numbered fold_* of the model folder)")
     p.add_argument("-chk", "--checkpoint", choices=("final", "best"), default="final",
-                   help="checkpoint of each fold to export (default final)")
+                   help="checkpoint of each fold to export (default final; with --best the choice's)")
     p.add_argument("--onnx", action="store_true", help="also add model.onnx: the fold ensemble, preprocessed volume "
                                                        "-> en-face probabilities (docs/sharing.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -79,9 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
     """Flags checked before anything is read or written."""
-    model_dir, out = Path(args.model_dir), Path(args.output)
-    if not model_dir.is_dir():
-        raise FPNError(f"{model_dir}: model folder not found")
+    out = Path(args.output)
+    if args.best:
+        if args.dataset is None or args.model_dir is not None:
+            raise FPNError("--best needs -d DATASET and no -m (the choice names the model folders)")
+        if args.folds or args.checkpoint != "final":
+            raise FPNError("-f/-chk: not with --best (chosen_pipeline.json decides the folds and checkpoint)")
+        if read_chosen(results_dir(args.dataset)).get("checkpoint", "final") not in ("final", "best"):
+            raise FPNError(f"{results_dir(args.dataset)}: the chosen checkpoint is not final or best; "
+                           "only those are exported")
+        model_dir = None
+    elif args.model_dir is None:
+        raise FPNError("name the model: -m MODEL_DIR, or -d DATASET --best for the chosen pipeline")
+    else:
+        model_dir = Path(args.model_dir)
+        if not model_dir.is_dir():
+            raise FPNError(f"{model_dir}: model folder not found")
     if out.suffix != ".zip":
         raise FPNError(f"-o {out}: must end in .zip")
     if out.exists() and not args.overwrite:
@@ -89,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
     if not args.licence.strip():
         raise FPNError("--licence: must not be empty")
     return ExportConfig(model_dir, out, args.licence.strip(), args.intended_use, tuple(args.folds) if args.folds
-                        else None, args.checkpoint, args.onnx, args.overwrite)
+                        else None, args.checkpoint, args.onnx, args.overwrite, args.dataset, args.best)
 
 
 @run_cli
@@ -134,24 +160,63 @@ def _devices(raw: Path | None) -> list[str]:
         return sorted({row["format"] for row in csv.DictReader(f) if row.get("format")})
 
 
+def _site(dataset_name: str) -> tuple[dict | None, Path | None]:
+    """This site's fingerprint of the dataset and its raw folder, where they exist."""
+    try:
+        fingerprint = _read_json(preprocessed_dir(dataset_name) / FINGERPRINT_FILE)
+    except FPNError:
+        fingerprint = None
+    try:
+        raw: Path | None = raw_dir(dataset_name)
+    except FPNError:
+        raw = None
+    return fingerprint, raw
+
+
+def export_chosen(config: ExportConfig) -> int:
+    """``-d ID --best``: one model package per member of the choice, packed with the choice."""
+    from fpnunet.pipeline_files import chosen_text_file  # lazy: start-up time
+    from fpnunet.pipeline_package import write_pipeline_package  # lazy: start-up time
+    from fpnunet.plans.plan import Plan  # lazy: start-up time
+
+    root = results_dir(str(config.dataset))
+    choice = read_chosen(root)
+    zips: dict[str, bytes] = {}
+    ids: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="fpn_export_pipeline-") as tmp:
+        for m in choice["members"]:
+            model_dir = root / m["model_folder"]
+            if not model_dir.is_dir():
+                raise FPNError(f"{model_dir}: a model folder of the chosen pipeline is missing")
+            sub = replace(config, model_dir=model_dir, output=Path(tmp) / f"{m['model_folder']}.zip", best=False,
+                          folds=tuple(str(f) for f in m["folds"]), checkpoint=choice.get("checkpoint", "final"))
+            run(sub)
+            zips[m["model_folder"]] = sub.output.read_bytes()
+            fingerprint, raw = _site(Plan.load(model_dir / PLANS_FILE).dataset_name)
+            ids |= identifiers(read_dataset_json(model_dir), fingerprint, model_dir, raw)
+    text = chosen_text_file(root).read_text() if chosen_text_file(root).is_file() else ""
+    write_pipeline_package(config.output, root.name, {k: v for k, v in choice.items() if k != "version"}, text, zips,
+                           ids)
+    print(f"fpn_export_model: wrote {config.output} (the chosen pipeline: "
+          f"{' + '.join(m['candidate'] for m in choice['members'])}; install with fpn_install_model, predict with "
+          f"fpn_predict -d {root.name} --best)", file=sys.stderr)
+    return 0
+
+
 def run(config: ExportConfig) -> int:
     import torch
 
     from fpnunet.plans.plan import Plan  # lazy: start-up time
     from fpnunet.training.logger import final_validation  # lazy: start-up time
 
+    if config.best:
+        return export_chosen(config)
     model_dir = config.model_dir
+    assert model_dir is not None  # config_from_args: -m or --best
     plan = Plan.load(model_dir / PLANS_FILE)
     meta = read_dataset_json(model_dir)
     folds = export_folds(model_dir, list(config.folds) if config.folds else None)
-    try:
-        fingerprint = _read_json(preprocessed_dir(plan.dataset_name) / FINGERPRINT_FILE)
-    except FPNError:
-        fingerprint = None
-    try:
-        raw: Path | None = raw_dir(plan.dataset_name)
-    except FPNError:
-        raw = None
+    fingerprint, raw = _site(plan.dataset_name)
     members, epochs = fold_members(model_dir, folds, config.checkpoint)
     configuration = model_dir.name.split("__")[0]
     if configuration not in plan.configurations:

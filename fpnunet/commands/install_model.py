@@ -9,6 +9,10 @@ against the manifest's SHA-256, nothing outside its folder (absolute paths, ``..
 executable or pickled, a format version this fpnunet reads. It lands as
 ``$FPN_RESULTS/<DatasetXXX_Name>/<model folder>/`` with each fold's weights converted to the
 checkpoint ``fpn_predict`` reads, so ``fpn_predict -d XXX --model NAME`` (or ``-m``) runs it.
+
+A pipeline package (``fpn_export_model -d ID --best``, :mod:`fpnunet.pipeline_package`) installs
+every member model folder and ``chosen_pipeline.json`` into ``$FPN_RESULTS/<DatasetXXX_Name>/``, so
+``fpn_predict -d XXX --best`` runs the chosen pipeline (``--name`` does not apply to it).
 """
 from __future__ import annotations
 
@@ -59,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: InstallConfig) -> int:
+    from fpnunet.pipeline_package import install_pipeline, is_pipeline_package  # lazy: start-up time
+
+    if is_pipeline_package(config.package):
+        if config.name is not None:
+            raise FPNError("--name: not for a pipeline package (the chosen pipeline names its model folders)")
+        folder = install_pipeline(config.package, results_root(), overwrite=config.overwrite)
+        print(f"fpn_install_model: installed the chosen pipeline into {folder}; predict with: "
+              f"fpn_predict -d {folder.name} --best -i IN -o OUT", file=sys.stderr)
+        return 0
     target = install_package(config.package, results_root(), overwrite=config.overwrite, name=config.name)
     card = read_card(target)
     if card is not None:

@@ -24,6 +24,7 @@ class SyntheticConfig:
     file_ending: str
     name: str | None
     progress: bool
+    enface_lesion_contrast: float = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-test", type=int, default=None, help="test cases (default max(2, n // 5))")
     p.add_argument("--file-ending", default=".nii.gz", help=f"one of {', '.join(VOLUME_ENDINGS)} (default .nii.gz)")
     p.add_argument("--name", default=None, help="dataset and case-name prefix (default: from the folder, or SynthGA)")
+    p.add_argument("--enface-lesion-contrast", type=float, default=1.0, metavar="C",
+                   help="how much the lesion shows in the FAF/SLO images, 0..1 (0.1: barely; default 1.0)")
     cli_args.add_progress(p, help="no progress bar")
     return p
 
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
     """The flags as a config (the generator checks their values before it writes anything)."""
     return SyntheticConfig(Path(args.output), args.num_cases, args.labelled_fraction, args.seed, tuple(args.shape),
-                           args.num_test, args.file_ending, args.name, args.progress)
+                           args.num_test, args.file_ending, args.name, args.progress, args.enface_lesion_contrast)
 
 
 def run(config: SyntheticConfig) -> int:
@@ -58,7 +61,8 @@ def run(config: SyntheticConfig) -> int:
 
     out = make_synthetic_dataset(config.output, n=config.num_cases, labelled_fraction=config.labelled_fraction,
                                  seed=config.seed, shape=config.shape, num_test=config.num_test,
-                                 file_ending=config.file_ending, name=config.name, show_progress=config.progress)
+                                 file_ending=config.file_ending, name=config.name, show_progress=config.progress,
+                                 enface_lesion_contrast=config.enface_lesion_contrast)
     meta = read_dataset_json(out)["synthetic"]
     b, d, a = meta["shape_bda"]
     sb, sd, sa = spacing_for_shape((b, d, a))

@@ -229,8 +229,9 @@ def run(config: PredictConfig) -> int:
     try:
         if config.best:  # the chosen pipeline: each member through run() into OUT/.members/, then combined
             from fpnunet.inference.chosen import predict_chosen  # lazy: start-up time
+            from fpnunet.report.writers import PredictionPictures  # lazy: start-up time
 
-            return predict_chosen(config, run)
+            return predict_chosen(config, run, PredictionPictures(config.overlays, config.report))
         return _predict(config, lock)
     finally:
         lock.release()

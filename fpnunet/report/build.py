@@ -114,6 +114,9 @@ def collect_report(
         if case not in preds:
             results.append(CaseResult(case, visits.get(case, Visit()), error=err or "failed"))
     attach_qc(results, pred_dir, preds, labels, colours, folders, projection_axis)
+    made_by = PredictionFolder(pred_dir).read_configurations()
+    for r in results:
+        r.configuration = None if r.failed else made_by.get(r.case)
     # flagged cases first, most uncertain first; then the others by name
     results.sort(key=lambda r: (r.qc != "check", -(r.qc_score or 0.0) if r.qc == "check" else 0.0, r.case))
     points = [(r.visit.patient, r.visit.eye, cls, r.visit.date, r.case, s.area_mm2)

@@ -42,6 +42,8 @@ class CaseResult:
     qc_score: float | None = None
     area_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
     uncertainty_picture: bytes | None = None
+    configuration: str | None = None
+    """The candidate(s) of the chosen pipeline that made the mask (``fpn_predict --best``), else None."""
 
     @property
     def failed(self) -> bool:

@@ -84,7 +84,9 @@ def _qc_cell(i: int, r: CaseResult) -> str:
 
 def _case_rows(report: Report, show_visits: dict[str, bool]) -> tuple[str, str]:
     qc = any(r.qc for r in report.cases)
+    made_by = any(r.configuration for r in report.cases)
     head = ["picture", "case"] + [k for k in ("patient", "eye", "date") if show_visits[k]]
+    head += ["configuration"] if made_by else []
     for cls in report.classes:
         head += [f"{cls} area mm\u00b2", f"{cls} \u221aarea mm", f"{cls} lesions", f"{cls} focality"]
         if qc:
@@ -109,6 +111,8 @@ def _case_rows(report: Report, show_visits: dict[str, bool]) -> tuple[str, str]:
             cells.append(_text(r.visit.eye))
         if show_visits["date"]:
             cells.append(_text(r.visit.date.isoformat() if r.visit.date else None))
+        if made_by:
+            cells.append(_text(r.configuration))
         for cls in report.classes:
             s = r.stats.get(cls)
             cells += [_num(s.area_mm2 if s else None, 2), _num(s.sqrt_area_mm if s else None, 3),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from fpnunet.raw_dataset import DATASET_FILE
 from fpnunet.report.cases import CaseResult, measure_case
 from fpnunet.report.overlay import class_colours
 
-__all__ = ["OVERLAY_DIR", "write_prediction_overlays", "write_evaluation_overlays"]
+__all__ = ["OVERLAY_DIR", "write_prediction_overlays", "write_evaluation_overlays", "PredictionPictures"]
 
 OVERLAY_DIR = "overlays"
 
@@ -126,3 +127,21 @@ def pictures_after_prediction(
         html, csv = make_report(out_dir, out_dir / "report.html", None, dataset_json, DATASET_FILE, [in_dir],
                                 failures=failed, projection_axis=projection_axis)
         print(f"fpn_predict: report {html}" + (f", growth rates {csv}" if csv else ""), file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class PredictionPictures:
+    """``fpn_predict --best --overlays/--report``: the colours checked before any member is predicted,
+    the pictures of the combined masks drawn after (:func:`pictures_after_prediction`)."""
+
+    overlays: bool
+    report: bool
+
+    def check(self, labels: Mapping[str, int], dataset_json: Mapping[str, Any] | None) -> None:
+        class_colours(labels, dataset_json)
+
+    def draw(self, out_dir: Path, masks: Mapping[str, Path], labels: Mapping[str, int],
+             dataset_json: Mapping[str, Any] | None, in_dir: Path, failed: Mapping[str, str],
+             projection_axis: int | str) -> None:
+        pictures_after_prediction(out_dir, masks, labels, dataset_json, in_dir, failed, self.overlays, self.report,
+                                  projection_axis)

@@ -53,12 +53,15 @@ def _deposit(imp: np.ndarray, pos_px: np.ndarray, delta: np.ndarray, bi: np.ndar
 
 
 def generate_case(shape: tuple[int, int, int] = DEFAULT_SHAPE, rng: np.random.Generator | None = None,
-                  traits: PatientTraits | None = None, right_eye: bool | None = None) -> SyntheticCase:
+                  traits: PatientTraits | None = None, right_eye: bool | None = None,
+                  enface_lesion_contrast: float = 1.0) -> SyntheticCase:
     """Generate one case on a ``(B, D, A)`` grid covering :data:`FIELD_OF_VIEW_MM`.
 
     ``rng`` drives everything (default: a seed-0 generator); ``traits`` are the patient's (drawn
     from ``rng`` when omitted); ``right_eye`` puts the optic disc at +A (left eye: -A).
     ``SyntheticCase.surfaces`` gives the ILM and Bruch's membrane depths ``(B, A)`` in pixels.
+    ``enface_lesion_contrast`` in [0, 1] scales how much the lesion shows in the FAF and SLO images
+    (1: as drawn; 0.1: barely); the volume and the label do not change with it.
     """
     rng = np.random.default_rng(0) if rng is None else rng
     traits = patient_traits(rng) if traits is None else traits
@@ -148,6 +151,7 @@ def generate_case(shape: tuple[int, int, int] = DEFAULT_SHAPE, rng: np.random.Ge
 
     label = (an.level > 0).astype(np.uint8)
     info = {**an.info, "lesion_fraction": round(float(label.mean()), 6), "hypertransmission": round(hyper, 4)}
-    enface = {"FAF": _faf(rng, an, (sb, sa)), "SLO": _slo(rng, an, (sb, sa))}
+    enface = {"FAF": _faf(rng, an, (sb, sa), enface_lesion_contrast),
+              "SLO": _slo(rng, an, (sb, sa), enface_lesion_contrast)}
     surfaces = {"ILM": ilm_px.astype(np.float32), "BM": bm_px.astype(np.float32)}
     return SyntheticCase(vol, label, enface, (sb, sd, sa), surfaces, info)

@@ -70,6 +70,7 @@ def make_synthetic_dataset(
     file_ending: str = ".nii.gz",
     name: str | None = None,
     show_progress: bool = True,
+    enface_lesion_contrast: float = 1.0,
 ) -> Path:
     """Write a raw dataset (layout of ``docs/layout.md``) of ``n`` training and ``num_test`` test cases.
 
@@ -79,7 +80,9 @@ def make_synthetic_dataset(
     ``max(1, round(labelled_fraction * n))`` cases only (the rest are unlabelled);
     ``imagesTs/`` + ``enfaceTs/`` + ``labelsTs/`` for the test cases (default ``max(2, n // 5)``). Case names are
     ``NAME_000`` (training) and ``NAME_T000`` (test); ``NAME`` defaults to the ``Dataset900_NAME``
-    part of ``out_dir`` or ``SynthGA``. Same arguments, same files.
+    part of ``out_dir`` or ``SynthGA``. ``enface_lesion_contrast`` in [0, 1]: how much the lesion
+    shows in the FAF and SLO images (1: as drawn, 0.1: barely; volumes and labels unchanged; recorded
+    in dataset.json's ``synthetic`` entry when not 1). Same arguments, same files.
 
     ``out_dir`` must be empty, absent, or a synthetic dataset written before (which is then
     regenerated; its stale case files are removed). Returns ``out_dir``.
@@ -93,6 +96,8 @@ def make_synthetic_dataset(
         raise FPNError(f"--shape must be three positive integers B D A; got {shape!r}") from None
     num_test = max(2, n // 5) if num_test is None and isinstance(n, int) else num_test
     _validate(n, labelled_fraction, seed, shape, num_test, file_ending)
+    if not (isinstance(enface_lesion_contrast, (int, float)) and 0 <= enface_lesion_contrast <= 1):
+        raise FPNError(f"--enface-lesion-contrast {enface_lesion_contrast!r}: must be a number in [0, 1]")
     name = name or _default_name(out_dir)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", name):
         raise FPNError(f"--name {name!r}: use letters, digits and '-' only (it prefixes the case names)")
@@ -116,7 +121,8 @@ def make_synthetic_dataset(
     test_pat = assign_patients(seed, num_test, _TEST)
     params = {"generator_version": GENERATOR_VERSION, "seed": seed, "n": n, "num_test": num_test,
               "labelled_fraction": labelled_fraction, "num_labelled": n_lab, "shape_bda": list(shape),
-              "field_of_view_mm_bda": list(FIELD_OF_VIEW_MM)}
+              "field_of_view_mm_bda": list(FIELD_OF_VIEW_MM),
+              **({"enface_lesion_contrast": float(enface_lesion_contrast)} if enface_lesion_contrast != 1 else {})}
     meta = {
         "name": name,
         "channel_names": {"0": "OCT"},
@@ -143,7 +149,8 @@ def make_synthetic_dataset(
         for case, split, idx, (patient, eye) in jobs:
             traits = _traits_for(seed, split, patient)
             right = traits.first_eye_right if eye == 0 else not traits.first_eye_right
-            cs = generate_case(shape, np.random.default_rng([seed, split, idx]), traits, right)  # type: ignore[arg-type]
+            cs = generate_case(shape, np.random.default_rng([seed, split, idx]), traits, right,  # type: ignore[arg-type]
+                               enface_lesion_contrast=float(enface_lesion_contrast))
             sp2 = (cs.spacing[0], cs.spacing[2])
             part = "Tr" if split == _TRAIN else "Ts"
             put(images_dir(out_dir, part) / volume_name(case, file_ending), cs.volume, cs.spacing)
