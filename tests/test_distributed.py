@@ -159,8 +159,11 @@ def test_fpn_train_two_processes_kill_and_continue(dataset, monkeypatch, capfd):
     with pytest.raises(SystemExit):  # another world size is refused, nothing touched
         main([*argv, "--continue"])
     assert "needs the same world size" in capfd.readouterr().err
+    capfd.readouterr()
     codes, reports = _forked_run([*argv, "--continue"], dataset["tmp"])
     assert codes == [0, 0], reports
+    resumed_lines = capfd.readouterr().out.count("resumed from ")
+    assert resumed_lines == 1, resumed_lines  # said by rank 0 only, not once per rank
     resumed = load_checkpoint(fold_b / "checkpoint_final.pth")
     for name, tensor in reference["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
