@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from fpnunet.paths import preprocessed_dir, raw_dir
+from fpnunet.preprocessed_dataset import plans_file
 from fpnunet.raw_dataset import images_dir, load_dataset_json, volume_name
 
 BIN = Path(sys.executable).parent
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.dataset
     import fpnunet.preprocessed_dataset as ppd  # noqa: PLC0415  (a script: imports where used)
 
-    plan = json.loads((preprocessed_dir(dataset) / "plans.json").read_text())
+    plan = json.loads(plans_file(preprocessed_dir(dataset)).read_text())
     ident = plan["configurations"][plan.get("default_configuration", "fpn")]["data_identifier"]
     labelled = ppd.PreprocessedDataset.open(preprocessed_dir(dataset) / ident).labelled
     work = Path(args.work or Path(os.environ["FPN_PREPROCESSED"]).parent / "active_labelling")

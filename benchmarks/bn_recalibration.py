@@ -32,6 +32,7 @@ from fpnunet.errors import FPNError
 from fpnunet.networks.rebuild import model_from_checkpoint
 from fpnunet.paths import preprocessed_root
 from fpnunet.plans.plan import Plan
+from fpnunet.preprocessed_dataset import plans_file
 from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from fpnunet.training.loader import default_num_workers
 from fpnunet.training.loop import batch_to_device
@@ -64,10 +65,10 @@ def evaluate(path: Path, batches: int, tta: bool, device: str) -> dict[str, Any]
                            "network": ckpt["network"]["name"], "fraction": args.get("label_fraction")}
     if not batchnorm_layers(model):
         return row | {"note": "no BatchNorm"}
-    plan_file = path.parent.parent / "plans.json"
+    plan_file = plans_file(path.parent.parent)
     dataset = str(args.get("dataset", ""))
     pre_dir = preprocessed_root() / dataset
-    plan = Plan.load(plan_file if plan_file.is_file() else pre_dir / "plans.json")
+    plan = Plan.load(plan_file if plan_file.is_file() else plans_file(pre_dir))
     config_name = ckpt["configuration"]
     data_dir = pre_dir / plan.configuration(config_name).data_identifier
     if not data_dir.is_dir():

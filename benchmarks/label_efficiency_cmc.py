@@ -33,6 +33,7 @@ from label_efficiency import DISPLAY  # noqa: E402
 from fpnunet.atomic import write_atomic  # noqa: E402
 from fpnunet.errors import FPNError  # noqa: E402
 from fpnunet.paths import preprocessed_root, results_root  # noqa: E402
+from fpnunet.preprocessed_dataset import PreprocessedDataset, plans_file
 from fpnunet.training.run_config import saved_settings  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def evaluate_run(model_dir: Path, fold: int, data_dir: Path, shifts: list[int], 
     scores: dict[str, list[float]] = {"oct": [], **{f"fused+{s}": [] for s in shifts}}
     for case in cases:
         volume = np.load(data_dir / f"{case}.npy")
-        ref = np.load(data_dir / f"{case}_seg.npy")
+        ref = PreprocessedDataset(data_dir).load_label(case)
         enface = np.stack([np.load(data_dir / f"{case}_{m}.npy") for m in mods]).astype(np.float32)
         seg = probabilities_to_segmentation(predictor.predict_preprocessed(volume), labels=labels)
         scores["oct"].append(mean_foreground_dice(ref, seg, labels))
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     from fpnunet.plans.plan import Plan
 
-    plan = Plan.load(preprocessed_root() / name / "plans.json")
+    plan = Plan.load(plans_file(preprocessed_root() / name))
     data_dir = preprocessed_root() / name / plan.configuration(args.network).data_identifier
     rows = []
     for seed in args.seeds:

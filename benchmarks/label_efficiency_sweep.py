@@ -26,6 +26,8 @@ from label_efficiency_report import paired_differences, plot, read_dice, render_
 from fpnunet.atomic import atomic_path, load_json, save_json, write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.paths import preprocessed_root, raw_root, results_root
+from fpnunet.preprocessed_dataset import plans_file
+from fpnunet.raw_dataset import dataset_file, has_dataset_json, read_dataset_json
 
 CONSOLE_SCRIPTS = {"fpnunet.commands.make_synthetic": "fpn_make_synthetic",
                    "fpnunet.commands.plan_and_preprocess": "fpn_plan_and_preprocess",
@@ -99,19 +101,19 @@ class Sweep:
         """Create the synthetic dataset if missing; plan (every network) and preprocess if needed."""
         a = self.args
         raw = raw_root() / self.name
-        if not (raw / "dataset.json").is_file() or not load_json(raw / "dataset.json").get("synthetic", {}).get(
+        if not has_dataset_json(raw) or not read_dataset_json(raw).get("synthetic", {}).get(
                 "complete", False):
             say(f"creating the synthetic dataset {raw}")
             self._call("fpnunet.commands.make_synthetic",
                        ["-o", str(raw), "-n", str(a.num_cases), "--seed", str(a.data_seed),
                         "--shape", *map(str, a.shape), "--no-progress"], "make_synthetic")
-        made = load_json(raw / "dataset.json").get("synthetic", {}) if not a.dry_run else {}
+        made = read_dataset_json(raw).get("synthetic", {}) if not a.dry_run else {}
         wanted = {"n": a.num_cases, "shape_bda": list(a.shape), "seed": a.data_seed}
         differ = {k: made[k] for k, v in wanted.items() if k in made and made[k] != v}
         if differ:
             say(f"note: using the existing {raw}, made with {differ} (not the --num-cases / --shape / --data-seed "
                   f"given); delete it or pick another --dataset-id to make a new one")
-        plans = preprocessed_root() / self.name / "plans.json"
+        plans = plans_file(preprocessed_root() / self.name)
         planned = set(load_json(plans).get("configurations", {})) if plans.is_file() else set()
         if not set(a.networks) <= planned or not self._preprocessed():
             say(f"planning and preprocessing {self.name} for {', '.join(a.networks)}")
@@ -125,7 +127,7 @@ class Sweep:
 
         pre = preprocessed_root() / self.name
         try:
-            plan = Plan.load(pre / "plans.json")
+            plan = Plan.load(plans_file(pre))
         except FPNError:
             return False
         n = len(list((raw_root() / self.name / "imagesTr").glob("*")))
@@ -286,7 +288,7 @@ class Sweep:
 
     def settings(self, argv: list[str]) -> dict[str, Any]:
         a = self.args
-        ds = raw_root() / self.name / "dataset.json"
+        ds = dataset_file(raw_root() / self.name)
         made = load_json(ds).get("synthetic", {}) if ds.is_file() else {}
         return {"command": shlex.join(["python", "benchmarks/label_efficiency.py", *argv]),
                 "dataset": self.name, "num_cases": made.get("n", a.num_cases),

@@ -51,6 +51,8 @@ from fpnunet.evaluation.evaluate import evaluate_folders
 from fpnunet.io import write_image
 from fpnunet.paths import preprocessed_root, raw_root, resolve_dataset, results_root
 from fpnunet.plans.plan import Plan
+from fpnunet.preprocessed_dataset import PreprocessedDataset, plans_file
+from fpnunet.raw_dataset import has_dataset_json, read_dataset_json
 from fpnunet.training.segmentation import labelled_cases
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
 
@@ -84,7 +86,7 @@ def export_variant(variant: str, target: Path, data_dir: Path, cases: list[str],
         spacing, origin = tuple(geometry["spacing"]), tuple(geometry["origin"])
         for i, image in enumerate(projection_channels(data_dir, case, modalities)):
             write_image(target / "imagesTr" / f"{case}_{i:04d}.nii.gz", image, spacing, origin)
-        seg = np.load(data_dir / f"{case}_seg.npy").astype(np.uint8)
+        seg = PreprocessedDataset(data_dir).load_label(case).astype(np.uint8)
         write_image(target / "labelsTr" / f"{case}.nii.gz", seg, spacing, origin)
     save_json({"channel_names": {str(i): name for i, name in enumerate(channels)}, "labels": dict(plan.labels),
                "numTraining": len(cases), "file_ending": ".nii.gz"}, target / "dataset.json")
@@ -132,7 +134,7 @@ def fold_plan(pre_dir: Path, data_dir: Path, dataset: str, folds: list[int],
     """``(fraction, fold, train cases, val cases)`` exactly as ``fpn_train`` would use them."""
     labelled = labelled_cases(data_dir)
     raw_dir = raw_root() / dataset
-    patients = load_json(pre_dir / "dataset.json").get("patients", {}) if (pre_dir / "dataset.json").is_file() else {}
+    patients = read_dataset_json(pre_dir).get("patients", {}) if has_dataset_json(pre_dir) else {}
     splits = load_or_create_splits(pre_dir, raw_dir if raw_dir.is_dir() else None, labelled, patients)
     out = []
     for fraction in fractions:
@@ -145,7 +147,7 @@ def fold_plan(pre_dir: Path, data_dir: Path, dataset: str, folds: list[int],
 def run(args: argparse.Namespace, argv: list[str]) -> pd.DataFrame:
     dataset = resolve_dataset(args.dataset)
     pre_dir = preprocessed_root() / dataset
-    plan = Plan.load(pre_dir / "plans.json")
+    plan = Plan.load(plans_file(pre_dir))
     data_dir = pre_dir / plan.configuration(args.config).data_identifier
     work = Path(args.work) if args.work else results_root() / f"nnunet_projection_{dataset}"
     out = Path(args.out)
@@ -159,7 +161,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> pd.DataFrame:
         nn_name = f"Dataset{nn_id:03d}_{dataset.split('_', 1)[-1]}{'Proj' if variant == 'proj' else 'ProjEnface'}"
         raw = work / "nnUNet_raw" / nn_name
         cases = sorted({c for _, _, tr, va in runs for c in (*tr, *va)})
-        if not (raw / "dataset.json").is_file():
+        if not has_dataset_json(raw):
             print(f"exporting {len(cases)} cases of {dataset} to {raw} ({variant})", flush=True)
             export_variant(variant, raw, data_dir, cases, plan)
         splits_file = work / "nnUNet_preprocessed" / nn_name / "splits_final.json"

@@ -24,8 +24,9 @@ from fpnunet.checkpoint import model_spec, save_checkpoint
 from fpnunet.inference.onnx_export import ensemble_of, export_onnx_bytes
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan
+from fpnunet.preprocessed_dataset import PLANS_FILE
 from fpnunet.raw_dataset import write_dataset_json
-from fpnunet.results_layout import PLANS_FILE, checkpoint_name, fold_folder_name
+from fpnunet.results_layout import checkpoint_name, fold_folder_name
 
 
 def _model_folder(root: Path, shape_ba: tuple[int, int], depth: int, patch: tuple[int, int], folds: int) -> Path:

@@ -15,12 +15,14 @@ time is not in it when workers > 1).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from fpnunet.errors import FPNError
+from fpnunet.raw_dataset import read_dataset_json
 
 
 def main() -> None:
@@ -96,8 +98,8 @@ def main() -> None:
 
 def _cached(ds: Path) -> bool:
     try:
-        return bool(json.loads((ds / "dataset.json").read_text()).get("synthetic", {}).get("complete"))
-    except (OSError, ValueError):
+        return bool(read_dataset_json(ds).get("synthetic", {}).get("complete"))
+    except FPNError:  # missing or unreadable: make it again
         return False
 
 

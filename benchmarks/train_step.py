@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from fpnunet.atomic import save_json, save_npy
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.plan import Configuration
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.training.loader import default_num_workers, make_train_loader
 
 
@@ -49,11 +50,13 @@ def write_synthetic(folder: Path, n_cases: int, shape_ba: tuple[int, int], depth
         vol = rng.standard_normal((1, shape_ba[0], depth, shape_ba[1]), dtype=np.float32)
         cb, ca = rng.uniform(0.2, 0.8) * shape_ba[0], rng.uniform(0.2, 0.8) * shape_ba[1]
         seg = ((((b - cb) / (0.15 * shape_ba[0])) ** 2 + ((a - ca) / (0.15 * shape_ba[1])) ** 2) <= 1).astype(np.uint8)
-        save_npy(vol, folder / f"{name}.npy")
-        save_npy(seg, folder / f"{name}_seg.npy")
+        store = PreprocessedDataset(folder)
+        save_npy(vol, store.volume_file(name))
+        save_npy(seg, store.label_file(name))
         locs = np.argwhere(seg)
         locs = locs[rng.choice(len(locs), min(1000, len(locs)), replace=False)] if len(locs) else locs
-        save_json({"case": name, "labelled": True, "class_locations": {"1": locs.tolist()}}, folder / f"{name}.json")
+        props = {"case": name, "labelled": True, "class_locations": {"1": locs.tolist()}}
+        save_json(props, store.properties_file(name))
         names.append(name)
     return names
 
@@ -116,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         cases = write_synthetic(data_dir, args.cases, shape, args.depth)  # type: ignore[arg-type]
     else:
         data_dir = args.data_dir
-        cases = sorted(p.name[: -len("_seg.npy")] for p in data_dir.glob("*_seg.npy"))
-        shape = np.load(data_dir / f"{cases[0]}.npy", mmap_mode="r").shape
+        store = PreprocessedDataset.open(data_dir)
+        cases = store.labelled
+        shape = store.load_volume(cases[0], mmap=True).shape
     config = Configuration(patch_size=patch, batch_size=args.batch, depth=args.depth, data_identifier=data_dir.name)
 
     if args.loader_only:

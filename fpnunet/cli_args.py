@@ -40,6 +40,7 @@ from typing import Any, TextIO
 
 from fpnunet import paths
 from fpnunet.errors import FPNError
+from fpnunet.preprocessed_dataset import plans_file
 
 CHECKPOINTS = ("final", "best", "latest")
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
@@ -245,7 +246,7 @@ def plan_values(argv: Sequence[str] | None, positional: bool = False) -> PlanVal
     if dataset is None:
         return None
     try:
-        path = paths.preprocessed_root() / paths.resolve_dataset(dataset) / "plans.json"
+        path = plans_file(paths.preprocessed_root() / paths.resolve_dataset(dataset))
         with open(path) as f:
             plan = json.load(f)
         name = _option_value(argv, VOCABULARY["config"].options) or plan.get("default_configuration", "fpn")

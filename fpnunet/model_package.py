@@ -34,9 +34,9 @@ from typing import Any
 
 from fpnunet.atomic import atomic_path, load_json
 from fpnunet.errors import FPNError
+from fpnunet.preprocessed_dataset import PLANS_FILE
 from fpnunet.results_layout import (
     DATASET_FILE,
-    PLANS_FILE,
     checkpoint_name,
     fold_checkpoint,
     fold_folder_name,

@@ -38,6 +38,16 @@ LABEL_MODE = "seg"
 """The target ``mode`` of a label map (any other mode names an en-face modality)."""
 
 
+PLANS_FILE = "plans.json"
+"""The plan (:class:`fpnunet.plans.plan.Plan`, which reads and writes its content) in a dataset's
+preprocessed folder, and its copy in every model folder."""
+
+
+def plans_file(folder: str | os.PathLike) -> Path:
+    """``folder/plans.json``: ``folder`` is a dataset's preprocessed folder or a model folder."""
+    return Path(folder) / PLANS_FILE
+
+
 def _rerun(hint: str | None) -> str:
     return hint or "rerun fpn_plan_and_preprocess for this dataset"
 

@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 from fpnunet.errors import FPNError
+from fpnunet.preprocessed_dataset import PLANS_FILE
 from fpnunet.raw_dataset import DATASET_FILE as RAW_DATASET_FILE
 
 LATEST = "checkpoint_latest.pth"
 BEST = "checkpoint_best.pth"
 FINAL = "checkpoint_final.pth"
 CHECKPOINTS = ("final", "best", "latest")
-PLANS_FILE = "plans.json"
 DATASET_FILE = RAW_DATASET_FILE  # the copy of the raw dataset.json (fpnunet.raw_dataset owns the name)
 MODEL_FILES = (PLANS_FILE, DATASET_FILE)
 COMMAND_FILE = "command.txt"

@@ -31,8 +31,8 @@ from fpnunet.paths import raw_dir, results_dir
 from fpnunet.pipeline_files import read_chosen
 from fpnunet.plans.plan import Plan
 from fpnunet.prediction_folder import CONFIGURATION_COLUMN, PredictionFolder
+from fpnunet.preprocessed_dataset import PLANS_FILE
 from fpnunet.raw_dataset import DatasetInfo, has_dataset_json, load_dataset_json
-from fpnunet.results_layout import PLANS_FILE
 
 MEMBERS_DIR = ".members"
 COLUMNS = (*LESION_COLUMNS, CONFIGURATION_COLUMN)

@@ -31,6 +31,7 @@ from fpnunet.networks.rebuild import build_model
 from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.precision import cpu_bf16_decision
+from fpnunet.preprocessed_dataset import plans_file
 from fpnunet.preprocessing.preprocess import preprocess_volume
 from fpnunet.raw_dataset import DatasetInfo, has_dataset_json, load_dataset_json
 from fpnunet.results_layout import CHECKPOINTS, fold_checkpoint, list_folds
@@ -154,7 +155,7 @@ class Predictor:
             raise FPNError(f"{model_dir}: model folder not found")
         if checkpoint not in CHECKPOINTS:
             raise FPNError(f"unknown checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINTS)}")
-        plan = Plan.load(model_dir / "plans.json")
+        plan = Plan.load(plans_file(model_dir))
         info = load_dataset_json(model_dir) if has_dataset_json(model_dir) else None
         if folds is None:
             fold_names = list_folds(model_dir)

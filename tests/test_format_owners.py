@@ -38,6 +38,7 @@ OWNED: dict[str, tuple[str, str]] = {
     r"^\{\}(_\{\})?\.npy$": (PRE, "a preprocessed volume or en-face image"),
     r"^\{\}\.json$": (PRE, "a preprocessed case's properties CASE.json"),
     r"preprocessing_complete": (PRE, "the completion record"),
+    r"plans\.json": (PRE, "the plan"),
     r"lesion_areas\.": (PRED, "the lesion-area table"),
     r"failed_cases\.": (PRED, "the failed-case table"),
     r"^\{\}\.npz$": (PRED, "a probabilities file"),

@@ -45,8 +45,9 @@ from fpnunet.model_package import (
 )
 from fpnunet.paths import preprocessed_dir, raw_dir, results_dir
 from fpnunet.pipeline_files import read_chosen
+from fpnunet.preprocessed_dataset import PLANS_FILE
 from fpnunet.raw_dataset import channel_of, images_dir, labels_dir, read_dataset_json
-from fpnunet.results_layout import DATASET_FILE, PLANS_FILE, PRETRAINED_FILE, VALIDATION_DIR, fold_folder_name
+from fpnunet.results_layout import DATASET_FILE, PRETRAINED_FILE, VALIDATION_DIR, fold_folder_name
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"  # written by fpn_plan_and_preprocess beside plans.json
 IMPORT_REPORT = "import_report.csv"  # fpn_import's table (fpnunet/importer/report.py): its 'format' column

@@ -24,6 +24,7 @@ from typing import Any
 from fpnunet import cli_args
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
+from fpnunet.preprocessed_dataset import plans_file
 
 PROGRAM = "fpn_find_best_configuration"
 
@@ -75,7 +76,7 @@ def run(config: FindBestConfig) -> int:
     from fpnunet.raw_dataset import labels_dir  # lazy: start-up time
 
     name = resolve_dataset(config.dataset)
-    plan = Plan.load(preprocessed_dir(name) / "plans.json")
+    plan = Plan.load(plans_file(preprocessed_dir(name)))
     wanted = [plan.candidate(n) for n in config.candidates] if config.candidates else list(plan.candidates)
     if not wanted:
         raise FPNError(f"plans.json of {name} lists no candidate; run fpn_plan_and_preprocess -d {config.dataset}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from fpnunet import cli_args, paths
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
+from fpnunet.preprocessed_dataset import PreprocessedDataset, plans_file
 
 PROGRAM = "fpn_paths"
 
@@ -56,11 +57,10 @@ def preprocessed_summary(folder: Path) -> str:
     if not folder.is_dir():
         return "-"
     try:
-        with open(folder / "plans.json") as f:
+        with open(plans_file(folder)) as f:
             plan = json.load(f)
     except (OSError, ValueError):
         return "no plans.json"
-    from fpnunet.preprocessed_dataset import PreprocessedDataset  # lazy: start-up time (numpy only when listing)
 
     parts = []
     for name, config in (plan.get("configurations") or {}).items():

@@ -22,6 +22,7 @@ from fpnunet.atomic import save_json
 from fpnunet.cli_utils import resolve_device, run_cli, run_command
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Plan
+from fpnunet.preprocessed_dataset import plans_file
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def run(config: PreprocessConfig) -> int:
     copy_dataset_json(raw, out)
     save_json(fp, out / "dataset_fingerprint.json")
 
-    plans_path = out / "plans.json"
+    plans_path = plans_file(out)
     existing = Plan.load(plans_path) if plans_path.is_file() else None
     extra = {"calibrate": True} if config.calibrate else {}
     plan = plan_dataset(fp, info, gpu_memory_gb=config.gpu_memory_gb, networks=list(config.configs), existing=existing,

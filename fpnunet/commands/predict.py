@@ -51,6 +51,7 @@ from fpnunet.inference.inputs import reader as read_ahead
 from fpnunet.inference.parts import check_part, merge_parts, run_on_devices, select_part
 from fpnunet.paths import preprocessed_root, raw_dir, resolve_dataset, results_dir, results_root
 from fpnunet.prediction_folder import PredictionFolder, PredictionLock
+from fpnunet.preprocessed_dataset import plans_file
 from fpnunet.raw_dataset import DATASET_FILE, enface_dir
 from fpnunet.report.visits import visits_from_dataset
 
@@ -122,7 +123,7 @@ def default_config(dataset: str | None) -> str:
 
     if dataset is not None:
         try:
-            with open(preprocessed_root() / resolve_dataset(dataset) / "plans.json") as f:
+            with open(plans_file(preprocessed_root() / resolve_dataset(dataset))) as f:
                 return str(json.load(f).get("default_configuration") or "fpn")
         except (FPNError, OSError, ValueError, AttributeError):
             pass

@@ -39,6 +39,7 @@ from fpnunet import cli_args
 from fpnunet.cli_utils import resolve_device, run_cli
 from fpnunet.commands.train import build_parser as train_parser
 from fpnunet.errors import FPNError
+from fpnunet.preprocessed_dataset import plans_file
 
 PROGRAM = "fpn_train_folds"
 DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
@@ -225,7 +226,7 @@ def candidate_names(dataset: str, names: list[str]) -> tuple[list[str], list[str
     from fpnunet.paths import preprocessed_dir  # lazy: start-up time
     from fpnunet.plans.plan import Plan  # lazy: start-up time
 
-    plans = preprocessed_dir(dataset) / "plans.json"
+    plans = plans_file(preprocessed_dir(dataset))
     plan = Plan.load(plans)
     known = [c.name for c in plan.candidates]
     if names == ["all"]:
@@ -281,7 +282,7 @@ def run_candidates(config: FoldsConfig) -> int:
     from fpnunet.plans.plan import Plan  # lazy: start-up time
     from fpnunet.training.candidate_runs import fold_jobs, pretraining_jobs  # lazy: start-up time
 
-    plan = Plan.load(preprocessed_dir(config.dataset) / "plans.json")
+    plan = Plan.load(plans_file(preprocessed_dir(config.dataset)))
     candidates = [plan.candidate(n) for n in config.candidates]
     results = results_dir(config.dataset)
     devices, failed = list(config.devices), []

@@ -24,7 +24,7 @@ from fpnunet.paths import preprocessed_root, raw_root, resolve_dataset, results_
 from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.plans.training_params import override
 from fpnunet.precision import resolve_cpu_precision
-from fpnunet.preprocessed_dataset import PreprocessedDataset
+from fpnunet.preprocessed_dataset import PreprocessedDataset, plans_file
 from fpnunet.raw_dataset import has_dataset_json, load_dataset_json
 from fpnunet.results_layout import fold_folder_name, model_folder_name, pretraining_checkpoint
 from fpnunet.training import enface_inputs
@@ -45,9 +45,9 @@ def find_preprocessed(dataset: str, config: str | None) -> tuple[str, Path, Plan
     name = resolve_dataset(dataset)
     pre_dir = preprocessed_root() / name
     hint = f"run fpn_plan_and_preprocess -d {dataset} first"
-    if not (pre_dir / "plans.json").is_file():
-        raise FPNError(f"dataset {name} is not planned and preprocessed ({pre_dir / 'plans.json'} is missing): {hint}")
-    plan = Plan.load(pre_dir / "plans.json")
+    if not plans_file(pre_dir).is_file():
+        raise FPNError(f"dataset {name} is not planned and preprocessed ({plans_file(pre_dir)} is missing): {hint}")
+    plan = Plan.load(plans_file(pre_dir))
     config_name = config or plan.default_configuration
     data_dir = pre_dir / plan.configuration(config_name).data_identifier
     if not data_dir.is_dir():

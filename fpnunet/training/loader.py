@@ -31,6 +31,7 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Configuration
+from fpnunet.preprocessed_dataset import plans_file
 from fpnunet.training.augment import AUGMENTATIONS, AugmentParams, load_margin
 from fpnunet.training.data import EnfaceDataLoader, raise_if_error
 
@@ -66,7 +67,7 @@ def resolve_data_dir(data_dir: str | Path, config: Configuration) -> Path:
     sub = data_dir / config.data_identifier
     if sub.is_dir():
         return sub
-    if data_dir.name == config.data_identifier or not (data_dir / "plans.json").is_file():
+    if data_dir.name == config.data_identifier or not plans_file(data_dir).is_file():
         return data_dir
     raise FPNError(f"{sub}: data folder of configuration not found (run fpn_plan_and_preprocess)")
 

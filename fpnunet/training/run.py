@@ -33,6 +33,7 @@ from fpnunet.errors import FPNError
 from fpnunet.networks import network_class
 from fpnunet.networks.rebuild import model_from_checkpoint
 from fpnunet.plans.plan import Plan
+from fpnunet.preprocessed_dataset import plans_file
 from fpnunet.results_layout import FINAL, LATEST, PRETRAINED_FILE, FoldLock, clean_temp_files
 from fpnunet.training.loop import EpochCallback, EpochLoop
 from fpnunet.training.optim import apply_on_resume
@@ -46,7 +47,7 @@ from fpnunet.training.trainers import get_trainer
 
 def make_trainer(config: RunConfig, plan: Plan | None = None) -> Trainer:
     """The registered trainer of ``config`` on its plan (``plan``: instead of ``plans.json``)."""
-    plan = plan or Plan.load(Path(config.preprocessed_dir) / "plans.json")
+    plan = plan or Plan.load(plans_file(config.preprocessed_dir))
     return get_trainer(config.trainer)(config, plan)
 
 
@@ -186,7 +187,7 @@ def validate_only(config: RunConfig, argv: Sequence[str]) -> dict[str, Any] | No
         raise FPNError(f"{path}: no checkpoint to validate. Checkpoints of this dataset and fold: "
                        f"{others or 'none'} (the folder depends on --config, --label-fraction and --pretrained)")
     model, ckpt = model_from_checkpoint(path, config.device)
-    plan_file = model_dir / "plans.json"
+    plan_file = plans_file(model_dir)
     trainer = make_trainer(config, Plan.load(plan_file) if plan_file.is_file() else None)
     with FoldLock(fold_dir, config.program):
         clean_temp_files(fold_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fpnunet.atomic import write_atomic
 from fpnunet.errors import FPNError
+from fpnunet.preprocessed_dataset import PLANS_FILE
 from fpnunet.results_layout import (  # noqa: F401  names re-exported for the training commands
     ASIDE_DIR,
     BEST,
@@ -22,7 +23,6 @@ from fpnunet.results_layout import (  # noqa: F401  names re-exported for the tr
     DATASET_FILE,
     FINAL,
     LATEST,
-    PLANS_FILE,
     PRETRAINED_FILE,
     VALIDATION_DIR,
     fold_folder_name,
