@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from test_training import dataset, fold_dir  # noqa: F401  (dataset is a fixture)
+from test_trust_errors import fails  # one line, status 1, no traceback, every needle in it
 from test_trust_flags import BASE, SHORT, fake_finished_run, intact
 
 from fpnunet.commands.predict import main as predict_main
@@ -22,17 +23,6 @@ from fpnunet.results_layout import ASIDE_DIR
 from fpnunet.training.loop import EpochLoop
 
 TRAIN = ["901", "0", "--pretrained", "none", *SHORT, *BASE]
-
-
-def one_line(capsys, call, *needles: str) -> str:
-    with pytest.raises(SystemExit) as exc:
-        call()
-    err = capsys.readouterr().err
-    assert exc.value.code == 1 and "Traceback" not in err, err
-    assert len(err.strip().splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 # ----------------------------------------------------------------------------- (a) plans.json values
@@ -57,7 +47,7 @@ def test_plan_values_are_checked_like_flags(dataset, capsys, edit, needle):  # n
     plan = json.loads(path.read_text())
     edit(plan)
     path.write_text(json.dumps(plan))
-    one_line(capsys, lambda: train_main(TRAIN), "plans.json", needle)
+    fails(capsys, lambda: train_main(TRAIN), "plans.json", needle)
     assert not fold_dir(dataset["results"]).exists()  # refused before the fold (or a worker) is touched
 
 
@@ -95,14 +85,14 @@ def test_nan_in_a_preprocessed_volume_is_one_line_naming_it(dataset, capsys):  #
     np.save(path, vol)
     with pytest.raises(FPNError, match="tiny_002.npy: holds NaN"):
         PreprocessedDataset(dataset["data"]).load_volume("tiny_002", mmap=True)
-    one_line(capsys, lambda: train_main(TRAIN), "tiny_002.npy", "NaN")
+    fails(capsys, lambda: train_main(TRAIN), "tiny_002.npy", "NaN")
 
 
 # ----------------------------------------------------------------------------- (d) --file-ending
 def test_an_ending_no_writer_knows_is_refused_before_the_model_runs(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     out = tmp_path / "out"
-    one_line(capsys, lambda: predict_main(["-i", str(tmp_path / "in"), "-o", str(out), "-m", str(tmp_path / "m"),
+    fails(capsys, lambda: predict_main(["-i", str(tmp_path / "in"), "-o", str(out), "-m", str(tmp_path / "m"),
                                            "--file-ending", ".exe"]), "--file-ending '.exe'", "cannot write")
     assert not out.exists()
     for ok in (".nii.gz", ".png", ".mha", None):
