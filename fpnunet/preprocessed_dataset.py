@@ -128,6 +128,10 @@ class PreprocessedDataset:
     def enface_file(self, case: str, modality: str) -> Path:
         return self.folder / f"{case}_{modality}.npy"
 
+    def slab_means_file(self, case: str, slabs: int) -> Path:
+        """The volume's ``slabs`` depth-slab means ``(C, B, slabs, A)`` (:meth:`slab_means`)."""
+        return self.folder / f"{case}_slabs{int(slabs)}.npy"
+
     def target_file(self, case: str, mode: str) -> Path:
         """The en-face target of ``case``: its label map (``mode == "seg"``) or en-face image ``mode``."""
         return self.label_file(case) if mode == LABEL_MODE else self.enface_file(case, mode)
@@ -221,7 +225,8 @@ class PreprocessedDataset:
             elif p.suffix == ".json" and p.is_file() and p.stem not in cases and p.name != RECORD_FILE:
                 p.unlink(missing_ok=True)
                 for q in [self.volume_file(p.stem), self.label_file(p.stem),
-                          *(self.enface_file(p.stem, m) for m in modalities)]:
+                          *(self.enface_file(p.stem, m) for m in modalities),
+                          *self.folder.glob(f"{p.stem}_slabs*.npy")]:
                     q.unlink(missing_ok=True)
 
     def remove_completion_record(self) -> None:
@@ -332,6 +337,23 @@ class PreprocessedDataset:
         volume = np.load(path, mmap_mode="r") if mmap else np.load(path)
         check_finite(path, volume)
         return volume
+
+    def slab_means(self, case: str, slabs: int) -> Path:
+        """The file of :meth:`slab_means_file`, written from the volume when missing or older than
+        it (a cache for networks that see the volume only through slab means: training then reads
+        ``slabs`` rows of depth per case instead of the whole volume)."""
+        import numpy as np  # lazy: start-up time (SimpleITK)
+
+        path, volume_path = self.slab_means_file(case, slabs), self.volume_file(case)
+        if path.is_file() and volume_path.is_file() and path.stat().st_mtime >= volume_path.stat().st_mtime:
+            return path
+        volume = self.load_volume(case, mmap=True)
+        c, b, d, a = volume.shape
+        if d % int(slabs):
+            raise FPNError(f"{volume_path}: depth {d} is not divisible into {slabs} slabs (re-run preprocessing)")
+        means = np.asarray(volume, dtype=np.float32).reshape(c, b, int(slabs), d // int(slabs), a).mean(axis=3)
+        save_npy(np.ascontiguousarray(means, dtype=np.float32), path)
+        return path
 
     def load_label(self, case: str) -> np.ndarray:
         """The preprocessed label map ``(B, A)``."""

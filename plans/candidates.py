@@ -159,6 +159,17 @@ def propose_candidates(facts: DatasetFacts, plan_default_wd: float = FINETUNE_WE
             notes.append("no Omnia-Net with en-face channels: not every training and test case has every en-face image")
     else:
         notes.append("no Omnia-Net candidate: configuration omnia is not planned (add -c omnia)")
+    if "plane2d" in have:
+        if facts.enface_modalities and facts.every_case_has_enface:
+            mods = tuple(facts.enface_modalities)
+            out.append(Candidate("plane2d-enface", "plane2d", enface_channels=mods, weight_decay=plan_default_wd,
+                                 reason=f"the {'/'.join(mods)} images and projections of the volume as a 2D problem "
+                                        "(whole plane, 2D batch and augmentation): every training and test case has "
+                                        "them"))
+        else:
+            notes.append("no 2D en-face-input candidate: not every training and test case has every en-face image")
+    else:
+        notes.append("no 2D en-face-input candidate: configuration plane2d is not planned (add -c plane2d)")
     if "lachinov" in have:
         out.append(Candidate("lachinov-scratch", "lachinov", weight_decay=weight_decay_for("lachinov", "none",
                                                                                              plan_default_wd),

@@ -56,6 +56,12 @@ class AugmentParams:
     p_noise: float = 0.1
     noise_variance: tuple[float, float] = (0.0, 0.1)
     """batchgenerators uses this value as the noise's standard deviation."""
+    rotation_deg: float = 180.0
+    """2D augmentation (``plane2d``): in-plane rotation up to this many degrees either way (nnU-Net's 2D)."""
+    p_rotation: float = 0.2
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    """2D augmentation: gamma of each input channel (min-max rescaled, mean and std kept)."""
+    p_gamma: float = 0.3
     enface_shift_px: float = 4.0
     """Trainers with en-face inputs (cmc): the en-face image alone is shifted by up to this many
     pixels on each axis, rotated and scaled (a random misalignment with the volume)."""
@@ -67,7 +73,7 @@ class AugmentParams:
         return self.p_scale > 0 and tuple(self.scale) != (1.0, 1.0)
 
 
-_TUPLES = {"scale", "mirror_axes", "contrast_range", "noise_variance", "enface_scale"}
+_TUPLES = {"scale", "mirror_axes", "contrast_range", "noise_variance", "enface_scale", "gamma_range"}
 
 
 def params_from_dict(klass: type, d: Any, where: str) -> Any:

@@ -34,7 +34,7 @@ FAST = ["--epochs", "2", "--iterations-per-epoch", "1", "--val-every", "1", "--b
     (LOSSES, "focal", "cmc, dice_ce, ssim"),
     (OPTIMIZERS, "lion", "adamw, sgd"),
     (SCHEDULES, "step", "constant, cosine, poly"),
-    (AUGMENTATIONS, "mixup", "cmc, default, none"),
+    (AUGMENTATIONS, "mixup", "cmc, default, none, plane2d"),
 ])
 def test_an_unknown_name_is_one_line_listing_the_registered_ones(registry, name, listed):
     with pytest.raises(FPNError) as exc:

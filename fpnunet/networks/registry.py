@@ -37,6 +37,7 @@ FAMILIES: dict[str, str] = {
     "dsnet": "fpnunet.networks.dsnet",
     "dxnet": "fpnunet.networks.dxnet",
     "omnia": "fpnunet.networks.omnia",
+    "plane2d": "fpnunet.networks.plane2d",
     "cmc": "fpnunet.networks.cmc",
 }
 """Built-in network name -> the module whose ``@register`` defines it, imported when the name is
@@ -50,6 +51,17 @@ class SegNetwork(nn.Module):
     """En-face modalities the network needs as ``M`` extra input channels after the volume's, each
     constant along depth (:func:`fpnunet.networks.cmc.pack_enface`); empty: the volume alone.
     Training, validation and prediction read and pack them (:func:`enface_inputs`)."""
+
+    training_augmentation: str | None = None
+    """The registered augmentation this network trains with under the default trainer (``None``:
+    the trainer's own); ``plane2d`` uses its 2D one."""
+
+    @classmethod
+    def training_slabs(cls, **kwargs: Any) -> int | None:
+        """With these kwargs, the number of depth slabs a training batch may carry instead of the full
+        depth (the network sees the volume only through the means of that many equal slabs), or
+        ``None``: training batches carry the full depth."""
+        return None
 
     @classmethod
     def plan_kwargs(

@@ -47,7 +47,8 @@ from fpnunet.training.registry import Registry
 
 __all__ = ["AUGMENTATIONS", "AugmentParams", "get_train_transforms", "get_val_transforms", "load_margin"]
 
-AUGMENTATIONS: Registry = Registry("augmentation", modules={"cmc": "fpnunet.training.cmc.augment"})
+AUGMENTATIONS: Registry = Registry("augmentation", modules={"cmc": "fpnunet.training.cmc.augment",
+                                                            "plane2d": "fpnunet.training.augment2d"})
 """Augmentations by name; ``cmc`` (with the en-face image's own misalignment) is imported when first asked for."""
 """Training transforms by name: ``factory(patch_size, AugmentParams, mode, enface) -> transform``
 (``enface``: the batch's en-face input images move with the volume and end packed into ``data``)."""

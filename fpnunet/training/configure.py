@@ -88,7 +88,9 @@ def build_run_config(flags: Any, program: str = "fpn_train") -> RunConfig:
     network, kwargs = trainer.network_spec(plan, part.pop("configuration"))
     d = configuration.training
     where = f"trainer {trainer.name}"
-    part.setdefault("augmentation", trainer.default_augmentation)
+    planned = network_class(network).training_augmentation  # e.g. plane2d's 2D augmentation
+    part.setdefault("augmentation", planned if planned and trainer.default_augmentation == "default"
+                    else trainer.default_augmentation)
     return RunConfig(
         program=program, trainer=trainer.name, dataset=dataset, config=config_name,
         preprocessed_dir=str(pre_dir), data_dir=str(cases.folder), network=network, network_kwargs=kwargs,

@@ -50,6 +50,7 @@ from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 
 from fpnunet.errors import FPNError
 from fpnunet.lifeline import die_with_parent
+from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.training.cases import CaseRecord, _npy_shape, attach_enface, scan_cases, target_file
 
 __all__ = ["CaseRecord", "scan_cases", "attach_enface", "target_file", "batch_rngs", "foreground_rows",
@@ -200,6 +201,9 @@ class EnfaceDataLoader(PatchLoader):
     num_batches: stop after this many batches in total (None: infinite).
     num_workers: number of workers that will share the sequence (1 in-process).
     rank, world_size: this process's share of the sequence under distributed training.
+    slabs: read each case's ``slabs`` depth-slab means (``CASE_slabs<S>.npy``, written once by
+        :meth:`~fpnunet.preprocessed_dataset.PreprocessedDataset.slab_means`) instead of its volume,
+        for a network that sees the volume only through them (``data`` is then ``(N, C, Lb, S, La)``).
     """
 
     def __init__(
@@ -220,8 +224,13 @@ class EnfaceDataLoader(PatchLoader):
         num_workers: int = 1,
         rank: int = 0,
         world_size: int = 1,
+        slabs: int | None = None,
     ) -> None:
         records = scan_cases(data_dir, list(cases), mode)
+        if slabs:
+            owner = PreprocessedDataset(Path(data_dir))
+            for rec in records:
+                rec.volume = owner.slab_means(rec.name, slabs)
         attach_enface(Path(data_dir), records, list(enface), required=True)
         super().__init__(records, int(batch_size), max(1, int(num_workers)))
         if batch_size < 1:

@@ -165,6 +165,7 @@ def make_train_loader(
     world_size: int | None = None,
     enface: list[str] | tuple[str, ...] = (),
     augmentation: str = "default",
+    slabs: int | None = None,
 ) -> TrainLoader:
     """Batches of random en-face patches at full depth from ``cases``, augmented in workers.
 
@@ -179,6 +180,8 @@ def make_train_loader(
     modalities the network takes as input channels (every case needs ``CASE_<MOD>.npy``): they get
     the volume's spatial augmentation and are packed into ``data`` as ``M`` more channels.
     ``augmentation``: the registered transform (:data:`~fpnunet.training.augment.AUGMENTATIONS`).
+    ``slabs``: read ``slabs`` depth-slab means per case instead of the volume (a network that sees
+    the volume only through them, :meth:`~fpnunet.networks.registry.SegNetwork.training_slabs`).
 
     Yields dicts: ``data`` float32 ``(N, C, B_p, D, A_p)``, ``target`` and ``mask`` float32
     ``(N, 1, B_p, A_p)``, ``keys`` (case names), ``batch_index``. The sequence depends only on
@@ -197,9 +200,9 @@ def make_train_loader(
         margin=load_margin(patch, params), enface=list(enface), seed=seed, epoch=epoch, num_batches=num_batches,
         num_workers=max(1, workers),
         rank=fdist.rank() if rank is None else rank,
-        world_size=fdist.world_size() if world_size is None else world_size,
+        world_size=fdist.world_size() if world_size is None else world_size, slabs=slabs,
     )
-    if loader.depth != config.depth:
+    if not slabs and loader.depth != config.depth:
         raise FPNError(f"{loader.records[0].volume}: depth {loader.depth}, but configuration "
                        f"{config.data_identifier!r} of the plan expects {config.depth} (re-run preprocessing)")
     pack = bool(enface)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fpnunet.networks.registry import network_class
 from fpnunet.plans.plan import Plan
 from fpnunet.results_layout import VALIDATION_DIR
 from fpnunet.training.loader import make_train_loader
@@ -43,7 +44,7 @@ class SupervisedTrainer(Trainer):
             self.data_dir, list(c.train_cases), self.configuration, mode="seg", batch_size=c.batch_size, seed=c.seed,
             epoch=epoch, num_workers=c.num_workers, oversample=c.foreground_oversample,
             pin_memory=c.device.startswith("cuda"), params=c.augment_params, augmentation=c.augmentation,
-            enface=list(c.enface_inputs),
+            enface=list(c.enface_inputs), slabs=network_class(c.network).training_slabs(**c.network_kwargs),
         )
 
     def channels(self, target: torch.Tensor) -> torch.Tensor:
