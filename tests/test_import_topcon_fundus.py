@@ -97,3 +97,16 @@ def test_box_checks_and_positions():
     np.testing.assert_allclose(pos[0], [[10, 5], [41, 5]])
     np.testing.assert_allclose(pos[-1], [[10, 26], [41, 26]])
     np.testing.assert_allclose(np.diff(pos[:, 0, 1]), 3.0)
+
+
+def test_plan_counts_the_placed_topcon_fundus(tmp_path, monkeypatch, capsys):
+    from fpnunet.commands.plan_and_preprocess import main as preprocess_main
+
+    monkeypatch.setenv("FPN_RAW", str(tmp_path / "raw"))
+    for i, box in enumerate([BOX, (10, 5, 70, 45)]):  # the second box lies outside the fundus
+        write_topcon(tmp_path / "in" / f"s{i}.fda", make_truth(60 + i).volume_u8, fundus=_fundus(), box=box,
+                     size_mm=SIZE_MM, patient_id=f"R{i}")
+    run(tmp_path, tmp_path / "in", name="Dataset958_Topcon")
+    capsys.readouterr()
+    assert preprocess_main(["-d", "958", "--verify-only", "--no-progress"]) == 0
+    assert "en-face images: SLO 1 of 2 cases" in capsys.readouterr().out
