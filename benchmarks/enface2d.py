@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                 steps = math.ceil(samples / b2d)
                 if have(dataset, "plane2d-samples", fraction, fold) is None:
                     dice, sec = fpn_train(dataset, fraction, fold, "plane2d", steps, b2d, out / "res_samples",
-                                          ["--enface-channels", "all"])
+                                          ["--enface-inputs", "all"])
                     record({"dataset": dataset, "method": "plane2d-samples", "fraction": fraction, "fold": fold,
                             "dice": dice, "samples": steps * b2d, "seconds": round(sec, 1)})
                 own = have(dataset, "plane2d-samples", fraction, fold)
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                     scaled = int(steps * min(args.max_time_scale, float(nn["seconds"]) / float(own["seconds"])))
                     if scaled >= 1.3 * steps:
                         dice, sec = fpn_train(dataset, fraction, fold, "plane2d", scaled, b2d, out / "res_time",
-                                              ["--enface-channels", "all"])
+                                              ["--enface-inputs", "all"])
                         row = {"samples": scaled * b2d, "dice": dice, "seconds": round(sec, 1)}
                     else:
                         row = {"samples": int(own["samples"]), "dice": float(own["dice"]),

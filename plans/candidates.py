@@ -164,7 +164,7 @@ def propose_candidates(facts: DatasetFacts, plan_default_wd: float = FINETUNE_WE
     if "plane2d" in have:
         if facts.enface_modalities and facts.every_case_has_enface:
             mods = tuple(facts.enface_modalities)
-            out.append(Candidate("plane2d-enface", "plane2d", enface_channels=mods, weight_decay=plan_default_wd,
+            out.append(Candidate("plane2d-enface", "plane2d", enface_inputs=mods, weight_decay=plan_default_wd,
                                  reason=f"the {'/'.join(mods)} images and projections of the volume as a 2D problem "
                                         "(whole plane, 2D batch and augmentation): every training and test case has "
                                         "them"))

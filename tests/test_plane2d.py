@@ -63,7 +63,7 @@ def test_planned_2d_topology_and_shapes():
         net(torch.randn(1, 4, 16, 6, 96))
     with pytest.raises(FPNError, match="twice"):
         build_network("plane2d", 1, 1, **kw, enface_inputs=["SLO", "SLO"])
-    old = build_network("plane2d", 1, 1, **kw, enface_channels=MODS)  # the older kwarg spelling still loads
+    old = build_network("plane2d", 1, 1, **kw, enface_channels=MODS)  # plans/checkpoints of the older spelling
     assert enface_inputs(old) == MODS
 
 
@@ -108,8 +108,8 @@ def test_candidate_listed_only_when_every_case_has_the_enface_images():
     every = DatasetFacts(("fpn", "plane2d"), ("FAF", "SLO"), {"FAF": 10, "SLO": 10}, every_case_has_enface=True)
     cands, _ = propose_candidates(every)
     by = {c.name: c for c in cands}
-    assert by["plane2d-enface"].enface_channels == ("FAF", "SLO") and "2D problem" in by["plane2d-enface"].reason
-    assert "--enface-channels" in by["plane2d-enface"].train_flags()
+    assert by["plane2d-enface"].enface_inputs == ("FAF", "SLO") and "2D problem" in by["plane2d-enface"].reason
+    assert "--enface-inputs" in by["plane2d-enface"].train_flags()
     assert by["plane2d-enface"].model_folder_name() == "plane2d__lf1__scratch__enf-FAF-SLO"
     some = DatasetFacts(("fpn", "plane2d"), ("FAF",), {"FAF": 3}, every_case_has_enface=False)
     cands, notes = propose_candidates(some)
@@ -180,10 +180,10 @@ def test_slab_means_are_computed_once_and_read_by_the_loader(env):
 
 
 def test_train_validate_and_predict_reading_enfacets(env, capsys):
-    assert train_main([*BASE, "--enface-channels", *MODS]) == 0
+    assert train_main([*BASE, "--enface-inputs", *MODS]) == 0
     model_dir = env["results"] / "plane2d__lf1__scratch__enf-SLO-FAF"
     ckpt = load_checkpoint(model_dir / "fold_0" / "checkpoint_final.pth")
-    assert [m for k in ("enface_inputs", "enface_channels") for m in ckpt["network"]["kwargs"].get(k, [])] == MODS
+    assert ckpt["network"]["kwargs"]["enface_inputs"] == MODS  # the model folder records what prediction reads
     config = RunConfig.load(model_dir / "fold_0")
     assert list(config.enface_inputs) == MODS and config.augmentation == "plane2d"
     assert np.isfinite(ckpt["log"][-1]["val_dice"])
@@ -215,7 +215,7 @@ def test_missing_enface_image_in_training_is_one_line(env, capsys):
     shutil.move(env["data"] / case, moved)
     try:
         with pytest.raises(SystemExit) as exc:
-            train_main([*BASE, "--enface-channels", *MODS])
+            train_main([*BASE, "--enface-inputs", *MODS])
         assert exc.value.code == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"{case}: missing" in err[0]

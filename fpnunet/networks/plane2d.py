@@ -108,7 +108,6 @@ class Plane2dUNet(SegNetwork):
         features: channels per stage (stage 0 at full size).
         pooling: ``len(features) - 1`` steps ``[pB, pA]`` (1 or 2) between stages.
         enface_inputs: en-face modalities taken as extra input channels, in this order.
-        enface_channels: the older spelling of ``enface_inputs`` (plans and checkpoints that use it).
     """
 
     training_augmentation = "plane2d"
@@ -121,13 +120,9 @@ class Plane2dUNet(SegNetwork):
         features: Sequence[int] = (32, 64, 128),
         pooling: Sequence[Sequence[int]] = ((2, 2), (2, 2)),
         enface_inputs: Sequence[str] | None = None,
-        enface_channels: Sequence[str] | None = None,
     ):
         super().__init__()
-        if enface_inputs is not None and enface_channels is not None and list(enface_inputs) != list(enface_channels):
-            raise FPNError(f"plane2d: enface_inputs {list(enface_inputs)} and its old spelling enface_channels "
-                           f"{list(enface_channels)} disagree; give one")
-        modalities = check_modalities(enface_inputs if enface_inputs is not None else enface_channels)
+        modalities = check_modalities(enface_inputs)
         slabs = int(slabs)
         if slabs < 1:
             raise FPNError(f"slabs must be >= 1, got {slabs}")
