@@ -59,7 +59,7 @@ def nnunet_runs(args: argparse.Namespace, dataset: str, index: int, out: Path) -
     sub = out / f"nnunet_{dataset}"
     cmd = [sys.executable, str(Path(__file__).with_name("nnunet_projection.py")), "-d", dataset, "-c", "plane2d",
            "--folds", *map(str, args.folds), "--fractions", *map(str, args.fractions), "--trainer", args.trainer,
-           "--nnunet-id", str(args.nnunet_id + 2 * index),
+           "--nnunet-id", str(args.nnunet_id + 2 * index), "--variants", *args.nnunet_variants,
            "--out", str(sub)]
     cmd += ["--nnunet-bin", args.nnunet_bin] if args.nnunet_bin else []
     print("$", shlex.join(cmd), flush=True)
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trainer", default="nnUNetTrainer_1epoch", help="nnU-Net trainer (default nnUNetTrainer_1epoch)")
     p.add_argument("--nnunet-bin", default=None, help="folder with nnU-Net's console scripts")
     p.add_argument("--nnunet-id", type=int, default=760, help="nnU-Net dataset id of the first variant")
+    p.add_argument("--nnunet-variants", nargs="+", default=["proj+enface", "proj"], choices=["proj+enface", "proj"],
+                   help="nnU-Net inputs to run (default both; earlier runs of the other are kept)")
     p.add_argument("--max-time-scale", type=float, default=4.0, help="cap of the equal-time step scaling")
     p.add_argument("--skip-fpn", action="store_true", help="leave out the volume-only FPN runs")
     p.add_argument("--out", default="/tmp/enface2d", help="runs.csv and enface2d.md")

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fpnunet.errors import FPNError, ShapeError
@@ -69,21 +70,34 @@ def projection_channels(volume: torch.Tensor, slabs: int) -> torch.Tensor:
     return stacked.permute(0, 1, 3, 2, 4).reshape(n, -1, b, a)
 
 
+def plane_mean(x: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W) -> (N, C, 1, 1)`` means; an average pool, whose backward keeps a channels-last
+    layout (``mean``'s expands the gradient into the default layout)."""
+    return F.avg_pool2d(x, tuple(x.shape[-2:]))
+
+
 def zscore(x: torch.Tensor) -> torch.Tensor:
     """Each channel of each sample to mean 0, standard deviation 1 over the plane."""
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    std = x.std(dim=(2, 3), keepdim=True, unbiased=False)
-    return (x - mean) / (std + EPS)
+    centred = x - plane_mean(x)
+    return centred * torch.rsqrt(plane_mean(centred.square()) + EPS * EPS)
 
 
-class PlaneNorm(nn.InstanceNorm2d):
-    """Affine InstanceNorm that also takes a 1 x 1 map (the normalised value is 0 there, so the
-    output is the bias): the predictor's example input has the network's divisors as its size."""
+class PlaneNorm(nn.Module):
+    """Affine instance normalisation over the plane, written out with elementwise ops so that a
+    channels-last map stays channels-last (``nn.InstanceNorm2d`` reshapes it into a copy); a 1 x 1
+    map (the predictor's example input) gives the bias, the limit of the normalised value 0."""
+
+    def __init__(self, channels: int, eps: float = EPS):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] * x.shape[-2] == 1:
-            return x * 0 + self.bias.view(1, -1, 1, 1).to(x.dtype)
-        return super().forward(x)
+        centred = x - plane_mean(x)
+        var = plane_mean(centred.square())
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1)
+        return centred * scale + self.bias.view(1, -1, 1, 1)
 
 
 class ConvStage(nn.Sequential):
@@ -93,7 +107,7 @@ class ConvStage(nn.Sequential):
         layers: list[nn.Module] = []
         for cin, s in ((in_ch, tuple(stride)), (out_ch, (1, 1))):
             layers += [nn.Conv2d(cin, out_ch, 3, stride=s, padding=1, bias=True),
-                       PlaneNorm(out_ch, eps=EPS, affine=True), nn.LeakyReLU(0.01, inplace=True)]
+                       PlaneNorm(out_ch), nn.LeakyReLU(0.01, inplace=True)]
         super().__init__(*layers)
 
 
@@ -164,6 +178,8 @@ class Plane2dUNet(SegNetwork):
         image = projection_channels(x[:, : self.in_channels].float(), self.slabs)
         if self.enface_inputs:
             image = torch.cat([image, x[:, self.in_channels:, :, 0, :].float()], dim=1)
+        if x.stride(1) == 1:  # a channels-last volume gives a channels-last plane (the layout of the convs)
+            image = image.contiguous(memory_format=torch.channels_last)
         return zscore(image).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
