@@ -75,7 +75,7 @@ def nnunet_runs(args: argparse.Namespace, dataset: str, index: int, out: Path) -
 
 def epochs_of(trainer: str) -> int:
     """Epochs of a shipped ``nnUNetTrainer_Nepochs`` (1000 for ``nnUNetTrainer``)."""
-    tail = trainer.removeprefix("nnUNetTrainer_").removesuffix("epochs")
+    tail = trainer.removeprefix("nnUNetTrainer_").removesuffix("epochs").removesuffix("epoch")
     return int(tail) if tail.isdigit() else 1000
 
 
