@@ -101,7 +101,7 @@ def fpn_train(dataset: str, fraction: float, fold: int, config: str, steps: int,
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"fpn_train failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    summary = next((results / dataset).glob(f"{config}__*/fold_{fold}/{VALIDATION_DIR}/summary.json"))
+    summary = next((results / dataset).glob(f"{config}__lf{fraction:g}__*/fold_{fold}/{VALIDATION_DIR}/summary.json"))
     return float(json.loads(summary.read_text())["foreground_mean"]["Dice"]), seconds
 
 
