@@ -135,5 +135,8 @@ def test_fresh_dataset_end_to_end(tmp_path, monkeypatch, capsys):
         rows = list(csv.DictReader(f))
     members = " + ".join(m["candidate"] for m in choice["members"])
     assert len(rows) == 2 and {r["configuration"] for r in rows} == {members}
-    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == [
+    # the scores over configurations x folds x flips (the member runs' members/ went with .members/)
+    assert all(r["qc"] in ("ok", "check") and float(r["area_low_mm2"]) <= float(r["area_high_mm2"]) for r in rows)
+    assert all((r["fold_disagreement"] != "") == (sum(len(m["folds"]) for m in choice["members"]) > 1) for r in rows)
+    assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name != "uncertainty") == [
         "Pick_T000.nii.gz", "Pick_T001.nii.gz", "lesion_areas.csv"]
