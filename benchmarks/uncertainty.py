@@ -10,7 +10,8 @@ and the ECE before/after the fitted temperature.
 
 Besides the scores ``fpn_predict`` writes (``disagreement``, ``entropy``) it rates candidate
 scores made from them (``sum``: entropy + disagreement; ``area_spread``: (largest - smallest member
-area) / largest member area). The candidate is *chosen on the first dataset only* (highest
+area) / largest member area) and from the out-of-fold members (:func:`member_candidates`:
+``entropy_wide``, ``low_peak``). The candidate is *chosen on the first dataset only* (highest
 Spearman with 1 - Dice) and reported on the others, so the confirmation is not tuned on the set it
 is reported on. Steps whose outputs exist are skipped (rerun to resume).
 
@@ -37,12 +38,43 @@ BIN = Path(sys.executable).parent
 FLAG_RATE, WORST = 0.2, 0.1
 
 
+CANDIDATE_P = 0.2
+"""``entropy_wide``: pixels whose flip-averaged probability exceeds this join the entropy's region."""
+
+
 def candidate_scores(df: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Every score rated: the two ``fpn_predict`` writes and two made from its columns."""
+    """Every score rated: the two ``fpn_predict`` writes, two made from its columns and, when the
+    table has them (:func:`member_candidates`), two more made from the members."""
     high, low = df["area_high_mm2"].to_numpy(), df["area_low_mm2"].to_numpy()
     spread = np.where(high > 0, (high - low) / np.maximum(high, 1e-12), 0.0)
-    return {"disagreement": df["disagreement"].to_numpy(), "entropy": df["entropy"].to_numpy(),
-            "sum": (df["entropy"] + df["disagreement"]).to_numpy(), "area_spread": spread}
+    out = {"disagreement": df["disagreement"].to_numpy(), "entropy": df["entropy"].to_numpy(),
+           "sum": (df["entropy"] + df["disagreement"]).to_numpy(), "area_spread": spread}
+    out.update({c: df[c].to_numpy() for c in ("entropy_wide", "low_peak") if c in df})
+    return out
+
+
+def member_candidates(model_dir: Path, did: str, temperature: float) -> pd.DataFrame:
+    """Scores the per-case table lacks, from the out-of-fold members (predicted again):
+    ``entropy_wide`` (``entropy`` over the lesion, its band *and* every pixel above
+    :data:`CANDIDATE_P`, so a lesion every member misses still counts) and ``low_peak`` (1 - the
+    largest flip-averaged probability: nothing in the case is called with confidence)."""
+    from scipy import ndimage
+
+    from fpnunet.evaluation.uncertainty import crossval_members
+    from fpnunet.inference.ensemble_scores import BAND_PX, apply_temperature, member_masks
+
+    cases, _ = crossval_members(model_dir, did, range(5))
+    rows = []
+    for c in cases:
+        mean = apply_temperature(c.members.mean((0, 1)), temperature)  # (K, B, A)
+        fg = mean[0] if mean.shape[0] == 1 else 1 - mean[0]
+        region = member_masks(c.members[0], 0 if mean.shape[0] == 1 else 1).any(0) | (fg > CANDIDATE_P)
+        region = ndimage.binary_dilation(region, iterations=BAND_PX)
+        p = np.clip(fg, 1e-6, 1 - 1e-6)
+        ent = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+        rows.append({"case": c.case, "entropy_wide": float(ent[region].mean()) if region.any() else 0.0,
+                     "low_peak": 1.0 - float(fg.max())})
+    return pd.DataFrame(rows)
 
 
 def rate(df: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -84,8 +116,13 @@ def run_dataset(spec: str, root: Path, args: argparse.Namespace) -> tuple[str, p
         _sh([str(BIN / "fpn_evaluate"), "--crossval", "-d", did, "--calibrate", "--device", "cpu",
              "--flag-rate", str(FLAG_RATE)], env, log)
     (cal,) = (root / "results" / raw.name).glob(f"*/{CALIBRATION_FILE}")
-    return f"{did} ({b} x {d} x {a})", pd.read_csv(cal.parent / "crossval_results" / UNCERTAINTY_TABLE), \
-        json.loads(cal.read_text())
+    calibration = json.loads(cal.read_text())
+    extra = root / f"candidates_{did}.csv"
+    if not extra.is_file():
+        os.environ.update({k: env[k] for k in ("FPN_RAW", "FPN_PREPROCESSED", "FPN_RESULTS")})
+        member_candidates(cal.parent, did, calibration["temperature"]).to_csv(extra, index=False)
+    df = pd.read_csv(cal.parent / "crossval_results" / UNCERTAINTY_TABLE).merge(pd.read_csv(extra), on="case")
+    return f"{did} ({b} x {d} x {a})", df, calibration
 
 
 def table(results: list[tuple[str, pd.DataFrame, dict]]) -> str:
