@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     dice = _train(dataset, chosen, heldout, run / "results", args, seed, run / "log.txt")
                 rows.append({"method": method, "seed": seed, "round": rnd, "labelled": len(chosen), "dice": dice})
                 print(rows[-1], flush=True)
+                pd.DataFrame(rows).to_csv(work / "rows_so_far.csv", index=False)  # a long run's partial result
                 if rnd == args.rounds:
                     break
                 rest = [c for c in pool if c not in chosen]
