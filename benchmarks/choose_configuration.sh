@@ -73,4 +73,13 @@ while read -r name folder; do
 done <<< "$candidates"
 echo "| chosen: ${chosen%%|*}(fpn_predict --best) | $(predict best --best) |"
 echo "chosen post-processing: ${chosen#*|}"
+# post-processing kept: the same choice without it on the test cases (then the choice is restored)
+files=$(python -c "import sys; from fpnunet.pipeline_files import chosen_file, chosen_text_file as t
+print(chosen_file(sys.argv[1]), t(sys.argv[1]))" "$FPN_RESULTS/$NAME")
+for f in $files; do cp "$f" "$f.with_post"; done
+fpn_find_best_configuration -d "$D" --no-postprocessing >/dev/null
+kept=$(python -c "import json, sys; a, b = (json.load(open(p))['postprocessing'] for p in sys.argv[1:]); print(a != b)" \
+  "${files%% *}.with_post" "${files%% *}")
+[ "$kept" = True ] && echo "| chosen without its post-processing | $(predict best_no_post --best) |"
+for f in $files; do mv "$f.with_post" "$f"; done
 echo "wall $(( $(date +%s) - start )) s"
