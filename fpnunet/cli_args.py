@@ -17,11 +17,15 @@ flag                  dest                         meaning
 ``-np/--num-processes`` ``num_processes``          worker processes
 ``--seed``            ``seed``                     random seed, default 0
 ``--no-progress``     ``progress``                 no progress bars (``progress`` False)
-``--enface-channels`` ``enface_channels``          en-face modalities as network input channels, list
+``--enface-inputs``   ``enface_inputs``              en-face modalities as network input channels, list
+                                                   (``--enface-channels`` kept as alias)
 ===================== ============================ ===================================================
 
 The module imports nothing heavy (no torch, numpy, SimpleITK, pandas): every command builds its
 parser and answers ``--help`` before the heavy imports, which come after ``parse_args``.
+
+Stored names follow the same vocabulary: :data:`RENAMED_KWARGS` maps a network kwarg's older name
+(in plans, checkpoints and model folders written before a rename) to today's.
 
 Plan-dependent defaults: :func:`plan_values` reads the dataset's ``plans.json`` when ``--help``
 comes with a dataset (``fpn_train 900 0 --help``), and :func:`plan_default` writes the resolved
@@ -45,6 +49,16 @@ from fpnunet.preprocessed_dataset import plans_file
 CHECKPOINTS = ("final", "best", "latest")
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
 HELP_FLAGS = ("-h", "--help")
+
+
+RENAMED_KWARGS = {"enface_channels": "enface_inputs"}
+"""Network kwargs under an older name (plans, checkpoints and model folders written before the
+rename) -> today's name; read through :func:`current_kwargs`."""
+
+
+def current_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with every old kwarg name of :data:`RENAMED_KWARGS` under its current name."""
+    return {RENAMED_KWARGS.get(k, k): v for k, v in kwargs.items()}
 
 
 class _Any:
@@ -97,7 +111,7 @@ VOCABULARY: dict[str, Flag] = {
     "output": Flag(("-o", "--output"), "output", str, None, ANY),
     "input": Flag(("-i", "--input"), "input", str, None, None),
     "file_ending": Flag(("--file-ending",), "file_ending", str, None, ANY),
-    "enface_channels": Flag(("--enface-channels",), "enface_channels", str, "+", None),
+    "enface_inputs": Flag(("--enface-inputs", "--enface-channels"), "enface_inputs", str, "+", None),
 }
 """The specification: a flag spelled with any of these option strings must have this dest, type
 and nargs in every command (and this default unless :data:`ANY`)."""
@@ -159,9 +173,9 @@ def add_trainer(p: argparse.ArgumentParser, help: str, default: str | None = Non
                    metavar="NAME", help=help)
 
 
-def add_enface_channels(p: argparse.ArgumentParser, help: str) -> None:
-    """``--enface-channels MOD [MOD ...]`` (``all``, ``none``; default ``None``: the plan's value)."""
-    p.add_argument(*VOCABULARY["enface_channels"].options, dest="enface_channels", nargs="+", default=None,
+def add_enface_inputs(p: argparse.ArgumentParser, help: str) -> None:
+    """``--enface-inputs MOD [MOD ...]`` (``all``, ``none``; default ``None``: the plan's value)."""
+    p.add_argument(*VOCABULARY["enface_inputs"].options, dest="enface_inputs", nargs="+", default=None,
                    metavar="MOD", help=help)
 
 

@@ -84,12 +84,23 @@ _FINITE_CHUNK = 1 << 22
 """Values per slice of the NaN/Inf scan (16 MiB of float32): one pass, bounded memory."""
 
 
+_FOUND_FINITE: set[tuple[str, int, int]] = set()
+"""Files this process has already scanned and found finite, by (path, size, modification time):
+validation loads each validation volume every validation epoch, and a file that has not changed
+since its scan is not scanned again."""
+
+
 def check_finite(path: Path, array: np.ndarray | None = None) -> None:
     """Refuse a float ``.npy`` holding NaN or Inf (a preprocessing bug or a damaged file would
     otherwise train on NaN losses): one pass over ``array`` (or ``path`` memory-mapped), in slices.
-    Integer arrays (label maps) are skipped."""
+    Integer arrays (label maps) are skipped; so is a file already found finite by this process and
+    unchanged since (same size and modification time)."""
     import numpy as np  # lazy: start-up time (SimpleITK)
 
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _FOUND_FINITE:
+        return
     arr = np.load(path, mmap_mode="r") if array is None else array
     if arr.dtype.kind not in "fc":
         return
@@ -100,6 +111,7 @@ def check_finite(path: Path, array: np.ndarray | None = None) -> None:
             bad = int(np.count_nonzero(~np.isfinite(chunk)))
             raise FPNError(f"{path}: holds NaN or Inf values ({bad} or more of {flat.size}); "
                            f"rerun fpn_plan_and_preprocess for this dataset")
+    _FOUND_FINITE.add(key)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Fused prediction (``fpn_predict --fused``): OCT volume + en-face images through a model trained
 with en-face inputs (``--trainer cmc``, or a network with en-face input channels such as
-``omnia`` trained with ``--enface-channels``, for which ``fpn_predict`` always reads them).
+``omnia`` trained with ``--enface-inputs``, for which ``fpn_predict`` always reads them).
 
 The model folder's networks say which en-face modalities they take (``modalities`` of a cmc model,
 ``enface_inputs`` of a network that needs them, from the checkpoints). For each case

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fpnunet.cli_args import current_kwargs
 from fpnunet.errors import FPNError
 from fpnunet.raw_dataset import DatasetInfo, images_dir, list_cases
 from fpnunet.results_layout import SCRATCH_TAG, full_model_folder_name, ssl_tag
@@ -56,7 +57,7 @@ class Candidate:
     config: str
     pretrained: str = "none"
     """``none`` (scratch), or the en-face modality whose pretraining run it is fine-tuned from."""
-    enface_channels: tuple[str, ...] = ()
+    enface_inputs: tuple[str, ...] = ()
     trainer: str = "supervised"
     weight_decay: float = FINETUNE_WEIGHT_DECAY
     reason: str = ""
@@ -77,21 +78,22 @@ class Candidate:
     def train_flags(self) -> list[str]:
         """The ``fpn_train`` flags (besides dataset, fold and the schedule) that train this candidate."""
         flags = ["-c", self.config, "--trainer", self.trainer, "--weight-decay", f"{self.weight_decay:g}"]
-        flags += ["--enface-channels", *self.enface_channels] if self.enface_channels else ["--enface-channels", "none"]
+        flags += ["--enface-inputs", *self.enface_inputs] if self.enface_inputs else ["--enface-inputs", "none"]
         return flags
 
     def model_folder_name(self) -> str:
         """The model folder its five folds train into (all labels): ``fpn__lf1__ssl-FAF``."""
         tag = SCRATCH_TAG if self.pretrained == "none" else ssl_tag(self.pretrained)
-        return full_model_folder_name(self.config, 1.0, tag, self.enface_channels, self.trainer)
+        return full_model_folder_name(self.config, 1.0, tag, self.enface_inputs, self.trainer)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"enface_channels": list(self.enface_channels)}
+        return asdict(self) | {"enface_inputs": list(self.enface_inputs)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        d = current_kwargs(d)  # plans written before the rename say enface_channels
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        known["enface_channels"] = tuple(str(m) for m in known.get("enface_channels", ()))
+        known["enface_inputs"] = tuple(str(m) for m in known.get("enface_inputs", ()))
         try:
             return cls(**known)
         except TypeError as exc:
@@ -152,7 +154,7 @@ def propose_candidates(facts: DatasetFacts, plan_default_wd: float = FINETUNE_WE
     if "omnia" in have:
         if facts.enface_modalities and facts.every_case_has_enface:
             mods = tuple(facts.enface_modalities)
-            out.append(Candidate("omnia-enface", "omnia", enface_channels=mods, weight_decay=plan_default_wd,
+            out.append(Candidate("omnia-enface", "omnia", enface_inputs=mods, weight_decay=plan_default_wd,
                                  reason=f"Omnia-Net with the {'/'.join(mods)} images as input channels: every training "
                                         "and test case has them"))
         else:
@@ -209,7 +211,7 @@ def parse_candidate(spec: str) -> Candidate:
             except ValueError:
                 raise FPNError(f"--add-candidate {spec}: wd={value} is not a number") from None
         elif key == "enface":
-            values["enface_channels"] = tuple(m for m in value.split("+") if m)
+            values["enface_inputs"] = tuple(m for m in value.split("+") if m)
         elif key == "trainer":
             values["trainer"] = value
         else:
@@ -224,7 +226,7 @@ def format_candidates(candidates: list[Candidate], notes: list[str] | None = Non
     for c in candidates:
         how = (f"{c.config}, {'scratch' if c.pretrained == 'none' else 'from ' + c.pretrained + ' pretraining'}, "
                f"wd {c.weight_decay:g}"
-               + (f", en-face inputs {'+'.join(c.enface_channels)}" if c.enface_channels else "")
+               + (f", en-face inputs {'+'.join(c.enface_inputs)}" if c.enface_inputs else "")
                + (f", trainer {c.trainer}" if c.trainer != "supervised" else ""))
         lines.append(f"  {c.name.ljust(width)}  {how}: {c.reason}")
     lines += [f"  ({n})" for n in notes or []]

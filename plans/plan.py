@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fpnunet.atomic import load_json, save_json
+from fpnunet.cli_args import current_kwargs
 from fpnunet.errors import FPNError
 from fpnunet.plans.candidates import Candidate
 from fpnunet.plans.plan_checks import check_plan, check_raw
@@ -112,7 +113,8 @@ class Configuration:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Configuration:
         d = dict(d)
-        d["network"] = NetworkSpec(**d.get("network", {}))
+        network = dict(d.get("network", {}))
+        d["network"] = NetworkSpec(network.get("name", "fpn"), current_kwargs(network.get("kwargs", {})))
         d["patch_size"] = tuple(int(v) for v in d.get("patch_size", (32, 256)))
         d["memory"] = MemoryEstimate(**d["memory"]) if d.get("memory") else None
         d["training"] = TrainingDefaults(**_known(TrainingDefaults, d.get("training", {})))

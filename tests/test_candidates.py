@@ -31,7 +31,7 @@ def test_rules_and_reasons():
     assert list(by) == ["fpn-scratch", "fpn-ssl-FAF", "fpn-cmc", "omnia-enface", "lachinov-scratch"]
     assert by["fpn-scratch"].weight_decay == SCRATCH_WEIGHT_DECAY  # the measured rule
     assert by["fpn-ssl-FAF"].weight_decay == 1e-4 and by["lachinov-scratch"].weight_decay == 1e-4
-    assert by["omnia-enface"].enface_channels == ("FAF", "SLO") and all(c.reason for c in cands)
+    assert by["omnia-enface"].enface_inputs == ("FAF", "SLO") and all(c.reason for c in cands)
     assert by["fpn-ssl-FAF"].model_folder_name() == "fpn__lf1__ssl-FAF"
     assert by["omnia-enface"].model_folder_name() == "omnia__lf1__scratch__enf-FAF-SLO"
     assert by["fpn-cmc"].model_folder_name() == "fpn__lf1__ssl-FAF__cmc"

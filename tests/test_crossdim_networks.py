@@ -68,7 +68,7 @@ def test_shapes_gradients_and_plan_round_trip(name):
 
 def test_plan_kwargs_for_the_synthetic_plane():
     assert network_class("omnia").plan_kwargs((32, 128), 64) == {
-        "encoder": "resnet18", "levels": 5, "slabs": 8, "decoder": [16, 32, 64, 128, 256], "enface_channels": []}
+        "encoder": "resnet18", "levels": 5, "slabs": 8, "decoder": [16, 32, 64, 128, 256], "enface_inputs": []}
     assert network_class("dsnet").plan_kwargs((32, 128), 64)["depth_halvings"] == 4
     dx = network_class("dxnet").plan_kwargs((32, 128), 64)
     assert (dx["levels"], dx["fpb_kernel"]) == (5, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -86,6 +87,25 @@ def test_nan_in_a_preprocessed_volume_is_one_line_naming_it(dataset, capsys):  #
     with pytest.raises(FPNError, match="tiny_002.npy: holds NaN"):
         PreprocessedDataset(dataset["data"]).load_volume("tiny_002", mmap=True)
     fails(capsys, lambda: train_main(TRAIN), "tiny_002.npy", "NaN")
+
+
+def test_an_unchanged_volume_is_scanned_for_nan_once_and_a_changed_one_again(dataset, monkeypatch):  # noqa: F811
+    path = dataset["data"] / "tiny_003.npy"
+    reader = PreprocessedDataset(dataset["data"])
+    reader.load_volume("tiny_003")
+    scans = []
+    real = np.isfinite
+    monkeypatch.setattr(np, "isfinite", lambda a: scans.append(a.size) or real(a))
+    reader.load_volume("tiny_003")  # validation reloads it every validation epoch: no second scan
+    assert scans == []
+    vol = np.load(path)
+    vol[0, 0, 0, 0] = np.inf
+    np.save(path, vol)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a later write, even on a coarse clock
+    with pytest.raises(FPNError, match="tiny_003.npy: holds NaN or Inf"):
+        reader.load_volume("tiny_003")
+    assert scans
 
 
 # ----------------------------------------------------------------------------- (d) --file-ending

@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability threshold for one-class (sigmoid) models (default 0.5)")
     p.add_argument("--fused", action="store_true",
                    help="also use the en-face images (models of --trainer cmc): ENFACE_DIR/CASE_MOD<ending>; "
-                        "a model trained with --enface-channels always reads them")
+                        "a model trained with --enface-inputs always reads them")
     p.add_argument("--enface-dir", help="folder of the en-face images for --fused or a model trained with "
-                                        "--enface-channels (default: enfaceTs beside -i)")
+                                        "--enface-inputs (default: enfaceTs beside -i)")
     p.add_argument("--overlays", action="store_true", help="also write OUT/overlays/CASE.png: the outline on the "
                    "SLO (enface folder beside the input) or a projection of the volume, with area and scale bar")
     p.add_argument("--report", action="store_true", help="also write OUT/report.html: every case's overlay, areas, "

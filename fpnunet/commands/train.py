@@ -55,10 +55,10 @@ def build_parser(plan: cli_args.PlanValues | None = None) -> argparse.ArgumentPa
     p.add_argument("--encoder-weights", default="none", metavar="imagenet|none|PATH",
                    help="2D encoder init of omnia/dsnet/dxnet: imagenet, none, or a PATH to a state dict of the 2D "
                         "encoder (or an omnia/dsnet checkpoint) (default none)")
-    cli_args.add_enface_channels(p,
+    cli_args.add_enface_inputs(p,
                    help="omnia: the dataset's en-face modalities (e.g. SLO FAF, or all) as extra input channels, read "
                         "for training, validation and prediction; none: the volume alone (default: the plan's "
-                        "network value enface_channels, [] = none)")
+                        "network value enface_inputs, [] = none)")
     cli_args.add_trainer(p, default="supervised",
                          help="trainer: supervised or cmc (default supervised; docs/training.md)")
     p.add_argument("--partial-load", action="store_true",

@@ -238,8 +238,8 @@ class FoldsConfig:
     pretrain_flags: tuple[str, ...] = ()
 
 
-CANDIDATE_FLAGS = ("--pretrained", "--trainer", "-tr", "--weight-decay", "--enface-channels", "--npz",
-                   "--save-probabilities", "--val", "-c", "--config", "--network")
+CANDIDATE_FLAGS = ("--pretrained", "--trainer", "-tr", "--weight-decay", "--enface-inputs", "--enface-channels",
+                   "--npz", "--save-probabilities", "--val", "-c", "--config", "--network")
 """fpn_train flags a candidate sets itself."""
 
 

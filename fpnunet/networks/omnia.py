@@ -5,7 +5,7 @@ A 2D U-Net whose encoder is a 2D classification network (:mod:`fpnunet.networks.
 built-in ``resnet18``/``resnet34`` or any timm CNN), so 2D-pretrained weights (ImageNet, or our
 own en-face pretraining) can initialise it. The volume becomes an en-face image first: the depth
 axis (already cropped to the retina band by preprocessing) is cut into ``slabs`` equal slabs and
-each is averaged, giving ``C * slabs`` en-face channels; with ``enface_channels`` (the plan's en-face
+each is averaged, giving ``C * slabs`` en-face channels; with ``enface_inputs`` (the plan's en-face
 modalities asked for, e.g. ``["SLO", "FAF"]``) the en-face images come as ``M`` more input channels
 packed after the volume's, constant along depth (:func:`fpnunet.networks.cmc.pack_enface`), and are
 appended to the slab means::
@@ -40,15 +40,15 @@ def largest_divisor_at_most(value: int, limit: int) -> int:
     return next(k for k in range(max(1, min(limit, value)), 0, -1) if value % k == 0)
 
 
-def check_enface_channels(modalities: Sequence[str] | None) -> list[str]:
-    """The ``enface_channels`` kwarg as a list of distinct modality names (``FPNError`` otherwise)."""
+def check_enface_inputs(modalities: Sequence[str] | None) -> list[str]:
+    """The ``enface_inputs`` kwarg as a list of distinct modality names (``FPNError`` otherwise)."""
     if modalities is None:
         return []
     if isinstance(modalities, str) or not all(isinstance(m, str) and m for m in modalities):
-        raise FPNError(f"enface_channels must be a list of en-face modality names such as [\"SLO\", \"FAF\"], "
+        raise FPNError(f"enface_inputs must be a list of en-face modality names such as [\"SLO\", \"FAF\"], "
                        f"got {modalities!r}")
     if len(set(modalities)) != len(modalities):
-        raise FPNError(f"enface_channels names a modality twice: {list(modalities)}")
+        raise FPNError(f"enface_inputs names a modality twice: {list(modalities)}")
     return list(modalities)
 
 
@@ -73,14 +73,14 @@ class OmniaNet(SegNetwork):
     """Omnia-Net: slab projections of the volume (and en-face images) into a 2D U-Net with a 2D
     classifier's encoder.
 
-    ``(N, C + M, B, D, A) -> (N, K, B, A)`` logits (``M = len(enface_channels)``, 0 by default).
+    ``(N, C + M, B, D, A) -> (N, K, B, A)`` logits (``M = len(enface_inputs)``, 0 by default).
 
     Args:
         encoder: 2D encoder name (built-in ``resnet18``/``resnet34``, or a timm CNN).
         levels: encoder stages used (1..5); ``B`` and ``A`` must be divisible by ``2**levels``.
         slabs: depth slabs projected to en-face channels; ``D`` must be divisible by it.
         decoder: ``levels`` decoder channel counts (see :class:`UNetDecoder2d`).
-        enface_channels: en-face modalities taken as extra input channels, in this order (default
+        enface_inputs: en-face modalities taken as extra input channels, in this order (default
             none); :attr:`enface_inputs` tells training and prediction to pack them.
     """
 
@@ -95,7 +95,7 @@ class OmniaNet(SegNetwork):
         levels: int = DEFAULT_LEVELS,
         slabs: int = DEFAULT_SLABS,
         decoder: Sequence[int] | None = None,
-        enface_channels: Sequence[str] | None = None,
+        enface_inputs: Sequence[str] | None = None,
     ):
         super().__init__()
         check_encoder_args(encoder, levels)
@@ -103,9 +103,9 @@ class OmniaNet(SegNetwork):
         if slabs < 1:
             raise FPNError(f"slabs must be >= 1, got {slabs}")
         decoder = as_int_list("decoder", decoder if decoder is not None else DEFAULT_DECODER[:levels])
-        modalities = check_enface_channels(enface_channels)
+        modalities = check_enface_inputs(enface_inputs)
         self.config: dict[str, Any] = {"encoder": encoder, "levels": levels, "slabs": slabs, "decoder": decoder,
-                                       "enface_channels": modalities}
+                                       "enface_inputs": modalities}
         self.slabs = slabs
         self.in_channels = int(in_channels)
         self.enface_inputs = modalities
@@ -156,15 +156,15 @@ class OmniaNet(SegNetwork):
         cls, patch_size: tuple[int, int], depth: int, spacing: tuple[float, float] = (1.0, 1.0)
     ) -> dict[str, Any]:
         """As many encoder stages as the shorter en-face axis allows (up to 5), 8 slabs (or the
-        largest divisor of ``depth`` below 8), no en-face channels (``fpn_train --enface-channels``)."""
+        largest divisor of ``depth`` below 8), no en-face channels (``fpn_train --enface-inputs``)."""
         levels = enface_levels(patch_size)
         return {"encoder": DEFAULT_ENCODER, "levels": levels, "slabs": largest_divisor_at_most(depth, DEFAULT_SLABS),
-                "decoder": list(DEFAULT_DECODER[:levels]), "enface_channels": []}
+                "decoder": list(DEFAULT_DECODER[:levels]), "enface_inputs": []}
 
     @classmethod
     def input_divisors(
         cls, encoder: str = DEFAULT_ENCODER, levels: int = DEFAULT_LEVELS, slabs: int = DEFAULT_SLABS,
-        decoder: Sequence[int] | None = None, enface_channels: Sequence[str] | None = None,
+        decoder: Sequence[int] | None = None, enface_inputs: Sequence[str] | None = None,
     ) -> tuple[tuple[int, int, int], int]:
         """``((2**levels, slabs, 2**levels), slabs)``."""
         step = 2 ** int(levels)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fpnunet.cli_args import current_kwargs
 from fpnunet.errors import FPNError, ShapeError
 
 _REGISTRY: dict[str, type[SegNetwork]] = {}
@@ -112,8 +113,10 @@ def available_networks() -> list[str]:
 
 
 def build_network(name: str, in_channels: int, num_classes: int, **kwargs: Any) -> SegNetwork:
-    """Instantiate a registered network; ``kwargs`` are the plan's topology kwargs."""
+    """Instantiate a registered network; ``kwargs`` are the plan's topology kwargs (old kwarg names
+    of :data:`RENAMED_KWARGS` are read as today's)."""
     cls = network_class(name)
+    kwargs = current_kwargs(kwargs)
     try:
         return cls(in_channels=in_channels, num_classes=num_classes, **kwargs)
     except TypeError as exc:

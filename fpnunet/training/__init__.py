@@ -19,7 +19,7 @@ One idea per module (import them directly; this package imports nothing so that
 * :mod:`.run_folder`: resume / overwrite policy, ``command.txt`` (names and the fold lock:
   :mod:`fpnunet.results_layout`).
 * :mod:`.splits`, :mod:`.loader`: folds, label fractions and the batch loader.
-* :mod:`.enface_inputs`: en-face modalities as network input channels (``--enface-channels``).
+* :mod:`.enface_inputs`: en-face modalities as network input channels (``--enface-inputs``).
 * :mod:`.augment`, :mod:`.data`: in-plane augmentation (volume and label together) and batch sampling.
 * :mod:`.ssim`, :mod:`.reconstruction`: the 1 - SSIM loss and the self-supervised reconstruction trainer.
 The commands themselves live in :mod:`fpnunet.commands` (``train``, ``pretrain``, ``train_folds``).

@@ -110,7 +110,7 @@ class StashEnface(AbstractTransform):
 
     def __call__(self, **d: Any) -> dict[str, Any]:
         enface = d.pop("enface")
-        d["enface_channels"] = enface.shape[1]
+        d["enface_inputs"] = enface.shape[1]
         d["data"] = np.concatenate([d["data"], enface.astype(np.float32)], axis=1)
         return d
 
@@ -119,7 +119,7 @@ class UnstashEnface(AbstractTransform):
     """Before :class:`UnfoldDepth`: split the en-face channels off the data again."""
 
     def __call__(self, **d: Any) -> dict[str, Any]:
-        m = d.pop("enface_channels")
+        m = d.pop("enface_inputs")
         data = d["data"]
         d["enface"] = np.ascontiguousarray(data[:, data.shape[1] - m:], dtype=np.float32)
         d["data"] = data[:, : data.shape[1] - m]

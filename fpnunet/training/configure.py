@@ -115,7 +115,7 @@ def _fold(flags: Any, trainer: type[Trainer], dataset: str, pre_dir: Path, plan:
           configuration: Configuration, cases: PreprocessedDataset) -> dict[str, Any]:
     """fpn_train's part: en-face inputs, the fold's cases, the initialisation, the folders."""
     net_cls = network_class(configuration.network.name)
-    configuration = enface_inputs.resolve(flags.enface_channels, plan, configuration, trainer.name, net_cls)
+    configuration = enface_inputs.resolve(flags.enface_inputs, plan, configuration, trainer.name, net_cls)
     modalities = enface_inputs.modalities_of(configuration)
     labelled = cases.labelled
     if not labelled:
@@ -161,7 +161,7 @@ def _pretraining(flags: Any, dataset: str, plan: Plan, config_name: str, configu
                  cases: PreprocessedDataset) -> dict[str, Any]:
     """fpn_pretrain's part: the target modality, the held-out split, the folders."""
     if configuration.network.kwargs.get(enface_inputs.KWARG):
-        print("fpn_pretrain: the plan's enface_channels are not network inputs while pretraining "
+        print("fpn_pretrain: the plan's enface_inputs are not network inputs while pretraining "
               "(the pretext reconstructs an en-face image from the volume)")
     known = {m.upper(): m for m in plan.enface_modalities}
     target = known.get(flags.target.upper())

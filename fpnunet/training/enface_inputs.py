@@ -1,14 +1,14 @@
-"""En-face modalities as network input channels: ``fpn_train --enface-channels MOD [MOD ...]``.
+"""En-face modalities as network input channels: ``fpn_train --enface-inputs MOD [MOD ...]``.
 
 A network that takes the plan's en-face modalities (SLO, FAF, ...) as extra input channels
-(``omnia``: its ``enface_channels`` kwarg, a plan value in ``plans.json``, ``[]`` by default) gets
+(``omnia``: its ``enface_inputs`` kwarg, a plan value in ``plans.json``, ``[]`` by default) gets
 them here, once, from the plan or the command line:
 
-* no flag: the configuration's ``enface_channels`` (plans.json);
-* ``--enface-channels SLO FAF``: these modalities, in this channel order (each one of the dataset's
+* no flag: the configuration's ``enface_inputs`` (plans.json);
+* ``--enface-inputs SLO FAF``: these modalities, in this channel order (each one of the dataset's
   ``enface_modalities``); ``all``: every modality of the dataset; ``none``: the volume alone.
 
-The resolved list becomes the network kwarg ``enface_channels`` (so the checkpoint's network spec,
+The resolved list becomes the network kwarg ``enface_inputs`` (so the checkpoint's network spec,
 and with it the model folder, records what prediction must read) and the model folder name gets
 ``__enf-SLO-FAF`` (one folder per choice). Every training and validation case must have its
 preprocessed ``CASE_<MOD>.npy``: a missing one is a one-line error naming the case, before any
@@ -25,13 +25,13 @@ from fpnunet.plans.plan import Configuration, NetworkSpec, Plan
 from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.results_layout import enface_suffix
 
-KWARG = "enface_channels"
+KWARG = "enface_inputs"
 """The network kwarg (and plans.json key) holding the modalities."""
-FLAG = "--enface-channels"
+FLAG = "--enface-inputs"
 
 
 def check_flag(values: list[str] | None) -> None:
-    """Reject a malformed ``--enface-channels`` before anything is read."""
+    """Reject a malformed ``--enface-inputs`` before anything is read."""
     if values is None:
         return
     lowered = [v.lower() for v in values]
@@ -42,14 +42,14 @@ def check_flag(values: list[str] | None) -> None:
         raise FPNError(f"{FLAG} {' '.join(values)}: a modality is named twice")
 
 
-def takes_enface_channels(network_cls: type) -> bool:
-    """Whether the registered network class has the ``enface_channels`` kwarg."""
+def takes_enface_inputs(network_cls: type) -> bool:
+    """Whether the registered network class has the ``enface_inputs`` kwarg."""
     return KWARG in inspect.signature(network_cls.__init__).parameters
 
 
 def resolve(values: list[str] | None, plan: Plan, config: Configuration, trainer: str, network_cls: type
             ) -> Configuration:
-    """The configuration with its network's ``enface_channels`` resolved (see the module docstring)."""
+    """The configuration with its network's ``enface_inputs`` resolved (see the module docstring)."""
     check_flag(values)
     kwargs = dict(config.network.kwargs)
     if values is None:
@@ -65,7 +65,7 @@ def resolve(values: list[str] | None, plan: Plan, config: Configuration, trainer
     else:
         mods, where = list(values), FLAG
     if mods:
-        if not takes_enface_channels(network_cls):
+        if not takes_enface_inputs(network_cls):
             raise FPNError(f"{where} {' '.join(mods)}: network {config.network.name!r} takes the OCT volume only; "
                            "en-face input channels are for omnia (-c omnia)")
         if trainer != "supervised":
@@ -74,7 +74,7 @@ def resolve(values: list[str] | None, plan: Plan, config: Configuration, trainer
         if unknown:
             raise FPNError(f"{where}: {', '.join(unknown)} is not an en-face modality of dataset {plan.dataset_name} "
                            f"(it has {', '.join(plan.enface_modalities) or 'none'}: dataset.json 'enface_modalities')")
-    if takes_enface_channels(network_cls):
+    if takes_enface_inputs(network_cls):
         kwargs[KWARG] = mods
     return replace(config, network=NetworkSpec(config.network.name, kwargs))
 
@@ -101,4 +101,4 @@ def check_cases(data_dir: Path, cases: list[str], modalities: list[str]) -> None
 def missing_message(path: Path, case: str, mod: str, modalities: list[str]) -> str:
     return (f"{path}: case {case!r} has no preprocessed {mod} image, which the network takes as an input channel "
             f"({KWARG} {', '.join(modalities)}); add enfaceTr/{case}_{mod} to the raw dataset and re-run "
-            "fpn_plan_and_preprocess, or train without it (--enface-channels none)")
+            "fpn_plan_and_preprocess, or train without it (--enface-inputs none)")

@@ -127,4 +127,4 @@ def check_flags(args: Any) -> None:
         check_positive("heartbeat", heartbeat, "", zero=True)
     if getattr(args, "seed", 0) is not None and int(getattr(args, "seed", 0)) < 0:
         raise FPNError(f"--seed must be >= 0, got {args.seed}")
-    check_enface_flag(getattr(args, "enface_channels", None))
+    check_enface_flag(getattr(args, "enface_inputs", None))

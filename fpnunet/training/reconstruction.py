@@ -167,8 +167,8 @@ class ReconstructionTrainer(Trainer):
         """The configuration's network without en-face input channels: the pretext reconstructs an
         en-face image from the volume alone."""
         kwargs = dict(configuration.network.kwargs)
-        if kwargs.get("enface_channels"):
-            kwargs["enface_channels"] = []
+        if kwargs.get("enface_inputs"):
+            kwargs["enface_inputs"] = []
         return configuration.network.name, kwargs
 
     # ------------------------------------------------------------------ training

@@ -1,4 +1,4 @@
-"""Omnia-Net with the plan's en-face modalities as extra input channels (``fpn_train --enface-channels``).
+"""Omnia-Net with the plan's en-face modalities as extra input channels (``fpn_train --enface-inputs``).
 
 Shapes with and without them; the en-face images get the volume's spatial augmentation; the value
 is resolved from the plan or the flag; trained, validated and predicted end to end on
@@ -38,13 +38,13 @@ BASE = ["905", "0", "-c", "omnia", "--device", "cpu", "--num-workers", "0", "--n
 
 
 # ----------------------------------------------------------------------------- the network
-def test_omnia_shapes_with_and_without_enface_channels():
+def test_omnia_shapes_with_and_without_enface_inputs():
     kw = network_class("omnia").plan_kwargs((8, 32), 16)
-    assert kw["enface_channels"] == []
+    assert kw["enface_inputs"] == []
     plain = build_network("omnia", 2, 1, **kw)
     torch.manual_seed(0)
-    net = build_network("omnia", 2, 1, **{**kw, "enface_channels": MODS}).eval()
-    assert enface_inputs(plain) == [] and enface_inputs(net) == MODS and net.config["enface_channels"] == MODS
+    net = build_network("omnia", 2, 1, **{**kw, "enface_inputs": MODS}).eval()
+    assert enface_inputs(plain) == [] and enface_inputs(net) == MODS and net.config["enface_inputs"] == MODS
     assert net.encoder.conv1.in_channels == 2 * kw["slabs"] + 2 == plain.encoder.conv1.in_channels + 2
     assert plain(torch.randn(2, 2, 8, 16, 32)).shape == (2, 1, 8, 32)
     x = torch.randn(2, 4, 8, 16, 32)
@@ -58,15 +58,29 @@ def test_omnia_shapes_with_and_without_enface_channels():
     with pytest.raises(ShapeError, match=r"2 volume channel\(s\) \+ 2 en-face \(SLO, FAF\) = 4 input channels"):
         net(torch.randn(1, 2, 8, 16, 32))
     with pytest.raises(FPNError, match="twice"):
-        build_network("omnia", 1, 1, **{**kw, "enface_channels": ["SLO", "SLO"]})
+        build_network("omnia", 1, 1, **{**kw, "enface_inputs": ["SLO", "SLO"]})
 
 
-def test_an_oct_only_pretraining_loads_with_zero_weights_for_the_enface_channels(tmp_path):
+def test_the_old_name_enface_channels_still_loads():
+    """Plans, candidates and checkpoints written before the rename say ``enface_channels``."""
+    from fpnunet.plans.candidates import Candidate
+    from fpnunet.plans.plan import Configuration
+
+    kw = network_class("omnia").plan_kwargs((8, 32), 16)
+    old = {k: v for k, v in kw.items() if k != "enface_inputs"} | {"enface_channels": MODS}
+    config = Configuration.from_dict({"network": {"name": "omnia", "kwargs": old}})
+    assert config.network.kwargs["enface_inputs"] == MODS and "enface_channels" not in config.network.kwargs
+    assert enface_inputs(build_network("omnia", 1, 1, **old)) == MODS  # a round-2 checkpoint's kwargs
+    cand = Candidate.from_dict({"name": "omnia-enface", "config": "omnia", "enface_channels": ["SLO"]})
+    assert cand.enface_inputs == ("SLO",)
+
+
+def test_an_oct_only_pretraining_loads_with_zero_weights_for_the_enface_inputs(tmp_path):
     kw = network_class("omnia").plan_kwargs((8, 32), 16)
     torch.manual_seed(0)
     plain = build_network("omnia", 1, 1, **kw).eval()
     torch.save({k: v.detach().clone() for k, v in plain.state_dict().items()}, tmp_path / "oct_only.pth")
-    net = build_network("omnia", 1, 1, **{**kw, "enface_channels": MODS})
+    net = build_network("omnia", 1, 1, **{**kw, "enface_inputs": MODS})
     report = load_pretrained(net, tmp_path / "oct_only.pth", verbose=False, network="omnia")
     assert report.num_loaded == report.total and not report.shape_mismatch
     volume = torch.randn(2, 1, 8, 16, 32)
@@ -95,7 +109,7 @@ def test_the_value_comes_from_the_plan_or_the_flag():
     plan = Plan(dataset_name=NAME, enface_modalities=["FAF", "SLO"])
     kw = network_class("omnia").plan_kwargs((8, 32), 16)
     omnia = plan.configurations["omnia"] = replace(plan.configurations.get("omnia") or _config(), network=NetworkSpec(
-        "omnia", {**kw, "enface_channels": ["SLO"]}))
+        "omnia", {**kw, "enface_inputs": ["SLO"]}))
     cls = network_class("omnia")
     assert resolution.modalities_of(resolution.resolve(None, plan, omnia, "supervised", cls)) == ["SLO"]
     assert resolution.modalities_of(resolution.resolve(["none"], plan, omnia, "supervised", cls)) == []
@@ -120,7 +134,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory):
     """``fpn_make_synthetic`` output (6 cases + 2 test cases with enfaceTs), planned for omnia and
     preprocessed once; 1 epoch of 2 steps."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("enface_channels")
+    root = tmp_path_factory.mktemp("enface_inputs")
     with pytest.MonkeyPatch.context() as mp:
         _env(mp, root)
         make_synthetic_dataset(root / "raw" / NAME, n=6, labelled_fraction=1.0, seed=0, shape=(8, 48, 32),
@@ -156,11 +170,11 @@ def _predict(model_dir: Path, images: Path, out: Path, *extra: str) -> int:
                          "--npz", *extra])
 
 
-def test_train_validate_and_predict_with_enface_channels(env, capsys):
-    assert train_main([*BASE, "--enface-channels", *MODS]) == 0
+def test_train_validate_and_predict_with_enface_inputs(env, capsys):
+    assert train_main([*BASE, "--enface-inputs", *MODS]) == 0
     model_dir = env["results"] / "omnia__lf1__scratch__enf-SLO-FAF"
     ckpt = load_checkpoint(model_dir / "fold_0" / "checkpoint_final.pth")
-    assert ckpt["network"]["kwargs"]["enface_channels"] == MODS  # the model folder records what prediction reads
+    assert ckpt["network"]["kwargs"]["enface_inputs"] == MODS  # the model folder records what prediction reads
     assert list(RunConfig.load(model_dir / "fold_0").enface_inputs) == MODS
     assert np.isfinite(ckpt["log"][-1]["val_dice"])  # validation during training read the en-face images
     assert len(list((model_dir / "fold_0" / "validation").glob("*.nii.gz"))) == 2  # the final one too
@@ -192,7 +206,7 @@ def test_train_validate_and_predict_with_enface_channels(env, capsys):
     assert not (env["tmp"] / "out_bad").exists()
 
 
-def test_a_model_without_enface_channels_predicts_without_enfacets(env):
+def test_a_model_without_enface_inputs_predicts_without_enfacets(env):
     assert train_main(BASE) == 0
     model_dir = env["results"] / "omnia__lf1__scratch"
     assert RunConfig.load(model_dir / "fold_0").enface_inputs == ()
@@ -203,9 +217,10 @@ def test_a_model_without_enface_channels_predicts_without_enfacets(env):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--enface-channels", "OCTA"], "OCTA is not an en-face modality of dataset Dataset905_EnfCh (it has FAF, SLO"),
-    (["--enface-channels", "all", "none"], "'none' and 'all' stand alone"),
-    (["--enface-channels", "SLO", "-tr", "cmc"], "not with --trainer cmc"),
+    (["--enface-inputs", "OCTA"], "OCTA is not an en-face modality of dataset Dataset905_EnfCh (it has FAF, SLO"),
+    (["--enface-inputs", "all", "none"], "'none' and 'all' stand alone"),
+    (["--enface-inputs", "SLO", "-tr", "cmc"], "not with --trainer cmc"),
+    (["--enface-channels", "OCTA"], "OCTA is not an en-face modality"),  # the old spelling is an alias
 ])
 def test_bad_requests_are_one_line_errors_that_touch_nothing(env, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:
