@@ -173,3 +173,35 @@ def test_fine_tuned_folds_start_when_their_pretraining_is_done(capsys):
     commands["pre"] = ["false"]
     ran = run_jobs(commands, ["cpu", "cpu"], needs=needs)
     assert sorted(r.fold for r in ran) == ["pre", "s0", "s1", "s2"] and not ran[0].ok
+
+
+def test_candidates_train_the_folds_the_splits_have(tmp_path, monkeypatch):
+    """Two labelled cases (two patients) make two patient-grouped folds: ``-c all`` without --folds
+    trains folds 0 and 1, not five (folds 2-4 would fail: 'fold 3 does not exist')."""
+    from fpnunet.commands.plan_and_preprocess import main as plan_and_preprocess
+    from fpnunet.commands.train_folds import build_parser, config_from_args
+    from fpnunet.synthetic.dataset import make_synthetic_dataset
+    from fpnunet.training.candidate_runs import split_folds
+    from fpnunet.training.splits import SPLITS_FILE
+
+    for var, sub in (("FPN_RAW", "raw"), ("FPN_PREPROCESSED", "pre"), ("FPN_RESULTS", "res")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    raw = make_synthetic_dataset(tmp_path / "raw" / "Dataset962_Few", n=12, labelled_fraction=0.17, seed=2,
+                                 shape=(8, 96, 32), num_test=2, show_progress=False)
+    patients = load_json_patients(raw)
+    plan_and_preprocess(["-d", "962", "-np", "1", "--no-progress"])
+    assert patients == 2 and split_folds("962", "fpn") == ["0", "1"]
+    assert (tmp_path / "pre" / "Dataset962_Few" / SPLITS_FILE).is_file()
+    parsed = build_parser().parse_known_args(["962", "-c", "all", "--devices", "cpu"])
+    assert not config_from_args(parsed).folds_given
+    parsed = build_parser().parse_known_args(["962", "-c", "all", "--devices", "cpu", "--folds", "0"])
+    assert config_from_args(parsed).folds_given
+
+
+def load_json_patients(raw: Path) -> int:
+    """How many patients the labelled training cases come from."""
+    from fpnunet.raw_dataset import labels_dir, load_dataset_json
+
+    patients = load_dataset_json(raw).patients
+    labelled = [p.name.split(".")[0] for p in labels_dir(raw, "Tr").iterdir()]
+    return len({patients[c] for c in labelled})

@@ -236,6 +236,8 @@ class FoldsConfig:
     rest: tuple[str, ...]
     candidates: tuple[str, ...] = ()
     pretrain_flags: tuple[str, ...] = ()
+    folds_given: bool = True
+    """``--folds`` was given (else, with candidates, the folds are those of the dataset's splits)."""
 
 
 CANDIDATE_FLAGS = ("--pretrained", "--trainer", "-tr", "--weight-decay", "--enface-inputs", "--enface-channels",
@@ -288,7 +290,8 @@ def config_from_args(parsed: tuple[argparse.Namespace, list[str]]) -> FoldsConfi
     elif args.pretrain_epochs or args.pretrain_iterations:
         raise FPNError("--pretrain-epochs/--pretrain-iterations: only with candidates (-c all or names)")
     check_arguments(args.dataset, folds, devices, rest)
-    return FoldsConfig(args.dataset, tuple(folds), tuple(devices), tuple(rest), tuple(candidates), tuple(pretrain))
+    return FoldsConfig(args.dataset, tuple(folds), tuple(devices), tuple(rest), tuple(candidates), tuple(pretrain),
+                       bool(args.folds))
 
 
 @run_cli
@@ -303,20 +306,22 @@ def run_candidates(config: FoldsConfig) -> int:
     """The candidates' pretraining runs, then their folds; finished work skipped (module docstring)."""
     from fpnunet.paths import preprocessed_dir, results_dir  # lazy: start-up time
     from fpnunet.plans.plan import Plan  # lazy: start-up time
-    from fpnunet.training.candidate_runs import PRETRAIN_MODULE, queue_jobs  # lazy: start-up time
+    from fpnunet.training.candidate_runs import PRETRAIN_MODULE, queue_jobs, split_folds  # lazy: start-up time
 
     plan = Plan.load(plans_file(preprocessed_dir(config.dataset)))
     candidates = [plan.candidate(n) for n in config.candidates]
     results = results_dir(config.dataset)
-    devices, failed = list(config.devices), []
+    devices, failed, folds = list(config.devices), [], list(config.folds)
+    if not config.folds_given and candidates:  # five folds, or fewer when the labelled cases are from fewer patients
+        folds = split_folds(config.dataset, candidates[0].config)
 
     def command(job) -> list[str]:
         return [sys.executable, "-m", job.module, *job.args, "--device", "{device}", "--no-progress"]
 
-    print(f"{PROGRAM}: {len(candidates)} candidate(s) {' '.join(config.candidates)}, folds {' '.join(config.folds)}, "
+    print(f"{PROGRAM}: {len(candidates)} candidate(s) {' '.join(config.candidates)}, folds {' '.join(folds)}, "
           f"on {len(devices)} device slot(s) {' '.join(devices)}", flush=True)
     # one queue: the pretrainings, then the folds across the candidates, a fine-tuned fold as soon as its pretraining
-    jobs, done = queue_jobs(config.dataset, results, candidates, list(config.folds), list(config.rest),
+    jobs, done = queue_jobs(config.dataset, results, candidates, folds, list(config.rest),
                             list(config.pretrain_flags))
     for line in done:
         print(line, flush=True)

@@ -110,3 +110,12 @@ def queue_jobs(dataset: str, results: Path, candidates: list[Candidate], folds: 
         done += skipped
     interleaved = [jobs[i] for i in range(len(folds)) for jobs in per_candidate if i < len(jobs)]
     return pre + interleaved, done
+
+
+def split_folds(dataset: str, config: str) -> list[str]:
+    """The folds of the dataset's splits (made now, as ``fpn_train`` would make them, when there are
+    none): five, or fewer when the labelled cases come from fewer than five patients."""
+    from fpnunet.training.configure import dataset_splits, find_preprocessed  # lazy: start-up time
+
+    name, pre_dir, _, _, cases = find_preprocessed(dataset, config)
+    return [str(i) for i in range(len(dataset_splits(name, pre_dir, cases)))]
