@@ -31,7 +31,6 @@ from fpnunet.training import enface_inputs
 from fpnunet.training.flags import check_flags
 from fpnunet.training.loader import default_num_workers
 from fpnunet.training.pretrained import resolve_pretrained
-from fpnunet.training.reconstruction import inverts, split_holdout
 from fpnunet.training.run_config import PRECISIONS, RunConfig
 from fpnunet.training.splits import Split, apply_label_fraction, fold_cases, load_or_create_splits
 from fpnunet.training.trainer import Trainer
@@ -167,6 +166,8 @@ def _fold(flags: Any, trainer: type[Trainer], dataset: str, pre_dir: Path, plan:
 def _pretraining(flags: Any, dataset: str, plan: Plan, config_name: str, configuration: Configuration,
                  cases: PreprocessedDataset) -> dict[str, Any]:
     """fpn_pretrain's part: the target modality, the held-out split, the folders."""
+    from fpnunet.training.reconstruction import inverts, split_holdout  # lazy: start-up time (pretraining)
+
     if configuration.network.kwargs.get(enface_inputs.KWARG):
         print("fpn_pretrain: the plan's enface_inputs are not network inputs while pretraining "
               "(the pretext reconstructs an en-face image from the volume)")
