@@ -1,8 +1,9 @@
 """How many ``fpnunet`` modules a tiny ``fpn_train`` run imports (the start-up cost of a new layer).
 
 Makes a 6-case synthetic dataset of 8 x 96 x 32 in a temporary folder, plans and preprocesses it,
-then runs one training step of fold 0 in a fresh process and counts ``sys.modules`` entries under
-``fpnunet``; ``--list`` prints them, grouped by package. Usage::
+then runs one training step of fold 0 in a fresh process (:func:`run_modules`, which
+tests/test_train_imports.py also runs) and counts ``sys.modules`` entries under ``fpnunet``;
+``--list`` prints them, grouped by package. Usage::
 
     .venv/bin/python benchmarks/import_count.py [--list]
 
@@ -26,8 +27,8 @@ try:
     from fpnunet.commands.train import main
 except ImportError:  # a tree from before fpnunet/commands/ (round 2)
     from fpnunet.training.train_cli import main
-main(["907", "0", "--epochs", "1", "--iterations-per-epoch", "1", "--batch-size", "1", "--bn-recalibration", "0",
-      "--pretrained", "none", "--no-progress", "--precision", "fp32", "--device", "cpu"])
+main([{dataset!r}, "0", "--epochs", "1", "--iterations-per-epoch", "1", "--batch-size", "1", "--bn-recalibration",
+      "0", "--pretrained", "none", "--no-progress", "--precision", "fp32", "--device", "cpu"])
 print("MODULES", " ".join(sorted(m for m in sys.modules if m.startswith("fpnunet"))))
 """
 
@@ -42,7 +43,17 @@ def count(root: Path) -> list[str]:
             "shape=(8, 96, 32), num_test=0, show_progress=False)\n"
             "main(['-d', '907', '-np', '1', '--no-progress'])\n")
     subprocess.run([sys.executable, "-c", prep], env=env, check=True, capture_output=True)
-    done = subprocess.run([sys.executable, "-c", CHILD], env=env, check=True, capture_output=True, text=True)
+    return run_modules("907", env)
+
+
+def run_modules(dataset: str, env: dict[str, str] | None = None) -> list[str]:
+    """The ``fpnunet`` modules a one-step supervised ``fpn_train DATASET 0`` imports in a fresh process
+    (``env``: the data roots; default this process's environment), sorted."""
+    env = dict(os.environ if env is None else env, FPN_N_PROC_DA="0", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", CHILD.format(dataset=dataset)], env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"fpn_train {dataset} 0 failed:\n{done.stderr[-2000:]}")
     line = next(x for x in done.stdout.splitlines() if x.startswith("MODULES "))
     return line.split()[1:]
 

@@ -17,7 +17,8 @@ Keys (docs/layout.md)::
     training checkpoints add: optimizer, scheduler, scaler (state dicts), rng (see
     :func:`rng_state`), log (per-epoch records), best_score, run_config (the run's whole
     RunConfig, :mod:`fpnunet.training.run_config`; checkpoints written before it carry args and
-    hyperparameters instead)
+    hyperparameters instead); :func:`training_state` gathers them, :func:`restore_training_state`
+    puts them back
 
 Checkpoints written before this format (version 1) pickled numpy's RNG state, so they only load
 with full unpickling; they are refused with the one-time conversion command
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fpnunet.atomic import atomic_path
 from fpnunet.errors import FPNError
@@ -105,6 +107,55 @@ def model_spec(network_name: str, network_kwargs: dict, in_channels: int, num_ou
         "num_outputs": int(num_outputs),
         "configuration": configuration,
     }
+
+
+# ----------------------------------------------------------------------------- training state
+def training_state(
+    spec: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    epoch: int,
+    log: list[dict[str, Any]],
+    run_config: dict[str, Any],
+    best_score: float | None,
+) -> dict[str, Any]:
+    """Everything a resumed run needs, as one dict (tensors are referenced, not copied);
+    ``run_config``: :meth:`fpnunet.training.run_config.RunConfig.to_dict` (checkpoints written
+    before it carry ``args`` and ``hyperparameters`` instead, read by
+    :func:`fpnunet.training.run_config.saved_settings`)."""
+    state = {
+        **spec,
+        "state_dict": model.state_dict(),
+        "epoch": int(epoch),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(),
+        "log": [dict(r) for r in log],
+        "run_config": dict(run_config),
+        "best_score": best_score,
+    }
+    return state
+
+
+def restore_training_state(
+    ckpt: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+) -> None:
+    """Load weights, optimizer, scheduler, scaler and RNG states from a training checkpoint."""
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    if ckpt.get("rng") is not None:
+        set_rng_state(ckpt["rng"])
 
 
 # ----------------------------------------------------------------------------- save

@@ -32,7 +32,6 @@ from fpnunet.networks.registry import enface_inputs
 from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.precision import cpu_bf16_decision
 from fpnunet.preprocessed_dataset import plans_file
-from fpnunet.preprocessing.preprocess import preprocess_volume
 from fpnunet.raw_dataset import DatasetInfo, has_dataset_json, load_dataset_json
 from fpnunet.results_layout import CHECKPOINTS, fold_checkpoint, list_folds
 
@@ -258,6 +257,8 @@ class Predictor:
         if len(shapes) != 1 or len(next(iter(shapes))) != 3:
             raise ShapeError(f"expected channels of one shape (B, D, A), got shapes {sorted(shapes)}")
         b, _, a = next(iter(shapes))
+        from fpnunet.preprocessing.preprocess import preprocess_volume  # lazy: start-up time (training: preprocessed)
+
         volume, props = preprocess_volume(list(channels), self.plan, self.config, retina_band=retina_band)
         probs = self.predict_preprocessed(volume)
         if probs.shape[1:] != (b, a):

@@ -242,9 +242,12 @@ def write_topcon(path: Path, volume: np.ndarray, kind: str = "FDA", eye: int = 0
                  names: tuple[str, str] = ("Erika", "Mustermann"), dob: tuple[int, int, int] = (1950, 1, 2),
                  serial: str = "SN-998877", visit: tuple[int, ...] = (2021, 5, 6, 10, 11, 12),
                  size_mm: tuple[float, float] = (6.0, 6.0), axial_um: float = 3.5,
-                 fundus: np.ndarray | None = None) -> Path:
+                 fundus: np.ndarray | None = None, box: tuple[int, int, int, int] | None = None) -> Path:
     """A Topcon FDA (B-scans as JPEG 2000, lossless) or FDS (uint16 B-scans) file in the chunk layout
-    fpnunet's reader reads (see fpnunet/importer/topcon.py); ``volume`` is ``(B, depth, A)``."""
+    fpnunet's reader reads (see fpnunet/importer/topcon.py); ``volume`` is ``(B, depth, A)``.
+    ``box``: where the scan lies on ``fundus`` (x0, y0, x1, y1 fundus pixels), written as FDA
+    ``@REGIST_INFO`` (a decoy box on the tracking image after it) or FDS ``@REGIST_SCAN_02`` (a decoy box
+    on the colour image before it), as the real files lay them out."""
     import io
     import struct
 
@@ -282,6 +285,13 @@ def write_topcon(path: Path, volume: np.ndarray, kind: str = "FDA", eye: int = 0
     elif fundus is not None:
         out += chunk("@IMG_FUNDUS", struct.pack("<IIII", fundus.shape[1], fundus.shape[0], 24, 1) + b"J2K\0"
                      + b"\0\0\0\0" + j2k(fundus.astype(np.uint8)))
+    if box is not None:
+        decoy = struct.pack("<4I", 1, 2, 3 * box[2], 3 * box[3])
+        if kind == "FDS":
+            out += chunk("@REGIST_SCAN_02", decoy + struct.pack("<4I", *box))
+        else:
+            out += chunk("@REGIST_INFO", bytes(9) + struct.pack("<4I", *box) + text("3.21.000.00", 32) + decoy
+                         + struct.pack("<4d", 0.5, 0.5, 0.5, 0.5))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(out + b"\0")
     return path

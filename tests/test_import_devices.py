@@ -38,7 +38,8 @@ def test_topcon_fda_and_fds_import_and_visits_of_one_patient_group(tmp_path, tru
         want = truth.volume_u8[:, :, ::-1] if v["date"] == "2022-01-02" else truth.volume_u8
         np.testing.assert_array_equal(vol.array, want)
         np.testing.assert_allclose(vol.spacing, (6.0 / 8, 0.0035, 6.0 / 32))
-    assert rows["topcon-fdaOS"]["slo"].startswith("not written: the fundus image was read")
+    assert rows["topcon-fdaOS"]["slo"].endswith("not placed: the file has no @REGIST_INFO chunk "
+                                                "(where the scan lies on the fundus)")
     assert rows["topcon-fdsOD"]["slo"] == "not written: no localizer image in the export"
     text = (out / "import_report.csv").read_text() + (out / "dataset.json").read_text() + capsys.readouterr().out
     for s in (PATIENT["id"], PATIENT["last"], PATIENT["first"], PATIENT["serial"], "1950-01-02", "OTHER77"):

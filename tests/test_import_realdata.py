@@ -97,6 +97,19 @@ def test_real_fda_b_scan_decodes_as_other_readers_decode_it():
     assert topcon._fundus(FDA, kind, ch).shape == (3, 2)
 
 
+def test_real_topcon_registration_boxes_are_read_and_refused_on_the_cut_fundus():
+    """Both real files carry a registration box; the fundus images were cut to 2 x 3, so it is refused."""
+    from fpnunet.importer import topcon
+    from fpnunet.importer.topcon_place import box_problem, read_box
+
+    for path, box in ((FDA, (686, 438, 1379, 1132)), (FDS, (242, 132, 455, 345))):
+        kind, ch = topcon.chunks(path)
+        assert read_box(kind, ch) == (box, "")
+        # a 6 x 6 mm scan: the box is square; on the fundus as cut it lies outside
+        assert box_problem(box, (3, 2), (6.0, 6.0)).endswith("lies outside the 2 x 3 fundus image")
+    assert box_problem((686, 438, 1379, 1132), (1536, 2048), (6.0, 6.0)) == ""  # a 2048 x 1536 fundus: placed
+
+
 def test_real_fds_imports_with_its_shape_spacing_eye_and_nothing_identifying(tmp_path, capsys):
     secrets = _topcon_header(FDS)
     assert secrets["serial"] == "203040"  # the published file carries a device serial
@@ -107,7 +120,9 @@ def test_real_fds_imports_with_its_shape_spacing_eye_and_nothing_identifying(tmp
     assert row["format"] == "topcon-fds" and row["shape_bda"] == "4x3x2" and row["laterality"] == "OS"
     assert [float(v) for v in row["spacing_bda_mm"].split()] == pytest.approx([1.5, 0.0035, 3.0])
     assert row["bscan_distance_from"].startswith("header @PARAM_SCAN") and row["visit_date"] == "2010-07-09"
-    assert row["slo"].startswith("not written: the fundus image was read, but the file gives no B-scan positions")
+    # the real @REGIST_SCAN_02 box (on the uncut fundus) lies outside the fundus the publishers cut to 2 x 3
+    assert row["slo"] == ("not written: the fundus image was read, but not placed: the registration box "
+                          "(242, 132)-(455, 345) lies outside the 2 x 3 fundus image") and row["slo_from"] == ""
     ds = json.loads((out / "dataset.json").read_text())
     (case,) = ds["visits"]
     assert ds["visits"][case]["eye"] == "OS" and ds["patients"][case].startswith("P")

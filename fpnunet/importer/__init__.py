@@ -2,7 +2,8 @@
 raw dataset layout, with the SLO localizer registered onto each volume's en-face grid.
 
 One idea per module: :mod:`.scan` (what a reader hands over), :mod:`.detect` (format by content),
-:mod:`.heyex`, :mod:`.topcon` and :mod:`.dicom` (readers), :mod:`.geometry` (raster check, spacing, mirroring),
+:mod:`.heyex`, :mod:`.topcon` and :mod:`.dicom` (readers; :mod:`.topcon_place`: the Topcon fundus placed by
+the file's registration box), :mod:`.geometry` (raster check, spacing, mirroring),
 :mod:`.localizer` (SLO onto the en-face grid), :mod:`.enface` (other en-face images registered
 with SimpleITK, check pictures), :mod:`.labels`, :mod:`.privacy` (keyed pseudonyms),
 :mod:`.report`, :mod:`.dataset` (writing the folder), :mod:`.mirror_back` (predictions of mirrored

@@ -22,7 +22,7 @@ from fpnunet.importer.dicom import read_opt, sort_dicom
 from fpnunet.importer.enface import stage_enface
 from fpnunet.importer.geometry import mirror_a, raster_geometry
 from fpnunet.importer.labels import index_folder, load_label, match
-from fpnunet.importer.localizer import register_localizer
+from fpnunet.importer.localizer import SLO_FROM_HEADER, register_localizer
 from fpnunet.importer.report import read_report, report_file, write_report
 from fpnunet.importer.scan import Scan
 from fpnunet.importer.topcon import read_topcon
@@ -160,6 +160,7 @@ class Importer:
                "laterality": scan.laterality or "unknown",
                "mirrored": str(mirrored).lower(), "visit_date": scan.visit_date,
                "slo": "written" if slo is not None else f"not written: {slo_why}", "label": label_state,
+               "slo_from": (scan.localizer_from or SLO_FROM_HEADER) if slo is not None else "",
                "notes": "; ".join(scan.notes + raster.notes)}
         if opts.enface:
             for mod, (arr, check, cols) in stage_enface(self, scan, raster, slo, names, shape_ba, case).items():
@@ -317,6 +318,7 @@ class Importer:
             st.row["split"] = split
             if split == "Ts" and st.row["slo"] == "written":
                 st.row["slo"] = "not written: test case (the raw layout has no en-face folder for test cases)"
+                st.row["slo_from"] = ""
             ds["patients"][st.case] = st.patient
             ds["visits"][st.case] = {**st.visit, "split": split}
             for kind, path, name in st.files:

@@ -11,6 +11,9 @@ import SimpleITK as sitk
 
 from fpnunet.importer.scan import Scan
 
+SLO_FROM_HEADER = "the export's localizer, placed by the B-scan positions in its header"
+"""The report's ``slo_from`` for a localizer placed by header positions (Topcon says more: :mod:`.topcon_place`)."""
+
 
 def localizer_image(array: np.ndarray, spacing: tuple[float, float], origin: tuple[float, float]) -> sitk.Image:
     """A 2D SimpleITK image of ``array`` ``(rows, cols)``; ``spacing`` ``(sy, sx)``; ``origin`` ``(x, y)``."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from fpnunet.atomic import atomic_path
 
 COLUMNS = ["case", "source", "format", "reader", "split", "shape_bda", "spacing_bda_mm", "bscan_distance_from",
-           "laterality", "mirrored", "visit_date", "slo", "label", "notes"]
+           "laterality", "mirrored", "visit_date", "slo", "slo_from", "label", "notes"]
 
 
 def read_report(path: Path) -> list[dict[str, str]]:

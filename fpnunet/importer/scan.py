@@ -53,6 +53,9 @@ class Scan:
     """Reader remarks for the report's ``notes`` (never a header value)."""
     localizer_note: str = ""
     """Why the localizer, though read, cannot be placed on the en-face grid (then no SLO is written)."""
+    localizer_from: str = ""
+    """Where the placed localizer comes from (the report's ``slo_from``); empty: the export's localizer
+    placed by the B-scan positions in its header."""
 
 
 def laterality_of(value: object) -> str:

@@ -22,10 +22,10 @@ Read (all little endian):
 - device serials: ``@HW_INFO_03``/``_02``/``_01`` (16-byte model, 16-byte serial, 16-byte
   spectrometer serial);
 - fundus image: FDA ``@IMG_FUNDUS`` (24-byte header, then JPEG 2000), FDS ``@IMG_OBS`` (21-byte
-  header: uint32 width, height, bits, count, uint8 format, uint32 size; then BGR bytes).
-
-Topcon files give no B-scan positions on the fundus image that this reader has checked on a real
-file, so the fundus is read but not placed (no SLO is written; the report says why).
+  header: uint32 width, height, bits, count, uint8 format, uint32 size; then BGR bytes);
+- where the OCT scan lies on it (:mod:`.topcon_place`): FDA ``@REGIST_INFO`` (uint8, 2 uint32, then
+  the box in fundus pixels as 4 uint32 ``x0, y0, x1, y1``), FDS ``@REGIST_SCAN_02`` (4 uint32 box on
+  the colour image, then 4 uint32 box on the ``@IMG_OBS`` image).
 """
 from __future__ import annotations
 
@@ -37,11 +37,10 @@ import numpy as np
 
 from fpnunet.errors import FPNError
 from fpnunet.importer.scan import Scan, iso_date
+from fpnunet.importer.topcon_place import place_fundus
 
 MAGIC = b"FOCT"
 TYPES = {b"FDA": "topcon-fda", b"FAA": "topcon-fda", b"FDS": "topcon-fds"}
-FUNDUS_NOT_PLACED = ("the fundus image was read, but the file gives no B-scan positions on it "
-                     "(Topcon: not read by fpn_import)")
 
 
 def file_type(head: bytes) -> str | None:
@@ -166,7 +165,7 @@ def _fundus(path: Path, kind: bytes, ch: dict[bytes, list[bytes]]) -> np.ndarray
 
 
 def read_topcon(path: Path) -> list[Scan]:
-    """One Topcon FDA/FDS file -> a :class:`Scan` (no B-scan positions: the fundus is not placed)."""
+    """One Topcon FDA/FDS file -> a :class:`Scan`; its fundus placed by the registration box when plausible."""
     kind, ch = chunks(path)
     fmt = TYPES.get(kind, "topcon-fda")
     vol = _volume(path, kind, ch)
@@ -191,8 +190,10 @@ def read_topcon(path: Path) -> list[Scan]:
     fundus = _fundus(path, kind, ch)
     from PIL import __version__ as pil
 
-    return [Scan(source=path, format=fmt, reader=f"fpnunet topcon (Pillow {pil})", volume=vol, spacing=spacing,
-                 laterality=lat, localizer=fundus, localizer_spacing=None, localizer_modality="fundus",
-                 patient_key=pid, patient_id=pid, visit_date=visit, identifiers=[i for i in ids if i],
-                 spacing_source="header @PARAM_SCAN: scan height mm / B-scans",
-                 localizer_note=FUNDUS_NOT_PLACED if fundus is not None else "")]
+    scan = Scan(source=path, format=fmt, reader=f"fpnunet topcon (Pillow {pil})", volume=vol, spacing=spacing,
+                laterality=lat, localizer=fundus, localizer_spacing=None, localizer_modality="fundus",
+                patient_key=pid, patient_id=pid, visit_date=visit, identifiers=[i for i in ids if i],
+                spacing_source="header @PARAM_SCAN: scan height mm / B-scans")
+    if fundus is not None:
+        place_fundus(scan, kind, ch, (spacing[0] * vol.shape[0], spacing[2] * vol.shape[2]))
+    return [scan]

@@ -12,8 +12,8 @@ One idea per module (import them directly; this package imports nothing so that
 * :mod:`.optim`: optimizer and schedule factories.
 * :mod:`.segmentation`: whole-volume validation and the final validation export.
 * :mod:`.losses`: (soft Dice + BCE) / 2 or Dice + CE, masked.
-* :mod:`.checkpoint`: the training state of a checkpoint (the format itself is
-  :mod:`fpnunet.checkpoint`, shared with inference).
+* the training state of a checkpoint (optimizer, scheduler, RNG, log) is written and restored by
+  the checkpoint format's owner, :mod:`fpnunet.checkpoint`, shared with inference.
 * :mod:`.logger`: ``training_log.csv`` and ``progress.png``.
 * :mod:`.pretrained`: loading pretrained weights by name and shape; finding the pretraining run.
 * :mod:`.run_folder`: resume / overwrite policy, ``command.txt`` (names and the fold lock:

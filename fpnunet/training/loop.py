@@ -51,12 +51,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fpnunet import distributed as fdist
-from fpnunet.checkpoint import save_checkpoint
+from fpnunet.checkpoint import restore_training_state, save_checkpoint, training_state
 from fpnunet.errors import FPNError
 from fpnunet.networks.layout import channels_last_input, to_channels_last
 from fpnunet.results_layout import BEST, FINAL, LATEST
 from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
-from fpnunet.training.checkpoint import restore_training_state, training_state
 from fpnunet.training.logger import TrainingLogger
 from fpnunet.training.progress import RunClock
 from fpnunet.training.run_config import RunConfig
