@@ -9,10 +9,12 @@ over the pool's remaining volumes, or a seeded random draw. Paired by seed (same
 held-out set, same training seed). Writes ``OUT/active_labelling.csv`` (method, seed, round,
 labelled, Dice) and ``OUT/active_labelling.md``.
 
-The smallest run that says something (CPU, about 15 minutes on one shared core)::
+The run of docs/uncertainty.md (CPU, one thread, about 35 minutes on the shared 2-core machine; the
+dataset is benchmarks/uncertainty.py's 60-case dataset 980)::
 
-    FPN_RAW=... FPN_PREPROCESSED=... python benchmarks/active_labelling.py -d 961 --seeds 0 1 --rounds 2 \\
-        --start 2 --add 2 --heldout 8 --epochs 6 --iterations-per-epoch 15 --out docs/uncertainty
+    FPN_RAW=/tmp/s3-27/unc/raw FPN_PREPROCESSED=/tmp/s3-27/unc/pre python benchmarks/active_labelling.py -d 980 \\
+        --seeds 0 1 2 3 --rounds 5 --start 2 --add 2 --heldout 12 --epochs 6 --iterations-per-epoch 15 \\
+        --out docs/uncertainty
 """
 from __future__ import annotations
 
@@ -84,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations-per-epoch", type=int, default=15)
     p.add_argument("--work", default=None, help="default $FPN_PREPROCESSED/../active_labelling")
     p.add_argument("--out", default="docs/uncertainty")
+    p.add_argument("--table-only", metavar="CSV", help="print the tables of an earlier run's active_labelling.csv")
     args = p.parse_args(argv)
+    if args.table_only:
+        df = pd.read_csv(args.table_only)
+        print(paired_table(df) + "\n" + saving(df))
+        return 0
     dataset = args.dataset
     import fpnunet.preprocessed_dataset as ppd  # noqa: PLC0415  (a script: imports where used)
 
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                     dice = _train(dataset, chosen, heldout, run / "results", args, seed, run / "log.txt")
                 rows.append({"method": method, "seed": seed, "round": rnd, "labelled": len(chosen), "dice": dice})
                 print(rows[-1], flush=True)
+                pd.DataFrame(rows).to_csv(work / "rows_so_far.csv", index=False)  # a long run's partial result
                 if rnd == args.rounds:
                     break
                 rest = [c for c in pool if c not in chosen]
@@ -123,14 +131,44 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "active_labelling.csv", index=False)
-    table = df.pivot_table(index=["labelled"], columns="method", values="dice", aggfunc="mean")
-    (out / "active_labelling.md").write_text(
-        f"# Simulated labelling loop, dataset {dataset}\n\nseeds {args.seeds}, held-out {args.heldout}, start "
-        f"{args.start}, +{args.add} per round, {args.rounds} rounds, {args.epochs} epochs x "
-        f"{args.iterations_per_epoch} steps\n\nmean held-out Dice by labelled cases:\n\n"
-        + "```\n" + table.to_string(float_format=lambda v: f"{v:.3f}") + "\n```\n")
-    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    text = (f"# Simulated labelling loop, dataset {dataset}\n\nseeds {args.seeds}, held-out {args.heldout}, start "
+            f"{args.start}, +{args.add} per round, {args.rounds} rounds, {args.epochs} epochs x "
+            f"{args.iterations_per_epoch} steps\n\n" + paired_table(df) + "\n" + saving(df) + "\n")
+    (out / "active_labelling.md").write_text(text)
+    print(text)
     return 0
+
+
+def paired_table(df: pd.DataFrame) -> str:
+    """Mean held-out Dice per round for both methods, and the paired (same seed) difference."""
+    wide = df.pivot_table(index=["labelled", "seed"], columns="method", values="dice")
+    wide["diff"] = wide["suggested"] - wide["random"]
+    lines = ["| labelled | random | suggested | suggested - random (paired: mean, min..max) | seeds suggested ahead |",
+             "|---|---|---|---|---|"]
+    for n, g in wide.groupby(level="labelled"):
+        lines.append(f"| {n} | {g['random'].mean():.3f} | {g['suggested'].mean():.3f} | {g['diff'].mean():+.3f} "
+                     f"({g['diff'].min():+.3f}..{g['diff'].max():+.3f}) | {int((g['diff'] > 0).sum())} of {len(g)} |")
+    return "\n".join(lines) + "\n"
+
+
+def saving(df: pd.DataFrame) -> str:
+    """Fewest labelled cases at which the suggested order's mean Dice reaches the random order's
+    final mean Dice, and the saving against the random order's final count."""
+    mean = df.pivot_table(index="labelled", columns="method", values="dice")
+    final_n = int(mean.index.max())
+    target = float(mean.loc[final_n, "random"])
+    reached = [int(n) for n in mean.index if mean.loc[n, "suggested"] >= target]
+    if not reached:
+        return (f"random's final mean Dice {target:.3f} ({final_n} cases) is not reached by the suggested order "
+                "within the rounds run: no saving shown")
+    n = min(reached)
+    later = [int(m) for m in mean.index if m >= n]
+    stays = all(m in reached for m in later)
+    return (f"random's final mean Dice {target:.3f} ({final_n} cases) is reached by the suggested order at {n} "
+            f"cases: {1 - n / final_n:.0%} fewer labelled cases (goal: >= 30 %); it "
+            + ("stays at or above it with more labels" if stays else
+               f"falls below it again at {', '.join(str(m) for m in later if m not in reached)} cases (suggested's "
+               f"final mean Dice {float(mean.loc[final_n, 'suggested']):.3f})"))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Two members whose masks are both empty agree (Dice 1).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,11 +127,14 @@ def vote_map(members: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 
 def case_uncertainty(members: np.ndarray, spacing: tuple[float, float], class_names: list[str],
-                     calibration: Calibration, threshold: float = 0.5) -> CaseUncertainty:
+                     calibration: Calibration, threshold: float = 0.5,
+                     temperatures: Sequence[float] | None = None) -> CaseUncertainty:
     """Scores of one case from its members ``(F, T, K, B, A)`` (:mod:`module docs <.ensemble_scores>`).
 
     ``class_names``: the foreground class of each channel (one name for a sigmoid model; for K
     channels, channel 0 is the background and ``class_names[c - 1]`` names channel ``c``).
+    ``temperatures``: one per row of ``F`` (an ensemble of configurations: configurations x folds,
+    each fold with its configuration's temperature); default ``calibration.temperature`` for all.
     """
     members = np.asarray(members, dtype=np.float32)
     if members.ndim != 5:
@@ -140,7 +144,12 @@ def case_uncertainty(members: np.ndarray, spacing: tuple[float, float], class_na
     if len(channels) != len(class_names):
         raise ShapeError(f"{k} output channel(s) but foreground classes {class_names}")
     pixel = float(spacing[0]) * float(spacing[1])
-    fold_probs = apply_temperature(members.mean(1), calibration.temperature)  # (F, K, B, A)
+    if temperatures is None:
+        fold_probs = apply_temperature(members.mean(1), calibration.temperature)  # (F, K, B, A)
+    elif len(temperatures) != f:
+        raise ShapeError(f"{len(temperatures)} temperature(s) for {f} member row(s)")
+    else:
+        fold_probs = np.stack([apply_temperature(members[i].mean(0), float(t)) for i, t in enumerate(temperatures)])
     out: dict[str, dict[str, float]] = {n: {} for n in
                                         ("disagreement", "entropy", "fold_disagreement", "low", "high")}
     for name, c in zip(class_names, channels):

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fpnunet.calibration_file import Calibration, read_calibration
+from fpnunet.calibration_file import DEFAULT_QC_SCORE, DEFAULT_QC_THRESHOLD, Calibration, read_calibration
 from fpnunet.prediction_folder import UNCERTAINTY_COLUMNS, PredictionFolder
 
 from .ensemble_scores import CaseUncertainty, apply_temperature, case_uncertainty, members_mean, vote_map
 
-__all__ = ["PredictionQC"]
+__all__ = ["PredictionQC", "ensemble_calibration"]
 
 
 @dataclass
@@ -48,10 +49,12 @@ class PredictionQC:
                else "not calibrated: defaults, run fpn_evaluate --crossval --calibrate")
         return f"QC flag {c.qc_score} > {c.qc_threshold:.4g}, temperature {c.temperature:.3g} ({how})"
 
-    def reduce(self, case: str, members: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    def reduce(self, case: str, members: np.ndarray, spacing: tuple[float, float],
+               temperatures: Sequence[float] | None = None) -> np.ndarray:
         """The case's calibrated mean probabilities ``(K, B, A)``; its scores are kept and, when it is
-        flagged, its vote map written (``uncertainty/CASE.npz``, the report's uncertainty picture)."""
-        scores = case_uncertainty(members, spacing, self.class_names, self.calibration, self.threshold)
+        flagged, its vote map written (``uncertainty/CASE.npz``, the report's uncertainty picture).
+        ``temperatures``: one per member row (an ensemble of configurations, :func:`ensemble_calibration`)."""
+        scores = case_uncertainty(members, spacing, self.class_names, self.calibration, self.threshold, temperatures)
         with self._lock:
             self.scores[case] = scores
         if self.folder is not None and scores.qc == "check":
@@ -67,3 +70,25 @@ class PredictionQC:
 
     def flagged(self) -> list[str]:
         return sorted(c for c, s in self.scores.items() if s.qc == "check")
+
+
+def ensemble_calibration(calibrations: Sequence[Calibration], folds: Sequence[int]) -> Calibration:
+    """The flag of an ensemble of configurations (``fpn_predict --best``), whose members are
+    configurations x folds x flips: configuration ``i`` has ``folds[i]`` member rows and its own
+    temperature (pass them to :meth:`PredictionQC.reduce`).
+
+    The scores are per fold, averaged over the rows, so a case's score is the fold-weighted mean of
+    what each configuration alone would score; the threshold is the fold-weighted mean of the
+    configurations' thresholds. When the configurations' flags read different scores (their
+    thresholds are not comparable), or none is calibrated, the defaults apply
+    (``disagreement > 0.25``). The result is marked calibrated only when every configuration is.
+    """
+    if len(calibrations) != len(folds) or not calibrations:
+        raise ValueError(f"{len(calibrations)} calibration(s) for {len(folds)} configuration(s)")
+    scores = {c.qc_score for c in calibrations}
+    if len(scores) > 1 or not any(c.calibrated for c in calibrations):
+        return Calibration(qc_score=DEFAULT_QC_SCORE, qc_threshold=DEFAULT_QC_THRESHOLD)
+    weight = np.asarray(folds, dtype=np.float64) / float(sum(folds))
+    threshold = float(np.dot(weight, [c.qc_threshold for c in calibrations]))
+    return Calibration(qc_score=scores.pop(), qc_threshold=threshold, cases=sum(c.cases for c in calibrations),
+                       calibrated=all(c.calibrated for c in calibrations))

@@ -20,7 +20,7 @@ from fpnunet.plans.candidates import (
     propose_candidates,
 )
 from fpnunet.plans.plan import Plan
-from fpnunet.training.candidate_runs import fold_jobs, pretraining_jobs
+from fpnunet.training.candidate_runs import fold_jobs, pretraining_jobs, queue_jobs
 
 
 def test_rules_and_reasons():
@@ -135,5 +135,76 @@ def test_fresh_dataset_end_to_end(tmp_path, monkeypatch, capsys):
         rows = list(csv.DictReader(f))
     members = " + ".join(m["candidate"] for m in choice["members"])
     assert len(rows) == 2 and {r["configuration"] for r in rows} == {members}
-    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == [
+    # the scores over configurations x folds x flips (the member runs' members/ went with .members/)
+    assert all(r["qc"] in ("ok", "check") and float(r["area_low_mm2"]) <= float(r["area_high_mm2"]) for r in rows)
+    assert all((r["fold_disagreement"] != "") == (sum(len(m["folds"]) for m in choice["members"]) > 1) for r in rows)
+    assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name != "uncertainty") == [
         "Pick_T000.nii.gz", "Pick_T001.nii.gz", "lesion_areas.csv"]
+
+
+def test_queue_interleaves_folds_and_fine_tuning_waits_only_on_its_pretraining(tmp_path):
+    results = tmp_path / "res"
+    scratch, ssl, lach = Candidate("s", "fpn"), Candidate("f", "fpn", pretrained="FAF"), Candidate("l", "lachinov")
+    _fold(results, "fpn__lf1__scratch", "0", "checkpoint_final.pth", "validation/summary.json", "validation/c.npz")
+    jobs, done = queue_jobs("9", results, [scratch, ssl, lach], ["0", "1", "2"], [], [])
+    assert done == ["s fold 0: finished, skipped"]
+    assert [j.label for j in jobs] == ["pretrain fpn FAF", "s fold 1", "f fold 0", "l fold 0", "s fold 2",
+                                       "f fold 1", "l fold 1", "f fold 2", "l fold 2"]
+    assert {j.label for j in jobs if j.needs == "pretrain fpn FAF"} == {"f fold 0", "f fold 1", "f fold 2"}
+    assert all(j.needs is None for j in jobs if not j.label.startswith("f "))
+    (results / "pretrain__fpn__FAF" / "fold_all").mkdir(parents=True)  # pretraining finished: nothing to wait on
+    (results / "pretrain__fpn__FAF" / "fold_all" / "checkpoint_final.pth").write_bytes(b"x")
+    jobs, _ = queue_jobs("9", results, [ssl], ["0"], [], [])
+    assert [(j.label, j.needs) for j in jobs] == [("f fold 0", None)]
+
+
+def test_fine_tuned_folds_start_when_their_pretraining_is_done(capsys):
+    """Two slots; the pretraining (0.4 s) ends while the first scratch fold (1.2 s) runs: the fine-tuned
+    fold 0 starts next, before the scratch fold 1, and its fold 1 before the scratch fold 2 (queued
+    after all scratch folds they would start last); a failed pretraining drops its folds only."""
+    from fpnunet.commands.train_folds import run_jobs
+
+    def sleep(seconds: float) -> list[str]:
+        return ["sleep", str(seconds)]
+
+    commands = {"pre": sleep(0.4), "s0": sleep(1.2), "f0": sleep(0.1), "s1": sleep(1.2), "f1": sleep(0.1),
+                "s2": sleep(0.1)}
+    needs = {"f0": "pre", "f1": "pre"}
+    ran = run_jobs(commands, ["cpu", "cpu"], needs=needs)
+    started = [line.split()[0][1:] for line in capsys.readouterr().out.splitlines() if "started" in line]
+    assert started == ["pre", "s0", "f0", "s1", "f1", "s2"] and all(r.ok for r in ran)
+    commands["pre"] = ["false"]
+    ran = run_jobs(commands, ["cpu", "cpu"], needs=needs)
+    assert sorted(r.fold for r in ran) == ["pre", "s0", "s1", "s2"] and not ran[0].ok
+
+
+def test_candidates_train_the_folds_the_splits_have(tmp_path, monkeypatch):
+    """Two labelled cases (two patients) make two patient-grouped folds: ``-c all`` without --folds
+    trains folds 0 and 1, not five (folds 2-4 would fail: 'fold 3 does not exist')."""
+    from fpnunet.commands.plan_and_preprocess import main as plan_and_preprocess
+    from fpnunet.commands.train_folds import build_parser, config_from_args
+    from fpnunet.synthetic.dataset import make_synthetic_dataset
+    from fpnunet.training.candidate_runs import split_folds
+    from fpnunet.training.splits import SPLITS_FILE
+
+    for var, sub in (("FPN_RAW", "raw"), ("FPN_PREPROCESSED", "pre"), ("FPN_RESULTS", "res")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    raw = make_synthetic_dataset(tmp_path / "raw" / "Dataset962_Few", n=12, labelled_fraction=0.17, seed=2,
+                                 shape=(8, 96, 32), num_test=2, show_progress=False)
+    patients = load_json_patients(raw)
+    plan_and_preprocess(["-d", "962", "-np", "1", "--no-progress"])
+    assert patients == 2 and split_folds("962", "fpn") == ["0", "1"]
+    assert (tmp_path / "pre" / "Dataset962_Few" / SPLITS_FILE).is_file()
+    parsed = build_parser().parse_known_args(["962", "-c", "all", "--devices", "cpu"])
+    assert not config_from_args(parsed).folds_given
+    parsed = build_parser().parse_known_args(["962", "-c", "all", "--devices", "cpu", "--folds", "0"])
+    assert config_from_args(parsed).folds_given
+
+
+def load_json_patients(raw: Path) -> int:
+    """How many patients the labelled training cases come from."""
+    from fpnunet.raw_dataset import labels_dir, load_dataset_json
+
+    patients = load_dataset_json(raw).patients
+    labelled = [p.name.split(".")[0] for p in labels_dir(raw, "Tr").iterdir()]
+    return len({patients[c] for c in labelled})

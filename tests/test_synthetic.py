@@ -272,3 +272,23 @@ def test_enface_lesion_contrast_fades_the_lesion_in_faf_and_slo_only(tmp_path) -
     with pytest.raises(FPNError, match="--enface-lesion-contrast"):
         make_synthetic_dataset(tmp_path / "Dataset954_Bad", n=2, shape=(16, 32, 16), enface_lesion_contrast=1.5)
     assert not (tmp_path / "Dataset954_Bad").exists()
+
+
+def test_two_classes_add_the_perilesional_band_around_ga_only(tmp_path) -> None:
+    from scipy import ndimage
+
+    rng = [4, 0, 1]
+    one = generate_case((16, 48, 64), np.random.default_rng(rng))
+    two = generate_case((16, 48, 64), np.random.default_rng(rng), classes=2)
+    assert np.array_equal(one.volume, two.volume) and np.array_equal(one.label == 1, two.label == 1)
+    band = two.label == 2
+    assert band.any() and not (one.label[band]).any()
+    # the band touches GA and lies within a few pixels of it (0.2 mm is about 2 A-scans of 94 um)
+    assert (band & ndimage.binary_dilation(one.label == 1)).any()
+    assert not (band & ~ndimage.binary_dilation(one.label == 1, iterations=5)).any()
+    out = make_synthetic_dataset(tmp_path / "Dataset955_Two", n=2, shape=(16, 32, 16), num_test=2,
+                                 show_progress=False, classes=2)
+    meta = load_json(out / "dataset.json")
+    assert meta["labels"] == {"background": 0, "GA": 1, "perilesional": 2} and meta["synthetic"]["classes"] == 2
+    with pytest.raises(FPNError, match="--classes"):
+        make_synthetic_dataset(tmp_path / "Dataset956_Bad", n=2, shape=(16, 32, 16), classes=3)

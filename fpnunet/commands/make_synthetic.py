@@ -25,6 +25,7 @@ class SyntheticConfig:
     name: str | None
     progress: bool
     enface_lesion_contrast: float = 1.0
+    classes: int = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="dataset and case-name prefix (default: from the folder, or SynthGA)")
     p.add_argument("--enface-lesion-contrast", type=float, default=1.0, metavar="C",
                    help="how much the lesion shows in the FAF/SLO images, 0..1 (0.1: barely; default 1.0)")
+    p.add_argument("--classes", type=int, default=1, choices=(1, 2),
+                   help="label classes: 1 (GA) or 2 (GA and the perilesional zone, a band 0.2 mm wide around "
+                        "each lesion; default 1)")
     cli_args.add_progress(p, help="no progress bar")
     return p
 
@@ -53,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
     """The flags as a config (the generator checks their values before it writes anything)."""
     return SyntheticConfig(Path(args.output), args.num_cases, args.labelled_fraction, args.seed, tuple(args.shape),
-                           args.num_test, args.file_ending, args.name, args.progress, args.enface_lesion_contrast)
+                           args.num_test, args.file_ending, args.name, args.progress, args.enface_lesion_contrast,
+                           args.classes)
 
 
 def run(config: SyntheticConfig) -> int:
@@ -62,7 +67,7 @@ def run(config: SyntheticConfig) -> int:
     out = make_synthetic_dataset(config.output, n=config.num_cases, labelled_fraction=config.labelled_fraction,
                                  seed=config.seed, shape=config.shape, num_test=config.num_test,
                                  file_ending=config.file_ending, name=config.name, show_progress=config.progress,
-                                 enface_lesion_contrast=config.enface_lesion_contrast)
+                                 enface_lesion_contrast=config.enface_lesion_contrast, classes=config.classes)
     meta = read_dataset_json(out)["synthetic"]
     b, d, a = meta["shape_bda"]
     sb, sd, sa = spacing_for_shape((b, d, a))

@@ -173,6 +173,7 @@ class PredictConfig:
     devices: tuple[str, ...] = ()
     uncertainty: bool = True
     best: bool = False
+    keep_members: bool = False  # --best's member runs: members/ (fpnunet.member_arrays) for the scores
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> PredictConfig:
@@ -266,6 +267,9 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
         class_colours(labels, dataset_json)
     from fpnunet.inference.qc import PredictionQC  # lazy: start-up time
     qc = PredictionQC.for_model(model_dir, labels, out_dir, config.threshold) if config.uncertainty else None
+    keep = config.keep_members
+    from fpnunet.inference.ensemble_scores import members_mean  # lazy: start-up time
+    from fpnunet.member_arrays import MemberArrays  # lazy: start-up time
     items, errors, warnings = collect_inputs(in_dir)
     if not items and not errors:
         raise FPNError(f"{in_dir}: no input volumes (expected CASE_0000{ending} files)")
@@ -327,10 +331,15 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
 
                         grid = (loaded.volume.shape[1], loaded.volume.shape[3])
                         probs = predict_fused(predictor, loaded.volume,
-                                              read_enface(enface_files[loaded.case], modalities, grid), qc is not None)
+                                              read_enface(enface_files[loaded.case], modalities, grid),
+                                              qc is not None or keep)
                     else:
-                        probs = predictor.predict_preprocessed(loaded.volume, members=qc is not None)
-                    probs = qc.reduce(loaded.case, probs, loaded.geometry.spacing) if qc else probs  # members: mean
+                        probs = predictor.predict_preprocessed(loaded.volume, members=qc is not None or keep)
+                    if keep:  # a --best member run: the members for the ensemble's scores, the mean written
+                        MemberArrays(out_dir).write(loaded.case, probs)
+                        probs = qc.reduce(loaded.case, probs, loaded.geometry.spacing) if qc else members_mean(probs)
+                    elif qc:
+                        probs = qc.reduce(loaded.case, probs, loaded.geometry.spacing)  # members -> calibrated mean
                     if len(predictor.window_plans) > known:  # a new plane size: say how it was cut
                         plane = (loaded.volume.shape[1], loaded.volume.shape[3])
                         tqdm.write(f"{plane[0]} x {plane[1]} {predictor.window_plan(plane).describe()}",

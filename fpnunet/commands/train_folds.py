@@ -11,7 +11,8 @@
 ``-c all`` or candidate names (``fpn_plan_and_preprocess`` lists them; a plan configuration name
 such as ``-c omnia`` still trains that configuration as before): first the pretraining runs the
 candidates fine-tune from, then five folds of each candidate with ``--npz`` (the out-of-fold
-probabilities ``fpn_find_best_configuration`` compares), all queued over ``--devices``; what is
+probabilities ``fpn_find_best_configuration`` compares), fold by fold across the candidates, all
+queued over ``--devices``; a fine-tuned candidate's folds start as soon as its pretraining is done; what is
 finished is skipped, what was killed is continued (:mod:`fpnunet.training.candidate_runs`).
 
 nnU-Net's advice for several GPUs: rather than DDP, train the five folds side by side, one per
@@ -155,10 +156,30 @@ def run_folds(dataset: str, folds: list[str], devices: list[str], rest: list[str
     return run_jobs({f: fold_command(dataset, f, "{device}", rest) for f in folds}, devices, "fold ")
 
 
-def run_jobs(commands: dict[str, list[str]], devices: list[str], prefix_word: str = "") -> list[FoldResult]:
+def next_runnable(waiting: deque, needs: dict[str, str], results: dict[str, FoldResult],
+                  dropped: list[str]) -> str | None:
+    """Take the first waiting key whose ``needs`` entry (another key) has finished well (or that
+    needs nothing queued); a key whose need failed or was dropped moves to ``dropped``."""
+    for key in list(waiting):
+        need = needs.get(key)
+        if need in waiting or (need in results and results[need].returncode is None):
+            continue  # its need is still queued or running
+        waiting.remove(key)
+        if need in dropped or (need in results and not results[need].ok):
+            dropped.append(key)
+            continue
+        return key
+    return None
+
+
+def run_jobs(commands: dict[str, list[str]], devices: list[str], prefix_word: str = "",
+             needs: dict[str, str] | None = None) -> list[FoldResult]:
     """Run ``commands`` (by key; ``"{device}"`` in one is replaced by the device) on ``devices``,
-    one at a time per entry, streaming their output as ``[<prefix_word>KEY @ DEVICE] line``."""
+    one at a time per entry, streaming their output as ``[<prefix_word>KEY @ DEVICE] line``.
+    ``needs`` maps a key to the key that must finish well first: the first runnable command in
+    order takes a free device; one whose need failed is not run (absent from the results)."""
     folds = list(commands)
+    needs, dropped = dict(needs or {}), []
     cpu_slots = sum(d == "cpu" for d in devices)
     env = dict(os.environ)
     if cpu_slots and "OMP_NUM_THREADS" not in env:
@@ -171,8 +192,8 @@ def run_jobs(commands: dict[str, list[str]], devices: list[str], prefix_word: st
     results: dict[str, FoldResult] = {}
     try:
         while waiting or running:
-            while waiting and free:
-                slot, fold = free.popleft(), waiting.popleft()
+            while free and (fold := next_runnable(waiting, needs, results, dropped)) is not None:
+                slot = free.popleft()
                 device = devices[slot]
                 result = results[fold] = FoldResult(fold, device)
                 prefix = f"[{prefix_word}{fold} @ {device}]"
@@ -184,6 +205,8 @@ def run_jobs(commands: dict[str, list[str]], devices: list[str], prefix_word: st
                 running[fold] = (slot, proc)
                 threading.Thread(target=_stream, args=(proc, result, prefix, done, lock, time.perf_counter()),
                                  daemon=True).start()
+            if not running:  # what is left waits on work that was dropped
+                break
             finished: FoldResult = done.get()
             slot, _ = running.pop(finished.fold)
             free.append(slot)
@@ -213,6 +236,8 @@ class FoldsConfig:
     rest: tuple[str, ...]
     candidates: tuple[str, ...] = ()
     pretrain_flags: tuple[str, ...] = ()
+    folds_given: bool = True
+    """``--folds`` was given (else, with candidates, the folds are those of the dataset's splits)."""
 
 
 CANDIDATE_FLAGS = ("--pretrained", "--trainer", "-tr", "--weight-decay", "--enface-inputs", "--enface-channels",
@@ -265,7 +290,8 @@ def config_from_args(parsed: tuple[argparse.Namespace, list[str]]) -> FoldsConfi
     elif args.pretrain_epochs or args.pretrain_iterations:
         raise FPNError("--pretrain-epochs/--pretrain-iterations: only with candidates (-c all or names)")
     check_arguments(args.dataset, folds, devices, rest)
-    return FoldsConfig(args.dataset, tuple(folds), tuple(devices), tuple(rest), tuple(candidates), tuple(pretrain))
+    return FoldsConfig(args.dataset, tuple(folds), tuple(devices), tuple(rest), tuple(candidates), tuple(pretrain),
+                       bool(args.folds))
 
 
 @run_cli
@@ -280,38 +306,30 @@ def run_candidates(config: FoldsConfig) -> int:
     """The candidates' pretraining runs, then their folds; finished work skipped (module docstring)."""
     from fpnunet.paths import preprocessed_dir, results_dir  # lazy: start-up time
     from fpnunet.plans.plan import Plan  # lazy: start-up time
-    from fpnunet.training.candidate_runs import fold_jobs, pretraining_jobs  # lazy: start-up time
+    from fpnunet.training.candidate_runs import PRETRAIN_MODULE, queue_jobs, split_folds  # lazy: start-up time
 
     plan = Plan.load(plans_file(preprocessed_dir(config.dataset)))
     candidates = [plan.candidate(n) for n in config.candidates]
     results = results_dir(config.dataset)
-    devices, failed = list(config.devices), []
+    devices, failed, folds = list(config.devices), [], list(config.folds)
+    if not config.folds_given and candidates:  # five folds, or fewer when the labelled cases are from fewer patients
+        folds = split_folds(config.dataset, candidates[0].config)
 
     def command(job) -> list[str]:
         return [sys.executable, "-m", job.module, *job.args, "--device", "{device}", "--no-progress"]
 
-    print(f"{PROGRAM}: {len(candidates)} candidate(s) {' '.join(config.candidates)}, folds {' '.join(config.folds)}, "
+    print(f"{PROGRAM}: {len(candidates)} candidate(s) {' '.join(config.candidates)}, folds {' '.join(folds)}, "
           f"on {len(devices)} device slot(s) {' '.join(devices)}", flush=True)
-    # phase 1: the pretrainings, with the folds of the candidates that need none beside them
-    pre, done = pretraining_jobs(config.dataset, results, candidates, list(config.pretrain_flags))
-    scratch, skipped = fold_jobs(config.dataset, results, [c for c in candidates if c.pretrained == "none"],
-                                 list(config.folds), list(config.rest))
-    done += skipped
+    # one queue: the pretrainings, then the folds across the candidates, a fine-tuned fold as soon as its pretraining
+    jobs, done = queue_jobs(config.dataset, results, candidates, folds, list(config.rest),
+                            list(config.pretrain_flags))
     for line in done:
         print(line, flush=True)
-    lost: set[str] = set()
-    ran = run_jobs({j.label: command(j) for j in pre + scratch}, devices) if pre or scratch else []
-    for job, result in zip(pre, ran):
-        if not result.ok:
-            lost |= set(job.candidates)
-    # phase 2: the fine-tuned candidates' folds
-    tuned, skipped = fold_jobs(config.dataset, results,
-                               [c for c in candidates if c.pretrained != "none" and c.name not in lost],
-                               list(config.folds), list(config.rest))
-    for line in skipped:
-        print(line, flush=True)
-    done += skipped
-    ran += run_jobs({j.label: command(j) for j in tuned}, devices) if tuned else []
+    needs = {j.label: j.needs for j in jobs if j.needs}
+    ran = run_jobs({j.label: command(j) for j in jobs}, devices, needs=needs) if jobs else []
+    outcome = {r.fold: r.ok for r in ran}
+    lost = {name for j in jobs if j.module == PRETRAIN_MODULE and not outcome.get(j.label, False)
+            for name in j.candidates}
     failed += [f"{r.fold}: {r.last_error()}" for r in ran if not r.ok]
     print(f"summary: {sum(r.ok for r in ran)} run(s) done, {len(done)} already finished, {len(failed)} failed"
           + "".join(f"\n  not trained (pretraining failed): {n}" for n in sorted(lost)))

@@ -127,17 +127,20 @@ def measure_uncertainty(cases: list[OOFCase], class_names: list[str], flag_rate:
         unc = case_uncertainty(c.members, c.spacing, class_names, Calibration(temperature=temperature))
         mean = c.members.mean((0, 1))
         pixel = c.spacing[0] * c.spacing[1]
-        dices, area_err, covered = [], [], []
+        dices, area_err, covered, area = [], [], [], []
         for name, ch in zip(class_names, channels):
             pred = member_masks(mean, ch)
             ref = c.target == (1 if k == 1 else ch)
             dices.append(_dice(pred, ref))
             ref_area = float(ref.sum()) * pixel
-            area_err.append(abs(float(pred.sum()) * pixel - ref_area))
+            area.append(float(pred.sum()) * pixel)
+            area_err.append(abs(area[-1] - ref_area))
             covered.append(unc.area_low_mm2[name] - 1e-9 <= ref_area <= unc.area_high_mm2[name] + 1e-9)
         rows.append({"case": c.case, "fold": c.fold, "dice": float(np.mean(dices)),
                      "one_minus_dice": 1.0 - float(np.mean(dices)), "area_abs_error_mm2": float(np.sum(area_err)),
-                     "ref_in_area_interval": all(covered),
+                     "ref_in_area_interval": all(covered), "area_mm2": float(np.sum(area)),
+                     "area_low_mm2": float(np.sum(list(unc.area_low_mm2.values()))),
+                     "area_high_mm2": float(np.sum(list(unc.area_high_mm2.values()))),
                      **{s: float(np.mean(list(getattr(unc, s).values()))) for s in QC_SCORES}})
     err = np.array([r["one_minus_dice"] for r in rows])
     area = np.array([r["area_abs_error_mm2"] for r in rows])

@@ -17,6 +17,10 @@ from fpnunet.synthetic.patients import PatientTraits, patient_traits
 _QUANT = 1024.0  # volumes are stored on a 1/1024 intensity grid (exact in float32, compresses well)
 
 
+PERILESIONAL_MM = 0.2
+"""Width of the perilesional zone (label 2 with ``classes=2``): where the outer-retina thinning
+around the lesion (its wider membership) still shows."""
+
 @dataclass
 class SyntheticCase:
     """One generated case; every array on the grid of ``volume``.
@@ -54,14 +58,16 @@ def _deposit(imp: np.ndarray, pos_px: np.ndarray, delta: np.ndarray, bi: np.ndar
 
 def generate_case(shape: tuple[int, int, int] = DEFAULT_SHAPE, rng: np.random.Generator | None = None,
                   traits: PatientTraits | None = None, right_eye: bool | None = None,
-                  enface_lesion_contrast: float = 1.0) -> SyntheticCase:
+                  enface_lesion_contrast: float = 1.0, classes: int = 1) -> SyntheticCase:
     """Generate one case on a ``(B, D, A)`` grid covering :data:`FIELD_OF_VIEW_MM`.
 
     ``rng`` drives everything (default: a seed-0 generator); ``traits`` are the patient's (drawn
     from ``rng`` when omitted); ``right_eye`` puts the optic disc at +A (left eye: -A).
     ``SyntheticCase.surfaces`` gives the ILM and Bruch's membrane depths ``(B, A)`` in pixels.
     ``enface_lesion_contrast`` in [0, 1] scales how much the lesion shows in the FAF and SLO images
-    (1: as drawn; 0.1: barely); the volume and the label do not change with it.
+    (1: as drawn; 0.1: barely); the volume and the label do not change with it. ``classes=2`` adds
+    label 2, the perilesional zone: the band up to :data:`PERILESIONAL_MM` outside the lesion border,
+    where the outer retina thins and the ellipsoid zone fades (the volume does not change with it).
     """
     rng = np.random.default_rng(0) if rng is None else rng
     traits = patient_traits(rng) if traits is None else traits
@@ -150,6 +156,8 @@ def generate_case(shape: tuple[int, int, int] = DEFAULT_SHAPE, rng: np.random.Ge
     vol *= np.float32(1 / _QUANT)
 
     label = (an.level > 0).astype(np.uint8)
+    if classes == 2:
+        label[(an.level <= 0) & (an.level > -PERILESIONAL_MM)] = 2
     info = {**an.info, "lesion_fraction": round(float(label.mean()), 6), "hypertransmission": round(hyper, 4)}
     enface = {"FAF": _faf(rng, an, (sb, sa), enface_lesion_contrast),
               "SLO": _slo(rng, an, (sb, sa), enface_lesion_contrast)}

@@ -71,6 +71,7 @@ def make_synthetic_dataset(
     name: str | None = None,
     show_progress: bool = True,
     enface_lesion_contrast: float = 1.0,
+    classes: int = 1,
 ) -> Path:
     """Write a raw dataset (layout of ``docs/layout.md``) of ``n`` training and ``num_test`` test cases.
 
@@ -82,7 +83,8 @@ def make_synthetic_dataset(
     ``NAME_000`` (training) and ``NAME_T000`` (test); ``NAME`` defaults to the ``Dataset900_NAME``
     part of ``out_dir`` or ``SynthGA``. ``enface_lesion_contrast`` in [0, 1]: how much the lesion
     shows in the FAF and SLO images (1: as drawn, 0.1: barely; volumes and labels unchanged; recorded
-    in dataset.json's ``synthetic`` entry when not 1). Same arguments, same files.
+    in dataset.json's ``synthetic`` entry when not 1). ``classes=2``: labels GA (1) and the
+    perilesional zone (2) around it (:func:`generate_case`). Same arguments, same files.
 
     ``out_dir`` must be empty, absent, or a synthetic dataset written before (which is then
     regenerated; its stale case files are removed). Returns ``out_dir``.
@@ -98,6 +100,8 @@ def make_synthetic_dataset(
     _validate(n, labelled_fraction, seed, shape, num_test, file_ending)
     if not (isinstance(enface_lesion_contrast, (int, float)) and 0 <= enface_lesion_contrast <= 1):
         raise FPNError(f"--enface-lesion-contrast {enface_lesion_contrast!r}: must be a number in [0, 1]")
+    if classes not in (1, 2):
+        raise FPNError(f"--classes {classes!r}: must be 1 (GA) or 2 (GA and the perilesional zone)")
     name = name or _default_name(out_dir)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", name):
         raise FPNError(f"--name {name!r}: use letters, digits and '-' only (it prefixes the case names)")
@@ -122,12 +126,13 @@ def make_synthetic_dataset(
     params = {"generator_version": GENERATOR_VERSION, "seed": seed, "n": n, "num_test": num_test,
               "labelled_fraction": labelled_fraction, "num_labelled": n_lab, "shape_bda": list(shape),
               "field_of_view_mm_bda": list(FIELD_OF_VIEW_MM),
-              **({"enface_lesion_contrast": float(enface_lesion_contrast)} if enface_lesion_contrast != 1 else {})}
+              **({"enface_lesion_contrast": float(enface_lesion_contrast)} if enface_lesion_contrast != 1 else {}),
+              **({"classes": classes} if classes != 1 else {})}
     meta = {
         "name": name,
         "channel_names": {"0": "OCT"},
         "enface_modalities": list(ENFACE_MODALITIES),
-        "labels": {"background": 0, "GA": 1},
+        "labels": {"background": 0, "GA": 1, **({"perilesional": 2} if classes == 2 else {})},
         "file_ending": file_ending,
         "projection_axis": "auto",
         "numTraining": n,
@@ -150,7 +155,7 @@ def make_synthetic_dataset(
             traits = _traits_for(seed, split, patient)
             right = traits.first_eye_right if eye == 0 else not traits.first_eye_right
             cs = generate_case(shape, np.random.default_rng([seed, split, idx]), traits, right,  # type: ignore[arg-type]
-                               enface_lesion_contrast=float(enface_lesion_contrast))
+                               enface_lesion_contrast=float(enface_lesion_contrast), classes=classes)
             sp2 = (cs.spacing[0], cs.spacing[2])
             part = "Tr" if split == _TRAIN else "Ts"
             put(images_dir(out_dir, part) / volume_name(case, file_ending), cs.volume, cs.spacing)

@@ -32,7 +32,7 @@ from fpnunet.training.flags import check_flags
 from fpnunet.training.loader import default_num_workers
 from fpnunet.training.pretrained import resolve_pretrained
 from fpnunet.training.run_config import PRECISIONS, RunConfig
-from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
+from fpnunet.training.splits import Split, apply_label_fraction, fold_cases, load_or_create_splits
 from fpnunet.training.trainer import Trainer
 from fpnunet.training.trainers import get_trainer
 
@@ -112,6 +112,14 @@ def build_run_config(flags: Any, program: str = "fpn_train") -> RunConfig:
         overwrite=bool(flags.overwrite), **part)
 
 
+def dataset_splits(dataset: str, pre_dir: Path, cases: PreprocessedDataset) -> list[Split]:
+    """The dataset's patient-grouped folds over its labelled cases (made and written on first use)."""
+    raw_dir: Path | None = raw_root() / dataset
+    raw_dir = raw_dir if raw_dir.is_dir() else None
+    patients = load_dataset_json(pre_dir).patients if has_dataset_json(pre_dir) else {}
+    return load_or_create_splits(pre_dir, raw_dir, cases.labelled, patients, all_cases=cases.case_names)
+
+
 def _fold(flags: Any, trainer: type[Trainer], dataset: str, pre_dir: Path, plan: Plan, config_name: str,
           configuration: Configuration, cases: PreprocessedDataset) -> dict[str, Any]:
     """fpn_train's part: en-face inputs, the fold's cases, the initialisation, the folders."""
@@ -124,8 +132,7 @@ def _fold(flags: Any, trainer: type[Trainer], dataset: str, pre_dir: Path, plan:
                        f"dataset and re-run fpn_plan_and_preprocess, or use fpn_pretrain, which needs no labels")
     raw_dir: Path | None = raw_root() / dataset
     raw_dir = raw_dir if raw_dir.is_dir() else None
-    patients = load_dataset_json(pre_dir).patients if has_dataset_json(pre_dir) else {}
-    splits = load_or_create_splits(pre_dir, raw_dir, labelled, patients, all_cases=cases.case_names)
+    splits = dataset_splits(dataset, pre_dir, cases)
     full_train, val = fold_cases(splits, flags.fold)
     train = apply_label_fraction(full_train, flags.label_fraction)
     unlabelled = ([c for c in full_train if c not in set(train)]
