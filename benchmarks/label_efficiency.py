@@ -14,6 +14,9 @@ the mean foreground Dice of its fold's whole-volume validation (flip TTA), read 
                            (method, reference, fraction, mean, std, n, wins)
     runs.csv               one row per run (method, network, pretraining, fraction, fold, seed, Dice)
     label_efficiency.png   Dice against label fraction, one line per method
+    nnunet/                with --nnunet-bin: nnU-Net v2 2D (mean projection, projection + en-face
+                           images; benchmarks/nnunet_projection.py) on the same folds and fractions,
+                           whose rows every report above then shows beside fpnunet's
 
 Everything runs through the console scripts' entry points (``main(argv)``, one fresh interpreter
 per run, its output in ``<work>/logs/``). The sweep is resumable: a run whose fold folder holds
@@ -49,6 +52,7 @@ from fpnunet.errors import FPNError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules next to this script
 from label_efficiency_methods import DISPLAY, FRACTIONS, TARGETS, Method, Run, methods_of  # noqa: E402
+from label_efficiency_nnunet import add_arguments, check_arguments  # noqa: E402
 from label_efficiency_report import (  # noqa: E402
     paired_differences,
     plot,
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", default="docs/label_efficiency", help="table, csv and plot (default docs/label_efficiency)")
     o.add_argument("--report-only", action="store_true", help="only collect finished runs and write the report")
     o.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    add_arguments(p)
     return p
 
 
@@ -128,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --encoder-ssl-source {args.encoder_ssl_source} must be one of --networks (it is pretrained)",
               file=sys.stderr)
         return 2
+    error = check_arguments(args)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         sweep = Sweep(args)
         if not args.report_only:
@@ -139,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 sweep.pretrain()
                 for i, run in enumerate(sweep.runs, 1):
                     sweep.train(run, i)
+            if args.nnunet_bin:
+                sweep.run_nnunet()
             print(f"sweep done in {(time.perf_counter() - t0) / 60:.1f} min")
         if not args.dry_run:
             sweep.report(argv)

@@ -13,7 +13,10 @@ Dice is the mean foreground Dice of the whole-volume prediction (no TTA unless `
 the preprocessed label. Output in ``--out`` (default ``docs/label_efficiency/cmc``):
 ``cmc_fused.csv`` (one row per run), ``cmc_fused.md`` (means +- std, the paired CMC - counterpart
 differences read from the sweep's ``runs.csv`` in the same folder, and the fused - OCT
-differences per shift).
+differences per shift). With ``--nnunet-bin`` it also runs nnU-Net v2 2D on the same folds and
+fractions (``benchmarks/label_efficiency_nnunet.py``; skipped when the sweep ran it into the same
+``--out``), and ``cmc_fused.md`` shows nnU-Net's rows (whenever ``<out>/nnunet/runs.csv`` holds
+them) with the fused prediction's paired difference to them.
 
     python benchmarks/label_efficiency_cmc.py --dataset-id 951 --fractions 0.05 --folds 0 1 --seeds 0
 """
@@ -29,6 +32,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import DISPLAY  # noqa: E402
+from label_efficiency_nnunet import add_arguments, check_arguments, nnunet_runs, run_nnunet  # noqa: E402
 
 from fpnunet.atomic import write_atomic  # noqa: E402
 from fpnunet.errors import FPNError  # noqa: E402
@@ -77,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", action="store_true", help="flip TTA (4x slower)")
     p.add_argument("--work", help="the sweep's --work (default $FPN_RESULTS/label_efficiency_DatasetXXX_NAME)")
     p.add_argument("--out", default="docs/label_efficiency/cmc")
+    add_arguments(p)
     args = p.parse_args(argv)
+    error = check_arguments(args)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     name = f"Dataset{args.dataset_id:03d}_{args.dataset_name}"
     work = Path(args.work) if args.work else results_root() / f"label_efficiency_{name}"
     out = Path(args.out)
@@ -103,10 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no finished cmc run under {work}", file=sys.stderr)
         return 1
     df = pd.DataFrame(rows)
+    if args.nnunet_bin:
+        run_nnunet(args, name, args.network, out, work, "auto")
+    nnunet = nnunet_runs(out, args.fractions, args.folds, min(args.seeds), args.nnunet_variants)
+    text = render(df, args, out, argv, nnunet)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "cmc_fused.csv", lambda tmp: df.to_csv(tmp, index=False), suffix=".csv")
-    write_atomic(out / "cmc_fused.md", lambda tmp: tmp.write_text(render(df, args, out, argv)), suffix=".md")
-    print(render(df, args, out, argv))
+    write_atomic(out / "cmc_fused.md", lambda tmp: tmp.write_text(text), suffix=".md")
+    print(text)
     return 0
 
 
@@ -115,7 +128,8 @@ def _pm(values: pd.Series, scale: float = 100.0) -> str:
     return f"{v.mean():.2f} +- {v.std(ddof=1) if len(v) > 1 else 0.0:.2f} (n={len(v)})"
 
 
-def render(df: pd.DataFrame, args: argparse.Namespace, out: Path, argv: list[str]) -> str:
+def render(df: pd.DataFrame, args: argparse.Namespace, out: Path, argv: list[str],
+           nnunet: pd.DataFrame | None = None) -> str:
     cols = ["oct"] + [f"fused+{s}" for s in args.shifts]
     lines = ["# CMC: fused prediction and en-face misalignment", "",
              f"`{shlex.join(['python', 'benchmarks/label_efficiency_cmc.py', *argv])}`", "",
@@ -150,7 +164,29 @@ def render(df: pd.DataFrame, args: argparse.Namespace, out: Path, argv: list[str
                 if len(pairs):
                     d = pairs["dice"] - pairs["dice_ref"]
                     lines.append(f"* {method} - {base} at {f:g}: {_pm(d)}, wins {int((d > 0).sum())}/{len(d)}")
+    if nnunet is not None and len(nnunet):
+        lines += render_nnunet(df, nnunet)
     return "\n".join(lines) + "\n"
+
+
+def render_nnunet(df: pd.DataFrame, nnunet: pd.DataFrame) -> list[str]:
+    """nnU-Net v2 2D's rows (validation Dice of the same folds and fractions) and the fused prediction
+    (en-face images at their place) minus nnU-Net, paired by fold and seed."""
+    lines = ["", "nnU-Net v2 2D on the same folds and label fractions (benchmarks/nnunet_projection.py, its own "
+                 "validation with mirroring; Dice %, mean +- std over folds):", "",
+             "| method | fraction | Dice |", "|---|---|---|"]
+    for (method, f), g in nnunet.groupby(["method", "fraction"], sort=False):
+        lines.append(f"| {method} | {f:g} | {_pm(g['dice'])} |")
+    if "fused+0" not in df.columns:
+        return lines
+    lines += ["", "Fused prediction (fused+0) minus nnU-Net, paired by fold and seed (Dice points; wins / pairs):", ""]
+    for (method, f), g in df.groupby(["method", "fraction"], sort=False):
+        for other, h in nnunet[np.isclose(nnunet["fraction"], f)].groupby("method", sort=False):
+            pairs = g.merge(h[["fold", "seed", "dice"]], on=["fold", "seed"])
+            if len(pairs):
+                d = pairs["fused+0"] - pairs["dice"]
+                lines.append(f"* {method} - {other} at {f:g}: {_pm(d)}, wins {int((d > 0).sum())}/{len(d)}")
+    return lines
 
 
 if __name__ == "__main__":

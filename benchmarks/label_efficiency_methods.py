@@ -13,6 +13,8 @@ FRACTIONS = (0.05, 0.1, 0.2, 1.0)
 TARGETS = ("FAF", "SLO")
 DISPLAY = {"fpn": "FPN", "ipn": "IPN", "ipnv2": "IPNv2", "lachinov": "Lachinov et al.", "resensnet": "ReSensNet",
            "omnia": "Omnia-Net", "dsnet": "DS-Net", "dxnet": "DX-Net"}
+RUN_COLUMNS = ["method", "network", "trainer", "pretrain", "fraction", "fold", "seed", "dice", "folder"]
+"""The report's run rows (one per run; ``folder`` is left out of ``runs.csv``)."""
 
 
 # ----------------------------------------------------------------------------- runs

@@ -110,7 +110,7 @@ def render_markdown(table: pd.DataFrame, order: list[str], fractions: list[float
 
 
 def plot(table: pd.DataFrame, order: list[str], path: Path) -> None:
-    """Dice (%) against label fraction (log axis), one line with error bars per method."""
+    """Dice (%) against label fraction (log axis), one line with error bars per method (nnU-Net's dashed)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), dpi=100)
@@ -118,7 +118,8 @@ def plot(table: pd.DataFrame, order: list[str], path: Path) -> None:
     for method in order:
         t = table[(table["method"] == method) & (table["n"] > 0)].sort_values("fraction")
         if len(t):
-            ax.errorbar(t["fraction"], t["mean"], yerr=t["std"].fillna(0.0), marker="o", capsize=3, label=method)
+            ax.errorbar(t["fraction"], t["mean"], yerr=t["std"].fillna(0.0), marker="o", capsize=3, label=method,
+                        linestyle="--" if method.startswith("nnU-Net") else "-")  # another tool: dashed
     fractions = sorted(table["fraction"].unique())
     ax.set_xscale("log")
     ax.minorticks_off()

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from label_efficiency_methods import Method, Run, methods_of
+from label_efficiency_methods import RUN_COLUMNS, Method, Run, methods_of
+from label_efficiency_nnunet import NNUNET_DIR, nnunet_runs, rows_in_order, run_nnunet
 from label_efficiency_report import paired_differences, plot, read_dice, render_markdown, summarise
 
 from fpnunet.atomic import atomic_path, load_json, save_json, write_atomic
@@ -260,12 +261,22 @@ class Sweep:
                 rows.append({"method": run.method.label, "network": run.method.network, "trainer": run.method.trainer,
                              "pretrain": run.method.pretrain or "none", "fraction": run.fraction, "fold": run.fold,
                              "seed": run.seed, "dice": read_dice(fold), "folder": str(fold)})
-        return pd.DataFrame(rows, columns=["method", "network", "trainer", "pretrain", "fraction", "fold", "seed",
-                                           "dice", "folder"])
+        return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+    def run_nnunet(self) -> None:
+        """nnU-Net v2 2D on the same folds and fractions (``--nnunet-bin``), into ``<out>/nnunet``."""
+        run_nnunet(self.args, self.name, self.args.networks[0], self.out, self.work, self.args.device,
+                   dry_run=self.args.dry_run)
 
     def report(self, argv: list[str]) -> pd.DataFrame:
         runs = self.collect()
+        missing = len(self.runs) - len(runs)
         order = [m.label for m in self.methods]
+        nnunet = nnunet_runs(self.out, list(self.args.fractions), list(self.args.folds), min(self.args.seeds),
+                             self.args.nnunet_variants)
+        if len(nnunet):  # beside fpnunet's rows (--nnunet-bin now or earlier)
+            runs = pd.concat([runs, nnunet], ignore_index=True) if len(runs) else nnunet
+            order += rows_in_order(nnunet)
         table = summarise(runs, order, list(self.args.fractions))
         paired = paired_differences(runs, order, list(self.args.fractions))
         self.out.mkdir(parents=True, exist_ok=True)
@@ -275,12 +286,16 @@ class Sweep:
             table.to_csv(tmp, index=False)
         with atomic_path(self.out / "paired_differences.csv", suffix=".csv") as tmp:
             paired.to_csv(tmp, index=False)
-        markdown = render_markdown(table, order, list(self.args.fractions), self.settings(argv),
-                                   missing=len(self.runs) - len(runs), paired=paired)
+        settings = self.settings(argv)
+        if len(nnunet):
+            settings["nnunet"] = (f"benchmarks/nnunet_projection.py on the same folds and fractions, trainer "
+                                  f"{', '.join(sorted(nnunet['trainer'].unique()))}, one run per fold (paired with "
+                                  f"seed {min(self.args.seeds)}); its runs in {self.out / NNUNET_DIR / 'runs.csv'}")
+        markdown = render_markdown(table, order, list(self.args.fractions), settings, missing=missing, paired=paired)
         write_atomic(self.out / "label_efficiency.md", lambda tmp: tmp.write_text(markdown), suffix=".md")
         if len(runs):
             plot(table, order, self.out / "label_efficiency.png")
-        save_json(self.settings(argv), self.out / "settings.json")
+        save_json(settings, self.out / "settings.json")
         print(markdown)
         print(f"wrote {self.out}/label_efficiency.md, label_efficiency.csv, paired_differences.csv, runs.csv"
               f"{', label_efficiency.png' if len(runs) else ''}")

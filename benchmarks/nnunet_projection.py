@@ -53,10 +53,10 @@ from fpnunet.paths import preprocessed_root, raw_root, resolve_dataset, results_
 from fpnunet.plans.plan import Plan
 from fpnunet.preprocessed_dataset import PreprocessedDataset, plans_file
 from fpnunet.raw_dataset import has_dataset_json, read_dataset_json
-from fpnunet.training.segmentation import labelled_cases
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
 
 VARIANTS = ("proj", "proj+enface")
+DEFAULT_TRAINER = "nnUNetTrainer_5epochs"
 LABELS = {"proj": "nnU-Net v2 2D, mean projection", "proj+enface": "nnU-Net v2 2D, projection + FAF/SLO"}
 
 
@@ -132,6 +132,8 @@ class NNUNet:
 def fold_plan(pre_dir: Path, data_dir: Path, dataset: str, folds: list[int],
               fractions: list[float]) -> list[tuple[float, int, list[str], list[str]]]:
     """``(fraction, fold, train cases, val cases)`` exactly as ``fpn_train`` would use them."""
+    from fpnunet.training.segmentation import labelled_cases  # lazy: start-up time (torch)
+
     labelled = labelled_cases(data_dir)
     raw_dir = raw_root() / dataset
     patients = read_dataset_json(pre_dir).get("patients", {}) if has_dataset_json(pre_dir) else {}
@@ -215,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, nargs="+", default=[0])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.2, 1.0])
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    p.add_argument("--trainer", default="nnUNetTrainer_5epochs",
+    p.add_argument("--trainer", default=DEFAULT_TRAINER,
                    help="a trainer class nnU-Net ships (default nnUNetTrainer_5epochs; nnUNetTrainer: 1000 epochs)")
     p.add_argument("--device", default="cpu", help="nnUNetv2_train -device: cpu, cuda, mps (default cpu)")
     p.add_argument("--nnunet-bin", default=None, help="folder with nnU-Net's console scripts (default: the PATH)")
