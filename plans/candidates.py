@@ -35,6 +35,15 @@ PRETRAIN_CHOICES = ("none", "FAF", "SLO")
 TRAINERS = ("supervised", "cmc")
 
 
+ENFACE_INPUT_CANDIDATES = (
+    ("omnia", "omnia-enface", "Omnia-Net with the {mods} images as input channels", "Omnia-Net with en-face inputs"),
+    ("plane2d", "plane2d-enface", "the {mods} images and projections of the volume as a 2D problem (whole plane, "
+                                  "2D batch and augmentation)", "2D en-face-input"),
+)
+"""The configurations that take the en-face images as input channels: (configuration, candidate
+name, reason, what a note calls it); a candidate when every training and test case has them."""
+
+
 @dataclass(frozen=True)
 class DatasetFacts:
     """What the candidate rules look at."""
@@ -151,27 +160,15 @@ def propose_candidates(facts: DatasetFacts, plan_default_wd: float = FINETUNE_WE
             notes.append("no CMC: no unlabelled case with an en-face image")
     else:
         notes.append("no FPN candidates: configuration fpn is not planned (add -c fpn)")
-    if "omnia" in have:
-        if facts.enface_modalities and facts.every_case_has_enface:
+    for config, name, what, missing in ENFACE_INPUT_CANDIDATES:
+        if config not in have:
+            notes.append(f"no {missing} candidate: configuration {config} is not planned (add -c {config})")
+        elif facts.enface_modalities and facts.every_case_has_enface:
             mods = tuple(facts.enface_modalities)
-            out.append(Candidate("omnia-enface", "omnia", enface_inputs=mods, weight_decay=plan_default_wd,
-                                 reason=f"Omnia-Net with the {'/'.join(mods)} images as input channels: every training "
-                                        "and test case has them"))
+            out.append(Candidate(name, config, enface_inputs=mods, weight_decay=plan_default_wd,
+                                 reason=what.format(mods="/".join(mods)) + ": every training and test case has them"))
         else:
-            notes.append("no Omnia-Net with en-face channels: not every training and test case has every en-face image")
-    else:
-        notes.append("no Omnia-Net candidate: configuration omnia is not planned (add -c omnia)")
-    if "plane2d" in have:
-        if facts.enface_modalities and facts.every_case_has_enface:
-            mods = tuple(facts.enface_modalities)
-            out.append(Candidate("plane2d-enface", "plane2d", enface_inputs=mods, weight_decay=plan_default_wd,
-                                 reason=f"the {'/'.join(mods)} images and projections of the volume as a 2D problem "
-                                        "(whole plane, 2D batch and augmentation): every training and test case has "
-                                        "them"))
-        else:
-            notes.append("no 2D en-face-input candidate: not every training and test case has every en-face image")
-    else:
-        notes.append("no 2D en-face-input candidate: configuration plane2d is not planned (add -c plane2d)")
+            notes.append(f"no {missing} candidate: not every training and test case has every en-face image")
     if "lachinov" in have:
         out.append(Candidate("lachinov-scratch", "lachinov", weight_decay=weight_decay_for("lachinov", "none",
                                                                                              plan_default_wd),

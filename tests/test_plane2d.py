@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_enface_inputs import _env  # the data roots of a prepared dataset
 
 from fpnunet.checkpoint import load_checkpoint
 from fpnunet.commands.plan_and_preprocess import main as preprocess_main
@@ -137,13 +138,6 @@ def prepared(tmp_path_factory: pytest.TempPathFactory):
     training.epochs, training.iterations_per_epoch, training.val_every = 1, 2, 1
     plan.save(plan_path)
     return root
-
-
-def _env(mp: pytest.MonkeyPatch, root: Path, results: Path | None = None) -> None:
-    mp.setenv("FPN_RAW", str(root / "raw"))
-    mp.setenv("FPN_PREPROCESSED", str(root / "preprocessed"))
-    mp.setenv("FPN_RESULTS", str(results or root / "results"))
-    mp.setenv("FPN_N_PROC_DA", "0")
 
 
 @pytest.fixture()

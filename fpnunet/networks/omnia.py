@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fpnunet.errors import FPNError, ShapeError
+from fpnunet.errors import FPNError
 from fpnunet.networks.blocks import as_int_list
 from fpnunet.networks.encoders2d import check_encoder_args, encoder_channels, make_encoder_2d
 from fpnunet.networks.registry import SegNetwork, register
@@ -115,12 +115,7 @@ class OmniaNet(SegNetwork):
 
     def check_input(self, shape: tuple[int, ...] | torch.Size) -> None:
         super().check_input(shape)
-        want = self.in_channels + len(self.enface_inputs)
-        if shape[1] != want:
-            mods = self.enface_inputs
-            extra = f" + {len(mods)} en-face ({', '.join(mods)})" if mods else ""
-            raise ShapeError(f"OmniaNet takes {self.in_channels} volume channel(s){extra} = {want} input channels, "
-                             f"got {tuple(shape)}")
+        self.check_enface_channels(shape)
 
     def enface_image(self, x: torch.Tensor) -> torch.Tensor:
         """The 2D encoder's input ``(N, C*K + M, B, A)``: slab means, then the en-face images."""

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fpnunet.errors import FPNError, ShapeError
+from fpnunet.errors import FPNError
 from fpnunet.networks.blocks import as_int_list, as_pooling, plan_enface_pooling
 from fpnunet.networks.registry import SegNetwork, register
 
@@ -166,12 +166,7 @@ class Plane2dUNet(SegNetwork):
 
     def check_input(self, shape: tuple[int, ...] | torch.Size) -> None:
         super().check_input(shape)
-        want = self.in_channels + len(self.enface_inputs)
-        if shape[1] != want:
-            mods = self.enface_inputs
-            extra = f" + {len(mods)} en-face ({', '.join(mods)})" if mods else ""
-            raise ShapeError(f"Plane2dUNet takes {self.in_channels} volume channel(s){extra} = {want} input channels, "
-                             f"got {tuple(shape)}")
+        self.check_enface_channels(shape)
 
     def plane_input(self, x: torch.Tensor) -> torch.Tensor:
         """The 2D U-Net's input ``(N, C * (1 + slabs) + M, B, A)``, z-scored per sample and channel."""

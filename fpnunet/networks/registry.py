@@ -78,6 +78,17 @@ class SegNetwork(nn.Module):
         """Raise :class:`ShapeError` when ``(N, C, B, D, A)`` does not fit this network."""
         check_input_shape(type(self).__name__, tuple(shape), *self.input_divisors(**getattr(self, "config", {})))
 
+    def check_enface_channels(self, shape: tuple[int, ...] | torch.Size) -> None:
+        """Raise :class:`ShapeError` unless ``shape[1]`` is the volume's ``in_channels`` plus one
+        channel per en-face input (networks that take en-face images as input channels)."""
+        mods = list(getattr(self, "enface_inputs", ()) or ())
+        in_channels = int(self.in_channels)  # type: ignore[attr-defined]
+        want = in_channels + len(mods)
+        if shape[1] != want:
+            extra = f" + {len(mods)} en-face ({', '.join(mods)})" if mods else ""
+            raise ShapeError(f"{type(self).__name__} takes {in_channels} volume channel(s){extra} = "
+                             f"{want} input channels, got {tuple(shape)}")
+
 
 def check_input_shape(
     name: str, shape: tuple[int, ...], divisors: tuple[int, int, int], min_depth: int
