@@ -161,6 +161,28 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     return done
 
 
+PAIRS = (("plane2d-samples", "nnunet-enface"), ("plane2d-time", "nnunet-enface"), ("fpn-scratch", "nnunet-proj"))
+"""fpnunet method - nnU-Net reference, paired by dataset, fraction and fold."""
+
+
+def paired(done: pd.DataFrame) -> str:
+    """Per dataset and fraction: each pair's Dice difference (points) over the folds both ran,
+    mean +- sd and the folds fpnunet won."""
+    lines = ["| dataset | labels | fpnunet - nnU-Net | folds | mean +- sd | folds won |", "|---|---|---|---|---|---|"]
+    wide = done.pivot_table(index=["dataset", "fraction", "fold"], columns="method", values="dice")
+    for (dataset, fraction), g in wide.groupby(level=[0, 1]):
+        for ours, ref in PAIRS:
+            if ours not in g or ref not in g:
+                continue
+            d = 100 * (g[ours] - g[ref]).dropna()
+            if len(d):
+                sd = f" +- {d.std():.1f}" if len(d) > 1 else ""
+                pair = f"{METHODS.get(ours, ours)} - {METHODS.get(ref, ref)}"
+                lines.append(f"| {dataset} | {100 * fraction:g} % | {pair} | {len(d)} | {d.mean():+.1f}{sd} "
+                             f"| {int((d > 0).sum())} |")
+    return "\n".join(lines)
+
+
 def table(done: pd.DataFrame, argv: list[str]) -> str:
     """Mean Dice % (over folds) per dataset, method and fraction, with samples and seconds."""
     lines = ["```", shlex.join(["python", "benchmarks/enface2d.py", *argv]), "```", "",
@@ -173,13 +195,15 @@ def table(done: pd.DataFrame, argv: list[str]) -> str:
             cells.append(f"{100 * h.dice.mean():.1f}" if len(h) else "-")
         lines.append(f"| {dataset} | {METHODS.get(method, method)} | " + " | ".join(cells)
                      + f" | {g.fold.nunique()} | {int(g.samples.median())} | {g.seconds.mean():.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + paired(done)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-d", "--datasets", nargs="+", required=True, help="dataset ids, planned with -c fpn plane2d")
+    p.add_argument("-d", "--datasets", nargs="+", help="dataset ids, planned with -c fpn plane2d")
+    p.add_argument("--report-only", nargs="+", metavar="RUNS_CSV", help="print the tables of these runs.csv files "
+                                                                      "(earlier runs) and run nothing")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.2, 1.0])
     p.add_argument("--folds", type=int, nargs="+", default=[0])
     p.add_argument("--trainer", default="nnUNetTrainer_1epoch", help="nnU-Net trainer (default nnUNetTrainer_1epoch)")
@@ -191,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-fpn", action="store_true", help="leave out the volume-only FPN runs")
     p.add_argument("--out", default="/tmp/enface2d", help="runs.csv and enface2d.md")
     args = p.parse_args(argv)
+    if args.report_only:
+        runs = pd.concat([pd.read_csv(f) for f in args.report_only], ignore_index=True)
+        print(table(runs.drop_duplicates(["dataset", "method", "fraction", "fold"]), argv))  # files may share runs
+        return 0
+    if not args.datasets:
+        p.error("-d/--datasets is required (or --report-only RUNS_CSV ...)")
     done = run(args)
     text = table(done, argv)
     write_atomic(Path(args.out) / "enface2d.md", lambda tmp: tmp.write_text(text + "\n"), suffix=".md")
