@@ -1,7 +1,14 @@
-"""The owner of the ensemble members an ``fpn_predict`` member run keeps for ``--best``::
+"""The owner of the ensemble members kept per case, in two places::
 
     OUT/.members/<candidate>/
       members/CASE_members.npz   key ``members``: the configuration's members (folds, flips, K, B, A), float16
+    MODEL/crossval_results/
+      members/CASE_members.npz   the case's out-of-fold members (1, flips, K, B, A), float16
+
+``fpn_evaluate --crossval --calibrate`` keeps the out-of-fold members next to the per-case
+uncertainty table, so a candidate score is rated on them without predicting again
+(``benchmarks/uncertainty.py --report-only``); the probabilities are the uncalibrated ones
+(``calibration.json``'s temperature applies on top).
 
 ``fpn_predict --best`` predicts each configuration of the chosen pipeline into its own scratch
 folder; with the uncertainty on, each also keeps its members here, and the combination stacks them

@@ -6,8 +6,10 @@ own validation cases (out of fold) with its flip members kept apart, and from th
 * each case's scores (:mod:`fpnunet.inference.ensemble_scores`) are set against its error (1 - Dice,
   absolute area error in mm^2): Spearman per score, the flag's score chosen as the one with the
   highest Spearman with 1 - Dice, and its threshold set to flag ``flag_rate`` of the cases;
-* ``calibration.json`` is written into the model folder (:mod:`fpnunet.calibration_file`) and the
-  per-case table into ``crossval_results/uncertainty_per_case.csv``.
+* ``calibration.json`` is written into the model folder (:mod:`fpnunet.calibration_file`), the
+  per-case table into ``crossval_results/uncertainty_per_case.csv`` and every case's out-of-fold
+  members into ``crossval_results/members/`` (:mod:`fpnunet.member_arrays`), so a new score can be
+  rated on them (``benchmarks/uncertainty.py --report-only``) without predicting again.
 
 The volumes and labels are the preprocessed dataset's (the folds' validation cases are the cases of
 ``fold_k/validation/``), so nothing is read from the raw dataset.
@@ -36,6 +38,7 @@ from fpnunet.evaluation.calibration import (
 from fpnunet.evaluation.evaluate import list_label_files
 from fpnunet.inference.ensemble_scores import apply_temperature, case_uncertainty, member_masks
 from fpnunet.inference.predictor import Predictor
+from fpnunet.member_arrays import MemberArrays
 from fpnunet.paths import preprocessed_dir
 from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.results_layout import VALIDATION_DIR, fold_folder_name
@@ -174,6 +177,9 @@ def calibrate_crossval(model_dir: str | os.PathLike, dataset: str | int, folds: 
     calibration, rows, figures = measure_uncertainty(cases, names, flag_rate)
     table = uncertainty_table(model_dir / "crossval_results")
     table.parent.mkdir(exist_ok=True)
+    kept = MemberArrays(table.parent)
+    for c in cases:
+        kept.write(c.case, c.members)
     df = pd.DataFrame(rows)
     write_atomic(table, lambda tmp: df.to_csv(tmp, index=False), suffix=".csv")
     figures["calibration_file"] = str(write_calibration(model_dir, calibration))
