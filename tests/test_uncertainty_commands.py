@@ -15,6 +15,7 @@ from fpnunet.commands.suggest_labels import main as suggest_main
 from fpnunet.commands.train import main as train_main
 from fpnunet.inference.ensemble_scores import apply_temperature
 from fpnunet.io import EnfaceGeometry, write_image
+from fpnunet.member_arrays import MemberArrays
 from fpnunet.preprocessed_dataset import PreprocessedDataset
 
 
@@ -53,6 +54,12 @@ def test_calibrate_predict_and_suggest(trained, tmp_path, capsys):
     assert cal.calibrated and cal.temperature > 0 and cal.folds == [0, 1] and cal.cases >= 2
     per_case = pd.read_csv(model / "crossval_results" / "uncertainty_per_case.csv")
     assert set(per_case["qc"]) <= {"ok", "check"} and len(per_case) == cal.cases
+    # every case's out-of-fold members are kept for rating scores later (one fold, flips, K, B, A)
+    kept = MemberArrays(model / "crossval_results")
+    for case in per_case["case"]:
+        members = kept.read(case)
+        assert members.ndim == 5 and members.shape[0] == 1 and members.shape[1] >= 2
+        assert 0 <= members.min() and members.max() <= 1
 
     # fpn_predict applies the stored temperature to the probabilities (masks unchanged at 0.5)
     in_dir = tmp_path / "in"
