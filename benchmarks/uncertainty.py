@@ -46,26 +46,24 @@ FLAG_RATE, WORST = 0.2, 0.1
 
 
 CANDIDATE_P = 0.2
-"""Probability above which a pixel counts as "almost lesion" (``entropy_wide``, ``near_miss``, ``soft_gap``)."""
+"""Probability above which a pixel counts as "almost lesion" for ``entropy_wide``."""
 PARTNERS = ("near_miss", "soft_gap")
 """Scores combined with ``disagreement`` by rank (``rank_mean_*``, ``rank_max_*``)."""
 
 
-def _fold_scores(p: np.ndarray, region: np.ndarray) -> dict[str, float]:
+def _fold_scores(p: np.ndarray, region: np.ndarray, hard: np.ndarray) -> dict[str, float]:
     """Member-made candidates of one class of one fold: ``p`` its flip-averaged calibrated probability
-    ``(B, A)``, ``region`` every pixel any flip member calls lesion."""
+    ``(B, A)``, ``region`` every pixel any flip member calls lesion, ``hard`` the fold's mask."""
     from scipy import ndimage
 
-    from fpnunet.inference.ensemble_scores import BAND_PX
+    from fpnunet.inference.ensemble_scores import BAND_PX, near_miss
 
     wide = ndimage.binary_dilation(region | (p > CANDIDATE_P), iterations=BAND_PX)
     q = np.clip(p, 1e-6, 1 - 1e-6)
     ent = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
-    likely, hard = int((p > CANDIDATE_P).sum()), int((p > 0.5).sum())
-    soft = float(p.sum())
+    soft, area = float(p.sum()), int(hard.sum())
     return {"entropy_wide": float(ent[wide].mean()) if wide.any() else 0.0, "low_peak": 1.0 - float(p.max()),
-            "near_miss": (likely - hard) / max(likely, 1),
-            "soft_gap": abs(soft - hard) / max(soft, hard, 1.0)}
+            "near_miss": near_miss(p, hard), "soft_gap": abs(soft - area) / max(soft, area, 1.0)}
 
 
 def member_candidates(crossval_dir: Path, cases: list[str], temperature: float) -> pd.DataFrame:
@@ -75,8 +73,9 @@ def member_candidates(crossval_dir: Path, cases: list[str], temperature: float) 
     * ``entropy_wide``: ``entropy`` over the lesion, its band *and* every pixel above
       :data:`CANDIDATE_P` (a lesion every member misses still counts);
     * ``low_peak``: 1 - the largest flip-averaged probability (nothing is called with confidence);
-    * ``near_miss``: the share of the "almost lesion" area (p > :data:`CANDIDATE_P`) that stays below
-      0.5 -- a lesion every member *almost* found is all near miss, a confident one only its rim;
+    * ``near_miss`` (:func:`fpnunet.inference.ensemble_scores.near_miss`, p > 0.2 there too): the share
+      of the "almost lesion" area that the fold's mask leaves out -- a lesion every member *almost*
+      found is all near miss, a confident one only its rim;
     * ``soft_gap``: |soft area sum(p) - hard area| / the larger of the two: probability mass the
       hard mask drops (or adds)."""
     from fpnunet.inference.ensemble_scores import apply_temperature, member_masks
@@ -88,7 +87,7 @@ def member_candidates(crossval_dir: Path, cases: list[str], temperature: float) 
         members = kept.read(case)  # (F, T, K, B, A)
         k = members.shape[2]
         fold_probs = apply_temperature(members.mean(1), temperature)  # (F, K, B, A)
-        per = [_fold_scores(fold_probs[f, c], member_masks(members[f], c).any(0))
+        per = [_fold_scores(fold_probs[f, c], member_masks(members[f], c).any(0), member_masks(fold_probs[f], c))
                for f in range(members.shape[0]) for c in ([0] if k == 1 else range(1, k))]
         rows.append({"case": case, **{s: float(np.mean([d[s] for d in per])) for s in per[0]}})
     return pd.DataFrame(rows)

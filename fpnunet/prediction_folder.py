@@ -39,10 +39,10 @@ CONFIGURATION_COLUMN = "configuration"
 WRITER_LOCK = ".fpn_predict_lock"
 _LOCK_PART_RE = re.compile(r"^\.fpn_predict_lock(\.part-(?P<i>\d+)-of-(?P<k>\d+))?$")
 UNCERTAINTY_DIR = "uncertainty"
-UNCERTAINTY_COLUMNS = ("qc", "qc_score", "area_low_mm2", "area_high_mm2", "disagreement", "entropy",
-                       "fold_disagreement")
+UNCERTAINTY_COLUMNS = ("qc", "qc_by", "qc_score", "area_low_mm2", "area_high_mm2", "disagreement", "entropy",
+                       "near_miss", "fold_disagreement")
 """The per-case uncertainty columns ``fpn_predict`` appends to ``lesion_areas.csv``
-(:mod:`fpnunet.inference.ensemble_scores`)."""
+(:mod:`fpnunet.inference.ensemble_scores`); ``qc_by`` names the score the flag read."""
 _PART_RE = re.compile(r"^(?P<table>lesion_areas|failed_cases)\.part-(?P<i>\d+)-of-(?P<k>\d+)\.csv$")
 
 
@@ -110,8 +110,9 @@ class PredictionFolder:
             raise FPNError(f"{path}: unreadable vote map ({exc})") from None
 
     def read_qc(self) -> dict[str, dict[str, Any]]:
-        """``{case: {"qc", "qc_score", class: (area_low_mm2, area_high_mm2), ...}}`` from the uncertainty
-        columns of ``lesion_areas.csv`` (``{}`` when the table or its columns are absent)."""
+        """``{case: {"qc", "qc_by", "qc_score", class: (area_low_mm2, area_high_mm2), ...}}`` from the
+        uncertainty columns of ``lesion_areas.csv`` (``{}`` when the table or its columns are absent;
+        ``qc_by`` None in a table written before the column existed)."""
         path = self.areas_file()
         if not path.is_file():
             return {}
@@ -125,7 +126,8 @@ class PredictionFolder:
             if not row.get("qc") or not row.get("case"):
                 continue
             try:
-                entry = out.setdefault(row["case"], {"qc": row["qc"], "qc_score": float(row["qc_score"])})
+                entry = out.setdefault(row["case"], {"qc": row["qc"], "qc_by": row.get("qc_by") or None,
+                                                     "qc_score": float(row["qc_score"])})
                 entry[row.get("class", "")] = (float(row["area_low_mm2"]), float(row["area_high_mm2"]))
             except (KeyError, TypeError, ValueError) as exc:
                 raise FPNError(f"{path}: bad uncertainty columns for case {row['case']!r} ({exc})") from None

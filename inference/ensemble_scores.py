@@ -10,13 +10,20 @@ usual prediction. From the members, per foreground class:
 * ``entropy``: the mean binary entropy (in bits, 0..1) of each fold's flip-averaged, calibrated
   probabilities over the lesion and its boundary band (every pixel any member calls lesion,
   dilated by :data:`BAND_PX`), averaged over the folds;
+* ``near_miss`` (the QC flag's score by default): the share of the "almost lesion" area (each
+  fold's flip-averaged, calibrated probability above :data:`NEAR_P`) that the fold's mask leaves
+  out, averaged over the folds. A lesion every member *almost* found (a sub-threshold bump, empty
+  masks, full agreement) is all near miss, where ``disagreement`` and ``entropy`` see nothing; a
+  confident lesion is near miss only on its rim. Chosen by a protocol fixed in advance on two
+  synthetic cross-validations and confirmed on a third (docs/uncertainty.md);
 * ``fold_disagreement``: 1 - the mean pairwise Dice of the folds' masks (empty with one fold;
   not measurable out of fold, so shown but never used by the flag);
 * the area interval ``[area_low_mm2, area_high_mm2]``: the smallest and largest lesion area among
   the members (folds x flips).
 
-The case's ``qc_score`` is the flag's score (``calibration.json``'s ``qc_score``) averaged over the
-foreground classes, and ``qc`` is ``check`` when it exceeds the stored threshold, else ``ok``.
+The case's ``qc_score`` is the flag's score (``calibration.json``'s ``qc_score``, named in ``qc_by``)
+averaged over the foreground classes, and ``qc`` is ``check`` when it exceeds the stored
+threshold, else ``ok``.
 Two members whose masks are both empty agree (Dice 1).
 """
 from __future__ import annotations
@@ -31,11 +38,13 @@ from scipy import ndimage
 from fpnunet.calibration_file import Calibration
 from fpnunet.errors import ShapeError
 
-__all__ = ["BAND_PX", "CaseUncertainty", "apply_temperature", "case_uncertainty", "member_masks",
-           "mean_pairwise_dice", "vote_map"]
+__all__ = ["BAND_PX", "NEAR_P", "CaseUncertainty", "apply_temperature", "case_uncertainty", "member_masks",
+           "mean_pairwise_dice", "near_miss", "vote_map"]
 
 BAND_PX = 2
 """Width of the boundary band (pixels) around the members' lesions in which entropy is averaged."""
+NEAR_P = 0.2
+"""Probability above which a pixel counts as "almost lesion" for ``near_miss``."""
 _EPS = 1e-6
 
 
@@ -45,17 +54,21 @@ class CaseUncertainty:
 
     disagreement: dict[str, float]
     entropy: dict[str, float]
+    near_miss: dict[str, float]
     fold_disagreement: dict[str, float]
     area_low_mm2: dict[str, float]
     area_high_mm2: dict[str, float]
     qc_score: float
     qc: str
+    qc_by: str
+    """The score the flag reads (``calibration.json``'s ``qc_score``)."""
 
     def columns(self, cls: str) -> dict[str, object]:
         """The ``lesion_areas.csv`` uncertainty columns of class ``cls``'s row."""
-        return {"qc": self.qc, "qc_score": round(self.qc_score, 5),
+        return {"qc": self.qc, "qc_by": self.qc_by, "qc_score": round(self.qc_score, 5),
                 "area_low_mm2": self.area_low_mm2[cls], "area_high_mm2": self.area_high_mm2[cls],
                 "disagreement": round(self.disagreement[cls], 5), "entropy": round(self.entropy[cls], 5),
+                "near_miss": round(self.near_miss[cls], 5),
                 "fold_disagreement": (None if math.isnan(self.fold_disagreement[cls])
                                       else round(self.fold_disagreement[cls], 5))}
 
@@ -113,6 +126,14 @@ def mean_pairwise_dice(masks: np.ndarray) -> float:
     return float(dice[i, j].mean())
 
 
+def near_miss(prob: np.ndarray, mask: np.ndarray) -> float:
+    """The share of the "almost lesion" area (``prob`` ``(B, A)`` above :data:`NEAR_P`, or in ``mask``)
+    that the hard ``mask`` ``(B, A)`` leaves out: 0 when nothing is almost lesion."""
+    likely = (np.asarray(prob) > NEAR_P) | mask
+    n = int(likely.sum())
+    return float((likely & ~mask).sum() / n) if n else 0.0
+
+
 def _entropy_bits(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, _EPS, 1 - _EPS)
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
@@ -151,7 +172,7 @@ def case_uncertainty(members: np.ndarray, spacing: tuple[float, float], class_na
     else:
         fold_probs = np.stack([apply_temperature(members[i].mean(0), float(t)) for i, t in enumerate(temperatures)])
     out: dict[str, dict[str, float]] = {n: {} for n in
-                                        ("disagreement", "entropy", "fold_disagreement", "low", "high")}
+                                        ("disagreement", "entropy", "near_miss", "fold_disagreement", "low", "high")}
     for name, c in zip(class_names, channels):
         masks = member_masks(members, c, threshold)  # (F, T, B, A)
         out["disagreement"][name] = float(np.mean([1.0 - mean_pairwise_dice(masks[i]) for i in range(f)]))
@@ -162,8 +183,10 @@ def case_uncertainty(members: np.ndarray, spacing: tuple[float, float], class_na
             region = ndimage.binary_dilation(masks[i].any(0), iterations=BAND_PX)
             ent.append(float(_entropy_bits(fold_probs[i, c])[region].mean()) if region.any() else 0.0)
         out["entropy"][name] = float(np.mean(ent))
+        out["near_miss"][name] = float(np.mean([near_miss(fold_probs[i, c], fold_masks[i]) for i in range(f)]))
         areas = masks.reshape(f * t, -1).sum(1) * pixel
         out["low"][name], out["high"][name] = float(areas.min()), float(areas.max())
     score = float(np.mean(list(out[calibration.qc_score].values())))
-    return CaseUncertainty(out["disagreement"], out["entropy"], out["fold_disagreement"], out["low"], out["high"],
-                           score, "check" if score > calibration.qc_threshold else "ok")
+    return CaseUncertainty(out["disagreement"], out["entropy"], out["near_miss"], out["fold_disagreement"],
+                           out["low"], out["high"], score, "check" if score > calibration.qc_threshold else "ok",
+                           calibration.qc_score)

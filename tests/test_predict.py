@@ -113,8 +113,9 @@ def test_predictions_keep_enface_geometry(tmp_path, ending):
         np.testing.assert_array_equal(img.array, (probs[0] > 0.5).astype(np.uint8))
     areas = pd.read_csv(out_dir / "lesion_areas.csv")
     assert list(areas.columns) == ["case", "patient", "eye", "visit", "class", "area_mm2", "sqrt_area_mm", "lesions",
-                                   "focality", "qc", "qc_score", "area_low_mm2", "area_high_mm2", "disagreement",
-                                   "entropy", "fold_disagreement"]
+                                   "focality", "qc", "qc_by", "qc_score", "area_low_mm2", "area_high_mm2",
+                                   "disagreement", "entropy", "near_miss", "fold_disagreement"]
+    assert set(areas["qc_by"]) == {"near_miss"}  # no calibration.json: the default score
     assert set(areas["qc"]) <= {"ok", "check"}
     assert (areas["area_low_mm2"] <= areas["area_mm2"] + 1e-9).all()
     assert (areas["area_mm2"] <= areas["area_high_mm2"] + 1e-9).all()

@@ -46,14 +46,45 @@ def test_identical_members_agree_fully():
     unc = case_uncertainty(_members([_square(2, 2)] * 8, folds=2), SPACING, ["GA"], Calibration())
     assert unc.disagreement["GA"] == 0.0 and unc.fold_disagreement["GA"] == 0.0
     assert unc.area_low_mm2["GA"] == unc.area_high_mm2["GA"] == pytest.approx(36 * 0.1 * 0.05)
+    assert unc.near_miss["GA"] == 0.0 and unc.qc_by == "near_miss"  # the default flag score
     assert unc.qc == "ok" and unc.qc_score == 0.0
+
+
+def _bump(peak: float, shape=(16, 16)) -> np.ndarray:
+    """A smooth bump peaking at ``peak`` in the middle, falling to ~0 at the edges."""
+    b, a = np.mgrid[:shape[0], :shape[1]]
+    return (peak * np.exp(-((b - 7.5) ** 2 + (a - 7.5) ** 2) / 18.0)).astype(np.float32)
+
+
+def test_lesion_every_member_almost_found_is_flagged_by_near_miss():
+    """All members empty (p < 0.5 everywhere) but a large sub-threshold bump: the members agree fully
+    (disagreement 0), yet the case is the kind every member misses -- near_miss flags it."""
+    members = np.stack([_bump(0.45)] * 4)[None, :, None]  # (1, 4, 1, 16, 16), every flip the same
+    unc = case_uncertainty(members, SPACING, ["GA"], Calibration())
+    assert unc.area_high_mm2["GA"] == 0.0 and unc.disagreement["GA"] == 0.0
+    assert unc.near_miss["GA"] == 1.0 and unc.qc == "check" and unc.qc_by == "near_miss"
+    # an older calibration.json naming disagreement keeps flagging by it: the bump passes unseen
+    old = case_uncertainty(members, SPACING, ["GA"], Calibration(qc_score="disagreement", qc_threshold=0.25))
+    assert old.qc == "ok" and old.qc_by == "disagreement" and old.qc_score == 0.0
+    # a lesion found with confidence (p 0.95) and a one-pixel soft rim (p 0.3): only the rim is near miss
+    sharp = np.full((16, 16), 0.02, np.float32)
+    sharp[2:14, 2:14] = 0.3
+    sharp[3:13, 3:13] = 0.95
+    found = case_uncertainty(np.stack([sharp] * 4)[None, :, None], SPACING, ["GA"], Calibration())
+    assert found.near_miss["GA"] == pytest.approx(44 / 144) and found.qc == "ok"
+    # nothing at all: nothing almost found
+    empty = case_uncertainty(np.full((1, 4, 1, 16, 16), 0.01, np.float32), SPACING, ["GA"], Calibration())
+    assert empty.near_miss["GA"] == 0.0 and empty.qc == "ok"
 
 
 def test_disjoint_members_are_flagged():
     masks = [_square(0, 0), _square(0, 8), _square(8, 0), _square(8, 8)]
     unc = case_uncertainty(_members(masks), SPACING, ["GA"], Calibration())
     assert unc.disagreement["GA"] == 1.0 and np.isnan(unc.fold_disagreement["GA"])  # one fold
-    assert unc.qc == "check" and unc.qc_score == 1.0
+    assert unc.qc == "check" and unc.qc_score == 1.0 and unc.near_miss["GA"] == 1.0  # mean p 0.3 on every square
+    by_disagreement = case_uncertainty(_members(masks), SPACING, ["GA"],
+                                       Calibration(qc_score="disagreement", qc_threshold=0.25))
+    assert by_disagreement.qc == "check" and by_disagreement.qc_score == 1.0
     # entropy over the lesions and their band: identical members are sure (p 0.9 / 0.1 everywhere there),
     # disjoint ones average to p = 0.3 on every member's square
     same = case_uncertainty(_members([_square(0, 0)] * 4), SPACING, ["GA"], Calibration())
@@ -119,8 +150,9 @@ def test_flag_threshold_and_caught_share():
     assert spearman(scores, errors) == pytest.approx(1.0) and np.isnan(spearman(scores, np.ones(10)))
 
 
-def test_measure_uncertainty_chooses_a_score_and_threshold():
-    """Cases whose flips disagree more are the wrong ones: the chosen score ranks them, the flag catches them."""
+def test_measure_uncertainty_sets_the_threshold_of_the_fixed_score():
+    """Cases whose flips disagree more are the wrong ones: the flag's score (near_miss, fixed) ranks
+    them and its threshold catches them."""
     rng = np.random.default_rng(2)
     cases = []
     for i in range(10):
@@ -131,6 +163,7 @@ def test_measure_uncertainty_chooses_a_score_and_threshold():
         cases.append(OOFCase(f"c{i}", i % 2, members, truth.astype(np.int64), SPACING))
     cal, rows, fig = measure_uncertainty(cases, ["GA"], flag_rate=0.2)
     assert cal.calibrated and cal.flag_rate == 0.2 and cal.cases == 10 and cal.folds == [0, 1]
+    assert cal.qc_score == fig["qc_score"] == "near_miss" and {"near_miss", "disagreement"} <= set(rows[0])
     assert fig["spearman_one_minus_dice"]["disagreement"] > 0.8
     assert fig["worst_10pct_caught"] == 1.0 and fig["flagged"] == pytest.approx(0.2)
     assert [r["qc"] for r in rows].count("check") == 2

@@ -95,7 +95,7 @@ def test_ensemble_calibration_weights_thresholds_by_folds():
     assert both.qc_score == "entropy" and both.qc_threshold == pytest.approx(0.5) and both.calibrated
     other = Calibration(qc_score="disagreement", qc_threshold=0.1, calibrated=True)
     fallback = ensemble_calibration([a, other], [1, 1])  # thresholds of different scores do not mix
-    assert (fallback.qc_score, fallback.qc_threshold, fallback.calibrated) == ("disagreement", DEFAULT_QC_THRESHOLD,
+    assert (fallback.qc_score, fallback.qc_threshold, fallback.calibrated) == ("near_miss", DEFAULT_QC_THRESHOLD,
                                                                                False)
     none = ensemble_calibration([Calibration(), Calibration()], [5, 5])
     assert not none.calibrated and none.qc_threshold == DEFAULT_QC_THRESHOLD

@@ -4,8 +4,10 @@ own validation cases (out of fold) with its flip members kept apart, and from th
 * the expected calibration error of the pixel probabilities is measured, one temperature is fitted
   (:mod:`.calibration`) and the ECE measured again with it;
 * each case's scores (:mod:`fpnunet.inference.ensemble_scores`) are set against its error (1 - Dice,
-  absolute area error in mm^2): Spearman per score, the flag's score chosen as the one with the
-  highest Spearman with 1 - Dice, and its threshold set to flag ``flag_rate`` of the cases;
+  absolute area error in mm^2): Spearman per score, and the flag's threshold on
+  :data:`~fpnunet.calibration_file.DEFAULT_QC_SCORE` (``near_miss``) set to flag ``flag_rate`` of the
+  cases. The score is fixed, not chosen per model: a choice on one model's few cases does not hold
+  on the next (docs/uncertainty.md);
 * ``calibration.json`` is written into the model folder (:mod:`fpnunet.calibration_file`), the
   per-case table into ``crossval_results/uncertainty_per_case.csv`` and every case's out-of-fold
   members into ``crossval_results/members/`` (:mod:`fpnunet.member_arrays`), so a new score can be
@@ -16,7 +18,6 @@ The volumes and labels are the preprocessed dataset's (the folds' validation cas
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from fpnunet.atomic import write_atomic
-from fpnunet.calibration_file import QC_SCORES, Calibration, uncertainty_table, write_calibration
+from fpnunet.calibration_file import (
+    DEFAULT_QC_SCORE,
+    QC_SCORES,
+    Calibration,
+    uncertainty_table,
+    write_calibration,
+)
 from fpnunet.errors import FPNError
 from fpnunet.evaluation.calibration import (
     caught_share,
@@ -149,7 +156,7 @@ def measure_uncertainty(cases: list[OOFCase], class_names: list[str], flag_rate:
     area = np.array([r["area_abs_error_mm2"] for r in rows])
     rho = {s: spearman(np.array([r[s] for r in rows]), err) for s in QC_SCORES}
     rho_area = {s: spearman(np.array([r[s] for r in rows]), area) for s in QC_SCORES}
-    chosen = max(QC_SCORES, key=lambda s: -math.inf if math.isnan(rho[s]) else rho[s])
+    chosen = DEFAULT_QC_SCORE
     scores = np.array([r[chosen] for r in rows])
     threshold = flag_threshold(scores, flag_rate)
     for r in rows:

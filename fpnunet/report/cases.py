@@ -40,6 +40,8 @@ class CaseResult:
     qc: str | None = None
     """``ok`` / ``check`` from ``lesion_areas.csv`` (None without uncertainty columns)."""
     qc_score: float | None = None
+    qc_by: str | None = None
+    """The score the flag read (``lesion_areas.csv``'s ``qc_by``; None in an older table)."""
     area_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
     uncertainty_picture: bytes | None = None
     configuration: str | None = None

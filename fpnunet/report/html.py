@@ -179,7 +179,9 @@ def render_html(report: Report, growth_csv_name: str | None = None) -> str:
         legend += f" {_swatch((0, 255, 0))}reference outline"
     summary = [f"{len(report.cases)} case(s): {len(ok)} predicted, {len(failed)} failed"]
     if any(r.qc for r in ok):
-        summary.append(f"{sum(r.qc == 'check' for r in ok)} flagged for a check (listed first)")
+        by = sorted({r.qc_by for r in ok if r.qc_by})
+        how = f" by {escape(', '.join(by))}" if by else ""
+        summary.append(f"{sum(r.qc == 'check' for r in ok)} flagged for a check{how} (listed first)")
     if report.with_reference:
         dices = [d for r in ok for d in r.dice.values() if not math.isnan(d)]
         if dices:

@@ -50,7 +50,7 @@ def render_uncertainty(background: np.ndarray | None, spacing: Sequence[float], 
 def attach_qc(results: list[CaseResult], pred_dir: str | Path, preds: Mapping[str, Path], labels: Mapping[str, int],
               colours: Mapping[str, RGB], folders: Iterable[str | Path | None], projection_axis: int | str = "auto"
               ) -> None:
-    """Fill each result's ``qc``, ``qc_score`` and ``area_interval`` from ``lesion_areas.csv``, and the
+    """Fill each result's ``qc``, ``qc_score``, ``qc_by`` and ``area_interval`` from ``lesion_areas.csv``, and the
     uncertainty picture of every flagged case that has a vote map."""
     folder = PredictionFolder(Path(pred_dir))
     qc = folder.read_qc()
@@ -62,7 +62,7 @@ def attach_qc(results: list[CaseResult], pred_dir: str | Path, preds: Mapping[st
         entry = qc.get(r.case)
         if entry is None or r.failed:
             continue
-        r.qc, r.qc_score = str(entry["qc"]), float(entry["qc_score"])
+        r.qc, r.qc_score, r.qc_by = str(entry["qc"]), float(entry["qc_score"]), entry.get("qc_by")
         r.area_interval = {k: v for k, v in entry.items() if isinstance(v, tuple)}
         votes = folder.read_vote_map(r.case) if r.qc == "check" else None
         if votes is None or r.case not in preds:
