@@ -160,7 +160,12 @@ def run_dataset(spec: str, root: Path, args: argparse.Namespace) -> tuple[str, p
     crossval = found[0].parent / "crossval_results"
     df = pd.read_csv(crossval / UNCERTAINTY_TABLE)
     extra = member_candidates(crossval, list(df["case"]), calibration["temperature"])
-    return f"{did} ({b} x {d} x {a})", df.merge(extra, on="case"), calibration
+    same = [c for c in extra if c != "case" and c in df]  # written by fpn_evaluate itself: its values are kept
+    if same:
+        check = df[["case", *same]].merge(extra[["case", *same]], on="case")
+        gap = max(float((check[f"{c}_x"] - check[f"{c}_y"]).abs().max()) for c in same)
+        print(f"{did}: {', '.join(same)} from the table and from the kept (float16) members differ by <= {gap:.4f}")
+    return f"{did} ({b} x {d} x {a})", df.merge(extra.drop(columns=same), on="case"), calibration
 
 
 def choose(rated: list[dict[str, dict[str, float]]]) -> str:

@@ -81,7 +81,7 @@ def ensemble_calibration(calibrations: Sequence[Calibration], folds: Sequence[in
     what each configuration alone would score; the threshold is the fold-weighted mean of the
     configurations' thresholds. When the configurations' flags read different scores (their
     thresholds are not comparable), or none is calibrated, the defaults apply
-    (``disagreement > 0.25``). The result is marked calibrated only when every configuration is.
+    (``near_miss > 0.38``). The result is marked calibrated only when every configuration is.
     """
     if len(calibrations) != len(folds) or not calibrations:
         raise ValueError(f"{len(calibrations)} calibration(s) for {len(folds)} configuration(s)")
