@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from fpnunet.errors import FPNError
-from fpnunet.networks.rebuild import model_from_checkpoint
+from fpnunet.networks.registry import model_from_checkpoint
 from fpnunet.paths import preprocessed_root
 from fpnunet.plans.plan import Plan
 from fpnunet.preprocessed_dataset import plans_file
@@ -37,9 +37,8 @@ from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from fpnunet.training.loader import default_num_workers
 from fpnunet.training.loop import batch_to_device
 from fpnunet.training.run_config import RunConfig, saved_settings
-from fpnunet.training.segmentation import labelled_cases, validate_volumes
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
-from fpnunet.training.supervised import SupervisedTrainer
+from fpnunet.training.supervised import SupervisedTrainer, labelled_cases, validate_volumes
 
 
 def find_checkpoints(roots: list[Path], name: str) -> list[Path]:

@@ -56,8 +56,7 @@ from fpnunet.errors import FPNError
 from fpnunet.networks.layout import channels_last_input, to_channels_last
 from fpnunet.results_layout import BEST, FINAL, LATEST
 from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
-from fpnunet.training.logger import TrainingLogger
-from fpnunet.training.progress import RunClock
+from fpnunet.training.logger import RunClock, TrainingLogger
 from fpnunet.training.run_config import RunConfig
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
