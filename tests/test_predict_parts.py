@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from test_predict import _make_model_folder, _run, _volume_file
 
+from fpnunet.calibration_file import Calibration, write_calibration
 from fpnunet.errors import FPNError
 from fpnunet.inference.parts import merge_parts, part_commands, select_part, strip_devices
 
@@ -14,6 +15,9 @@ from fpnunet.inference.parts import merge_parts, part_commands, select_part, str
 @pytest.fixture()
 def inputs(tmp_path):
     model_dir = _make_model_folder(tmp_path / "results", folds=1)
+    # the parts' file lists below assume no case is flagged (no uncertainty/ vote maps): pin the flag
+    # (an untrained model's scores are arbitrary; a score never exceeds 1)
+    write_calibration(model_dir, Calibration(qc_threshold=1.0))
     in_dir = tmp_path / "in"
     in_dir.mkdir()
     for i, case in enumerate(("caseA", "caseB", "caseC")):
