@@ -10,6 +10,7 @@ from PIL import Image
 from test_predict import _make_model_folder, _volume_file
 from test_report import _Collect, _run
 
+from fpnunet.calibration_file import Calibration, write_calibration
 from fpnunet.commands.evaluate import main as evaluate_main
 from fpnunet.commands.predict import main as predict_main
 from fpnunet.commands.report import main as report_main
@@ -19,6 +20,7 @@ from fpnunet.training.logger import TrainingLogger, default_title, progress_figu
 
 def test_predict_overlays_report_and_patient_columns(tmp_path):
     model_dir = _make_model_folder(tmp_path / "results" / "Dataset999_Test", folds=1)
+    write_calibration(model_dir, Calibration(qc_threshold=1.0))  # rows "ok" below: an untrained model's flag pinned
     ds = json.loads((model_dir / "dataset.json").read_text())
     ds["visits"] = {"good1": {"patient": "PS-1", "eye": "OD", "date": "2024-05-06"}}
     (model_dir / "dataset.json").write_text(json.dumps(ds))
