@@ -4,7 +4,7 @@ For every ``fold_k/checkpoint_final.pth`` (or ``--checkpoint`` name) under the g
 fold's validation cases are predicted whole twice:
 
 * ``saved``: with the running statistics stored in the checkpoint;
-* ``recalibrated``: after :func:`fpnunet.training.batchnorm.recalibrate_batchnorm` recomputed them
+* ``recalibrated``: after :func:`fpnunet.training.loop.recalibrate_batchnorm` recomputed them
   as the plain average over ``--batches`` batches of the run's own training loader (the fold's
   label-fraction-reduced training cases, the run's seed, its last epoch), weights untouched.
 
@@ -29,17 +29,15 @@ import pandas as pd
 import torch
 
 from fpnunet.errors import FPNError
-from fpnunet.networks.rebuild import model_from_checkpoint
+from fpnunet.networks.registry import model_from_checkpoint
 from fpnunet.paths import preprocessed_root
 from fpnunet.plans.plan import Plan
 from fpnunet.preprocessed_dataset import plans_file
-from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from fpnunet.training.loader import default_num_workers
-from fpnunet.training.loop import batch_to_device
+from fpnunet.training.loop import batch_to_device, batchnorm_layers, recalibrate_batchnorm
 from fpnunet.training.run_config import RunConfig, saved_settings
-from fpnunet.training.segmentation import labelled_cases, validate_volumes
 from fpnunet.training.splits import apply_label_fraction, fold_cases, load_or_create_splits
-from fpnunet.training.supervised import SupervisedTrainer
+from fpnunet.training.supervised import SupervisedTrainer, labelled_cases, validate_volumes
 
 
 def find_checkpoints(roots: list[Path], name: str) -> list[Path]:

@@ -47,7 +47,7 @@ def evaluate_run(model_dir: Path, fold: int, data_dir: Path, shifts: list[int], 
     from fpnunet.inference.fused import model_modalities, predict_fused
     from fpnunet.inference.predictor import Predictor
     from fpnunet.training.cmc.augment import shift_image
-    from fpnunet.training.segmentation import mean_foreground_dice
+    from fpnunet.training.supervised import mean_foreground_dice
 
     ckpt = load_checkpoint(model_dir / f"fold_{fold}" / "checkpoint_final.pth")
     cases = list(saved_settings(ckpt)["val_cases"])

@@ -132,7 +132,7 @@ class NNUNet:
 def fold_plan(pre_dir: Path, data_dir: Path, dataset: str, folds: list[int],
               fractions: list[float]) -> list[tuple[float, int, list[str], list[str]]]:
     """``(fraction, fold, train cases, val cases)`` exactly as ``fpn_train`` would use them."""
-    from fpnunet.training.segmentation import labelled_cases  # lazy: start-up time (torch)
+    from fpnunet.training.supervised import labelled_cases  # lazy: start-up time (torch)
 
     labelled = labelled_cases(data_dir)
     raw_dir = raw_root() / dataset

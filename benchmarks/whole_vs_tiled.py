@@ -23,7 +23,7 @@ import torch
 from fpnunet.inference.export import probabilities_to_segmentation
 from fpnunet.inference.predictor import Predictor
 from fpnunet.paths import preprocessed_dir, results_dir
-from fpnunet.training.segmentation import load_label, load_volume, mean_foreground_dice
+from fpnunet.training.supervised import load_label, load_volume, mean_foreground_dice
 
 
 def main() -> None:

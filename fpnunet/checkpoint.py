@@ -100,7 +100,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- model spec
 def model_spec(network_name: str, network_kwargs: dict, in_channels: int, num_outputs: int,
                configuration: str) -> dict[str, Any]:
-    """The part of a checkpoint that rebuilds the network (see :func:`fpnunet.networks.rebuild.build_model`)."""
+    """The part of a checkpoint that rebuilds the network (see :func:`fpnunet.networks.registry.build_model`)."""
     return {
         "network": {"name": network_name, "kwargs": to_plain(dict(network_kwargs))},
         "in_channels": int(in_channels),

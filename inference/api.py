@@ -76,7 +76,7 @@ class Model:
         self._check = CardCheck(self.card) if self.card is not None else None
 
     def _result(self, probs: np.ndarray, spacing: tuple[float, float], where: str) -> Prediction:
-        from fpnunet.lesions import lesion_stats  # lazy: start-up time
+        from fpnunet.inference.export import lesion_stats  # lazy: start-up time
 
         mask = probabilities_to_segmentation(probs, threshold=self.threshold, labels=self.labels)
         qc: dict[str, Any] = quality(probs)

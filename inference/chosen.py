@@ -48,7 +48,7 @@ FIXED_BY_CHOICE = ("-m", "--model-dir", "--model", "-c", "--config", "--network"
 
 
 class Pictures(Protocol):
-    """``--overlays``/``--report`` of the combined masks (fpnunet.report.writers.PredictionPictures)."""
+    """``--overlays``/``--report`` of the combined masks (fpnunet.report.html.PredictionPictures)."""
 
     def check(self, labels: dict[str, int], dataset_json: dict[str, Any]) -> None: ...
 

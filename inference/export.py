@@ -1,26 +1,38 @@
-"""From probabilities to files: label maps on the volume's en-face grid, probabilities, lesion areas.
+"""From probabilities to files: label maps on the volume's en-face grid, probabilities, lesion measures.
 
 Channel ``k`` of the network output stands for the ``k``-th label of the plan in increasing
 label value (``{"background": 0, "GA": 1, "drusen": 3}``: channels 0, 1, 2 -> values 0, 1, 3).
 With one foreground class the network has one sigmoid channel: foreground where its probability
 exceeds the threshold.
+
+Lesion measures of an en-face label map ``(B, A)`` with en-face ``spacing`` ``(sB, sA)`` in mm
+(:func:`lesion_stats`), for each foreground class: ``area_mm2`` (pixel count times the pixel
+area); ``sqrt_area_mm`` (the square root of the area, the scale on which GA grows about
+linearly); ``lesions`` (connected components of the class, 8-connected: pixels touching at a
+corner are one lesion, no minimum size); ``focality`` (``"none"``, ``"unifocal"`` or
+``"multifocal"``). Inference writes them into ``lesion_areas.csv`` and the report shows them; both
+use this module, so the numbers agree.
 """
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from fpnunet.atomic import write_atomic
 from fpnunet.errors import ShapeError
 from fpnunet.io import EnfaceGeometry, write_image
-from fpnunet.lesions import lesion_stats
 from fpnunet.prediction_folder import PredictionFolder
 
 __all__ = ["label_values", "probabilities_to_segmentation", "write_segmentation", "write_probabilities",
-           "lesion_areas", "lesion_rows", "LESION_COLUMNS"]
+           "lesion_areas", "lesion_rows", "LESION_COLUMNS", "LesionStats", "lesion_stats", "focality",
+           "STATS_COLUMNS"]
 
 LESION_COLUMNS = ("case", "patient", "eye", "visit", "class", "area_mm2", "sqrt_area_mm", "lesions", "focality")
 
@@ -98,7 +110,7 @@ def lesion_rows(case: str, seg: np.ndarray, spacing: tuple[float, float], labels
                 visit: dict[str, str | None] | None = None) -> list[dict[str, object]]:
     """The ``lesion_areas.csv`` rows of one case (columns :data:`LESION_COLUMNS`): one per
     foreground class with area (mm^2), square-root area (mm), number of lesions (8-connected
-    components) and focality (:mod:`fpnunet.lesions`); ``patient``, ``eye`` and ``visit`` (date)
+    components) and focality (:mod:`fpnunet.inference.export`); ``patient``, ``eye`` and ``visit`` (date)
     from ``visit`` when the dataset knows them (dataset.json ``visits``/``patients``), else empty."""
     v = visit or {}
     return [{"case": case, "patient": v.get("patient"), "eye": v.get("eye"), "visit": v.get("visit"),
@@ -117,3 +129,45 @@ def write_case(
     if save_probs:
         write_probabilities(probs, folder.probabilities_file(case), labels=labels)
     return lesion_rows(case, seg, geometry.spacing, labels, visit)
+
+
+# ----------------------------------------------------------------------------- lesion measures
+
+STATS_COLUMNS = ("area_mm2", "sqrt_area_mm", "lesions", "focality")
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class LesionStats:
+    """The measures of one class in one label map."""
+
+    area_mm2: float
+    sqrt_area_mm: float
+    lesions: int
+    focality: str
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def focality(count: int) -> str:
+    """``"none"``, ``"unifocal"`` or ``"multifocal"`` for a number of lesions."""
+    return "none" if count == 0 else "unifocal" if count == 1 else "multifocal"
+
+
+def lesion_stats(seg: np.ndarray, spacing: tuple[float, float], labels: Mapping[str, int]) -> dict[str, LesionStats]:
+    """:class:`LesionStats` of every foreground class of ``labels`` (``{"background": 0, "GA": 1}``)
+    in a label map ``seg`` ``(B, A)`` with en-face ``spacing`` ``(sB, sA)`` in mm."""
+    seg = np.asarray(seg)
+    if seg.ndim != 2:
+        raise ValueError(f"expected an en-face label map (B, A), got shape {seg.shape}")
+    pixel = float(spacing[0]) * float(spacing[1])
+    out: dict[str, LesionStats] = {}
+    for name, value in labels.items():
+        if int(value) == 0:
+            continue
+        mask = seg == int(value)
+        area = float(np.count_nonzero(mask)) * pixel
+        count = int(ndimage.label(mask, structure=_EIGHT)[1]) if mask.any() else 0
+        out[str(name)] = LesionStats(area, math.sqrt(area), count, focality(count))
+    return out

@@ -6,7 +6,7 @@ decides it on the cross-validation predictions, ``fpn_predict --best`` applies i
 * ``threshold``: one foreground class (sigmoid): foreground where the probability exceeds it;
   several classes: the arg-max (the threshold is not used);
 * ``fill_holes``: background enclosed by a lesion becomes lesion;
-* ``min_area_mm2``: lesions (8-connected components, as :mod:`fpnunet.lesions` counts them)
+* ``min_area_mm2``: lesions (8-connected components, as :mod:`fpnunet.inference.export` counts them)
   smaller than this area are removed;
 * ``keep_largest``: only the largest lesion of the class is kept.
 

@@ -27,8 +27,7 @@ from torch import nn
 from fpnunet.checkpoint import finite_weights, load_checkpoint
 from fpnunet.cli_utils import resolve_device
 from fpnunet.errors import FPNError, ShapeError
-from fpnunet.networks.rebuild import build_model
-from fpnunet.networks.registry import enface_inputs
+from fpnunet.networks.registry import build_model, enface_inputs
 from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.precision import cpu_bf16_decision
 from fpnunet.preprocessed_dataset import plans_file

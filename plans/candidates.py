@@ -131,6 +131,27 @@ def weight_decay_for(network: str, pretrained: str, plan_default: float = FINETU
     return plan_default
 
 
+AUTO = "auto"
+"""``fpn_plan_and_preprocess -c auto`` (the default): the planner picks the configurations."""
+AUTO_ALWAYS = ("fpn", "lachinov")
+"""Planned for every dataset: the FPN (scratch, fine-tuned, CMC candidates) and the Lachinov baseline."""
+
+
+def auto_configurations(facts: DatasetFacts) -> tuple[list[str], str]:
+    """``(configurations, reason)`` for ``-c auto``: :data:`AUTO_ALWAYS`, plus every configuration of
+    :data:`ENFACE_INPUT_CANDIDATES` when every training and test case has every en-face image (their
+    candidates need the images at prediction). Planning is cheap (one shared preprocessed folder per
+    depth); which of them wins is left to cross-validation (``fpn_find_best_configuration``)."""
+    configs = list(AUTO_ALWAYS)
+    if facts.enface_modalities and facts.every_case_has_enface:
+        extra = [c for c, *_ in ENFACE_INPUT_CANDIDATES]
+        return configs + extra, (f"{', '.join(configs)} always; {', '.join(extra)} because every training and test "
+                                 f"case has {'/'.join(facts.enface_modalities)} images")
+    why = "the dataset has no en-face images" if not facts.enface_modalities else \
+        "not every training and test case has every en-face image"
+    return configs, f"{', '.join(configs)} always; no en-face-input configuration: {why}"
+
+
 def propose_candidates(facts: DatasetFacts, plan_default_wd: float = FINETUNE_WEIGHT_DECAY
                        ) -> tuple[list[Candidate], list[str]]:
     """``(candidates, notes)``: the rule-based candidates and one line per method left out and why."""

@@ -87,7 +87,7 @@ class TrainingDefaults:
     grad_clip: float = 12.0
     bn_recalibration: int = 25
     """Training batches over which BatchNorm statistics are recomputed before each validation and
-    the final checkpoint (fpnunet.training.batchnorm): short runs with small batches otherwise
+    the final checkpoint (fpnunet.training.loop): short runs with small batches otherwise
     validate with lagging running averages (one FPN fold: 0.37 -> 0.75 Dice)."""
     pretrain_epochs: int = 40
     pretrain_lr: float = 0.01

@@ -3,7 +3,7 @@
 Each :class:`~fpnunet.plans.plan.Configuration` holds a ``loss`` (:class:`LossParams`) and an
 ``augmentation`` (:class:`AugmentParams`). Their defaults are the values that used to be fixed in
 code, so a ``plans.json`` written before they existed loads with exactly the old behaviour. A
-trainer (``fpn_train --trainer NAME``, :mod:`fpnunet.training.trainers`) starts from the plan's
+trainer (``fpn_train --trainer NAME``, :data:`fpnunet.training.trainer.TRAINERS`) starts from the plan's
 values and may override some (e.g. ``cmc`` sets its en-face misalignment); the resolved values
 are stored in each checkpoint's ``args``.
 """

@@ -1,4 +1,4 @@
-"""BatchNorm recalibration (fpnunet.training.batchnorm): statistics recomputed, nothing else touched."""
+"""BatchNorm recalibration (fpnunet.training.loop): statistics recomputed, nothing else touched."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fpnunet.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from fpnunet.training.loop import batchnorm_layers, recalibrate_batchnorm
 
 
 def small_net() -> nn.Module:

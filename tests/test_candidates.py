@@ -15,6 +15,7 @@ from fpnunet.plans.candidates import (
     SCRATCH_WEIGHT_DECAY,
     Candidate,
     DatasetFacts,
+    auto_configurations,
     merge_candidates,
     parse_candidate,
     propose_candidates,
@@ -40,6 +41,36 @@ def test_rules_and_reasons():
     cands, notes = propose_candidates(facts)
     assert [c.name for c in cands] == ["fpn-scratch", "fpn-ssl-FAF"]
     assert any("Omnia-Net" in n for n in notes) and any("CMC" in n for n in notes)
+
+
+def test_auto_plans_the_en_face_input_configurations_only_when_every_case_has_the_images():
+    every = DatasetFacts((), ("FAF", "SLO"), {"FAF": 10, "SLO": 10}, every_case_has_enface=True)
+    configs, reason = auto_configurations(every)
+    assert configs == ["fpn", "lachinov", "omnia", "plane2d"] and "every training and test case" in reason
+    some = DatasetFacts((), ("FAF",), {"FAF": 4}, every_case_has_enface=False)
+    assert auto_configurations(some)[0] == ["fpn", "lachinov"]
+    assert "not every" in auto_configurations(some)[1]
+    assert auto_configurations(DatasetFacts(()))[0] == ["fpn", "lachinov"]
+
+
+def test_plan_default_is_auto_and_a_bad_name_touches_nothing(tmp_path, monkeypatch, capsys):
+    from fpnunet.commands.plan_and_preprocess import main as plan_and_preprocess
+    from fpnunet.synthetic.dataset import make_synthetic_dataset
+
+    for var, sub in (("FPN_RAW", "raw"), ("FPN_PREPROCESSED", "pre"), ("FPN_RESULTS", "res")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    make_synthetic_dataset(tmp_path / "raw" / "Dataset962_Auto", n=4, seed=1, shape=(8, 96, 32), num_test=1,
+                           show_progress=False)
+    with pytest.raises(SystemExit) as exc:
+        plan_and_preprocess(["-d", "962", "-c", "fpn", "fnp"])
+    assert exc.value.code == 1 and not (tmp_path / "pre").exists()
+    assert "error: -c fnp: not a registered network" in capsys.readouterr().err
+    assert plan_and_preprocess(["-d", "962", "-np", "1", "--no-progress", "--no-preprocess"]) == 0
+    out = capsys.readouterr().out
+    assert "configurations: fpn, lachinov, omnia, plane2d (auto:" in out
+    plan = Plan.load(tmp_path / "pre" / "Dataset962_Auto" / "plans.json")
+    assert sorted(plan.configurations) == ["fpn", "lachinov", "omnia", "plane2d"]
+    assert {"omnia-enface", "plane2d-enface", "lachinov-scratch", "fpn-scratch"} <= {c.name for c in plan.candidates}
 
 
 def test_user_adds_and_drops():

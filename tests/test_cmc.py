@@ -27,7 +27,7 @@ from fpnunet.training.cmc.augment import MisalignEnface, shift_image
 from fpnunet.training.cmc.losses import CMCLoss, coarse_agreement, prototype_contrastive, semantic_consistency
 from fpnunet.training.losses import SegmentationLoss
 from fpnunet.training.run_config import RunConfig
-from fpnunet.training.trainers import get_trainer
+from fpnunet.training.trainer import TRAINERS
 
 NAME = "Dataset931_CmcTiny"
 SHAPE_BA = (8, 32)
@@ -139,9 +139,9 @@ def test_loss_weights_from_the_plan_change_the_loss():
 
 
 def test_trainer_registry():
-    assert get_trainer("supervised").folder_suffix() == "" and get_trainer("cmc").folder_suffix() == "__cmc"
+    assert TRAINERS.get("supervised").folder_suffix() == "" and TRAINERS.get("cmc").folder_suffix() == "__cmc"
     with pytest.raises(FPNError, match="registered: cmc, reconstruction, supervised"):
-        get_trainer("fixmatch")
+        TRAINERS.get("fixmatch")
     assert "cmc" not in available_networks()  # never planned on its own
 
 

@@ -17,7 +17,7 @@ from fpnunet.commands.pretrain import parse_args, pretrain
 from fpnunet.commands.train import main as train_main
 from fpnunet.errors import FPNError
 from fpnunet.networks import network_class
-from fpnunet.networks.rebuild import build_model
+from fpnunet.networks.registry import build_model
 from fpnunet.plans.plan import Plan
 from fpnunet.synthetic.dataset import make_synthetic_dataset
 from fpnunet.training.losses import SegmentationLoss

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from fpnunet.training.progress import RunClock, format_duration
+from fpnunet.training.logger import RunClock, format_duration
 
 
 class FakeClock:

@@ -17,8 +17,8 @@ from scipy import ndimage
 
 from fpnunet.atomic import save_json
 from fpnunet.commands.report import main as report_main
+from fpnunet.inference.export import lesion_stats
 from fpnunet.io import write_image
-from fpnunet.lesions import lesion_stats
 from fpnunet.report.growth import fit_rate, years_since
 from fpnunet.report.overlay import FOOTER_PX, REFERENCE_COLOUR, Layer, display_factors, render_overlay
 
@@ -244,7 +244,7 @@ def test_report_flags_checked_before_writing(tmp_path, capsys):
 def test_colour_from_dataset_json_is_used_and_checked(tmp_path, monkeypatch):
     pred, raw, _ = _growth_dataset(tmp_path, rate_mm2=1.0)
     monkeypatch.setenv("FPN_RAW", str(raw.parent))
-    from fpnunet.report.writers import write_prediction_overlays
+    from fpnunet.report.cases import write_prediction_overlays
 
     broken = tmp_path / "broken.nii.gz"
     broken.write_text("not an image")
@@ -278,7 +278,7 @@ def test_visits_as_fpn_import_writes_them():
 
 def test_overlay_bar_follows_progress(tmp_path, capsys):
     """``--no-progress`` runs (training's final validation) print no overlay bar; 8 cases do otherwise."""
-    from fpnunet.report.writers import write_evaluation_overlays
+    from fpnunet.report.cases import write_evaluation_overlays
 
     entries = [{"case": f"c{i}", "reference_file": str(tmp_path / f"c{i}.nii.gz"),
                 "prediction_file": str(tmp_path / f"missing{i}.nii.gz")} for i in range(8)]

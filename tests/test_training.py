@@ -332,8 +332,8 @@ def test_batchnorm_statistics_are_recalibrated_and_nothing_else(dataset, monkeyp
         assert torch.equal(v, plain["state_dict"][k]), k  # recalibration touches no weight, no RNG
     assert any(not torch.allclose(ckpt["state_dict"][k], plain["state_dict"][k]) for k in stats)
 
-    from fpnunet.networks.rebuild import model_from_checkpoint
-    from fpnunet.training.batchnorm import recalibrate_batchnorm
+    from fpnunet.networks.registry import model_from_checkpoint
+    from fpnunet.training.loop import recalibrate_batchnorm
     from fpnunet.training.splits import apply_label_fraction
     from fpnunet.training.supervised import SupervisedTrainer
 

@@ -12,7 +12,7 @@ otherwise the labels are the values present. The second gathers the folds' valid
 predictions of a model folder into ``<model>/crossval_results/`` and evaluates them against the
 raw ``labelsTr``. Both print a table of the per-class means and write ``overlays/CASE.png`` beside
 the summary: prediction outline (class colour) and reference outline (green) on the case's SLO or
-volume projection, Dice in the corner (:mod:`fpnunet.report.writers`).
+volume projection, Dice in the corner (:mod:`fpnunet.report.cases`).
 
 ``--calibrate`` (with ``--crossval``) also predicts every fold's validation cases with that fold,
 its flip members kept apart, measures the ECE and fits one temperature, sets the QC flag's score
@@ -117,7 +117,7 @@ def _print_summary(summary: Mapping[str, Any]) -> None:
 def _overlays(summary: Mapping[str, Any], dataset: str | None) -> None:
     """``overlays/CASE.png`` beside the summary; a picture that cannot be made is a warning."""
     from fpnunet.raw_dataset import load_dataset_json  # lazy: start-up time
-    from fpnunet.report.writers import OVERLAY_DIR, write_evaluation_overlays  # lazy: start-up time
+    from fpnunet.report.cases import OVERLAY_DIR, write_evaluation_overlays  # lazy: start-up time
 
     dataset_json, folders = None, []
     if dataset is not None:

@@ -3,7 +3,7 @@
 ::
 
     fpn_plan_and_preprocess -d 900 [-np 4] [--verify-only] [--clean] [--gpu-memory-gb 11]
-                            [-c fpn ...] [--calibrate] [--no-preprocess] [--no-progress]
+                            [-c auto | fpn ...] [--calibrate] [--no-preprocess] [--no-progress]
 
 A broken dataset stops with one line per problem and a non-zero exit status; nothing is written
 to the preprocessed folder then. Otherwise it writes ``dataset.json`` (a copy),
@@ -21,6 +21,7 @@ from fpnunet import cli_args, paths
 from fpnunet.atomic import save_json
 from fpnunet.cli_utils import resolve_device, run_cli, run_command
 from fpnunet.errors import FPNError
+from fpnunet.plans.candidates import AUTO, auto_configurations, dataset_facts
 from fpnunet.plans.plan import Plan
 from fpnunet.preprocessed_dataset import plans_file
 
@@ -34,7 +35,7 @@ class PreprocessConfig:
     verify_only: bool = False
     clean: bool = False
     gpu_memory_gb: float | None = None
-    configs: tuple[str, ...] = ("fpn",)
+    configs: tuple[str, ...] = ("auto",)
     calibrate: bool = False
     no_preprocess: bool = False
     progress: bool = True
@@ -55,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean", action="store_true", help="redo every preprocessed case (default: skip finished ones)")
     p.add_argument("--gpu-memory-gb", type=float, default=None, metavar="GB",
                    help="GPU memory the plan may use (default: the free memory of the CUDA device, else 8 GB)")
-    p.add_argument(*cli_args.VOCABULARY["config"].options, dest="config", nargs="+", default=["fpn"], metavar="CONFIG",
-                   help="configurations to plan, one per registered network name (default: fpn)")
+    p.add_argument(*cli_args.VOCABULARY["config"].options, dest="config", nargs="+", default=["auto"], metavar="CONFIG",
+                   help="configurations to plan: registered network names, or auto: fpn and lachinov, plus omnia "
+                        "and plane2d when every training and test case has every en-face image (default: auto)")
     p.add_argument("--calibrate", action="store_true",
                    help="let the planner measure one real training step per configuration (needs CUDA)")
     p.add_argument("--no-preprocess", action="store_true", help="stop after writing plans.json")
@@ -95,6 +97,12 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
     for spec in args.add_candidates:
         parse_candidate(spec)  # a bad spec stops before anything is written
+    from fpnunet.networks.registry import available_networks  # lazy: start-up time (torch)
+
+    known = available_networks()
+    for name in args.config:
+        if name != AUTO and name not in known:
+            raise FPNError(f"-c {name}: not a registered network; use auto or one of {', '.join(known)}")
     return PreprocessConfig(args.dataset, args.num_processes, args.verify_only, args.clean, args.gpu_memory_gb,
                             tuple(args.config), args.calibrate, args.no_preprocess, args.progress,
                             tuple(args.add_candidates), tuple(args.drop_candidates))
@@ -124,10 +132,11 @@ def run(config: PreprocessConfig) -> int:
     copy_dataset_json(raw, out)
     save_json(fp, out / "dataset_fingerprint.json")
 
+    networks = planned_configurations(config.configs, fp, raw, info)
     plans_path = plans_file(out)
     existing = Plan.load(plans_path) if plans_path.is_file() else None
     extra = {"calibrate": True} if config.calibrate else {}
-    plan = plan_dataset(fp, info, gpu_memory_gb=config.gpu_memory_gb, networks=list(config.configs), existing=existing,
+    plan = plan_dataset(fp, info, gpu_memory_gb=config.gpu_memory_gb, networks=networks, existing=existing,
                         **extra)
     print(choose_candidates(plan, existing, fp, raw, info, config))
     plan.save(plans_path)
@@ -144,6 +153,20 @@ def run(config: PreprocessConfig) -> int:
               f"({s['seconds']:.1f} s) -> {s['folder']}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def planned_configurations(configs: tuple[str, ...], fp: dict, raw, info) -> list[str]:
+    """The ``-c`` names with ``auto`` expanded (:func:`fpnunet.plans.candidates.auto_configurations`;
+    the choice and its reason are printed)."""
+    if AUTO not in configs:
+        return list(configs)
+    auto, reason = auto_configurations(dataset_facts(fp, raw, info, []))
+    names: list[str] = []
+    for c in configs:
+        names += auto if c == AUTO else [c]
+    names = list(dict.fromkeys(names))
+    print(f"configurations: {', '.join(names)} (auto: {reason})")
+    return names
 
 
 def choose_candidates(plan: Plan, existing: Plan | None, fp: dict, raw, info, config: PreprocessConfig) -> str:

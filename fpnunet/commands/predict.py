@@ -231,7 +231,7 @@ def run(config: PredictConfig) -> int:
     try:
         if config.best:  # the chosen pipeline: each member through run() into OUT/.members/, then combined
             from fpnunet.inference.chosen import predict_chosen  # lazy: start-up time
-            from fpnunet.report.writers import PredictionPictures  # lazy: start-up time
+            from fpnunet.report.html import PredictionPictures  # lazy: start-up time
 
             return predict_chosen(config, run, PredictionPictures(config.overlays, config.report))
         return _predict(config, lock)
@@ -370,7 +370,7 @@ def _predict(config: PredictConfig, lock: PredictionLock) -> int:
         folder.write_areas(*table, config.part_id, config.num_parts)
     folder.write_failed(failed, config.part_id, config.num_parts)
     if config.overlays or config.report:
-        from fpnunet.report.writers import pictures_after_prediction  # lazy: start-up time
+        from fpnunet.report.html import pictures_after_prediction  # lazy: start-up time
 
         pictures_after_prediction(out_dir, {c: folder.mask_file(c, ending) for c, _ in pending if c not in failed},
                                   labels, dataset_json, in_dir, failed, config.overlays, config.report,

@@ -115,7 +115,7 @@ def validation_pictures(fold_dir: Path, summary: dict[str, Any], raw_dir: Path |
                         trainer: str = "segmentation", progress: bool = True) -> None:
     """``progress.png`` redrawn with the final validation, ``validation/overlays/CASE.png``
     (prediction and reference outlines, Dice); a picture that cannot be made is a warning."""
-    from fpnunet.report.writers import OVERLAY_DIR, write_evaluation_overlays  # lazy: start-up time (matplotlib)
+    from fpnunet.report.cases import OVERLAY_DIR, write_evaluation_overlays  # lazy: start-up time (matplotlib)
     from fpnunet.training.logger import redraw_progress  # lazy: start-up time (pandas)
 
     redraw_progress(fold_dir, trainer)

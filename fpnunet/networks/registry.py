@@ -11,16 +11,23 @@ and is a :class:`SegNetwork`, which adds two class methods the planner uses:
 Usage::
 
     net = build_network("fpn", in_channels=1, num_classes=1, **plan.configuration().network.kwargs)
+    model, ckpt = model_from_checkpoint("checkpoint_final.pth")   # the network a checkpoint names
+
+A checkpoint's spec (:func:`fpnunet.checkpoint.model_spec`) names the registered network and its
+kwargs, so :func:`build_model` / :func:`model_from_checkpoint` rebuild a model folder's networks
+from the checkpoint alone (the checkpoint format itself is :mod:`fpnunet.checkpoint`, core).
 """
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fpnunet.checkpoint import load_checkpoint
 from fpnunet.cli_args import current_kwargs
 from fpnunet.errors import FPNError, ShapeError
 
@@ -154,3 +161,23 @@ def enface_inputs(model: nn.Module) -> list[str]:
         if not isinstance(inner, nn.Module):
             return list(getattr(model, "enface_inputs", ()) or ())
         model = inner
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """Instantiate the network a checkpoint (or :func:`model_spec`) describes, untrained."""
+    net = spec["network"]
+    return build_network(net["name"], int(spec["in_channels"]), int(spec["num_outputs"]),
+                         **dict(net.get("kwargs", {})))
+
+
+def model_from_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """``(model with the checkpoint's weights on device, checkpoint dict)``."""
+    ckpt = load_checkpoint(path, device)
+    model = build_model(ckpt)
+    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise FPNError(f"{path}: weights do not fit network {ckpt['network'].get('name')!r} ({first})") from None
+    return model.to(device), ckpt

@@ -105,7 +105,7 @@ def collect_report(
     for case, f in tqdm(sorted(preds.items()), desc="report", unit="case", file=sys.stderr, disable=len(preds) < 8):
         try:
             results.append(measure_case(case, f, labels, colours, folders, ref_file=refs.get(case),
-                                        projection_axis=projection_axis, visit=visits.get(case)))
+                                        projection_axis=projection_axis, visit=visits.get(case, Visit())))
         except LabelMapError:
             raise  # a broken label map is refused, not reported as a failed case
         except FPNError as exc:
@@ -120,7 +120,7 @@ def collect_report(
     # flagged cases first, most uncertain first; then the others by name
     results.sort(key=lambda r: (r.qc != "check", -(r.qc_score or 0.0) if r.qc == "check" else 0.0, r.case))
     points = [(r.visit.patient, r.visit.eye, cls, r.visit.date, r.case, s.area_mm2)
-              for r in results if not r.failed and r.visit.eye_key and r.visit.date
+              for r in results if not r.failed and r.visit and r.visit.eye_key and r.visit.date
               for cls, s in r.stats.items()]
     series = [s for s in build_series(points) if len(set(s.dates)) >= 2]
     charts = {s.key: draw_series(s, "#{:02x}{:02x}{:02x}".format(*colours[s.cls])) for s in series}

@@ -3,25 +3,47 @@
 :func:`measure_case` is what every picture-making caller shares: ``fpn_predict --overlays``,
 ``fpn_evaluate``, the training's ``validation/`` and ``fpn_report``. It reads the files written by
 inference and evaluation (label maps), never their internals.
+
+The overlay PNG folders of ``fpn_predict --overlays``, ``fpn_evaluate`` and the training's
+``validation/``: :func:`write_prediction_overlays` (``OUT/overlays/CASE.png`` per predicted case:
+outline in the class colour, area, scale bar) and :func:`write_evaluation_overlays` (per evaluated
+case of an evaluation summary: prediction and reference outlines, Dice in the corner). Each PNG is
+written atomically; a case whose picture cannot be made is reported in the returned list of
+messages and skipped (pictures never fail the prediction or evaluation that asked).
 """
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm import tqdm
 
+from fpnunet.atomic import write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.evaluation.metrics import case_metrics
-from fpnunet.lesions import LesionStats, lesion_stats
+from fpnunet.inference.export import LesionStats, lesion_stats
+from fpnunet.io import strip_ending
 from fpnunet.prediction_folder import read_label_map
-from fpnunet.report.background import enface_background
-from fpnunet.report.overlay import REFERENCE_COLOUR, RGB, Layer, render_overlay, render_thumbnail
-from fpnunet.report.visits import Visit
+from fpnunet.report.overlay import (
+    REFERENCE_COLOUR,
+    RGB,
+    Layer,
+    class_colours,
+    enface_background,
+    render_overlay,
+    render_thumbnail,
+)
 
-__all__ = ["CaseResult", "measure_case"]
+if TYPE_CHECKING:  # a picture alone (validation overlays) needs no visit
+    from fpnunet.report.visits import Visit
+
+__all__ = ["CaseResult", "measure_case", "OVERLAY_DIR", "write_prediction_overlays", "write_evaluation_overlays"]
 
 
 @dataclass
@@ -29,7 +51,8 @@ class CaseResult:
     """What a report shows of one case. ``error`` set means the case failed (no prediction)."""
 
     case: str
-    visit: Visit = field(default_factory=Visit)
+    visit: Visit | None = None
+    """Patient, eye and date: set by the report (:mod:`fpnunet.report.build`); None for a picture alone."""
     stats: dict[str, LesionStats] = field(default_factory=dict)
     dice: dict[str, float] = field(default_factory=dict)
     hd95: dict[str, float] = field(default_factory=dict)
@@ -71,7 +94,7 @@ def measure_case(
     (:func:`fpnunet.prediction_folder.read_label_map`: a :class:`~fpnunet.prediction_folder.LabelMapError`
     for a file breaking it, e.g. a value not in ``labels``); a shape mismatch is an :class:`FPNError`."""
     pred, spacing = read_label_map(pred_file, labels)
-    result = CaseResult(case, visit or Visit(), stats=lesion_stats(pred, spacing, labels))
+    result = CaseResult(case, visit, stats=lesion_stats(pred, spacing, labels))
     ref = None
     fg = {n: int(v) for n, v in labels.items() if int(v) != 0}
     if ref_file is not None:
@@ -103,3 +126,77 @@ def measure_case(
     result.thumbnail = render_thumbnail(background, spacing, layers)
     return result
 
+
+# ----------------------------------------------------------------------------- overlay folders
+
+OVERLAY_DIR = "overlays"
+
+
+def _write_png(path: Path, data: bytes) -> None:
+    def _w(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    write_atomic(path, _w, suffix=".png")
+
+
+def _write_overlays(
+    jobs: list[tuple[str, Path, Callable[[], CaseResult]]], out_dir: str | os.PathLike, progress: bool = True
+) -> tuple[list[Path], list[str]]:
+    """``out_dir/CASE.png`` for every ``(case, prediction file, measure)``: the PNGs written and,
+    for each case whose ``measure()`` raised an :class:`FPNError`, a message naming the file."""
+    written, problems = [], []
+    bar = tqdm(jobs, desc="overlays", unit="case", file=sys.stderr, disable=not progress or len(jobs) < 8)
+    for case, f, measure in bar:
+        try:
+            r = measure()
+        except FPNError as exc:
+            problems.append(f"{f}: no overlay ({exc})")
+            continue
+        path = Path(out_dir) / f"{case}.png"
+        _write_png(path, r.overlay or b"")
+        written.append(path)
+    return written, problems
+
+
+def write_prediction_overlays(
+    pred_files: Mapping[str, Path],
+    labels: Mapping[str, int],
+    out_dir: str | os.PathLike,
+    dataset_json: Mapping[str, Any] | None = None,
+    image_folders: Iterable[str | os.PathLike | None] = (),
+    projection_axis: int | str = "auto",
+    progress: bool = True,
+) -> tuple[list[Path], list[str]]:
+    """``out_dir/CASE.png`` for every ``{case: predicted label map file}``; returns the PNGs
+    written and the messages of cases skipped (``progress``: a bar from 8 cases on)."""
+    colours = class_colours(labels, dataset_json)
+    folders = list(image_folders)
+
+    def measure(case: str, f: Path) -> Callable[[], CaseResult]:
+        return lambda: measure_case(case, f, labels, colours, folders, projection_axis=projection_axis)
+
+    return _write_overlays([(case, f, measure(case, f)) for case, f in sorted(pred_files.items())], out_dir,
+                           progress)
+
+
+def write_evaluation_overlays(
+    summary: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    dataset_json: Mapping[str, Any] | None = None,
+    image_folders: Iterable[str | os.PathLike | None] = (),
+    progress: bool = True,
+) -> tuple[list[Path], list[str]]:
+    """``out_dir/CASE.png`` with prediction and reference outlines and the Dice, for every case
+    of an evaluation ``summary`` (``progress``: a bar from 8 cases on). The en-face pictures are
+    looked for beside the references (``labelsTs`` -> ``imagesTs``/``enfaceTs``) and in
+    ``image_folders``."""
+    labels = {str(k): int(v) for k, v in summary["labels"].items()}
+    colours = class_colours(labels, dataset_json)
+    folders = list(image_folders)
+
+    def job(e: Mapping[str, Any]) -> tuple[str, Path, Callable[[], CaseResult]]:
+        ref, pred = Path(e["reference_file"]), Path(e["prediction_file"])
+        case = e.get("case") or strip_ending(ref.name)
+        return case, pred, lambda: measure_case(case, pred, labels, colours, [*folders, ref.parent], ref_file=ref)
+
+    return _write_overlays([job(e) for e in summary.get("metric_per_case", [])], out_dir, progress)

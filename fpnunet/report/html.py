@@ -6,13 +6,18 @@ Sections: a header (title, counts), failed cases with their errors, the case tab
 case, patient/eye/date when known, per class area mm^2, square-root area mm, lesions, focality,
 Dice and HD95 when a reference was given, status), growth per eye (charts and rates), and the
 enlarged overlays (hidden until a thumbnail is clicked).
+
+:func:`pictures_after_prediction` (and :class:`PredictionPictures` for ``--best``) are what
+``fpn_predict --overlays/--report`` draws after a prediction: the overlay folder and this report.
 """
 from __future__ import annotations
 
 import base64
 import math
 import os
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -21,10 +26,11 @@ from fpnunet.atomic import write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.raw_dataset import DATASET_FILE
 from fpnunet.report.build import Report, collect_report
-from fpnunet.report.cases import CaseResult
+from fpnunet.report.cases import OVERLAY_DIR, CaseResult, class_colours, write_prediction_overlays
 from fpnunet.report.growth import GROWTH_COLUMNS
 
-__all__ = ["render_html", "write_report", "growth_csv_path", "make_report"]
+__all__ = ["render_html", "write_report", "growth_csv_path", "make_report", "pictures_after_prediction",
+           "PredictionPictures"]
 
 _CSS = """
 body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;color:#222}
@@ -105,12 +111,13 @@ def _case_rows(report: Report, show_visits: dict[str, bool]) -> tuple[str, str]:
         else:
             cells.append('<td data-v=""></td>')
         cells.append(_text(r.case))
+        v = r.visit
         if show_visits["patient"]:
-            cells.append(_text(r.visit.patient))
+            cells.append(_text(v.patient if v else None))
         if show_visits["eye"]:
-            cells.append(_text(r.visit.eye))
+            cells.append(_text(v.eye if v else None))
         if show_visits["date"]:
-            cells.append(_text(r.visit.date.isoformat() if r.visit.date else None))
+            cells.append(_text(v.date.isoformat() if v and v.date else None))
         if made_by:
             cells.append(_text(r.configuration))
         for cls in report.classes:
@@ -172,7 +179,7 @@ def render_html(report: Report, growth_csv_name: str | None = None) -> str:
     """The whole HTML document of ``report``."""
     ok = [r for r in report.cases if not r.failed]
     failed = [r for r in report.cases if r.failed]
-    show = {k: any(getattr(r.visit, k) for r in report.cases) for k in ("patient", "eye", "date")}
+    show = {k: any(getattr(r.visit, k, None) for r in report.cases) for k in ("patient", "eye", "date")}
     thead, rows = _case_rows(report, show)
     legend = " ".join(f"{_swatch(c)}{escape(n)}" for n, c in report.colours.items())
     if report.with_reference:
@@ -243,3 +250,47 @@ def make_report(
         return write_report(report, out)
     except OSError as exc:
         raise FPNError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
+
+
+# ----------------------------------------------------------------------------- after fpn_predict
+def pictures_after_prediction(
+    out_dir: Path,
+    pred_files: Mapping[str, Path],
+    labels: Mapping[str, int],
+    dataset_json: Mapping[str, Any] | None,
+    in_dir: Path,
+    failed: Mapping[str, str],
+    overlays: bool,
+    report: bool,
+    projection_axis: int | str = "auto",
+) -> None:
+    """``fpn_predict --overlays/--report``: overlay PNGs and/or ``report.html`` of the cases just
+    predicted; problems with a picture are warnings, never a failed prediction."""
+    if overlays:
+        written, problems = write_prediction_overlays(pred_files, labels, out_dir / OVERLAY_DIR, dataset_json,
+                                                      [in_dir], projection_axis)
+        for msg in problems:
+            print(f"warning: {msg}", file=sys.stderr)
+        print(f"fpn_predict: {len(written)} overlay(s) in {out_dir / OVERLAY_DIR}", file=sys.stderr)
+    if report:
+        html, csv = make_report(out_dir, out_dir / "report.html", None, dataset_json, DATASET_FILE, [in_dir],
+                                failures=failed, projection_axis=projection_axis)
+        print(f"fpn_predict: report {html}" + (f", growth rates {csv}" if csv else ""), file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class PredictionPictures:
+    """``fpn_predict --best --overlays/--report``: the colours checked before any member is predicted,
+    the pictures of the combined masks drawn after (:func:`pictures_after_prediction`)."""
+
+    overlays: bool
+    report: bool
+
+    def check(self, labels: Mapping[str, int], dataset_json: Mapping[str, Any] | None) -> None:
+        class_colours(labels, dataset_json)
+
+    def draw(self, out_dir: Path, masks: Mapping[str, Path], labels: Mapping[str, int],
+             dataset_json: Mapping[str, Any] | None, in_dir: Path, failed: Mapping[str, str],
+             projection_axis: int | str) -> None:
+        pictures_after_prediction(out_dir, masks, labels, dataset_json, in_dir, failed, self.overlays, self.report,
+                                  projection_axis)

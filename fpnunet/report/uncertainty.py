@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from fpnunet.prediction_folder import PredictionFolder, read_label_map
-from fpnunet.report.background import enface_background
 from fpnunet.report.cases import CaseResult
-from fpnunet.report.overlay import RGB, Layer, compose, display_factors
+from fpnunet.report.overlay import RGB, Layer, compose, display_factors, enface_background
 
 __all__ = ["HEAT", "render_uncertainty", "attach_qc"]
 

@@ -5,16 +5,16 @@ One idea per module (import them directly; this package imports nothing so that
 
 * :mod:`.run_config`, :mod:`.configure`, :mod:`.flags`: the one frozen :class:`~.run_config.RunConfig`, built once
   from the plan, the trainer and the flags (checked before any folder is touched).
-* :mod:`.trainer`, :mod:`.registry`, :mod:`.trainers`: the :class:`~.trainer.Trainer` base class with named hooks and
-  the registries of trainers, losses, optimizers, schedules and augmentations; :mod:`.supervised`,
-  :mod:`.reconstruction`, :mod:`.cmc`: the three registered trainers; :mod:`.run`: runs a RunConfig.
+* :mod:`.trainer`, :mod:`.registry`: the :class:`~.trainer.Trainer` base class with named hooks and
+  the registries of trainers, losses, optimizers, schedules and augmentations; :mod:`.supervised`
+  (with its whole-volume validation and export), :mod:`.reconstruction`, :mod:`.cmc`: the three
+  registered trainers; :mod:`.run`: runs a RunConfig (and checks data and memory before it starts).
 * :mod:`.loop`: the generic epoch loop (:class:`~.loop.EpochLoop`).
 * :mod:`.optim`: optimizer and schedule factories.
-* :mod:`.segmentation`: whole-volume validation and the final validation export.
 * :mod:`.losses`: (soft Dice + BCE) / 2 or Dice + CE, masked.
 * the training state of a checkpoint (optimizer, scheduler, RNG, log) is written and restored by
   the checkpoint format's owner, :mod:`fpnunet.checkpoint`, shared with inference.
-* :mod:`.logger`: ``training_log.csv`` and ``progress.png``.
+* :mod:`.logger`: ``training_log.csv``, ``progress.png`` and the run's clock (ETA, heartbeat).
 * :mod:`.pretrained`: loading pretrained weights by name and shape; finding the pretraining run.
 * :mod:`.run_folder`: resume / overwrite policy, ``command.txt`` (names and the fold lock:
   :mod:`fpnunet.results_layout`).

@@ -33,8 +33,7 @@ from fpnunet.training.loader import default_num_workers
 from fpnunet.training.pretrained import resolve_pretrained
 from fpnunet.training.run_config import PRECISIONS, RunConfig
 from fpnunet.training.splits import Split, apply_label_fraction, fold_cases, load_or_create_splits
-from fpnunet.training.trainer import Trainer
-from fpnunet.training.trainers import get_trainer
+from fpnunet.training.trainer import TRAINERS, Trainer
 
 PRETRAIN_PROGRAM = "fpn_pretrain"
 
@@ -74,7 +73,7 @@ def build_run_config(flags: Any, program: str = "fpn_train") -> RunConfig:
     """The :class:`RunConfig` of ``flags`` (fpn_train's or fpn_pretrain's parsed namespace)."""
     check_flags(flags)
     pretraining = program == PRETRAIN_PROGRAM
-    trainer = get_trainer("reconstruction" if pretraining else flags.trainer)
+    trainer = TRAINERS.get("reconstruction" if pretraining else flags.trainer)
     if trainer.pretraining != pretraining:
         raise FPNError(f"--trainer {trainer.name}: a pretraining trainer; run it with fpn_pretrain"
                        if trainer.pretraining else f"{trainer.name}: not a pretraining trainer")

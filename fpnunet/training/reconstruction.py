@@ -38,7 +38,6 @@ from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.results_layout import FINAL, run_state
 from fpnunet.training.loader import make_train_loader
 from fpnunet.training.run_config import RunConfig
-from fpnunet.training.segmentation import load_volume
 from fpnunet.training.ssim import ssim
 from fpnunet.training.trainer import Trainer, register_trainer
 
@@ -218,7 +217,8 @@ class ReconstructionTrainer(Trainer):
         """Whole-plane reconstructions ``{case: (B, A) float32 in [0, 1]}`` (sliding window, no TTA)."""
         predictor = Predictor([model], self.plan, self.config.config, device=self.config.device, tta=False,
                               num_outputs=1, precision=self.config.precision)
-        return {case: predictor.predict_preprocessed(load_volume(self.data_dir, case))[0] for case in cases}
+        store = PreprocessedDataset(self.data_dir)
+        return {case: predictor.predict_preprocessed(store.load_volume(case))[0] for case in cases}
 
     def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         """``{"val_loss", "val_ssim"}`` over the held-out cases (``{}`` without any); draws the picture."""

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from fpnunet.checkpoint import model_spec, seed_everything
-from fpnunet.networks.rebuild import build_model
+from fpnunet.networks.registry import build_model
 from fpnunet.plans.plan import Configuration, Plan
 from fpnunet.results_layout import trainer_suffix
 from fpnunet.training.augment import AUGMENTATIONS
