@@ -90,6 +90,34 @@ def test_the_clearly_better_candidate_is_chosen(tmp_path, monkeypatch, capsys):
     assert choice["predict_command"] == "fpn_predict -d 941 --best -i INPUT_FOLDER -o OUTPUT_FOLDER"
     assert "chosen: strong" in out and "weak + strong" in out
     assert (results / "chosen_pipeline.txt").read_text().count("CV Dice") >= 2
+    assert choice["within_noise"] == []  # ahead of both others in every fold, by far
+    assert "certainty: the choice leads every other pipeline" in out
+
+
+def test_pipelines_the_cross_validation_cannot_separate_are_named(tmp_path, monkeypatch, capsys):
+    def same(ref, rng):
+        return 0.1 + 0.8 * ref
+
+    results = build(tmp_path, monkeypatch, {"a": same, "b": same})
+    assert find_best(["-d", "941"]) in (0, None)
+    out = capsys.readouterr().out
+    close = read_chosen(results)["within_noise"]
+    assert [c["name"] for c in close] == ["b", "a + b"] and all(c["lead"] == 0 for c in close)
+    assert "certainty: low; the cross-validation does not separate the choice from 2 other pipeline(s)" in out
+    assert "single candidates b (+0.0 +- 0.0)" in out
+
+
+def test_within_noise_compares_the_lead_with_its_spread_over_folds():
+    from fpnunet.evaluation.choose import Score, within_noise
+
+    case_fold = {f"c{f}": str(f) for f in range(5)}
+    best = Score(("x",), {c: 0.8 for c in case_fold})
+    steady = Score(("y",), {c: 0.7 for c in case_fold})  # 10 points behind in every fold
+    erratic = Score(("z",), {c: v for c, v in zip(case_fold, (0.5, 0.9, 0.6, 0.9, 0.85))})  # lead 5, spread 18
+    assert [c["name"] for c in within_noise([best, steady, erratic], case_fold)] == ["z"]
+    three = {c: f for c, f in case_fold.items() if f in "01"}  # two folds: no spread, nothing separated
+    assert len(within_noise([Score(("x",), {c: 0.8 for c in three}), Score(("y",), {c: 0.1 for c in three})],
+                            three)) == 1
 
 
 def test_postprocessing_that_removes_true_lesions_is_rejected(tmp_path, monkeypatch):

@@ -67,6 +67,7 @@ def run(config: FindBestConfig) -> int:
         load_references,
         rank,
         score,
+        within_noise,
     )
     from fpnunet.inference.postprocess import PostProcessing  # lazy: start-up time
     from fpnunet.paths import preprocessed_dir, raw_dir, resolve_dataset, results_dir  # lazy: start-up time
@@ -113,6 +114,7 @@ def run(config: FindBestConfig) -> int:
         "postprocessing": post.to_dict(), "postprocessing_steps": steps,
         "cv_dice": best.dice, "cv_spread": best.spread, "cv_dice_postprocessed": final.dice,
         "cases": len(cases), "scores": [s.to_dict() for s in scores], "not_compared": notes,
+        "within_noise": within_noise(scores, oofs[0].case_fold),
         "predict_command": command,
     }
     text = format_choice(choice)
@@ -138,6 +140,7 @@ def format_choice(choice: dict[str, Any]) -> str:
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     members = " + ".join(m["candidate"] for m in choice["members"])
     lines.append(f"chosen: {members} (CV Dice {_fmt(choice['cv_dice'])} +- {_fmt(choice['cv_spread'])})")
+    lines.append(certainty_line(choice))
     for step in choice["postprocessing_steps"]:
         verdict = "kept" if step["kept"] else "rejected"
         value = step["value"] if isinstance(step["value"], bool) else f"{step['value']:.4g}"
@@ -150,6 +153,22 @@ def format_choice(choice: dict[str, Any]) -> str:
     lines += [f"not compared: {n}" for n in choice["not_compared"]]
     lines.append(f"predict: {choice['predict_command']}")
     return "\n".join(lines)
+
+
+def certainty_line(choice: dict[str, Any]) -> str:
+    """How far the cross-validation separates the choice from the other pipelines, for people."""
+    close = choice.get("within_noise", [])
+    if not close:
+        return "  certainty: the choice leads every other pipeline by more than the spread of its lead over folds"
+    singles = [c for c in close if len(c["members"]) == 1]
+    shown = ", ".join(f"{c['name']} ({100 * c['lead']:+.1f} +- {_spread(c['lead_spread'])})" for c in singles[:4])
+    return (f"  certainty: low; the cross-validation does not separate the choice from {len(close)} other "
+            f"pipeline(s) (lead <= its spread over folds, points){': single candidates ' + shown if shown else ''}; "
+            f"with {choice['cases']} labelled cases the choice may not hold on new cases (more labels settle it)")
+
+
+def _spread(value: float) -> str:
+    return "inf (< 3 folds)" if math.isinf(value) else f"{100 * value:.1f}"
 
 
 @run_cli

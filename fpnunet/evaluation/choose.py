@@ -176,6 +176,19 @@ def paired_gain(new: Score, old: Score, case_fold: dict[str, str]) -> tuple[floa
     return float(np.mean(list(diff.values()))), spread, per_fold
 
 
+def within_noise(scores: list[Score], case_fold: dict[str, str]) -> list[dict[str, Any]]:
+    """The pipelines the cross-validation does not separate from the best (``scores[0]``): those whose
+    paired per-case lead of the best is not larger than the spread of that lead over folds (the test a
+    post-processing step must pass), each as ``{"name", "lead", "lead_spread"}``, best first. With
+    fewer than :data:`MIN_FOLDS` folds the spread is infinite and every pipeline is listed."""
+    best, out = scores[0], []
+    for s in scores[1:]:
+        lead, spread, _ = paired_gain(best, s, case_fold)
+        if not lead > spread:
+            out.append({"name": s.name, "members": list(s.members), "lead": lead, "lead_spread": spread})
+    return out
+
+
 def choose_postprocessing(probs: dict[str, np.ndarray], refs: dict, case_fold: dict[str, str],
                           labels: dict[str, int]) -> tuple[PostProcessing, list[dict[str, Any]]]:
     """The greedy search of the module docstring: ``(post-processing, one record per step)``."""
