@@ -5,6 +5,7 @@ reads it), in the dataset's results folder::
       chosen_pipeline.json   for the tools: the members (model folders, folds, checkpoint), TTA, the
                              post-processing, every candidate's and ensemble's score, the predict command
       chosen_pipeline.txt    the same for people: the table and the command
+      chosen_pipeline.png    the scores as a picture (bars and per-fold dots)
 
 Plain JSON, nothing executable. :func:`read_chosen` checks what prediction relies on and names the
 file in a one-line error otherwise.
@@ -19,6 +20,7 @@ from fpnunet.errors import FPNError
 
 CHOSEN_FILE = "chosen_pipeline.json"
 CHOSEN_TEXT = "chosen_pipeline.txt"
+CHOSEN_PLOT = "chosen_pipeline.png"
 CHOSEN_VERSION = 1
 POSTPROCESSING_KEYS = ("threshold", "min_area_mm2", "fill_holes", "keep_largest")
 
@@ -31,11 +33,19 @@ def chosen_text_file(results_dataset_dir: str | Path) -> Path:
     return Path(results_dataset_dir) / CHOSEN_TEXT
 
 
-def write_chosen(results_dataset_dir: str | Path, choice: dict[str, Any], text: str) -> tuple[Path, Path]:
-    """Both files, atomically (JSON last: its presence means the choice is complete)."""
+def chosen_plot_file(results_dataset_dir: str | Path) -> Path:
+    return Path(results_dataset_dir) / CHOSEN_PLOT
+
+
+def write_chosen(results_dataset_dir: str | Path, choice: dict[str, Any], text: str,
+                 plot: bytes | None = None) -> tuple[Path, Path]:
+    """The files, atomically (JSON last: its presence means the choice is complete); the PNG when
+    ``plot`` is given."""
     check_chosen(choice, CHOSEN_FILE)
     txt = chosen_text_file(results_dataset_dir)
     write_atomic(txt, lambda tmp: Path(tmp).write_text(text if text.endswith("\n") else text + "\n"), suffix=".txt")
+    if plot is not None:
+        write_atomic(chosen_plot_file(results_dataset_dir), lambda tmp: Path(tmp).write_bytes(plot), suffix=".png")
     path = chosen_file(results_dataset_dir)
     save_json({"version": CHOSEN_VERSION, **choice}, path)
     return path, txt

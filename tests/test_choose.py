@@ -92,6 +92,21 @@ def test_the_clearly_better_candidate_is_chosen(tmp_path, monkeypatch, capsys):
     assert (results / "chosen_pipeline.txt").read_text().count("CV Dice") >= 2
     assert choice["within_noise"] == []  # ahead of both others in every fold, by far
     assert "certainty: the choice leads every other pipeline" in out
+    png = (results / "chosen_pipeline.png").read_bytes()  # the scores as a picture: one row per pipeline
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and "chosen_pipeline.png" in out
+    height = int.from_bytes(png[20:24], "big")
+    assert height == round(90 * (0.9 + 0.32 * 3))
+
+
+def test_the_plot_keeps_every_single_candidate_and_the_best_ensembles():
+    from fpnunet.report.choice_plot import rows_to_draw
+
+    def s(*members):
+        return {"name": " + ".join(members), "members": list(members)}
+
+    scores = [s("a", "b"), s("a"), s("a", "c"), s("b", "c"), s("b"), s("c"), s("a", "b", "c")]
+    drawn = [r["name"] for r in rows_to_draw({"scores": scores}, max_rows=4)]
+    assert drawn == ["a + b", "a", "b", "c"]  # three singles, then room for one ensemble: the best
 
 
 def test_pipelines_the_cross_validation_cannot_separate_are_named(tmp_path, monkeypatch, capsys):

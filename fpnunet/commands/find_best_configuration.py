@@ -71,7 +71,7 @@ def run(config: FindBestConfig) -> int:
     )
     from fpnunet.inference.postprocess import PostProcessing  # lazy: start-up time
     from fpnunet.paths import preprocessed_dir, raw_dir, resolve_dataset, results_dir  # lazy: start-up time
-    from fpnunet.pipeline_files import write_chosen  # lazy: start-up time
+    from fpnunet.pipeline_files import chosen_plot_file, write_chosen  # lazy: start-up time
     from fpnunet.plans.candidates import check_distinct  # lazy: start-up time
     from fpnunet.plans.plan import Plan  # lazy: start-up time
     from fpnunet.raw_dataset import labels_dir  # lazy: start-up time
@@ -118,9 +118,11 @@ def run(config: FindBestConfig) -> int:
         "predict_command": command,
     }
     text = format_choice(choice)
-    json_path, text_path = write_chosen(results, choice, text)
+    from fpnunet.report.choice_plot import draw_choice  # lazy: start-up time (matplotlib)
+
+    json_path, text_path = write_chosen(results, choice, text, draw_choice(choice))
     print(text)
-    print(f"wrote {json_path} and {text_path}")
+    print(f"wrote {json_path}, {text_path} and {chosen_plot_file(results)}")
     return 0
 
 
