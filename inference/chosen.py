@@ -98,7 +98,10 @@ def predict_chosen(config: Any, run_member: Callable[[Any], int], pictures: Pict
         pictures.check(labels, dataset_json)  # a bad colour in dataset.json stops here, before any output
     out = Path(config.output)
     scratch = out / MEMBERS_DIR
-    print(f"fpn_predict --best: {names}; {post.describe()}", file=sys.stderr)
+    close = choice.get("within_noise")  # absent in choices written before it was recorded
+    certainty = "" if close is None else (f" (choice certainty low: {len(close)} pipeline(s) within the "
+                                          "cross-validation's noise)" if close else " (choice certainty: clear)")
+    print(f"fpn_predict --best: {names}; {post.describe()}{certainty}", file=sys.stderr)
     folders, status = [], 0
     for m, model_dir in zip(members, model_dirs):
         sub = replace(config, best=False, model_dir=model_dir, folds=[str(f) for f in m["folds"]],
