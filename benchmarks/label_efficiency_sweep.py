@@ -173,7 +173,7 @@ class Sweep:
         """The run's fold folder: ``scratch`` for ``--pretrained none``, ``ssl-FAF``/``ssl-SLO`` for a
         pretraining run's checkpoint (each results root holds one method only, so any tag found is
         accepted)."""
-        from fpnunet.training.run_folder import fold_folder_name, model_folder_name
+        from fpnunet.results_layout import fold_folder_name, model_folder_name
 
         tag = run.method.folder_tag
         suffix = "" if run.method.trainer == "supervised" else f"__{run.method.trainer}"

@@ -17,7 +17,8 @@ from fpnunet.io import EnfaceGeometry, read_image, write_image
 from fpnunet.networks import network_class
 from fpnunet.networks.encoders2d import ResNetEncoder
 from fpnunet.plans.plan import Configuration, NetworkSpec, Plan, TrainingDefaults
-from fpnunet.plans.planner import memory_budget_bytes, plan_dataset
+from fpnunet.plans.planner import plan_dataset
+from fpnunet.plans.planning_rules import memory_budget_bytes
 from fpnunet.preprocessed_dataset import PreprocessedDataset
 from fpnunet.raw_dataset import DatasetInfo
 

@@ -15,7 +15,8 @@ import pytest
 from fpnunet.atomic import save_json, save_npy
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Configuration, TrainingDefaults
-from fpnunet.training.augment import AugmentParams, get_train_transforms, load_margin
+from fpnunet.plans.training_params import AugmentParams
+from fpnunet.training.augment import get_train_transforms, load_margin
 from fpnunet.training.data import EnfaceDataLoader, batch_rngs
 from fpnunet.training.loader import default_num_workers, iterate_batches, make_train_loader
 

@@ -13,13 +13,12 @@ from fpnunet.errors import FPNError
 from fpnunet.networks import build_network, network_class
 from fpnunet.plans.memory import estimate_training_memory
 from fpnunet.plans.plan import Plan
-from fpnunet.plans.planner import (
+from fpnunet.plans.planner import format_plan_table, plan_dataset
+from fpnunet.plans.planning_rules import (
     BATCH_DATASET_FRACTION,
     choose_depth,
     depth_crop_rows,
-    format_plan_table,
     memory_budget_bytes,
-    plan_dataset,
     training_enface_area,
 )
 from fpnunet.raw_dataset import DatasetInfo

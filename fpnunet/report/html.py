@@ -26,8 +26,9 @@ from fpnunet.atomic import write_atomic
 from fpnunet.errors import FPNError
 from fpnunet.raw_dataset import DATASET_FILE
 from fpnunet.report.build import Report, collect_report
-from fpnunet.report.cases import OVERLAY_DIR, CaseResult, class_colours, write_prediction_overlays
+from fpnunet.report.cases import OVERLAY_DIR, CaseResult, write_prediction_overlays
 from fpnunet.report.growth import GROWTH_COLUMNS
+from fpnunet.report.overlay import class_colours
 
 __all__ = ["render_html", "write_report", "growth_csv_path", "make_report", "pictures_after_prediction",
            "PredictionPictures"]

@@ -31,8 +31,9 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 from fpnunet import distributed as fdist
 from fpnunet.errors import FPNError
 from fpnunet.plans.plan import Configuration
+from fpnunet.plans.training_params import AugmentParams
 from fpnunet.preprocessed_dataset import plans_file
-from fpnunet.training.augment import AUGMENTATIONS, AugmentParams, load_margin
+from fpnunet.training.augment import AUGMENTATIONS, load_margin
 from fpnunet.training.data import EnfaceDataLoader, raise_if_error
 
 logger = logging.getLogger(__name__)

@@ -24,16 +24,8 @@ import numpy as np
 
 from fpnunet.errors import FPNError
 from fpnunet.preprocessed_dataset import PreprocessedDataset
-from fpnunet.training.data import (
-    CaseRecord,
-    PatchLoader,
-    _npy_shape,
-    attach_enface,
-    batch_rngs,
-    foreground_centre,
-    foreground_rows,
-    scan_cases,
-)
+from fpnunet.training.cases import CaseRecord, _npy_shape, attach_enface, scan_cases
+from fpnunet.training.data import PatchLoader, batch_rngs, foreground_centre, foreground_rows
 
 logger = logging.getLogger(__name__)
 
