@@ -15,13 +15,22 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fpnunet import cli_args, paths
 from fpnunet.atomic import save_json
 from fpnunet.cli_utils import resolve_device, run_cli, run_command
 from fpnunet.errors import FPNError
-from fpnunet.plans.candidates import AUTO, auto_configurations, dataset_facts
+from fpnunet.plans.candidates import (
+    AUTO,
+    DatasetFacts,
+    auto_configurations,
+    dataset_facts,
+    format_candidates,
+    merge_candidates,
+    parse_candidate,
+    propose_candidates,
+)
 from fpnunet.plans.plan import Plan
 from fpnunet.preprocessed_dataset import plans_file
 
@@ -93,8 +102,6 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     gb = args.gpu_memory_gb
     if gb is not None and not (math.isfinite(gb) and gb > 0):
         raise FPNError(f"--gpu-memory-gb must be a finite number of GiB > 0, got {gb}")
-    from fpnunet.plans.candidates import parse_candidate  # lazy: start-up time
-
     for spec in args.add_candidates:
         parse_candidate(spec)  # a bad spec stops before anything is written
     from fpnunet.networks.registry import available_networks  # lazy: start-up time (torch)
@@ -132,13 +139,14 @@ def run(config: PreprocessConfig) -> int:
     copy_dataset_json(raw, out)
     save_json(fp, out / "dataset_fingerprint.json")
 
-    networks = planned_configurations(config.configs, fp, raw, info)
+    facts = dataset_facts(fp, raw, info, [])  # the en-face images of every case, read once
+    networks = planned_configurations(config.configs, facts)
     plans_path = plans_file(out)
     existing = Plan.load(plans_path) if plans_path.is_file() else None
     extra = {"calibrate": True} if config.calibrate else {}
     plan = plan_dataset(fp, info, gpu_memory_gb=config.gpu_memory_gb, networks=networks, existing=existing,
                         **extra)
-    print(choose_candidates(plan, existing, fp, raw, info, config))
+    print(choose_candidates(plan, existing, replace(facts, configurations=tuple(plan.configurations)), config))
     plan.save(plans_path)
     idents = ", ".join(f"{n} -> {c.data_identifier}/ (depth {c.depth})" for n, c in plan.configurations.items())
     print(f"wrote {plans_path}: depth crop {plan.depth_crop} raw rows; {idents}")
@@ -155,12 +163,12 @@ def run(config: PreprocessConfig) -> int:
     return 0
 
 
-def planned_configurations(configs: tuple[str, ...], fp: dict, raw, info) -> list[str]:
+def planned_configurations(configs: tuple[str, ...], facts: DatasetFacts) -> list[str]:
     """The ``-c`` names with ``auto`` expanded (:func:`fpnunet.plans.candidates.auto_configurations`;
     the choice and its reason are printed)."""
     if AUTO not in configs:
         return list(configs)
-    auto, reason = auto_configurations(dataset_facts(fp, raw, info, []))
+    auto, reason = auto_configurations(facts)
     names: list[str] = []
     for c in configs:
         names += auto if c == AUTO else [c]
@@ -169,18 +177,9 @@ def planned_configurations(configs: tuple[str, ...], fp: dict, raw, info) -> lis
     return names
 
 
-def choose_candidates(plan: Plan, existing: Plan | None, fp: dict, raw, info, config: PreprocessConfig) -> str:
+def choose_candidates(plan: Plan, existing: Plan | None, facts: DatasetFacts, config: PreprocessConfig) -> str:
     """Set ``plan.candidates`` (the rules' list, the user's additions, minus the dropped names);
     returns the listing to print."""
-    from fpnunet.plans.candidates import (  # lazy: start-up time
-        dataset_facts,
-        format_candidates,
-        merge_candidates,
-        parse_candidate,
-        propose_candidates,
-    )
-
-    facts = dataset_facts(fp, raw, info, list(plan.configurations))
     proposed, notes = propose_candidates(facts, plan.configuration().training.weight_decay)
     previous = list(existing.candidates) if existing is not None else []
     added = [parse_candidate(s) for s in config.add_candidates]
