@@ -56,11 +56,10 @@ def _fold_scores(p: np.ndarray, region: np.ndarray, hard: np.ndarray) -> dict[st
     ``(B, A)``, ``region`` every pixel any flip member calls lesion, ``hard`` the fold's mask."""
     from scipy import ndimage
 
-    from fpnunet.inference.ensemble_scores import BAND_PX, near_miss
+    from fpnunet.inference.ensemble_scores import BAND_PX, entropy_bits, near_miss
 
     wide = ndimage.binary_dilation(region | (p > CANDIDATE_P), iterations=BAND_PX)
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    ent = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+    ent = entropy_bits(p)
     soft, area = float(p.sum()), int(hard.sum())
     return {"entropy_wide": float(ent[wide].mean()) if wide.any() else 0.0, "low_peak": 1.0 - float(p.max()),
             "near_miss": near_miss(p, hard), "soft_gap": abs(soft - area) / max(soft, area, 1.0)}

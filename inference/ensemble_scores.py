@@ -38,8 +38,8 @@ from scipy import ndimage
 from fpnunet.calibration_file import Calibration
 from fpnunet.errors import ShapeError
 
-__all__ = ["BAND_PX", "NEAR_P", "CaseUncertainty", "apply_temperature", "case_uncertainty", "member_masks",
-           "mean_pairwise_dice", "near_miss", "vote_map"]
+__all__ = ["BAND_PX", "NEAR_P", "CaseUncertainty", "apply_temperature", "case_uncertainty", "entropy_bits",
+           "member_masks", "mean_pairwise_dice", "near_miss", "vote_map"]
 
 BAND_PX = 2
 """Width of the boundary band (pixels) around the members' lesions in which entropy is averaged."""
@@ -134,7 +134,8 @@ def near_miss(prob: np.ndarray, mask: np.ndarray) -> float:
     return float((likely & ~mask).sum() / n) if n else 0.0
 
 
-def _entropy_bits(p: np.ndarray) -> np.ndarray:
+def entropy_bits(p: np.ndarray) -> np.ndarray:
+    """Binary entropy in bits (0..1) of each probability of ``p``."""
     p = np.clip(p, _EPS, 1 - _EPS)
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
@@ -181,7 +182,7 @@ def case_uncertainty(members: np.ndarray, spacing: tuple[float, float], class_na
         ent = []
         for i in range(f):
             region = ndimage.binary_dilation(masks[i].any(0), iterations=BAND_PX)
-            ent.append(float(_entropy_bits(fold_probs[i, c])[region].mean()) if region.any() else 0.0)
+            ent.append(float(entropy_bits(fold_probs[i, c])[region].mean()) if region.any() else 0.0)
         out["entropy"][name] = float(np.mean(ent))
         out["near_miss"][name] = float(np.mean([near_miss(fold_probs[i, c], fold_masks[i]) for i in range(f)]))
         areas = masks.reshape(f * t, -1).sum(1) * pixel
