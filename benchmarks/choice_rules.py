@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MIN_FOLDS = 3
+from fpnunet.evaluation.choose import MIN_FOLDS  # the post-processing test's minimum, shared
 
 
 @dataclass(frozen=True)
