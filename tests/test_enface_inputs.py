@@ -133,18 +133,26 @@ def _config():
 def prepared(tmp_path_factory: pytest.TempPathFactory):
     """``fpn_make_synthetic`` output (6 cases + 2 test cases with enfaceTs), planned for omnia and
     preprocessed once; 1 epoch of 2 steps."""
+    return prepare(tmp_path_factory.mktemp("enface_inputs"), NAME, "omnia", bn_recalibration=2)
+
+
+def prepare(root: Path, name: str, config: str, also: tuple[str, ...] = (), **training_values: int) -> Path:
+    """``fpn_make_synthetic`` (6 cases + 2 test cases, with en-face images) under ``root``, planned
+    for ``also`` and ``config`` and preprocessed; ``config``'s training set to 1 epoch of 2 steps
+    (and ``training_values``)."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("enface_inputs")
     with pytest.MonkeyPatch.context() as mp:
         _env(mp, root)
-        make_synthetic_dataset(root / "raw" / NAME, n=6, labelled_fraction=1.0, seed=0, shape=(8, 48, 32),
+        make_synthetic_dataset(root / "raw" / name, n=6, labelled_fraction=1.0, seed=0, shape=(8, 48, 32),
                                num_test=2, show_progress=False)
-        assert preprocess_main(["-d", "905", "-c", "omnia", "-np", "1", "--no-progress"]) == 0
-    plan_path = root / "preprocessed" / NAME / "plans.json"
+        dataset_id = name.removeprefix("Dataset").split("_")[0]
+        assert preprocess_main(["-d", dataset_id, "-c", *also, config, "-np", "1", "--no-progress"]) == 0
+    plan_path = root / "preprocessed" / name / "plans.json"
     plan = Plan.load(plan_path)
-    training = plan.configuration("omnia").training
+    training = plan.configuration(config).training
     training.epochs, training.iterations_per_epoch, training.val_every = 1, 2, 1
-    training.bn_recalibration = 2  # the plan's 25 would cost 12 x the 2 training steps
+    for key, value in training_values.items():  # e.g. bn_recalibration=2: the plan's 25 costs 12 x 2 steps
+        setattr(training, key, value)
     plan.save(plan_path)
     return root
 

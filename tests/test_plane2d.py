@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_enface_inputs import _env  # the data roots of a prepared dataset
+from test_enface_inputs import _env, prepare  # the data roots and preparation of a dataset with en-face images
 
 from fpnunet.checkpoint import load_checkpoint
-from fpnunet.commands.plan_and_preprocess import main as preprocess_main
 from fpnunet.commands.predict import main as predict_main
 from fpnunet.commands.train import main as train_main
 from fpnunet.errors import FPNError, ShapeError
@@ -29,7 +28,6 @@ from fpnunet.plans.candidates import DatasetFacts, propose_candidates
 from fpnunet.plans.plan import Plan
 from fpnunet.plans.training_params import AugmentParams
 from fpnunet.preprocessed_dataset import PreprocessedDataset
-from fpnunet.synthetic.dataset import make_synthetic_dataset
 from fpnunet.training.augment import AUGMENTATIONS
 from fpnunet.training.data import EnfaceDataLoader
 from fpnunet.training.run_config import RunConfig
@@ -125,19 +123,7 @@ def test_candidate_listed_only_when_every_case_has_the_enface_images():
 def prepared(tmp_path_factory: pytest.TempPathFactory):
     """``fpn_make_synthetic`` output (6 cases + 2 test cases with enfaceTs), planned for plane2d and
     preprocessed once; 1 epoch of 2 steps."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("plane2d")
-    with pytest.MonkeyPatch.context() as mp:
-        _env(mp, root)
-        make_synthetic_dataset(root / "raw" / NAME, n=6, labelled_fraction=1.0, seed=0, shape=(8, 48, 32),
-                               num_test=2, show_progress=False)
-        assert preprocess_main(["-d", "906", "-c", "fpn", "plane2d", "-np", "1", "--no-progress"]) == 0
-    plan_path = root / "preprocessed" / NAME / "plans.json"
-    plan = Plan.load(plan_path)
-    training = plan.configuration("plane2d").training
-    training.epochs, training.iterations_per_epoch, training.val_every = 1, 2, 1
-    plan.save(plan_path)
-    return root
+    return prepare(tmp_path_factory.mktemp("plane2d"), NAME, "plane2d", also=("fpn",))
 
 
 @pytest.fixture()
