@@ -49,14 +49,7 @@ def test_omnia_shapes_with_and_without_enface_inputs():
     assert plain(torch.randn(2, 2, 8, 16, 32)).shape == (2, 1, 8, 32)
     x = torch.randn(2, 4, 8, 16, 32)
     x[:, 2:] = torch.rand(2, 2, 8, 1, 32)  # packed en-face images: constant along depth
-    with torch.no_grad():
-        y = net(x)
-        assert y.shape == (2, 1, 8, 32)
-        other = x.clone()
-        other[:, 3] = 1.0 - other[:, 3]  # another FAF image changes the output
-        assert not torch.allclose(net(other), y)
-    with pytest.raises(ShapeError, match=r"2 volume channel\(s\) \+ 2 en-face \(SLO, FAF\) = 4 input channels"):
-        net(torch.randn(1, 2, 8, 16, 32))
+    assert_reads_slo_faf(net, x, (2, 1, 8, 32), torch.randn(1, 2, 8, 16, 32))
     with pytest.raises(FPNError, match="twice"):
         build_network("omnia", 1, 1, **{**kw, "enface_inputs": ["SLO", "SLO"]})
 
@@ -126,6 +119,20 @@ def _config():
 
     return Configuration(network=NetworkSpec("omnia", {}), patch_size=(8, 32), batch_size=2, depth=16,
                          data_identifier="depth16")
+
+
+def assert_reads_slo_faf(net: torch.nn.Module, x: torch.Tensor, out_shape: tuple[int, ...],
+                         volume_only: torch.Tensor) -> None:
+    """``net`` (2 volume channels, en-face inputs SLO, FAF) maps the packed ``x`` to ``out_shape``,
+    its output depends on the FAF channel, and a volume without the en-face channels is refused."""
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == out_shape
+        other = x.clone()
+        other[:, 3] = 1.0 - other[:, 3]  # another FAF image changes the output
+        assert not torch.allclose(net(other), y)
+    with pytest.raises(ShapeError, match=r"2 volume channel\(s\) \+ 2 en-face \(SLO, FAF\) = 4 input channels"):
+        net(volume_only)
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_enface_inputs import _env, prepare  # the data roots and preparation of a dataset with en-face images
+from test_enface_inputs import (  # shared with the other network that takes en-face inputs
+    _env,
+    assert_reads_slo_faf,
+    prepare,
+)
 
 from fpnunet.checkpoint import load_checkpoint
 from fpnunet.commands.predict import main as predict_main
@@ -50,14 +54,7 @@ def test_planned_2d_topology_and_shapes():
     assert enface_inputs(net) == MODS and net.config["enface_inputs"] == MODS
     assert net.encoder[0][0].in_channels == 2 * 5 + 2  # per channel: mean + 4 slabs; then SLO, FAF
     x = pack_enface(torch.randn(2, 2, 16, 8, 96), torch.rand(2, 2, 16, 96))
-    with torch.no_grad():
-        y = net(x)
-        assert y.shape == (2, 3, 16, 96)
-        other = x.clone()
-        other[:, 3] = 1.0 - other[:, 3]  # another FAF image changes the output
-        assert not torch.allclose(net(other), y)
-    with pytest.raises(ShapeError, match=r"2 volume channel\(s\) \+ 2 en-face \(SLO, FAF\) = 4 input channels"):
-        net(torch.randn(1, 2, 16, 8, 96))
+    assert_reads_slo_faf(net, x, (2, 3, 16, 96), torch.randn(1, 2, 16, 8, 96))
     with pytest.raises(ShapeError, match="D=6 is not divisible by 4"):
         net(torch.randn(1, 4, 16, 6, 96))
     with pytest.raises(FPNError, match="twice"):
