@@ -1,0 +1,39 @@
+"""How certain each stored choice is: a table of ``fpn_find_best_configuration``'s ``within_noise``
+(the pipelines the cross-validation does not separate from the choice) for finished runs.
+
+Each argument is ``ID:RESULTS_ROOT`` (the ``$FPN_RESULTS`` of a run of
+``benchmarks/choose_configuration.sh``; run ``fpn_find_best_configuration -d ID`` there first so the
+choice records ``within_noise``). The figures of docs/choosing.md ("Measured")::
+
+    python benchmarks/choice_certainty.py 952:/tmp/choice_m/res 953:/tmp/choice_f/res \\
+        970:/tmp/s3-26/c970/res 971:/tmp/s3-26/c971/res 972:/tmp/s3-26/c972/res
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fpnunet.pipeline_files import read_chosen
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", metavar="ID:RESULTS_ROOT")
+    args = p.parse_args()
+    print("| dataset | labelled cases | chosen | CV Dice % | pipelines within noise | single candidates among them "
+          "(lead +- spread, points) |")
+    print("|---|---|---|---|---|---|")
+    for spec in args.runs:
+        did, root = spec.split(":", 1)
+        (folder,) = Path(root).glob(f"Dataset{did}_*")
+        c = read_chosen(folder)
+        close = c.get("within_noise")
+        singles = ", ".join(f"{x['name']} ({100 * x['lead']:+.1f} +- {100 * x['lead_spread']:.1f})"
+                            for x in close or [] if len(x["members"]) == 1)
+        chosen = " + ".join(m["candidate"] for m in c["members"])
+        print(f"| {did} | {c['cases']} | {chosen} | {100 * c['cv_dice']:.1f} | "
+              f"{'not recorded' if close is None else len(close)} | {singles or '-'} |")
+
+
+if __name__ == "__main__":
+    main()
