@@ -58,7 +58,8 @@ def _train(dataset: str, train: list[str], val: list[str], results: Path, args: 
     return float(json.loads(summary.read_text())["foreground_mean"]["Dice"])
 
 
-def _suggest(dataset: str, pool: list[str], results: Path, work: Path, add: int, log: Path) -> list[str]:
+def _suggest(dataset: str, pool: list[str], results: Path, work: Path, add: int, log: Path,
+             diversity: float) -> list[str]:
     info = load_dataset_json(raw_dir(dataset))
     folder = work / "candidates"
     shutil.rmtree(folder, ignore_errors=True)
@@ -70,7 +71,7 @@ def _suggest(dataset: str, pool: list[str], results: Path, work: Path, add: int,
     out = work / "suggestions"
     env = {**os.environ, "FPN_RESULTS": str(results), "OMP_NUM_THREADS": "1"}
     _sh([str(BIN / "fpn_suggest_labels"), "-d", dataset, "-m", str(model.parent), "-i", str(folder), "-o", str(out),
-         "--device", "cpu", "--pictures", "0"], env, log)
+         "--device", "cpu", "--pictures", "0", "--diversity", str(diversity)], env, log)
     return list(pd.read_csv(out / "suggestions.csv")["case"][:add])
 
 
@@ -86,10 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations-per-epoch", type=int, default=15)
     p.add_argument("--work", default=None, help="default $FPN_PREPROCESSED/../active_labelling")
     p.add_argument("--out", default="docs/uncertainty")
-    p.add_argument("--table-only", metavar="CSV", help="print the tables of an earlier run's active_labelling.csv")
+    p.add_argument("--diversity", type=float, default=0.3, help="fpn_suggest_labels --diversity (default 0.3)")
+    p.add_argument("--methods", nargs="+", choices=["random", "suggested"], default=["random", "suggested"],
+                   help="arms to run; the random arm is deterministic, so a stored one can be reused "
+                        "(--table-only RANDOM_CSV NEW_CSV)")
+    p.add_argument("--table-only", metavar="CSV", nargs="+",
+                   help="print the tables of earlier runs' active_labelling.csv files (the suggested arm "
+                        "of a later file replaces an earlier one's)")
     args = p.parse_args(argv)
     if args.table_only:
-        df = pd.read_csv(args.table_only)
+        df = combine([pd.read_csv(f) for f in args.table_only])
         print(paired_table(df) + "\n" + saving(df))
         return 0
     dataset = args.dataset
@@ -106,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         rng.shuffle(cases)
         heldout, pool = cases[:args.heldout], cases[args.heldout:]
         start = pool[:args.start]
-        for method in ("random", "suggested"):
+        for method in args.methods:
             chosen = list(start)
             pick = random.Random(1000 + seed)
             for rnd in range(args.rounds + 1):
                 run = work / f"seed{seed}" / method / f"round{rnd}"
-                if rnd == 0 and method == "suggested":  # the same start as random: reuse its run
+                if rnd == 0 and method == "suggested" and "random" in args.methods:  # same start: reuse its run
                     shutil.rmtree(run, ignore_errors=True)
                     shutil.copytree(work / f"seed{seed}" / "random" / "round0", run)
                     dice = rows[-args.rounds - 1]["dice"]
@@ -125,18 +132,29 @@ def main(argv: list[str] | None = None) -> int:
                 if rnd == args.rounds:
                     break
                 rest = [c for c in pool if c not in chosen]
-                chosen += (_suggest(dataset, rest, run / "results", run, args.add, run / "log.txt")
+                chosen += (_suggest(dataset, rest, run / "results", run, args.add, run / "log.txt", args.diversity)
                            if method == "suggested" else pick.sample(rest, args.add))
     df = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "active_labelling.csv", index=False)
+    tables = (paired_table(df) + "\n" + saving(df) if set(df["method"]) == {"random", "suggested"} else
+              "one arm only: print the tables with --table-only RANDOM_CSV THIS_CSV")
     text = (f"# Simulated labelling loop, dataset {dataset}\n\nseeds {args.seeds}, held-out {args.heldout}, start "
             f"{args.start}, +{args.add} per round, {args.rounds} rounds, {args.epochs} epochs x "
-            f"{args.iterations_per_epoch} steps\n\n" + paired_table(df) + "\n" + saving(df) + "\n")
+            f"{args.iterations_per_epoch} steps, diversity {args.diversity}\n\n" + tables + "\n")
     (out / "active_labelling.md").write_text(text)
     print(text)
     return 0
+
+
+def combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One table from several runs: per method and seed the last file that has it wins."""
+    keep: dict[tuple[str, int], pd.DataFrame] = {}
+    for f in frames:
+        for key, g in f.groupby(["method", "seed"]):
+            keep[(str(key[0]), int(key[1]))] = g
+    return pd.concat(list(keep.values()), ignore_index=True)
 
 
 def paired_table(df: pd.DataFrame) -> str:
