@@ -20,7 +20,8 @@ its roots) and a raw dataset folder with ``imagesTs``/``enfaceTs``/``labelsTs`` 
    pipeline and case; the dataset's earlier rows are replaced). The report (also ``--report-only``)
    prints per dataset the CV and test Dice of every pipeline, the chosen pipeline, the best
    candidate in hindsight, today's default (FPN + FAF SSL), the goal check on the first 8 and on
-   all test cases, and the rules of ``choice_rules.py`` against today's.
+   all test cases, how well the CV ranks the pipelines (Spearman over the pipelines, CV Dice against
+   test Dice on all cases), and the rules of ``choice_rules.py`` against today's.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from choice_rules import RULES, Pipeline, best_single, compare, verdict  # noqa: E402
@@ -244,6 +246,10 @@ def report(rows: list[dict]) -> str:
                 rule_lines.append(f"| {dataset} | {label} | {rule} | {pick} | {_mean(tests[pick], cs):.1f} | "
                                   f"{_mean(tests[pick], cs) - best:+.1f} | {100 * mean:+.1f} +- {100 * se:.1f} | "
                                   f"{verdict(mean, se)} |")
+        ranked = [n for n in tests if not n.endswith(POSTPROCESSED)]
+        rho = spearmanr([by_name[n].cv_dice for n in ranked], [_mean(tests[n], cases) for n in ranked])[0]
+        out += [f"- does the CV rank the pipelines as the test does? Spearman over the {len(ranked)} pipelines, "
+                f"CV Dice vs test Dice (all {len(cases)}): {rho:.2f}", ""]
         fresh = cases[FIRST:]
         if fresh:
             single = best_single(pipes).name
