@@ -101,6 +101,8 @@ def predict_chosen(config: Any, run_member: Callable[[Any], int], pictures: Pict
     close = choice.get("within_noise")  # absent in choices written before it was recorded
     certainty = "" if close is None else (f" (choice certainty low: {len(close)} pipeline(s) within the "
                                           "cross-validation's noise)" if close else " (choice certainty: clear)")
+    if choice.get("short_training"):  # absent in choices written before it was recorded
+        certainty += " (chosen on shortened training: see chosen_pipeline.txt)"
     print(f"fpn_predict --best: {names}; {post.describe()}{certainty}", file=sys.stderr)
     folders, status = [], 0
     for m, model_dir in zip(members, model_dirs):

@@ -203,3 +203,30 @@ def test_chosen_pipeline_is_checked(change, message):
               "postprocessing": PostProcessing().to_dict()} | change
     with pytest.raises(FPNError, match=message):
         check_chosen(json.loads(json.dumps(choice)), "chosen_pipeline.json")
+
+
+def test_a_choice_on_shortened_training_is_named(tmp_path, monkeypatch, capsys):
+    from fpnunet.plans.plan import Configuration
+    from fpnunet.training.run_config import RunConfig
+
+    results = build(tmp_path, monkeypatch, {"weak": bad, "strong": good})
+    plan_path = tmp_path / "pre" / NAME / "plans.json"
+    plan = Plan.load(plan_path)
+    plan.configurations["fpn"] = Configuration()  # the plan's schedule: 40 epochs x 100 steps
+    plan.save(plan_path)
+    for folder, (epochs, steps) in (("fpn__lf1__scratch", (6, 8)), ("fpn__lf1__ssl-FAF", (40, 100))):
+        for fold in range(N_FOLDS):
+            RunConfig(epochs=epochs if fold else epochs + 1, iterations_per_epoch=steps).save(
+                results / folder / f"fold_{fold}")
+    assert find_best(["-d", "941"]) in (0, None)
+    out = capsys.readouterr().out
+    # the fewest steps over the folds; the candidate trained as planned is not named
+    assert read_chosen(results)["short_training"] == [{"candidate": "weak", "steps": 48, "planned": 4000}]
+    assert "short training: weak 48 of 4000 planned steps per fold" in out
+    assert "rerun fpn_train_folds without --epochs/--iterations-per-epoch" in out
+
+
+def test_no_run_settings_no_short_training_line(tmp_path, monkeypatch, capsys):
+    build(tmp_path, monkeypatch, {"weak": bad, "strong": good})
+    assert find_best(["-d", "941"]) in (0, None)
+    assert "short training" not in capsys.readouterr().out
