@@ -19,12 +19,17 @@ import argparse
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fpnunet import cli_args
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
 from fpnunet.preprocessed_dataset import plans_file
+
+if TYPE_CHECKING:
+    from fpnunet.evaluation.choose import OutOfFold
+    from fpnunet.plans.plan import Plan
 
 PROGRAM = "fpn_find_best_configuration"
 
@@ -127,7 +132,7 @@ def run(config: FindBestConfig) -> int:
     return 0
 
 
-def short_training(plan: Any, oofs: list[Any], results: Any) -> list[dict[str, Any]]:
+def short_training(plan: Plan, oofs: list[OutOfFold], results: Path) -> list[dict[str, Any]]:
     """The candidates whose folds trained fewer steps (epochs x iterations) than the plan's schedule
     for their configuration: ``{candidate, steps, planned}`` (the fewest steps over its folds).
 
