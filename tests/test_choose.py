@@ -119,7 +119,7 @@ def test_pipelines_the_cross_validation_cannot_separate_are_named(tmp_path, monk
     close = read_chosen(results)["within_noise"]
     assert [c["name"] for c in close] == ["b", "a + b"] and all(c["lead"] == 0 for c in close)
     assert "certainty: low; the cross-validation does not separate the choice from 2 other pipeline(s)" in out
-    assert "single candidates b (+0.0 +- 0.0)" in out
+    assert "single candidates b (+0.0, needs > 0.0)" in out
 
 
 def test_within_noise_compares_the_lead_with_its_spread_over_folds():
@@ -133,6 +133,30 @@ def test_within_noise_compares_the_lead_with_its_spread_over_folds():
     three = {c: f for c, f in case_fold.items() if f in "01"}  # two folds: no spread, nothing separated
     assert len(within_noise([Score(("x",), {c: 0.8 for c in three}), Score(("y",), {c: 0.1 for c in three})],
                             three)) == 1
+
+
+def test_the_noise_margin_is_a_one_sided_t_test_at_five_percent():
+    from fpnunet.evaluation.choose import noise_margin
+
+    # 3 folds: t(0.95, 2) = 2.920 -> 2.920 / sqrt(3) = 1.686 standard deviations; 5 folds: 2.132 / sqrt(5) = 0.953
+    assert noise_margin({"0": 0.0, "1": 1.0, "2": 2.0}) == pytest.approx(1.686, abs=1e-3)  # sd 1
+    five = {str(f): v for f, v in enumerate((0.0, 1.0, 2.0, 3.0, 4.0))}  # sd 1.581
+    assert noise_margin(five) == pytest.approx(0.953 * 1.5811, abs=1e-3)
+    assert noise_margin({"0": 0.1, "1": 0.2}) == float("inf")  # two folds say nothing
+
+
+def test_a_small_gain_on_three_folds_is_within_the_noise():
+    """The 5 % labels case: a threshold gains a little in each of 3 folds, more than the spread of
+    that gain (which the earlier rule kept) but not beyond the t-test's margin (1.69 sd at 3 folds),
+    so neither a post-processing step nor a lead in the choice counts."""
+    from fpnunet.evaluation.choose import Score, noise_margin, paired_gain, within_noise
+
+    case_fold = {f"c{f}{i}": str(f) for f in range(3) for i in range(2)}
+    old = Score(("x",), {c: 0.5 for c in case_fold})
+    new = Score(("x",), {c: 0.5 + (0.002, 0.004, 0.012)[int(f)] for c, f in case_fold.items()})
+    gain, spread, per_fold = paired_gain(new, old, case_fold)
+    assert spread < gain < noise_margin(per_fold)
+    assert [c["name"] for c in within_noise([new, Score(("y",), old.per_case)], case_fold)] == ["y"]
 
 
 def test_postprocessing_that_removes_true_lesions_is_rejected(tmp_path, monkeypatch):

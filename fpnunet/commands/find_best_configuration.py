@@ -8,8 +8,8 @@
 
 Scores every candidate of the plan that has out-of-fold validation probabilities, and every
 ensemble of two and three of them (averaged probabilities), by cross-validation Dice; picks the
-best; decides post-processing on the same predictions, keeping a step only when its gain beats
-its paired spread over the folds (:mod:`fpnunet.evaluation.choose`). Writes
+best; decides post-processing on the same predictions, keeping a step only when its paired gain
+is beyond the noise over the folds (:mod:`fpnunet.evaluation.choose`). Writes
 ``$FPN_RESULTS/DatasetXXX/chosen_pipeline.json`` (tools) and ``chosen_pipeline.txt`` (people)
 and prints the table.
 """
@@ -182,8 +182,9 @@ def format_choice(choice: dict[str, Any]) -> str:
     for step in choice["postprocessing_steps"]:
         verdict = "kept" if step["kept"] else "rejected"
         value = step["value"] if isinstance(step["value"], bool) else f"{step['value']:.4g}"
+        margin = f"needs > {_spread(step['margin'])}, " if "margin" in step else ""
         lines.append(f"  post-processing {step['step']}={value}: {verdict} (gain {100 * step['gain']:+.2f} "
-                     f"points, spread over folds {100 * step['fold_spread']:.2f})")
+                     f"points, {margin}spread over folds {100 * step['fold_spread']:.2f})")
     post = choice["postprocessing"]
     lines.append(f"post-processing: threshold {post['threshold']:g}, min lesion area {post['min_area_mm2']:.4g} mm^2, "
                  f"fill holes {post['fill_holes']}, keep largest {post['keep_largest']} -> CV Dice "
@@ -197,11 +198,13 @@ def certainty_line(choice: dict[str, Any]) -> str:
     """How far the cross-validation separates the choice from the other pipelines, for people."""
     close = choice.get("within_noise", [])
     if not close:
-        return "  certainty: the choice leads every other pipeline by more than the spread of its lead over folds"
+        return "  certainty: the choice leads every other pipeline beyond the noise of its lead over folds"
     singles = [c for c in close if len(c["members"]) == 1]
-    shown = ", ".join(f"{c['name']} ({100 * c['lead']:+.1f} +- {_spread(c['lead_spread'])})" for c in singles[:4])
+    shown = ", ".join(f"{c['name']} ({100 * c['lead']:+.1f}, needs > "
+                      f"{_spread(c.get('lead_margin', c['lead_spread']))})" for c in singles[:4])
+    named = f": single candidates {shown}" if shown else ""
     return (f"  certainty: low; the cross-validation does not separate the choice from {len(close)} other "
-            f"pipeline(s) (lead <= its spread over folds, points){': single candidates ' + shown if shown else ''}; "
+            f"pipeline(s) (lead not beyond the noise over folds, points){named}; "
             f"with {choice['cases']} labelled cases the choice may not hold on new cases (more labels settle it)")
 
 
