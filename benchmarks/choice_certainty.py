@@ -16,19 +16,27 @@ from pathlib import Path
 from fpnunet.pipeline_files import read_chosen
 
 
+def _margin(entry: dict) -> str:
+    """The t-test margin; choices written before it was recorded give their spread (``+- s``)."""
+    if "lead_margin" not in entry:
+        return f"+- {100 * entry['lead_spread']:.1f}"
+    m = entry["lead_margin"]
+    return "inf" if m == float("inf") else f"{100 * m:.1f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", metavar="ID:RESULTS_ROOT")
     args = p.parse_args()
     print("| dataset | labelled cases | chosen | CV Dice % | pipelines within noise | single candidates among them "
-          "(lead +- spread, points) |")
+          "(lead, margin it must exceed, points) |")
     print("|---|---|---|---|---|---|")
     for spec in args.runs:
         did, root = spec.split(":", 1)
         (folder,) = Path(root).glob(f"Dataset{did}_*")
         c = read_chosen(folder)
         close = c.get("within_noise")
-        singles = ", ".join(f"{x['name']} ({100 * x['lead']:+.1f} +- {100 * x['lead_spread']:.1f})"
+        singles = ", ".join(f"{x['name']} ({100 * x['lead']:+.1f}, {_margin(x)})"
                             for x in close or [] if len(x["members"]) == 1)
         chosen = " + ".join(m["candidate"] for m in c["members"])
         print(f"| {did} | {c['cases']} | {chosen} | {100 * c['cv_dice']:.1f} | "
