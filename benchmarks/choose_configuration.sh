@@ -13,7 +13,7 @@
 #   CLASSES   1 (GA) or 2 (GA + perilesional zone; fpn_make_synthetic --classes)
 #   CONFIGS   plan configurations (default "fpn lachinov"); DROP: candidates left out (default fpn-ssl-SLO)
 #   EPOCHS, STEPS  the fold and pretraining schedule (default 6 x 8); DEVICES (default "cpu cpu")
-#   SHAPE     volume shape B D A (default "16 96 64"); NUM_TEST (default 8)
+#   SHAPE     volume shape B D A (default "16 96 64"); NUM_TEST (default 8); SEED: fpn_make_synthetic --seed (default 0)
 set -e
 D=${1:?dataset id, e.g. 952}
 NAME=Dataset${D}_${2:?dataset name, e.g. ChoiceGA}
@@ -21,11 +21,11 @@ CONTRAST=${3:-1}  # fpn_make_synthetic --enface-lesion-contrast
 OUT=${OUT:-/tmp/choice_$D}
 N=${N:-25} LABELLED=${LABELLED:-1} CLASSES=${CLASSES:-1} CONFIGS=${CONFIGS:-fpn lachinov}
 DROP=${DROP-fpn-ssl-SLO} EPOCHS=${EPOCHS:-6} STEPS=${STEPS:-8} DEVICES=${DEVICES:-cpu cpu}
-SHAPE=${SHAPE:-16 96 64} NUM_TEST=${NUM_TEST:-8}
+SHAPE=${SHAPE:-16 96 64} NUM_TEST=${NUM_TEST:-8} SEED=${SEED:-0}
 export FPN_RAW=$OUT/raw FPN_PREPROCESSED=$OUT/pre FPN_RESULTS=$OUT/res OMP_NUM_THREADS=1
 start=$(date +%s)
 # shellcheck disable=SC2086  # SHAPE, CONFIGS, DEVICES are word lists
-[ -d "$FPN_RAW/$NAME" ] || fpn_make_synthetic -o "$FPN_RAW/$NAME" -n "$N" --labelled-fraction "$LABELLED" --seed 0 \
+[ -d "$FPN_RAW/$NAME" ] || fpn_make_synthetic -o "$FPN_RAW/$NAME" -n "$N" --labelled-fraction "$LABELLED" --seed "$SEED" \
   --shape $SHAPE --num-test "$NUM_TEST" --classes "$CLASSES" --no-progress --enface-lesion-contrast "$CONTRAST"
 drops=()
 for c in $DROP; do drops+=(--drop-candidate "$c"); done
