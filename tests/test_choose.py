@@ -136,13 +136,19 @@ def test_within_noise_compares_the_lead_with_its_spread_over_folds():
 
 
 def test_the_noise_margin_is_a_one_sided_t_test_at_five_percent():
-    from fpnunet.evaluation.choose import noise_margin
+    from fpnunet.evaluation.choose import Score, noise_margin, paired_gain
 
     # 3 folds: t(0.95, 2) = 2.920 -> 2.920 / sqrt(3) = 1.686 standard deviations; 5 folds: 2.132 / sqrt(5) = 0.953
-    assert noise_margin({"0": 0.0, "1": 1.0, "2": 2.0}) == pytest.approx(1.686, abs=1e-3)  # sd 1
-    five = {str(f): v for f, v in enumerate((0.0, 1.0, 2.0, 3.0, 4.0))}  # sd 1.581
-    assert noise_margin(five) == pytest.approx(0.953 * 1.5811, abs=1e-3)
-    assert noise_margin({"0": 0.1, "1": 0.2}) == float("inf")  # two folds say nothing
+    assert noise_margin(1.0, 3) == pytest.approx(1.686, abs=1e-3)
+    assert noise_margin(1.5811, 5) == pytest.approx(0.953 * 1.5811, abs=1e-3)
+    # from paired_gain's spread: per-fold gains 0, 1, 2 (sd 1); two folds say nothing (infinite spread)
+    case_fold = {f"c{f}": str(f) for f in range(3)}
+    old = Score(("x",), {c: 0.0 for c in case_fold})
+    _, spread, per_fold = paired_gain(Score(("x",), {c: float(f) for c, f in case_fold.items()}), old, case_fold)
+    assert noise_margin(spread, len(per_fold)) == pytest.approx(1.686, abs=1e-3)
+    two = {c: f for c, f in case_fold.items() if f != "2"}
+    _, spread, per_fold = paired_gain(Score(("x",), {c: 0.2 for c in two}), Score(("x",), {c: 0.1 for c in two}), two)
+    assert noise_margin(spread, len(per_fold)) == float("inf")
 
 
 def test_a_small_gain_on_three_folds_is_within_the_noise():
@@ -155,7 +161,7 @@ def test_a_small_gain_on_three_folds_is_within_the_noise():
     old = Score(("x",), {c: 0.5 for c in case_fold})
     new = Score(("x",), {c: 0.5 + (0.002, 0.004, 0.012)[int(f)] for c, f in case_fold.items()})
     gain, spread, per_fold = paired_gain(new, old, case_fold)
-    assert spread < gain < noise_margin(per_fold)
+    assert spread < gain < noise_margin(spread, len(per_fold))
     assert [c["name"] for c in within_noise([new, Score(("y",), old.per_case)], case_fold)] == ["y"]
 
 

@@ -19,6 +19,7 @@ that did not train on it):
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -183,16 +184,14 @@ def paired_gain(new: Score, old: Score, case_fold: dict[str, str]) -> tuple[floa
     return float(np.mean(list(diff.values()))), spread, per_fold
 
 
-def noise_margin(per_fold: dict[str, float]) -> float:
-    """The gain a paired per-fold difference must exceed to count: the one-sided
-    :data:`NOISE_LEVEL` critical value of Student's t (folds - 1 degrees of freedom) times the
-    standard error of the per-fold gains (3 folds: 1.69 standard deviations, 5 folds: 0.95);
-    infinite below :data:`MIN_FOLDS` folds."""
-    values = list(per_fold.values())
-    if len(values) < MIN_FOLDS:
-        return float("inf")
-    k = len(values)
-    return float(student_t.ppf(1 - NOISE_LEVEL, k - 1) * np.std(values, ddof=1) / np.sqrt(k))
+def noise_margin(spread: float, folds: int) -> float:
+    """The gain a paired difference must exceed to count, from :func:`paired_gain`'s spread (the
+    standard deviation of the per-fold gains, infinite below :data:`MIN_FOLDS` folds) over
+    ``folds`` folds: the one-sided :data:`NOISE_LEVEL` critical value of Student's t (folds - 1
+    degrees of freedom) times the standard error (3 folds: 1.69 standard deviations, 5 folds: 0.95)."""
+    if math.isinf(spread):
+        return spread
+    return float(student_t.ppf(1 - NOISE_LEVEL, folds - 1) * spread / math.sqrt(folds))
 
 
 def within_noise(scores: list[Score], case_fold: dict[str, str]) -> list[dict[str, Any]]:
@@ -203,7 +202,7 @@ def within_noise(scores: list[Score], case_fold: dict[str, str]) -> list[dict[st
     best, out = scores[0], []
     for s in scores[1:]:
         lead, spread, per_fold = paired_gain(best, s, case_fold)
-        margin = noise_margin(per_fold)
+        margin = noise_margin(spread, len(per_fold))
         if not lead > margin:
             out.append({"name": s.name, "members": list(s.members), "lead": lead, "lead_spread": spread,
                         "lead_margin": margin})
@@ -226,7 +225,7 @@ def choose_postprocessing(probs: dict[str, np.ndarray], refs: dict, case_fold: d
         tried = [(value, score(probs, refs, case_fold, labels, replace(current, **{key: value}))) for value in grid]
         value, best = max(tried, key=lambda t: t[1].dice)
         gain, spread, per_fold = paired_gain(best, cur_score, case_fold)
-        margin = noise_margin(per_fold)
+        margin = noise_margin(spread, len(per_fold))
         kept = gain > 0 and gain > margin
         records.append({"step": key, "value": value, "dice_before": cur_score.dice, "dice_after": best.dice,
                         "gain": gain, "fold_spread": spread, "margin": margin, "fold_gains": per_fold,
