@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fpnunet.choice_caveats import points
 from fpnunet.pipeline_files import read_chosen
 
 
@@ -20,8 +21,7 @@ def _margin(entry: dict) -> str:
     """The t-test margin; choices written before it was recorded give their spread (``+- s``)."""
     if "lead_margin" not in entry:
         return f"+- {100 * entry['lead_spread']:.1f}"
-    m = entry["lead_margin"]
-    return "inf" if m == float("inf") else f"{100 * m:.1f}"
+    return points(entry["lead_margin"])
 
 
 def main() -> None:

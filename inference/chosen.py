@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fpnunet.calibration_file import read_calibration
+from fpnunet.choice_caveats import caveats
 from fpnunet.errors import FPNError
 from fpnunet.inference.ensemble_scores import mean_pairwise_dice, member_masks, vote_map
 from fpnunet.inference.export import LESION_COLUMNS, lesion_rows, write_probabilities
@@ -98,12 +99,8 @@ def predict_chosen(config: Any, run_member: Callable[[Any], int], pictures: Pict
         pictures.check(labels, dataset_json)  # a bad colour in dataset.json stops here, before any output
     out = Path(config.output)
     scratch = out / MEMBERS_DIR
-    close = choice.get("within_noise")  # absent in choices written before it was recorded
-    certainty = "" if close is None else (f" (choice certainty low: {len(close)} pipeline(s) within the "
-                                          "cross-validation's noise)" if close else " (choice certainty: clear)")
-    if choice.get("short_training"):  # absent in choices written before it was recorded
-        certainty += " (chosen on shortened training: see chosen_pipeline.txt)"
-    print(f"fpn_predict --best: {names}; {post.describe()}{certainty}", file=sys.stderr)
+    notes = "".join(f" ({c.short})" for c in caveats(choice))
+    print(f"fpn_predict --best: {names}; {post.describe()}{notes}", file=sys.stderr)
     folders, status = [], 0
     for m, model_dir in zip(members, model_dirs):
         sub = replace(config, best=False, model_dir=model_dir, folds=[str(f) for f in m["folds"]],

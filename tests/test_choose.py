@@ -34,9 +34,11 @@ def _reference(rng: np.random.Generator, small: bool) -> np.ndarray:
     return seg
 
 
-def build(tmp_path: Path, monkeypatch, predictions: dict[str, callable], small_lesions: bool = False) -> Path:
+def build(tmp_path: Path, monkeypatch, predictions: dict[str, callable], small_lesions: bool = False,
+          lesion_free: int = 0) -> Path:
     """Raw labels, a plan with one candidate per entry of ``predictions`` (case reference, rng ->
-    probabilities) and each candidate's out-of-fold validation probabilities in five folds."""
+    probabilities) and each candidate's out-of-fold validation probabilities in five folds; the
+    first ``lesion_free`` cases have an empty reference."""
     for var, sub in (("FPN_RAW", "raw"), ("FPN_PREPROCESSED", "pre"), ("FPN_RESULTS", "res")):
         monkeypatch.setenv(var, str(tmp_path / sub))
     labels_dir = tmp_path / "raw" / NAME / "labelsTr"
@@ -46,7 +48,8 @@ def build(tmp_path: Path, monkeypatch, predictions: dict[str, callable], small_l
     for fold in range(N_FOLDS):
         for i in range(PER_FOLD):
             case = f"c{fold}{i}"
-            refs[case] = (fold, _reference(rng, small_lesions))
+            ref = _reference(rng, small_lesions)
+            refs[case] = (fold, ref * 0 if len(refs) < lesion_free else ref)
             write_image(labels_dir / f"{case}.nii.gz", refs[case][1], SPACING)
     candidates = []
     for (name, make), pretrained in zip(predictions.items(), ("none", "FAF", "SLO")):
@@ -260,3 +263,33 @@ def test_no_run_settings_no_short_training_line(tmp_path, monkeypatch, capsys):
     build(tmp_path, monkeypatch, {"weak": bad, "strong": good})
     assert find_best(["-d", "941"]) in (0, None)
     assert "short training" not in capsys.readouterr().out
+
+
+def test_a_labelled_set_without_a_lesion_free_case_is_named_a_blind_spot(tmp_path, monkeypatch, capsys):
+    results = build(tmp_path, monkeypatch, {"weak": bad, "strong": good})
+    assert find_best(["-d", "941"]) in (0, None)
+    out = capsys.readouterr().out
+    assert read_chosen(results)["cases_without_lesion"] == 0
+    assert ("blind spot: all 15 labelled cases have a lesion, so the cross-validation never sees a scan "
+            "without one") in out and "label a few of them and rerun the choice" in out
+    assert "blind spot" in (results / "chosen_pipeline.txt").read_text()
+
+
+def test_one_lesion_free_labelled_case_removes_the_blind_spot(tmp_path, monkeypatch, capsys):
+    results = build(tmp_path, monkeypatch, {"weak": bad, "strong": good}, lesion_free=2)
+    assert find_best(["-d", "941"]) in (0, None)
+    assert read_chosen(results)["cases_without_lesion"] == 2
+    assert "blind spot" not in capsys.readouterr().out
+
+
+def test_caveats_short_and_long_say_the_same_and_old_choices_have_none():
+    from fpnunet.choice_caveats import caveats
+
+    choice = {"cases": 5, "within_noise": [], "short_training": [{"candidate": "a", "steps": 8, "planned": 80}],
+              "cases_without_lesion": 0}
+    found = caveats(choice)
+    assert [c.key for c in found] == ["certainty", "short_training", "no_lesion_free"]
+    assert found[0].short == "choice certainty: clear" and "a 8 of 80 planned steps" in found[1].long
+    assert found[2].short == "no lesion-free labelled case: false positives on healthy scans unmeasured"
+    assert caveats({"cases": 5}) == []  # written before any caveat was recorded
+    assert [c.key for c in caveats({**choice, "cases_without_lesion": 1, "short_training": []})] == ["certainty"]

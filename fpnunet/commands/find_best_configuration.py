@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fpnunet import cli_args
+from fpnunet.choice_caveats import caveats, points
 from fpnunet.cli_utils import run_cli
 from fpnunet.errors import FPNError
 from fpnunet.preprocessed_dataset import plans_file
@@ -65,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> FindBestConfig:
 
 def run(config: FindBestConfig) -> int:
     from fpnunet.evaluation.choose import (  # lazy: start-up time
+        cases_without_lesion,
         choose_postprocessing,
         compatible,
         ensemble_probs,
@@ -121,6 +123,7 @@ def run(config: FindBestConfig) -> int:
         "cases": len(cases), "scores": [s.to_dict() for s in scores], "not_compared": notes,
         "within_noise": within_noise(scores, oofs[0].case_fold),
         "short_training": short_training(plan, oofs, results),
+        "cases_without_lesion": cases_without_lesion(refs),
         "predict_command": command,
     }
     text = format_choice(choice)
@@ -172,17 +175,11 @@ def format_choice(choice: dict[str, Any]) -> str:
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     members = " + ".join(m["candidate"] for m in choice["members"])
     lines.append(f"chosen: {members} (CV Dice {_fmt(choice['cv_dice'])} +- {_fmt(choice['cv_spread'])})")
-    lines.append(certainty_line(choice))
-    short = choice.get("short_training") or []
-    if short:
-        lines.append("  short training: " + ", ".join(f"{c['candidate']} {c['steps']} of {c['planned']}" for c in short)
-                     + " planned steps per fold; on shortened folds the cross-validation "
-                     "ranks the candidates poorly (docs/results.md): for a choice to trust, rerun fpn_train_folds "
-                     "without --epochs/--iterations-per-epoch")
+    lines += [f"  {c.long}" for c in caveats(choice)]
     for step in choice["postprocessing_steps"]:
         verdict = "kept" if step["kept"] else "rejected"
         value = step["value"] if isinstance(step["value"], bool) else f"{step['value']:.4g}"
-        margin = f"needs > {_spread(step['margin'])}, " if "margin" in step else ""
+        margin = f"needs > {points(step['margin'])}, " if "margin" in step else ""
         lines.append(f"  post-processing {step['step']}={value}: {verdict} (gain {100 * step['gain']:+.2f} "
                      f"points, {margin}spread over folds {100 * step['fold_spread']:.2f})")
     post = choice["postprocessing"]
@@ -192,24 +189,6 @@ def format_choice(choice: dict[str, Any]) -> str:
     lines += [f"not compared: {n}" for n in choice["not_compared"]]
     lines.append(f"predict: {choice['predict_command']}")
     return "\n".join(lines)
-
-
-def certainty_line(choice: dict[str, Any]) -> str:
-    """How far the cross-validation separates the choice from the other pipelines, for people."""
-    close = choice.get("within_noise", [])
-    if not close:
-        return "  certainty: the choice leads every other pipeline beyond the noise of its lead over folds"
-    singles = [c for c in close if len(c["members"]) == 1]
-    shown = ", ".join(f"{c['name']} ({100 * c['lead']:+.1f}, needs > "
-                      f"{_spread(c.get('lead_margin', c['lead_spread']))})" for c in singles[:4])
-    named = f": single candidates {shown}" if shown else ""
-    return (f"  certainty: low; the cross-validation does not separate the choice from {len(close)} other "
-            f"pipeline(s) (lead not beyond the noise over folds, points){named}; "
-            f"with {choice['cases']} labelled cases the choice may not hold on new cases (more labels settle it)")
-
-
-def _spread(value: float) -> str:
-    return "inf (< 3 folds)" if math.isinf(value) else f"{100 * value:.1f}"
 
 
 @run_cli

@@ -120,6 +120,12 @@ def load_references(labels_dir: Path, cases: list[str], ending: str, labels: dic
     return out
 
 
+def cases_without_lesion(refs: dict[str, tuple[np.ndarray, tuple[float, float]]]) -> int:
+    """How many labelled cases have no foreground at all (lesion-free scans). With none, the
+    cross-validation never measures false positives on such scans (:mod:`fpnunet.choice_caveats`)."""
+    return sum(1 for ref, _ in refs.values() if not np.any(ref))
+
+
 def foreground_dice(ref: np.ndarray, pred: np.ndarray, labels: dict[str, int]) -> float:
     values = sorted({int(v) for v in labels.values() if int(v) != 0})
     return float(np.mean([dice(ref == v, pred == v) for v in values]))
