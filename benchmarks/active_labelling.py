@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="default $FPN_PREPROCESSED/../active_labelling")
     p.add_argument("--out", default="docs/uncertainty")
     p.add_argument("--diversity", type=float, default=0.3, help="fpn_suggest_labels --diversity (default 0.3)")
+    p.add_argument("--mix", type=int, default=0, metavar="K",
+                   help="of each round's --add cases of the suggested arm, K are a seeded random draw from the "
+                        "pool's rest (after the suggestions), the others the top of fpn_suggest_labels (default 0)")
     p.add_argument("--methods", nargs="+", choices=["random", "suggested"], default=["random", "suggested"],
                    help="arms to run; the random arm is deterministic, so a stored one can be reused "
                         "(--table-only RANDOM_CSV NEW_CSV)")
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the tables of earlier runs' active_labelling.csv files (the suggested arm "
                         "of a later file replaces an earlier one's)")
     args = p.parse_args(argv)
+    if not 0 <= args.mix <= args.add:
+        p.error(f"--mix {args.mix}: must be between 0 and --add ({args.add})")
     if args.table_only:
         df = combine([pd.read_csv(f) for f in args.table_only])
         print(paired_table(df) + "\n" + saving(df))
@@ -132,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
                 if rnd == args.rounds:
                     break
                 rest = [c for c in pool if c not in chosen]
-                chosen += (_suggest(dataset, rest, run / "results", run, args.add, run / "log.txt", args.diversity)
-                           if method == "suggested" else pick.sample(rest, args.add))
+                if method == "random":
+                    chosen += pick.sample(rest, args.add)
+                    continue
+                top = _suggest(dataset, rest, run / "results", run, args.add - args.mix, run / "log.txt",
+                               args.diversity) if args.add > args.mix else []
+                chosen += top + pick.sample([c for c in rest if c not in top], args.mix)
     df = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
               "one arm only: print the tables with --table-only RANDOM_CSV THIS_CSV")
     text = (f"# Simulated labelling loop, dataset {dataset}\n\nseeds {args.seeds}, held-out {args.heldout}, start "
             f"{args.start}, +{args.add} per round, {args.rounds} rounds, {args.epochs} epochs x "
-            f"{args.iterations_per_epoch} steps, diversity {args.diversity}\n\n" + tables + "\n")
+            f"{args.iterations_per_epoch} steps, diversity {args.diversity}, random picks mixed in {args.mix}\n\n"
+            + tables + "\n")
     (out / "active_labelling.md").write_text(text)
     print(text)
     return 0
