@@ -18,7 +18,10 @@ ensemble, with its CV Dice and its per-fold means) and returns one pipeline:
   pipeline whose per-fold difference from the best has a mean within one standard error of that
   difference (sd / sqrt(folds)). Reason: the unpaired spread in (c) is dominated by how hard
   each fold is, which all pipelines share (a fold at 0 Dice for one candidate gives spreads of
-  50 points); pairing by fold removes that shared part.
+  50 points); pairing by fold removes that shared part;
+* ``e-paired-t`` (added in session 6, after the 6 x 64 runs, docs/results.md): (b) with the
+  one-sided paired t-test at 5 % that post-processing and the certainty line use, instead of
+  "gain > sd".
 
 "Worse"/"better" on test (fixed with the rules): the mean paired per-case difference to
 ``a-today`` on the same test cases, with its standard error sd / sqrt(cases); a rule is worse on
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fpnunet.evaluation.choose import MIN_FOLDS  # the post-processing test's minimum, shared
+from fpnunet.evaluation.choose import MIN_FOLDS, noise_margin  # the post-processing test, shared
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,19 @@ def paired(pipes: list[Pipeline]) -> Pipeline:
     return top if gain > 0 and gain > spread else single
 
 
+def paired_t(pipes: list[Pipeline]) -> Pipeline:
+    """``e-paired-t``: (b) with the one-sided paired t-test at 5 % of post-processing and the certainty
+    line (:func:`fpnunet.evaluation.choose.noise_margin`) in place of "gain > sd"."""
+    top, single = today(pipes), best_single(pipes)
+    if len(top.members) == 1:
+        return top
+    diffs = fold_differences(top, single)
+    if len(diffs) < MIN_FOLDS:
+        return single
+    gain, spread = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
+    return top if gain > 0 and gain > noise_margin(spread, len(diffs)) else single
+
+
 def _simplest(candidates: list[Pipeline]) -> Pipeline:
     return min(candidates, key=lambda p: (len(p.members), -p.cv_dice, p.name))
 
@@ -97,7 +113,7 @@ def paired_one_se(pipes: list[Pipeline]) -> Pipeline:
 
 
 RULES = {"a-today": today, "b-paired": paired, "c-1se": one_se, "d-single": best_single,
-         "d-paired-1se": paired_one_se}
+         "d-paired-1se": paired_one_se, "e-paired-t": paired_t}
 
 
 def compare(per_case: dict[str, float], reference: dict[str, float]) -> tuple[float, float]:
