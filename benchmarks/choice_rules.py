@@ -31,6 +31,7 @@ a dataset when that mean is below -1 standard error, better beyond the noise whe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +66,9 @@ def fold_differences(new: Pipeline, old: Pipeline) -> list[float]:
     return [new.fold_dice[f] - old.fold_dice[f] for f in old.fold_dice]
 
 
-def paired(pipes: list[Pipeline]) -> Pipeline:
+def _ensemble_or_single(pipes: list[Pipeline], margin: Callable[[float, int], float]) -> Pipeline:
+    """The winning ensemble if its per-fold paired gain over the best single candidate is positive
+    and above ``margin(spread of the gain, folds)``, else that single candidate."""
     top, single = today(pipes), best_single(pipes)
     if len(top.members) == 1:
         return top
@@ -73,20 +76,17 @@ def paired(pipes: list[Pipeline]) -> Pipeline:
     if len(diffs) < MIN_FOLDS:
         return single
     gain, spread = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
-    return top if gain > 0 and gain > spread else single
+    return top if gain > 0 and gain > margin(spread, len(diffs)) else single
+
+
+def paired(pipes: list[Pipeline]) -> Pipeline:
+    return _ensemble_or_single(pipes, lambda spread, folds: spread)
 
 
 def paired_t(pipes: list[Pipeline]) -> Pipeline:
     """``e-paired-t``: (b) with the one-sided paired t-test at 5 % of post-processing and the certainty
     line (:func:`fpnunet.evaluation.choose.noise_margin`) in place of "gain > sd"."""
-    top, single = today(pipes), best_single(pipes)
-    if len(top.members) == 1:
-        return top
-    diffs = fold_differences(top, single)
-    if len(diffs) < MIN_FOLDS:
-        return single
-    gain, spread = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
-    return top if gain > 0 and gain > noise_margin(spread, len(diffs)) else single
+    return _ensemble_or_single(pipes, noise_margin)
 
 
 def _simplest(candidates: list[Pipeline]) -> Pipeline:
