@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--mix {args.mix}: must be between 0 and --add ({args.add})")
     if args.table_only:
         df = combine([pd.read_csv(f) for f in args.table_only])
-        print(paired_table(df) + "\n" + saving(df))
+        print(paired_table(df) + "\n" + saving(df) + "\n" + noise(df))
         return 0
     dataset = args.dataset
     import fpnunet.preprocessed_dataset as ppd  # noqa: PLC0415  (a script: imports where used)
@@ -197,6 +197,17 @@ def saving(df: pd.DataFrame) -> str:
             + ("stays at or above it with more labels" if stays else
                f"falls below it again at {', '.join(str(m) for m in later if m not in reached)} cases (suggested's "
                f"final mean Dice {float(mean.loc[final_n, 'suggested']):.3f})"))
+
+
+def noise(df: pd.DataFrame) -> str:
+    """How precisely the seeds measure the paired difference (suggested - random) at each labelled
+    count, and random's final mean: standard deviation over seeds and standard error."""
+    wide = df.pivot_table(index=["labelled", "seed"], columns="method", values="dice")
+    diff = (wide["suggested"] - wide["random"]).groupby(level="labelled")
+    final = wide["random"].xs(int(wide.index.get_level_values("labelled").max()), level="labelled")
+    parts = [f"{n}: sd {g.std(ddof=1):.3f}, s.e. {g.std(ddof=1) / len(g) ** 0.5:.3f}" for n, g in diff if len(g) > 1]
+    return (f"paired difference per labelled count ({'; '.join(parts)}); random's final mean "
+            f"{final.mean():.3f} +- {final.std(ddof=1) / len(final) ** 0.5:.3f} (s.e.)")
 
 
 if __name__ == "__main__":
