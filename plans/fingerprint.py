@@ -199,6 +199,11 @@ def fingerprint_summary(fp: dict[str, Any]) -> str:
         f"  retina band height: p95 {fp['retina_band_height_p95']} rows, max {fp['retina_band_height_max']} rows",
         f"  labels: {fp['labels']}; mean foreground fraction {fp['foreground_fraction_mean']:.3f}",
     ]
+    if fp["num_labelled"]:
+        free = sum(1 for c in fp["cases"].values() if c and c["labelled"] and c["foreground_fraction"] == 0)
+        none = (" (none: fpn_find_best_configuration will not see false positives on scans without a lesion; "
+                "label a few if you will predict such scans)") if free == 0 else ""
+        lines.append(f"  lesion-free labelled cases: {free} of {fp['num_labelled']}{none}")
     if fp["enface_modalities"]:
         counts = Counter(m for c in fp["cases"].values() for m in c["enface"])
         lines.append("  en-face images: " + ", ".join(f"{m} {counts.get(m, 0)} of {fp['num_cases']} cases"

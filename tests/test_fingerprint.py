@@ -56,3 +56,19 @@ def test_fingerprint_parallel_matches_serial(tmp_path: Path):
     a = verify_and_fingerprint(ds, num_processes=1, show_progress=False)
     b = verify_and_fingerprint(ds, num_processes=2, show_progress=False)
     assert a == b
+
+
+def test_summary_says_when_no_labelled_case_is_lesion_free(tmp_path: Path):
+    import numpy as np
+
+    from fpnunet.io import read_image
+    from fpnunet.plans.fingerprint import fingerprint_summary
+
+    ds = make_raw_dataset(tmp_path, n=3, labelled=(0, 1))
+    text = fingerprint_summary(verify_and_fingerprint(ds, show_progress=False))
+    assert "lesion-free labelled cases: 0 of 2 (none: fpn_find_best_configuration will not see false positives" in text
+    label = ds / "labelsTr" / "case_001.nii.gz"
+    image = read_image(label)
+    write_image(label, np.zeros_like(image.array), tuple(image.spacing))
+    text = fingerprint_summary(verify_and_fingerprint(ds, show_progress=False))
+    assert "lesion-free labelled cases: 1 of 2\n" in text + "\n" and "(none:" not in text
