@@ -63,13 +63,17 @@ def _short_training(choice: dict[str, Any]) -> Caveat | None:
                   "without --epochs/--iterations-per-epoch")
 
 
+BLIND_SPOT = "the cross-validation never sees a scan without one and does not measure false positives there"
+"""Why no lesion-free labelled case matters; also said by ``fpn_plan_and_preprocess`` before any training."""
+LABEL_LESION_FREE = "if the scans to predict include lesion-free ones, label a few of them"
+
+
 def _no_lesion_free(choice: dict[str, Any]) -> Caveat | None:
     if choice.get("cases_without_lesion") != 0:
         return None
     return Caveat("no_lesion_free", "no lesion-free labelled case: false positives on healthy scans unmeasured",
-                  f"blind spot: all {choice['cases']} labelled cases have a lesion, so the cross-validation never "
-                  "sees a scan without one and does not measure false positives there (docs/choosing.md); if the "
-                  "scans to predict include lesion-free ones, label a few of them and rerun the choice")
+                  f"blind spot: all {choice['cases']} labelled cases have a lesion, so {BLIND_SPOT} "
+                  f"(docs/choosing.md); {LABEL_LESION_FREE} and rerun the choice")
 
 
 def caveats(choice: dict[str, Any]) -> list[Caveat]:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from fpnunet.choice_caveats import BLIND_SPOT, LABEL_LESION_FREE
 from fpnunet.parallel import parallel_map
 from fpnunet.plans.verify import check_files
 from fpnunet.plans.verify_content import check_case_content
@@ -201,8 +202,7 @@ def fingerprint_summary(fp: dict[str, Any]) -> str:
     ]
     if fp["num_labelled"]:
         free = sum(1 for c in fp["cases"].values() if c and c["labelled"] and c["foreground_fraction"] == 0)
-        none = (" (none: fpn_find_best_configuration will not see false positives on scans without a lesion; "
-                "label a few if you will predict such scans)") if free == 0 else ""
+        none = f" (none: in fpn_find_best_configuration {BLIND_SPOT}; {LABEL_LESION_FREE})" if free == 0 else ""
         lines.append(f"  lesion-free labelled cases: {free} of {fp['num_labelled']}{none}")
     if fp["enface_modalities"]:
         counts = Counter(m for c in fp["cases"].values() for m in c["enface"])
