@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--mix {args.mix}: must be between 0 and --add ({args.add})")
     if args.table_only:
         df = combine([pd.read_csv(f) for f in args.table_only])
-        print(paired_table(df) + "\n" + saving(df) + "\n" + noise(df))
+        print(report(df))
         return 0
     dataset = args.dataset
     import fpnunet.preprocessed_dataset as ppd  # noqa: PLC0415  (a script: imports where used)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "active_labelling.csv", index=False)
-    tables = (paired_table(df) + "\n" + saving(df) if set(df["method"]) == {"random", "suggested"} else
+    tables = (report(df) if set(df["method"]) == {"random", "suggested"} else
               "one arm only: print the tables with --table-only RANDOM_CSV THIS_CSV")
     text = (f"# Simulated labelling loop, dataset {dataset}\n\nseeds {args.seeds}, held-out {args.heldout}, start "
             f"{args.start}, +{args.add} per round, {args.rounds} rounds, {args.epochs} epochs x "
@@ -167,10 +167,21 @@ def combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(list(keep.values()), ignore_index=True)
 
 
-def paired_table(df: pd.DataFrame) -> str:
-    """Mean held-out Dice per round for both methods, and the paired (same seed) difference."""
+def report(df: pd.DataFrame) -> str:
+    """The paired table, the saving line and the seeds' noise, as a run and ``--table-only`` print them."""
+    return paired_table(df) + "\n" + saving(df) + "\n" + noise(df)
+
+
+def _by_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """Dice per (labelled, seed) and method, with the paired difference ``diff`` (suggested - random)."""
     wide = df.pivot_table(index=["labelled", "seed"], columns="method", values="dice")
     wide["diff"] = wide["suggested"] - wide["random"]
+    return wide
+
+
+def paired_table(df: pd.DataFrame) -> str:
+    """Mean held-out Dice per round for both methods, and the paired (same seed) difference."""
+    wide = _by_seed(df)
     lines = ["| labelled | random | suggested | suggested - random (paired: mean, min..max) | seeds suggested ahead |",
              "|---|---|---|---|---|"]
     for n, g in wide.groupby(level="labelled"):
@@ -202,8 +213,8 @@ def saving(df: pd.DataFrame) -> str:
 def noise(df: pd.DataFrame) -> str:
     """How precisely the seeds measure the paired difference (suggested - random) at each labelled
     count, and random's final mean: standard deviation over seeds and standard error."""
-    wide = df.pivot_table(index=["labelled", "seed"], columns="method", values="dice")
-    diff = (wide["suggested"] - wide["random"]).groupby(level="labelled")
+    wide = _by_seed(df)
+    diff = wide["diff"].groupby(level="labelled")
     final = wide["random"].xs(int(wide.index.get_level_values("labelled").max()), level="labelled")
     parts = [f"{n}: sd {g.std(ddof=1):.3f}, s.e. {g.std(ddof=1) / len(g) ** 0.5:.3f}" for n, g in diff if len(g) > 1]
     return (f"paired difference per labelled count ({'; '.join(parts)}); random's final mean "

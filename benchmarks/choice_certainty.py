@@ -17,6 +17,16 @@ from fpnunet.choice_caveats import points
 from fpnunet.pipeline_files import read_chosen
 
 
+def stored_choices(specs: list[str]) -> list[tuple[str, str, dict]]:
+    """``(spec, id, chosen_pipeline.json)`` of each ``ID:RESULTS_ROOT`` argument."""
+    out = []
+    for spec in specs:
+        did, root = spec.split(":", 1)
+        (folder,) = Path(root).glob(f"Dataset{did}_*")
+        out.append((spec, did, read_chosen(folder)))
+    return out
+
+
 def _margin(entry: dict) -> str:
     """The t-test margin; choices written before it was recorded give their spread (``+- s``)."""
     if "lead_margin" not in entry:
@@ -31,10 +41,7 @@ def main() -> None:
     print("| dataset | labelled cases | chosen | CV Dice % | pipelines within noise | single candidates among them "
           "(lead, margin it must exceed, points) |")
     print("|---|---|---|---|---|---|")
-    for spec in args.runs:
-        did, root = spec.split(":", 1)
-        (folder,) = Path(root).glob(f"Dataset{did}_*")
-        c = read_chosen(folder)
+    for _, did, c in stored_choices(args.runs):
         close = c.get("within_noise")
         singles = ", ".join(f"{x['name']} ({100 * x['lead']:+.1f}, {_margin(x)})"
                             for x in close or [] if len(x["members"]) == 1)

@@ -185,7 +185,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
         w.writerows(keep)
 
 
-def _pipelines(rows: list[dict]) -> tuple[list[Pipeline], dict[str, dict[str, float]], str]:
+def read_pipelines(rows: list[dict]) -> tuple[list[Pipeline], dict[str, dict[str, float]], str]:
     tests: dict[str, dict[str, float]] = {}
     pipes: dict[str, Pipeline] = {}
     chosen = ""
@@ -200,8 +200,14 @@ def _pipelines(rows: list[dict]) -> tuple[list[Pipeline], dict[str, dict[str, fl
     return list(pipes.values()), tests, chosen
 
 
-def _mean(per_case: dict[str, float], cases: list[str]) -> float:
+def mean_percent(per_case: dict[str, float], cases: list[str]) -> float:
     return 100 * float(np.mean([per_case[c] for c in cases]))
+
+
+def goal_verdict(chosen: float, best: float, default: float) -> str:
+    """The issue's goal on test Dice %: within 1 point of the best single candidate and not more than
+    1 point below the default (a missing default, NaN, counts as met)."""
+    return "met" if chosen >= best - 1 and not chosen < default - 1 else "MISSED"
 
 
 def report(rows: list[dict]) -> str:
@@ -209,7 +215,7 @@ def report(rows: list[dict]) -> str:
     rule_lines = ["| dataset | test cases | rule | picks | test Dice | - best candidate | vs today: paired "
                   "per-case diff +- s.e. | verdict |", "|---|---|---|---|---|---|---|---|"]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        pipes, tests, chosen = _pipelines([r for r in rows if r["dataset"] == dataset])
+        pipes, tests, chosen = read_pipelines([r for r in rows if r["dataset"] == dataset])
         cases = sorted(next(iter(tests.values())))
         sets = {f"first {FIRST}": cases[:FIRST], f"all {len(cases)}": cases}
         out += [f"### {dataset}", "", "| pipeline | CV Dice +- spread | " + " | ".join(
@@ -220,20 +226,19 @@ def report(rows: list[dict]) -> str:
             mark = " **(chosen)**" if name == chosen else ""
             mark += " (default)" if name == DEFAULT else ""
             out.append(f"| {name}{mark} | {100 * p.cv_dice:.1f} +- {100 * p.cv_spread:.1f} | "
-                       + " | ".join(f"{_mean(per_case, c):.1f}" for c in sets.values()) + " |")
+                       + " | ".join(f"{mean_percent(per_case, c):.1f}" for c in sets.values()) + " |")
         out.append("")
         singles = [p.name for p in pipes if len(p.members) == 1]
         for label, cs in sets.items():
-            best = max(singles, key=lambda n: _mean(tests[n], cs))
-            c, b = _mean(tests[chosen], cs), _mean(tests[best], cs)
-            d = _mean(tests[DEFAULT], cs) if DEFAULT in tests else float("nan")
-            post = ""
+            best = max(singles, key=lambda n: mean_percent(tests[n], cs))
+            c, b = mean_percent(tests[chosen], cs), mean_percent(tests[best], cs)
+            d = mean_percent(tests[DEFAULT], cs) if DEFAULT in tests else float("nan")
             if chosen.endswith(POSTPROCESSED):
-                raw = _mean(tests[chosen.replace(POSTPROCESSED, "")], cs)
+                raw = mean_percent(tests[chosen.replace(POSTPROCESSED, "")], cs)
                 post = f"; post-processing {c - raw:+.1f} ({'met' if c >= raw else 'MISSED'})"
             else:
                 post = "; post-processing: none kept (met)"
-            goal = "met" if c >= b - 1 and not c < d - 1 else "MISSED"
+            goal = goal_verdict(c, b, d)
             out.append(f"- {label}: chosen {c:.1f}, best candidate in hindsight {best} {b:.1f} (chosen - best "
                        f"{c - b:+.1f}), default {d:.1f} (chosen - default {c - d:+.1f}){post}: goal {goal}")
         out.append("")
@@ -241,13 +246,13 @@ def report(rows: list[dict]) -> str:
         for rule, fn in RULES.items():
             pick = fn(pipes).name
             for label, cs in sets.items():
-                best = max(_mean(tests[n], cs) for n in singles)
+                best = max(mean_percent(tests[n], cs) for n in singles)
                 mean, se = compare({c: tests[pick][c] for c in cs}, {c: tests[today][c] for c in cs})
-                rule_lines.append(f"| {dataset} | {label} | {rule} | {pick} | {_mean(tests[pick], cs):.1f} | "
-                                  f"{_mean(tests[pick], cs) - best:+.1f} | {100 * mean:+.1f} +- {100 * se:.1f} | "
-                                  f"{verdict(mean, se)} |")
+                got = mean_percent(tests[pick], cs)
+                rule_lines.append(f"| {dataset} | {label} | {rule} | {pick} | {got:.1f} | {got - best:+.1f} | "
+                                  f"{100 * mean:+.1f} +- {100 * se:.1f} | {verdict(mean, se)} |")
         ranked = [n for n in tests if not n.endswith(POSTPROCESSED)]
-        rho = spearmanr([by_name[n].cv_dice for n in ranked], [_mean(tests[n], cases) for n in ranked])[0]
+        rho = spearmanr([by_name[n].cv_dice for n in ranked], [mean_percent(tests[n], cases) for n in ranked])[0]
         out += [f"- does the CV rank the pipelines as the test does? Spearman over the {len(ranked)} pipelines, "
                 f"CV Dice vs test Dice (all {len(cases)}): {rho:.2f}", ""]
         fresh = cases[FIRST:]

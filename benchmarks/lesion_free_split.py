@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from choice_holdout import DEFAULT, _mean, _pipelines, read_rows  # noqa: E402
+from choice_holdout import DEFAULT, goal_verdict, mean_percent, read_pipelines, read_rows  # noqa: E402
 
 from fpnunet.cli_utils import run_cli  # noqa: E402
 from fpnunet.errors import FPNError  # noqa: E402
@@ -40,23 +40,23 @@ def lesion_free_cases(labels: Path) -> set[str]:
 
 
 def split_report(rows: list[dict], empty: set[str]) -> list[str]:
-    pipes, tests, chosen = _pipelines(rows)
+    pipes, tests, chosen = read_pipelines(rows)
     cases = sorted(next(iter(tests.values())))
     lesion = [c for c in cases if c not in empty]
     healthy = [c for c in cases if c in empty]
-    singles = sorted((p.name for p in pipes if len(p.members) == 1), key=lambda n: -_mean(tests[n], lesion))
+    singles = sorted((p.name for p in pipes if len(p.members) == 1), key=lambda n: -mean_percent(tests[n], lesion))
     out = [f"| pipeline | test Dice, all {len(cases)} | with a lesion ({len(lesion)}) | "
            f"lesion-free scans with a false positive (of {len(healthy)}) |", "|---|---|---|---|"]
     for name in [*singles, *([chosen] if chosen not in singles else [])]:
         fp = sum(tests[name][c] < 0.5 for c in healthy)
         mark = " **(chosen)**" if name == chosen else (" (default)" if name == DEFAULT else "")
-        out.append(f"| {name}{mark} | {_mean(tests[name], cases):.1f} | {_mean(tests[name], lesion):.1f} | {fp} |")
+        everything, with_lesion = mean_percent(tests[name], cases), mean_percent(tests[name], lesion)
+        out.append(f"| {name}{mark} | {everything:.1f} | {with_lesion:.1f} | {fp} |")
     best = singles[0]
-    c, b = _mean(tests[chosen], lesion), _mean(tests[best], lesion)
-    d = _mean(tests[DEFAULT], lesion) if DEFAULT in tests else float("nan")
-    goal = "met" if c >= b - 1 and not c < d - 1 else "MISSED"
+    c, b = mean_percent(tests[chosen], lesion), mean_percent(tests[best], lesion)
+    d = mean_percent(tests[DEFAULT], lesion) if DEFAULT in tests else float("nan")
     out += ["", f"- scans with a lesion only: chosen {c:.1f}, best single {best} {b:.1f} (chosen - best {c - b:+.1f}), "
-            f"default {d:.1f} (chosen - default {c - d:+.1f}): goal {goal}"]
+            f"default {d:.1f} (chosen - default {c - d:+.1f}): goal {goal_verdict(c, b, d)}"]
     return out
 
 

@@ -12,9 +12,11 @@ would start from another pipeline: the table stops at that first difference and 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from fpnunet.pipeline_files import read_chosen
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from choice_certainty import stored_choices  # noqa: E402
 
 
 def main() -> None:
@@ -24,10 +26,8 @@ def main() -> None:
     print("| run | step | gain, points | spread over folds | t-test margin | one-sd test | t-test |")
     print("|---|---|---|---|---|---|---|")
     changed = 0
-    for spec in args.runs:
-        did, root = spec.split(":", 1)
-        (folder,) = Path(root).glob(f"Dataset{did}_*")
-        for step in read_chosen(folder)["postprocessing_steps"]:
+    for spec, _, choice in stored_choices(args.runs):
+        for step in choice["postprocessing_steps"]:
             old = step["gain"] > 0 and step["gain"] > step["fold_spread"]
             if old == step["kept"]:
                 continue
